@@ -1,0 +1,146 @@
+"""The ``covidnet`` command: parses arguments, calls the Python API, prints the result.
+
+A ``CovidnetError`` becomes one line on stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import CovidnetError, UsageError
+
+
+def _fmt(v, unit: str, scale: float, digits: int = 2) -> str:
+    return "—" if v is None else f"{v / scale:.{digits}f} {unit}"
+
+
+def _pct(ours: float, published: float | None) -> str:
+    return "" if published is None else f"{(ours / published - 1) * 100:+.1f} %"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc="profiling", unit="model", file=sys.stderr, leave=False)
+
+
+def cmd_models(args) -> int:
+    from .models import get_spec, list_models
+
+    rows = []
+    for name in list_models():
+        s = get_spec(name)
+        pub = f"{s.published.params_m} M / {s.published.macs_g} G @ {s.published.size}" if s.published else ""
+        rows.append([name, str(s.input_size), pub, s.description])
+    if args.json:
+        print(json.dumps([{"arch": r[0], "input_size": int(r[1]), "description": r[3]} for r in rows], indent=2))
+    else:
+        print(_table(["arch", "input", "published", "description"], rows))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .models import get_spec, list_models
+    from .profile import paper_comparison, profile_model
+
+    common = dict(runs=args.runs, warmup=args.warmup, device=args.device, threads=args.threads)
+    if args.paper:
+        if args.arch or args.all:
+            raise UsageError("--paper profiles the reference's configurations; give it no ARCH and no --all")
+        rows = paper_comparison(progress=_progress(args.quiet), **common)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        out = []
+        for r in rows:
+            o = r["ours"]
+            lat = o and o[f"latency_ms_{args.device.split(':')[0]}"]
+            pub_p = f"{r['params_m']} M" if r["params_m"] else "—"
+            pub_m = f"{r['macs_g']:.2f} G" if r["macs_g"] else "—"
+            if o:
+                out.append([r["model"], f"{r['size']}", pub_p, pub_m, o["arch"], _fmt(o["params"], "M", 1e6),
+                            _fmt(o["macs"], "G", 1e9), _pct(o["params"] / 1e6, r["params_m"]),
+                            _pct(o["macs"] / 1e9, r["macs_g"]), _fmt(lat, "ms", 1, 1)])
+            else:
+                out.append([r["model"], f"{r['size']}", pub_p, pub_m, "(no preset)", "", "", "", "", ""])
+        print("COVID-Net model table: published (reference docs/models.md, Sci. Rep. 2020) beside measured here")
+        print(_table(["configuration", "input", "pub. params", "pub. MACs", "ours", "params", "MACs",
+                      "Δ params", "Δ MACs", f"latency {args.device} b=1"], out))
+        return 0
+
+    names = list_models() if args.all else args.arch
+    if not names:
+        raise UsageError("give an architecture (ARCH), --all or --paper; names: " + ", ".join(list_models()))
+    for n in names:
+        get_spec(n)  # fail on a wrong name before profiling anything
+    progress = _progress(args.quiet or len(names) == 1)
+    profiles = [profile_model(n, args.size, in_channels=args.in_channels, **common).to_dict()
+                for n in (progress(names) if progress else names)]
+    if args.json:
+        print(json.dumps(profiles[0] if len(profiles) == 1 else profiles, indent=2))
+        return 0
+    dev = args.device.split(":")[0]
+    rows = [[p["arch"], f"{p['in_channels']}×{p['size']}×{p['size']}", _fmt(p["params"], "M", 1e6),
+             _fmt(p["macs"], "G", 1e9), _fmt(p[f"latency_ms_{dev}"], "ms", 1, 1), _fmt(p["peak_mem_mb"], "MiB", 1, 0)]
+            for p in profiles]
+    print(_table(["arch", "input", "params", "MACs", f"latency {dev} b=1", "peak memory"], rows))
+    p = profiles[0]
+    print(f"(median of {p['latency_runs']} runs after {args.warmup} warm-up, {p['threads']} threads, torch {p['torch_version']})"
+          if p["latency_runs"] else "(latency not measured: --runs 0)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidnet",
+        description="COVID-Net for chest X-rays in PyTorch: a research tool, not a diagnostic device.",
+    )
+    parser.add_argument("--version", action="version", version=f"covidnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered architectures")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("profile", help="parameters, MACs, CPU latency and peak memory of architectures",
+                       description="Parameters, MACs (FLOPs/2), batch-1 latency (median after warm-up) and peak memory.")
+    p.add_argument("arch", nargs="*", metavar="ARCH", help="architecture name(s); see `covidnet models`")
+    p.add_argument("--all", action="store_true", help="every registered architecture at its default size")
+    p.add_argument("--paper", action="store_true", help="the reference's published model table beside our measurements")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the architecture's own)")
+    p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="input channels (default 3)")
+    p.add_argument("--runs", type=int, default=10, help="timed forwards; 0 skips latency and memory (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
+    p.add_argument("--device", default="cpu", help="device for latency and memory, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a list for several)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CovidnetError as e:
+        print(f"covidnet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("covidnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

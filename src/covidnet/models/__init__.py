@@ -1,0 +1,136 @@
+"""The registry of architectures: every model is created by name, with the same interface.
+
+>>> from covidnet.models import create_model, list_models
+>>> model = create_model("covidnet-cxr3b", num_classes=3, in_channels=1)
+
+Each entry carries its default input contract (size, normalisation) and, for COVID-Net presets, the
+published complexity it is held to (``Published``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError, UnknownModelError
+from . import zoo
+from .covidnet import CXR3B, CXR_LARGE, CXR_SMALL, CovidNet, CovidNetConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Published:
+    """Complexity a paper or the reference repository reports for a configuration."""
+
+    params_m: float
+    macs_g: float
+    size: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    input_size: int  # default square input side, pixels
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per RGB channel, on [0, 1] pixels
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    published: Published | None = None
+    family: str = field(default="covidnet")
+
+    def normalisation(self, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std for ``in_channels`` inputs (a grey image uses the RGB average)."""
+        if in_channels == 3:
+            return self.mean, self.std
+        return (sum(self.mean) / 3,), (sum(self.std) / 3,)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, description: str, input_size: int, **spec):
+    """Decorator: register ``fn(num_classes, in_channels, **kwargs) -> nn.Module`` under ``name``."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelSpec(name, fn, description, input_size, **spec)
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown architecture {name!r}; available: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, num_classes: int = 3, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Create architecture ``name`` for ``num_classes`` classes (3: normal / pneumonia / COVID-19,
+    2: negative / positive) and ``in_channels`` input channels (1: grey, 3: RGB).
+
+    The returned model records how it was made in ``model.arch`` and ``model.arch_args`` so that a
+    checkpoint can rebuild it without flags.
+    """
+    spec = get_spec(name)
+    if in_channels not in (1, 3):
+        raise ConfigError(f"in_channels must be 1 or 3, not {in_channels}")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, not {num_classes}")
+    model = spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model.arch = name
+    model.arch_args = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
+    return model
+
+
+def _covidnet(config: CovidNetConfig):
+    def build(num_classes: int = 3, in_channels: int = 3, **overrides) -> CovidNet:
+        cfg = CovidNetConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+        return CovidNet(cfg, num_classes=num_classes, in_channels=in_channels)
+
+    return build
+
+
+register_model(
+    "covidnet-cxr-small",
+    description="COVIDNet-CXR Small: PEPX stages 3-4-6-3, flatten + FC head",
+    input_size=224,
+    published=Published(117.4, 2.26, 224, "Wang et al. 2020, Table 1; reference docs/models.md"),
+)(_covidnet(CXR_SMALL))
+register_model(
+    "covidnet-cxr-large",
+    description="COVIDNet-CXR Large: as Small, with wider PEPX expansions",
+    input_size=224,
+    published=Published(127.4, 3.59, 224, "Wang et al. 2020, Table 1; reference docs/models.md"),
+)(_covidnet(CXR_LARGE))
+register_model(
+    "covidnet-cxr3b",
+    description="COVIDNet-CXR3-B: the Scientific Reports configuration, 480 px, pooled head",
+    input_size=480,
+    published=Published(11.75, 7.50, 480, "Wang et al., Sci. Rep. 10:19549 (2020)"),
+)(_covidnet(CXR3B))
+
+for _name, _fn, _desc in [
+    ("resnet50", zoo.resnet50, "ResNet-50 (torchvision), the paper's baseline"),
+    ("vgg19", zoo.vgg19, "VGG-19 (torchvision), the paper's baseline"),
+    ("densenet121", zoo.densenet121, "DenseNet-121 (torchvision), as in CheXNet"),
+    ("mobilenet_v3_large", zoo.mobilenet_v3_large, "MobileNetV3-Large (torchvision), an edge model"),
+]:
+    register_model(
+        _name, description=_desc, input_size=480, mean=IMAGENET_MEAN, std=IMAGENET_STD, family="torchvision"
+    )(_fn)
+
+__all__ = ["ModelSpec", "Published", "create_model", "get_spec", "list_models", "register_model"]

@@ -1,0 +1,80 @@
+"""The ``covidnet`` command run as a user runs it: the installed console script, in a subprocess."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from covidnet.models import list_models
+
+
+def covidnet(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "covidnet"
+    cmd = [str(exe)] if exe.exists() else [shutil.which("covidnet") or sys.exit("covidnet is not installed")]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_profile_cxr3b_json_is_within_ten_percent_of_the_paper():
+    r = covidnet("profile", "covidnet-cxr3b", "--size", "480", "--json", "--runs", "2", "--warmup", "1")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert {"arch", "size", "params", "macs", "latency_ms_cpu"} <= d.keys()
+    assert d["arch"] == "covidnet-cxr3b" and d["size"] == 480
+    assert d["params"] / 1e6 == pytest.approx(11.75, rel=0.10)
+    assert d["macs"] / 1e9 == pytest.approx(7.50, rel=0.10)
+    assert d["latency_ms_cpu"] > 0
+
+
+def test_wrong_name_is_one_line_listing_the_names_and_exit_1():
+    r = covidnet("profile", "nosuchnet")
+    assert r.returncode == 1
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "nosuchnet" in lines[0] and all(name in lines[0] for name in list_models())
+
+
+def test_profile_without_a_name_is_a_usage_error():
+    r = covidnet("profile")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_option_value_is_a_usage_error():
+    r = covidnet("profile", "resnet50", "--in-channels", "4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_paper_table_shows_published_beside_measured():
+    r = covidnet("profile", "--paper", "--runs", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for published in ("117.4 M", "2.26 G", "127.4 M", "3.59 G", "11.75 M", "7.50 G", "40.2 M", "23.63 G", "9.2 M", "5.55 G"):
+        assert published in out
+    for ours in ("covidnet-cxr-small", "covidnet-cxr-large", "covidnet-cxr3b", "vgg19", "resnet50"):
+        assert ours in out
+
+
+def test_paper_table_json_rows_carry_our_measurements():
+    r = covidnet("profile", "--paper", "--runs", "0", "--json")
+    rows = json.loads(r.stdout)
+    by_arch = {row["arch"]: row for row in rows if row["arch"]}
+    small = by_arch["covidnet-cxr-small"]
+    assert small["ours"]["params"] / 1e6 == pytest.approx(small["params_m"], rel=0.10)
+    assert by_arch["resnet50"]["ours"]["size"] == 480
+    assert any(row["ours"] is None for row in rows)  # configurations with no preset say so
+
+
+def test_profile_several_archs_grey_input_table():
+    r = covidnet("profile", "mobilenet_v3_large", "resnet50", "--size", "96", "--in-channels", "1", "--runs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "1×96×96" in r.stdout and "mobilenet_v3_large" in r.stdout and "resnet50" in r.stdout
+
+
+def test_models_lists_the_registry_and_version_prints():
+    r = covidnet("models", "--json")
+    assert [m["arch"] for m in json.loads(r.stdout)] == list_models()
+    v = covidnet("--version")
+    assert v.returncode == 0 and v.stdout.startswith("covidnet ")
