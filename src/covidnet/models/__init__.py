@@ -104,24 +104,16 @@ def _covidnet(config: CovidNetConfig):
     return build
 
 
-register_model(
-    "covidnet-cxr-small",
-    description="COVIDNet-CXR Small: PEPX stages 3-4-6-3, flatten + FC head",
-    input_size=224,
-    published=Published(117.4, 2.26, 224, "Wang et al. 2020, Table 1; reference docs/models.md"),
-)(_covidnet(CXR_SMALL))
-register_model(
-    "covidnet-cxr-large",
-    description="COVIDNet-CXR Large: as Small, with wider PEPX expansions",
-    input_size=224,
-    published=Published(127.4, 3.59, 224, "Wang et al. 2020, Table 1; reference docs/models.md"),
-)(_covidnet(CXR_LARGE))
-register_model(
-    "covidnet-cxr3b",
-    description="COVIDNet-CXR3-B: the Scientific Reports configuration, 480 px, pooled head",
-    input_size=480,
-    published=Published(11.75, 7.50, 480, "Wang et al., Sci. Rep. 10:19549 (2020)"),
-)(_covidnet(CXR3B))
+_PUB = "Wang et al. 2020, Table 1; reference docs/models.md"
+for _name, _config, _size, _published, _desc in [
+    ("covidnet-cxr-small", CXR_SMALL, 224, Published(117.4, 2.26, 224, _PUB),
+     "COVIDNet-CXR Small: PEPX stages 3-4-6-3, flatten + FC head"),
+    ("covidnet-cxr-large", CXR_LARGE, 224, Published(127.4, 3.59, 224, _PUB),
+     "COVIDNet-CXR Large: as Small, with wider PEPX expansions"),
+    ("covidnet-cxr3b", CXR3B, 480, Published(11.75, 7.50, 480, "Wang et al., Sci. Rep. 10:19549 (2020)"),
+     "COVIDNet-CXR3-B: the Scientific Reports configuration, 480 px, pooled head"),
+]:
+    register_model(_name, description=_desc, input_size=_size, published=_published)(_covidnet(_config))
 
 for _name, _fn, _desc in [
     ("resnet50", zoo.resnet50, "ResNet-50 (torchvision), the paper's baseline"),

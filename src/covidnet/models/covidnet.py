@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .base import Classifier
+
 
 def _divisible(v: float, divisor: int = 8) -> int:
     """Round a channel count to a multiple of ``divisor`` (hardware-friendly, as in MobileNet)."""
@@ -120,10 +122,9 @@ class CovidNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class CovidNet(nn.Module):
-    """COVID-Net. Uniform interface (as every model in the registry): ``forward_features`` ->
-    ``forward_head``; ``get_classifier`` / ``reset_classifier``; ``cam_layer`` is the module whose
-    output Grad-CAM reads (the last stage); ``num_features`` the channels it gives."""
+class CovidNet(Classifier):
+    """COVID-Net, with the registry's uniform interface (``models/base.py``); its ``cam_layer`` is
+    the last stage."""
 
     def __init__(self, config: CovidNetConfig = CovidNetConfig(), num_classes: int = 3, in_channels: int = 3):
         super().__init__()
@@ -141,8 +142,7 @@ class CovidNet(nn.Module):
             c_in = w
         self.stages = nn.Sequential(*stages)
         self.num_features = c_in
-        self.pool = nn.AdaptiveAvgPool2d(c.head_grid)
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(c.head_grid), nn.Flatten()]
         n = c_in * c.head_grid * c.head_grid
         for h in c.head_hidden:
             layers += [nn.Linear(n, h), nn.ReLU(inplace=True), nn.Dropout(c.dropout)]
@@ -165,21 +165,6 @@ class CovidNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.head(self.pool(features)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        nn.init.trunc_normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
-        self.num_classes = num_classes
 
 
 # The presets. Widths were found by a grid search over stage widths, projection and expansion ratios

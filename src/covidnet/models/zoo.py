@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .base import Classifier
+
 
 def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """Return ``conv`` taking ``in_channels`` inputs. For 1 channel the RGB filters are summed, so an
@@ -32,7 +34,7 @@ def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-class TorchvisionNet(nn.Module):
+class TorchvisionNet(Classifier):
     """A torchvision classifier split into ``features`` (to the last feature map), ``head`` (pooling
     and every layer before the last linear one) and ``classifier`` (the last linear layer)."""
 
@@ -53,19 +55,6 @@ class TorchvisionNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.head(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        self.num_classes = num_classes
 
 
 def _weights(builder, weights):
