@@ -29,3 +29,11 @@ class UsageError(CovidnetError):
     """Arguments that do not go together; the CLI exits 2, as for any usage error."""
 
     exit_code = 2
+
+
+class SourceError(CovidnetError):
+    """A data source that cannot be read at all (missing folder or metadata file): the build stops."""
+
+
+class ImageReadError(CovidnetError):
+    """An image file that cannot be read: missing, empty, truncated, corrupt, or not a format we read."""
