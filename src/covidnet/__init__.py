@@ -1,8 +1,11 @@
 """covidnet: COVID-Net for chest X-rays in PyTorch — a research toolkit, not a diagnostic device.
 
-The public API; the ``covidnet`` command is a thin layer over it.
+The public API; the ``covidnet`` command is a thin layer over it. Names are imported on first use
+(PEP 562), so ``import covidnet`` and the parts that need no torch (reading images, building datasets
+in worker processes, and later the ONNX runtime) stay light.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -10,8 +13,34 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-from .errors import CovidnetError  # noqa: E402
-from .models import create_model, get_spec, list_models, register_model  # noqa: E402
-from .profile import profile_model  # noqa: E402
+_API = {
+    "CovidnetError": "covidnet.errors",
+    "create_model": "covidnet.models",
+    "get_spec": "covidnet.models",
+    "list_models": "covidnet.models",
+    "register_model": "covidnet.models",
+    "profile_model": "covidnet.profile",
+    "build_dataset": "covidnet.data.build",
+    "BuildConfig": "covidnet.data.build",
+    "open_store": "covidnet.data.store",
+    "load_image": "covidnet.data.preprocess",
+    "preprocess": "covidnet.data.preprocess",
+    "read_image": "covidnet.data.imageio",
+    "write_phantom_dataset": "covidnet.data.synth",
+    "SynthConfig": "covidnet.data.synth",
+}
 
-__all__ = ["CovidnetError", "__version__", "create_model", "get_spec", "list_models", "profile_model", "register_model"]
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'covidnet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])
+
+
+__all__ = ["__version__", *_API]

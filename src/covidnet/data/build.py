@@ -1,0 +1,509 @@
+"""``covidnet data build``: sources -> records -> images checked, hashed and preprocessed once -> duplicates
+removed -> patient-level split -> COVIDx label files, a table of records, a preprocessed store and a
+report that says what was left out and why.
+
+Guarantees, each checked before anything is written and recorded under ``checks`` in report.json:
+no patient in two splits; no exact or near-duplicate image pair across splits; every record either in
+a split or in the exclusions with its reason. The output directory appears complete or not at all:
+everything is written to a temporary sibling and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, CovidnetError, UsageError
+from .records import CLASSES, Exclusion, Record, to_binary
+from .sources import COVIDX_SOURCE_ALIASES, read_source
+from .store import INDEX_FILE, IMAGES_FILE, write_index
+
+SPLITS = ("train", "val", "test")
+PAEDIATRIC_AGE = 18  # years; below it a record is paediatric
+PHASH_SIZE = 16  # 256-bit perceptual hash: on the real sources the closest distinct cross-source pair is
+NEAR_DUP_BITS = 24  # 76 bits apart and true re-publications are <= 4 apart, so 24 leaves a wide margin
+# Exclusions that are documented filters (what the user asked for); any other one fails --strict
+FILTER_REASONS = {
+    "lateral view", "view not frontal or unknown", "not an X-ray", "unlabelled", "finding not in COVIDx classes",
+    "not normal, no opacity (excluded as in COVIDx)", "paediatric", "exact duplicate", "near duplicate",
+    "not in the official split files", "patient also in the official test split", "patient also in another official split",
+}
+
+
+@dataclass
+class SourceSpec:
+    reader: str
+    path: Path
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> "SourceSpec":
+        """``READER=PATH`` or ``READER:NAME=PATH`` (two folders of one layout under different names)."""
+        if "=" not in text:
+            raise UsageError(f"--source {text!r}: expected READER=PATH, e.g. cohen=/data/covid-chestxray-dataset")
+        left, path = text.split("=", 1)
+        reader, _, name = left.partition(":")
+        return cls(reader.strip(), Path(path).expanduser(), (name or reader).strip())
+
+
+@dataclass
+class BuildConfig:
+    sources: list[SourceSpec]
+    out: Path
+    size: int = 480
+    top_crop: float = 0.08
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    split_files: list[tuple[str, Path]] = field(default_factory=list)  # (split, COVIDx label file)
+    paediatric: str = "exclude"  # or "include"
+    workers: int = 0  # 0: every core
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sources"] = [{"reader": s.reader, "path": str(s.path), "name": s.name} for s in self.sources]
+        d["split_files"] = [[s, str(p)] for s, p in self.split_files]
+        d["out"] = str(self.out)
+        return d
+
+
+def parse_split_file_arg(text: str) -> tuple[str, Path]:
+    """``[SPLIT=]FILE``; without SPLIT the file name says it (train_COVIDx3.txt -> train)."""
+    if "=" in text and text.split("=", 1)[0] in SPLITS:
+        split, path = text.split("=", 1)
+        return split, Path(path)
+    name = Path(text).name.lower()
+    for split in ("train", "val", "test"):
+        if re.search(rf"(^|[^a-z]){split}", name):
+            return split, Path(text)
+    raise UsageError(f"--split-file {text}: cannot tell the split from the file name; write train=FILE, val=FILE or test=FILE")
+
+
+# --- image stage (runs in worker processes) -----------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(store_path: str, size: int, top_crop: float) -> None:
+    _WORKER["images"] = np.load(store_path, mmap_mode="r+")
+    _WORKER["size"], _WORKER["top_crop"] = size, top_crop
+
+
+def _process(task: tuple[int, str]) -> tuple[int, str | None, str | None, bytes | None]:
+    """Read, hash and preprocess one image into row ``i`` of the store. Returns (i, error, file hash,
+    perceptual hash)."""
+    import imagehash
+    from PIL import Image
+
+    from .preprocess import load_image
+
+    i, path = task
+    try:
+        img = load_image(path, _WORKER["size"], _WORKER["top_crop"])  # the one preprocessing path
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # exact duplicates: identical files
+    except CovidnetError as e:
+        return i, str(e), None, None
+    bits = imagehash.phash(Image.fromarray(img), hash_size=PHASH_SIZE).hash.flatten()
+    _WORKER["images"][i] = img
+    return i, None, digest, np.packbits(bits).tobytes()
+
+
+# --- grouping, dedup, split ---------------------------------------------------------------------------
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_duplicate_pairs(hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 2048) -> list[tuple[int, int]]:
+    """Pairs (i < j) of packed perceptual hashes at Hamming distance <= ``max_bits``. Blocked all-pairs
+    XOR-popcount in numpy: exact, and ~1 s for 30 000 images."""
+    pairs = []
+    n = len(hashes)
+    for a in range(0, n, block):
+        x = hashes[a:a + block]
+        for b in range(a, n, block):
+            y = hashes[b:b + block]
+            d = np.bitwise_count(x[:, None, :] ^ y[None, :, :]).sum(-1)
+            ii, jj = np.nonzero(d <= max_bits)
+            for i, j in zip(ii + a, jj + b):
+                if i < j:
+                    pairs.append((int(i), int(j)))
+    return pairs
+
+
+def _stratified_split(groups: dict[int, list[int]], labels: list[str], cfg: BuildConfig) -> dict[int, str]:
+    """Assign whole groups to splits so each label's test and val shares come close to the fractions.
+    A group's label for stratification is its rarest class (a patient with any COVID-19 image counts
+    as COVID-19)."""
+    rng = np.random.default_rng(cfg.seed)
+    rank = {c: k for k, c in enumerate(reversed(CLASSES))}  # COVID-19 first: the rarest class decides
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for g, members in sorted(groups.items()):
+        by_label[min((labels[m] for m in members), key=rank.get)].append(g)
+    assign = {}
+    for label, gs in sorted(by_label.items()):
+        gs = [gs[k] for k in rng.permutation(len(gs))]
+        total = sum(len(groups[g]) for g in gs)
+        quota = {"test": cfg.test_fraction * total, "val": cfg.val_fraction * total}
+        filled = {"test": 0, "val": 0}
+        for g in gs:
+            split = next((s for s in ("test", "val") if filled[s] + len(groups[g]) / 2 <= quota[s]), "train")
+            if split != "train":
+                filled[split] += len(groups[g])
+            assign[g] = split
+    return assign
+
+
+def _read_split_files(split_files: list[tuple[str, Path]]) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for split, path in split_files:
+        if not path.is_file():
+            raise ConfigError(f"{path}: split file not found")
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 3:
+                raise ConfigError(f"{path}:{n}: expected 'patientid filename label [source]', got {line!r}")
+            rows[split].append({"patient_id": parts[0], "filename": parts[1], "label": parts[2],
+                                "source": parts[3] if len(parts) > 3 else "", "file": str(path), "line": n})
+    return rows
+
+
+# --- the build ----------------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: BuildConfig) -> dict:
+    """Build a dataset as ``cfg`` says; returns the report (also written to ``cfg.out/report.json``)."""
+    t0 = time.perf_counter()
+    _check_config(cfg)
+
+    # 1. read every source; a missing folder or metadata file stops here, before any work
+    records: list[Record] = []
+    exclusions: list[Exclusion] = []
+    notes: list[str] = []
+    for spec in cfg.sources:
+        data = read_source(spec.reader, spec.path, spec.name)
+        records += data.records
+        exclusions += data.exclusions
+        notes += data.notes
+
+    def drop(i: int, reason: str, detail: str) -> None:
+        r = records[i]
+        exclusions.append(Exclusion(r.source, str(r.path), reason, detail))
+        alive[i] = False
+
+    alive = [True] * len(records)
+    # 2. population filter: children as "normal" controls is the best-known shortcut in this literature
+    if cfg.paediatric == "exclude":
+        for i, r in enumerate(records):
+            if r.extra.get("population") == "paediatric" or (r.age is not None and r.age < PAEDIATRIC_AGE):
+                drop(i, "paediatric", f"{'source is paediatric' if r.age is None else f'age {r.age:g}'}; "
+                                      "--paediatric include keeps it")
+
+    # 3. the same (non-numeric) patient id in two sources with different labels
+    by_pid: dict[str, set[int]] = defaultdict(set)
+    for i, r in enumerate(records):
+        if alive[i] and not r.patient_id.isdigit():  # plain integers are per-source counters, not identities
+            by_pid[r.patient_id].add(i)
+    for pid, idx in by_pid.items():
+        srcs = {records[i].source for i in idx}
+        labels = {records[i].label for i in idx}
+        if len(srcs) > 1 and len(labels) > 1:
+            for i in idx:
+                drop(i, "patient in two sources with different labels",
+                     f"patient {pid!r} is {', '.join(sorted(f'{records[j].label} in {records[j].source}' for j in idx))}")
+
+    # 4. read, hash and preprocess every image once, in parallel, into a store in a temporary folder
+    out = cfg.out
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0)
+        if out.exists():
+            shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the dataset is not
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _check_config(cfg: BuildConfig) -> None:
+    if not cfg.sources:
+        raise UsageError("give at least one --source READER=PATH")
+    names = [s.name for s in cfg.sources]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two sources named alike ({', '.join(names)}); name them with READER:NAME=PATH")
+    if cfg.size < 32:
+        raise ConfigError(f"--size must be at least 32, not {cfg.size}")
+    if not (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
+        raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    if cfg.paediatric not in ("exclude", "include"):
+        raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
+    if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0) -> dict:
+    todo = [i for i in range(len(records)) if alive[i]]
+    scratch = tmp / "scratch.npy"
+    buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(todo), 1), cfg.size, cfg.size))
+    del buf
+    slot = {i: k for k, i in enumerate(todo)}
+    digests: dict[int, str] = {}
+    phash: dict[int, bytes] = {}
+    workers = cfg.workers or os.cpu_count() or 1
+    t_img = time.perf_counter()
+    tasks = [(slot[i], str(records[i].path)) for i in todo]
+    results = []
+    if workers == 1:
+        _init_worker(str(scratch), cfg.size, cfg.top_crop)
+        iterator = map(_process, tasks)
+        results = _consume(iterator, len(tasks), cfg.progress)
+    else:
+        # fork where the platform has it: workers start at once with the parent's imports; they run no
+        # torch code, so forking a process that imported torch is safe here
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with get_context(method).Pool(workers, _init_worker, (str(scratch), cfg.size, cfg.top_crop)) as pool:
+            results = _consume(pool.imap_unordered(_process, tasks, chunksize=8), len(tasks), cfg.progress)
+    images_per_s = len(tasks) / max(time.perf_counter() - t_img, 1e-9)
+    for k, error, digest, ph in results:
+        i = todo[k]
+        if error:
+            drop(i, "unreadable image", error)
+        else:
+            digests[i], phash[i] = digest, ph
+
+    # 5. exact duplicates anywhere, near duplicates across sources: keep the first (source order, path)
+    kept = [i for i in todo if alive[i]]
+    links: list[tuple[int, int]] = []  # (kept, dropped duplicate): the dropped one's patient joins the kept one
+    first_by_digest: dict[str, int] = {}
+    for i in kept:
+        j = first_by_digest.setdefault(digests[i], i)
+        if j != i:
+            same = records[j].path == records[i].path
+            drop(i, "exact duplicate", "the same file, listed again" if same else f"identical file to {records[j].source}:{records[j].path}")
+            links.append((j, i))
+    kept = [i for i in kept if alive[i]]
+    hashes = np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1) if kept else np.zeros((0, 32), np.uint8)
+    uf = _UnionFind(len(records))
+    for a, b in near_duplicate_pairs(hashes):
+        i, j = kept[a], kept[b]
+        if not (alive[i] and alive[j]):
+            continue
+        if records[i].source != records[j].source:
+            drop(j, "near duplicate", f"perceptual hash within {NEAR_DUP_BITS}/{PHASH_SIZE**2} bits of {records[i].source}:{records[i].path}")
+            links.append((i, j))
+        else:
+            uf.union(i, j)  # same source, e.g. one image under two patient ids: keep both, never split them
+    kept = [i for i in kept if alive[i]]
+
+    # 6. groups that must share a split: same patient (per source), same non-numeric id across sources
+    first_of: dict[str, int] = {}
+    for i in kept:
+        for key in (records[i].uid,) + ((f"id:{records[i].patient_id}",) if not records[i].patient_id.isdigit() else ()):
+            uf.union(i, first_of.setdefault(key, i))
+    for i, j in links:  # one image in two places means one person: keep their other images together
+        if records[j].uid in first_of:
+            uf.union(i, first_of[records[j].uid])
+    split_of, official = _assign_splits(cfg, records, kept, uf, drop)
+    kept = [i for i in kept if alive[i]]
+
+    # 7. checks, then the outputs
+    checks = _checks(records, kept, split_of, phash, digests)
+    failed = [k for k, v in checks.items() if not v["passed"]]
+    if failed:  # a bug, not bad input: refuse to write a dataset that breaks its own guarantees
+        raise RuntimeError(f"dataset checks failed: {failed}")
+    strict_failures = [e for e in exclusions if e.reason not in FILTER_REASONS]
+    if cfg.strict and strict_failures:
+        e = strict_failures[0]
+        raise CovidnetError(f"--strict: {len(strict_failures)} record(s) excluded for errors; first: {e.item}: {e.reason} ({e.detail})")
+
+    order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
+    scratch_arr = np.load(scratch, mmap_mode="r")
+    images = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(order), cfg.size, cfg.size))
+    for row, i in enumerate(order):
+        images[row] = scratch_arr[slot[i]]
+    images.flush()
+    del images, scratch_arr
+    scratch.unlink()
+    write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
+    for split in SPLITS:
+        with open(tmp / f"{split}.txt", "w") as f:
+            for i in order:
+                if split_of[i] == split:
+                    r = records[i]
+                    f.write(f"{r.patient_id} {r.path.name} {r.label} {r.source}\n")
+    _write_records_table(tmp / "records.csv", records, alive, split_of, exclusions)
+    report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
+    (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    (tmp / "config.json").write_text(json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2))
+    return report
+
+
+def _consume(iterator, total: int, progress: bool) -> list:
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=total, desc="images", unit="img", file=sys.stderr)
+    return list(iterator)
+
+
+def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in kept:
+        groups[uf.find(i)].append(i)
+    labels = [r.label for r in records]
+    official: dict = {}
+    if not cfg.split_files:
+        by_group = _stratified_split(groups, labels, cfg)
+        return {i: by_group[uf.find(i)] for i in kept}, official
+
+    listed = _read_split_files(cfg.split_files)
+    by_stem: dict[str, list[int]] = defaultdict(list)
+    for i in kept:
+        by_stem[records[i].stem].append(i)
+    named: dict[int, str] = {}
+    missing: list[dict] = []
+    disagree: list[str] = []
+    for split in ("test", "val", "train"):  # test first: a conflict never moves an image out of test
+        for row in listed.get(split, []):
+            hits = by_stem.get(Path(row["filename"]).stem, [])
+            src = COVIDX_SOURCE_ALIASES.get(row["source"], row["source"])
+            if len(hits) > 1 and src:
+                hits = [i for i in hits if records[i].source == src] or hits
+            if not hits:
+                missing.append(row)
+            for i in hits:
+                named.setdefault(i, split)
+                ours = records[i].label if row["label"] in CLASSES else to_binary(records[i].label)
+                if ours != row["label"]:
+                    disagree.append(f"{row['file']}:{row['line']}: {row['filename']} is {row['label']} there, {ours} here")
+    # a group goes where its listed images say; a group listed in two splits follows test, then val
+    group_split: dict[int, str] = {}
+    for i, split in named.items():
+        g = uf.find(i)
+        prev = group_split.get(g)
+        if prev is None or SPLITS.index(split) > SPLITS.index(prev):
+            group_split[g] = split
+    split_of = {}
+    for i in kept:
+        g = uf.find(i)
+        if i not in named:
+            drop(i, "not in the official split files", "its image is named in none of --split-file")
+        elif named[i] != group_split[g]:
+            drop(i, "patient also in the official test split" if group_split[g] == "test" else "patient also in another official split",
+                 f"listed in {named[i]}, but its patient is in {group_split[g]}: kept out so no patient crosses splits")
+        else:
+            split_of[i] = group_split[g]
+    # the official lists have no validation split: carve one from train by patient
+    if cfg.val_fraction and not listed.get("val"):
+        train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items()}
+        train_groups = {g: m for g, m in train_groups.items() if m}
+        sub = BuildConfig(sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed)
+        for g, split in _stratified_split(train_groups, labels, sub).items():
+            for i in train_groups[g]:
+                split_of[i] = split
+    official = {
+        "files": [[s, str(p)] for s, p in cfg.split_files],
+        "rows": {s: len(v) for s, v in listed.items()},
+        "matched": {s: sum(1 for i, sp in named.items() if sp == s) for s in SPLITS},
+        "missing_count": len(missing),
+        "missing_by_source": dict(Counter(m["source"] or "(none)" for m in missing)),
+        "missing": [f"{m['file']}:{m['line']}: {m['filename']}" for m in missing],
+        "label_disagreements": disagree,  # the official list's label differs from what the source says
+    }
+    return split_of, official
+
+
+def _checks(records, kept, split_of, phash, digests) -> dict:
+    patient_splits: dict[str, set[str]] = defaultdict(set)
+    for i in kept:
+        patient_splits[records[i].uid].add(split_of[i])
+    crossing_patients = sorted(p for p, s in patient_splits.items() if len(s) > 1)
+    digest_splits: dict[str, set[str]] = defaultdict(set)
+    for i in kept:
+        digest_splits[digests[i]].add(split_of[i])
+    crossing_exact = sum(1 for s in digest_splits.values() if len(s) > 1)
+    hashes = np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1) if kept else np.zeros((0, 32), np.uint8)
+    crossing_near = [(kept[a], kept[b]) for a, b in near_duplicate_pairs(hashes) if split_of[kept[a]] != split_of[kept[b]]]
+    return {
+        "no_patient_in_two_splits": {"passed": not crossing_patients, "violations": crossing_patients[:20]},
+        "no_exact_duplicate_across_splits": {"passed": crossing_exact == 0, "violations": crossing_exact},
+        "no_near_duplicate_across_splits": {"passed": not crossing_near, "violations": len(crossing_near),
+                                            "threshold_bits": NEAR_DUP_BITS, "hash_bits": PHASH_SIZE**2},
+        "every_record_accounted_for": {"passed": all(i in split_of for i in kept), "violations": 0},
+    }
+
+
+def _write_records_table(path: Path, records, alive, split_of, exclusions) -> None:
+    reason = {e.item: e for e in exclusions}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "filename", "path", "label", "source", "view", "age", "sex", "split", "excluded_reason", "excluded_detail"])
+        for i, r in enumerate(records):
+            e = reason.get(str(r.path)) if not alive[i] else None
+            w.writerow([r.patient_id, r.path.name, str(r.path), r.label, r.source, r.view or "",
+                        "" if r.age is None else f"{r.age:g}", r.sex or "", split_of.get(i, "") if alive[i] else "",
+                        e.reason if e else "", e.detail if e else ""])
+
+
+def _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0) -> dict:
+    counts: dict = {s: {c: {} for c in CLASSES} for s in SPLITS}
+    for i in order:
+        r = records[i]
+        cell = counts[split_of[i]][r.label]
+        cell[r.source] = cell.get(r.source, 0) + 1
+    totals = {s: {c: sum(v.values()) for c, v in counts[s].items()} for s in SPLITS}
+    return {
+        "version": __version__,
+        "n_records": len(records),  # records the readers produced (rows they dropped are under "excluded")
+        "n_images": len(order),
+        "n_patients": len({records[i].uid for i in order}),
+        "size": cfg.size,
+        "counts": counts,
+        "totals": totals,
+        "excluded": {"count": len(exclusions), "by_reason": dict(Counter(e.reason for e in exclusions)),
+                     "by_source": dict(Counter(e.source for e in exclusions)),
+                     "items": [asdict(e) for e in exclusions]},
+        "checks": checks,
+        "official_split": official or None,
+        "notes": notes,
+        "images_per_s": round(images_per_s, 1),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

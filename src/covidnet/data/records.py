@@ -1,0 +1,52 @@
+"""A record: one image of one patient from one source, with its label and what the source says of it.
+
+Every source reader turns its own layout into a list of ``Record``; everything after that (merge,
+dedup, split, store, training) sees only records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLASSES = ("normal", "pneumonia", "COVID-19")  # COVIDx's names and order, everywhere
+BINARY_CLASSES = ("negative", "positive")
+
+
+def to_binary(label: str) -> str:
+    """COVIDx's binary variant: COVID-19 is positive, normal and pneumonia are negative."""
+    if label not in CLASSES:
+        raise ValueError(f"unknown label {label!r}; expected one of {', '.join(CLASSES)}")
+    return "positive" if label == "COVID-19" else "negative"
+
+
+@dataclass
+class Record:
+    patient_id: str  # unique within its source; ``uid`` makes it unique across sources
+    path: Path  # the image file (PNG, JPEG, WebP or DICOM)
+    label: str  # one of CLASSES
+    source: str  # the source's name, e.g. "cohen"
+    view: str | None = None  # as the source writes it: PA, AP, AP Supine, ...
+    age: float | None = None  # years
+    sex: str | None = None  # "M" / "F"
+    extra: dict = field(default_factory=dict)  # anything else the source has (finding, date, location, …)
+
+    @property
+    def stem(self) -> str:
+        """The file name without extension: how official COVIDx lists are matched to images."""
+        return self.path.stem
+
+    @property
+    def uid(self) -> str:
+        """Patient id qualified by source (sources number their patients independently)."""
+        return f"{self.source}:{self.patient_id}"
+
+
+@dataclass
+class Exclusion:
+    """A row or image a reader or the build left out, and why (written to report.json)."""
+
+    source: str
+    item: str  # the file or metadata row at fault, e.g. "metadata.csv:17" or an image path
+    reason: str  # a short category: "lateral view", "unknown finding", "unreadable image", …
+    detail: str = ""  # one line for the user: what was found, and where

@@ -1,0 +1,38 @@
+"""One reader per public source, each turning the source's own layout into records.
+
+``read_source(reader, path, name)`` is the entry point; ``READERS`` lists what ``--source NAME=PATH``
+accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ...errors import UsageError
+from . import agchung, cohen, folder, nih, ricord, rsna
+from ._common import SourceData, map_finding
+
+READERS: dict[str, Callable[..., SourceData]] = {
+    "cohen": cohen.read,
+    "figure1": agchung.read_figure1,
+    "actualmed": agchung.read_actualmed,
+    "rsna": rsna.read,
+    "nih": nih.read,
+    "radiography-db": folder.read_radiography_db,
+    "ricord": ricord.read,
+    "folder": folder.read,
+    "kermany": folder.read_kermany,
+}
+
+# the names COVIDx label files write in their source column
+COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "cohen": "cohen", "ricord": "ricord"}
+
+
+def read_source(reader: str, path: Path, name: str | None = None) -> SourceData:
+    if reader not in READERS:
+        raise UsageError(f"unknown source reader {reader!r}; available: {', '.join(READERS)}")
+    return READERS[reader](Path(path), source=name or reader)
+
+
+__all__ = ["READERS", "SourceData", "map_finding", "read_source"]

@@ -1,0 +1,57 @@
+"""ieee8023/covid-chestxray-dataset (Cohen et al.): ``metadata.csv`` + ``images/``.
+
+``finding`` is flat in early releases ('COVID-19', 'SARS', 'COVID-19, ARDS') and hierarchical in later
+ones ('Pneumonia/Viral/COVID-19'); both are parsed. Only X-rays in frontal views are kept by default
+(the reference builder's list: PA, AP, AP Supine, AP semi erect, AP erect); lateral, blank and '?'
+views are excluded, each with its reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..records import Record
+from ._common import ImageIndex, SourceData, map_finding, parse_age, parse_sex, read_table, require_dir
+
+NAME = "cohen"
+FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
+
+
+def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS) -> SourceData:
+    root = require_dir(root, source)
+    meta = root / "metadata.csv"
+    rows = read_table(meta, source, ("patientid", "finding", "view", "modality", "filename"))
+    out = SourceData()
+    indexes: dict[str, ImageIndex] = {}
+    wanted = {v.lower() for v in views}
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        item = f"{meta}:{i}"
+        if row["modality"].strip().lower() not in ("x-ray", "xray", "cr", "dx"):
+            out.exclude(source, item, "not an X-ray", f"modality {row['modality']!r}")
+            continue
+        view = row["view"].strip()
+        if view.lower() not in wanted:
+            reason = "lateral view" if view.upper().startswith("L") else "view not frontal or unknown"
+            out.exclude(source, item, reason, f"view {view!r}")
+            continue
+        finding = row["finding"].strip()
+        label = map_finding(finding)
+        if label is None:
+            reason = "unlabelled" if finding.lower() in ("", "todo") else "finding not in COVIDx classes"
+            out.exclude(source, item, reason, f"finding {finding!r}")
+            continue
+        folder = root / (row.get("folder") or "images").strip()
+        if str(folder) not in indexes:
+            indexes[str(folder)] = ImageIndex(folder)
+        index = indexes[str(folder)]
+        path = index.find(row["filename"].strip())
+        if path is None:
+            out.exclude(source, item, "image missing", f"{folder / row['filename'].strip()} not found")
+            continue
+        extra = {k: row[k] for k in ("finding", "offset", "date", "location", "url", "license") if row.get(k)}
+        extra.update({k: v for k, v in row.items() if k.startswith("phantom_") and v})
+        out.records.append(Record(
+            patient_id=row["patientid"].strip(), path=path, label=label, source=source, view=view,
+            age=parse_age(row.get("age")), sex=parse_sex(row.get("sex")), extra=extra,
+        ))
+    return out

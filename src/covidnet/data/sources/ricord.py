@@ -1,0 +1,44 @@
+"""MIDRC-RICORD-1c (COVID-19 positive chest radiographs, TCIA): DICOM files in TCIA's folder tree
+(``<PatientID>/<study>/<series>/*.dcm``). Every image is COVID-19. The patient id comes from the DICOM
+header, with TCIA's collection prefix removed ('MIDRC-RICORD-1C-419639-000918' -> '419639-000918',
+as COVIDx writes it). Only radiographs (CR, DX) are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from ...errors import SourceError
+from ..records import Record
+from ._common import SourceData, parse_age, parse_sex, require_dir
+
+NAME = "ricord"
+PREFIX = "MIDRC-RICORD-1C-"
+
+
+def read(root: Path, source: str = NAME) -> SourceData:
+    root = require_dir(root, source)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom"))
+    if not files:
+        raise SourceError(f"{root}: no DICOM files (.dcm) for source {source!r}")
+    out = SourceData()
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:
+            out.exclude(source, str(path), "unreadable image", f"DICOM header unreadable: {type(e).__name__}: {e}")
+            continue
+        modality = str(ds.get("Modality", "")).upper()
+        if modality and modality not in ("CR", "DX"):
+            out.exclude(source, str(path), "not an X-ray", f"modality {modality!r}")
+            continue
+        pid = str(ds.get("PatientID", "")).strip() or path.relative_to(root).parts[0]
+        pid = pid[len(PREFIX):] if pid.upper().startswith(PREFIX) else pid
+        out.records.append(Record(
+            patient_id=pid, path=path, label="COVID-19", source=source, view=ds.get("ViewPosition") or None,
+            age=parse_age(ds.get("PatientAge")), sex=parse_sex(ds.get("PatientSex")),
+            extra={"study_uid": str(ds.get("StudyInstanceUID", ""))},
+        ))
+    return out

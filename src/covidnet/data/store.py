@@ -1,0 +1,64 @@
+"""The preprocessed store a build writes: every image already cropped and resized, packed into one
+uint8 array (``images.npy``, memory-mapped on open), and an index table aligned with its rows
+(``index.csv``). Training, evaluation and the audit read this, never image files.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CovidnetError
+from .records import BINARY_CLASSES, CLASSES, Record, to_binary
+
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.csv"
+INDEX_COLUMNS = ("row", "patient_id", "filename", "label", "label_binary", "source", "split", "view", "age", "sex")
+
+
+def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(INDEX_COLUMNS)
+        for n, (r, split) in enumerate(rows):
+            w.writerow([n, r.patient_id, r.path.name, r.label, to_binary(r.label), r.source, split, r.view or "",
+                        "" if r.age is None else f"{r.age:g}", r.sex or ""])
+
+
+@dataclass
+class Store:
+    root: Path
+    images: np.ndarray  # (N, size, size) uint8, memory-mapped
+    index: list[dict[str, str]]  # one dict per row, INDEX_COLUMNS
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Row numbers of ``split`` (all rows when None)."""
+        return np.array([int(r["row"]) for r in self.index if split is None or r["split"] == split], dtype=np.int64)
+
+    def labels(self, rows: np.ndarray | None = None, binary: bool = False) -> np.ndarray:
+        """Class indices of ``rows``: CLASSES order, or BINARY_CLASSES order when ``binary``."""
+        rows = self.rows() if rows is None else rows
+        if binary:
+            return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
+        return np.array([CLASSES.index(self.index[i]["label"]) for i in rows], dtype=np.int64)
+
+
+def open_store(root: Path | str) -> Store:
+    root = Path(root)
+    images_path, index_path = root / IMAGES_FILE, root / INDEX_FILE
+    for p in (images_path, index_path):
+        if not p.is_file():
+            raise CovidnetError(f"{p}: not found; is {root} a dataset written by `covidnet data build`?")
+    images = np.load(images_path, mmap_mode="r")
+    with open(index_path, newline="") as f:
+        index = list(csv.DictReader(f))
+    if len(index) != len(images):
+        raise CovidnetError(f"{root}: index.csv has {len(index)} rows but images.npy {len(images)}; the dataset is damaged")
+    return Store(root, images, index)
