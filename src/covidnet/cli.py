@@ -162,6 +162,73 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+TRAIN_HELP = {
+    "data": "a dataset folder written by `covidnet data build`",
+    "out": "run folder: config, log.csv, last.pt, best.pt, run.json",
+    "arch": "architecture (see `covidnet models`)",
+    "epochs": "epochs", "batch_size": "images per step, over all processes together",
+    "lr": "Adam learning rate", "scale_lr": "multiply --lr by batch-size/8 (linear rule for larger batches)",
+    "weight_decay": "Adam weight decay", "plateau_factor": "ReduceLROnPlateau factor on the validation loss",
+    "plateau_patience": "ReduceLROnPlateau patience (epochs)", "size": "input side in px; 0: the dataset's stored size",
+    "in_channels": "1 (grey) or 3 (grey repeated)", "binary": "negative/positive instead of normal/pneumonia/COVID-19",
+    "covid_percent": "share of each batch drawn from COVID-19, in [0, 1); 0 turns rebalancing off",
+    "class_weights": "loss weights: reference (COVID-19 x4), none, balanced, or one number per class (e.g. 1,1,4)",
+    "translate": "augmentation: max shift, fraction of the side", "rotate": "augmentation: max rotation, degrees",
+    "hflip": "augmentation: horizontal flip probability", "brightness": "augmentation: max brightness change, fraction",
+    "zoom_min": "augmentation: smallest zoom", "zoom_max": "augmentation: largest zoom",
+    "init": "random, imagenet (torchvision baselines), or a checkpoint path (classifier re-initialised)",
+    "seed": "seed of every random choice", "device": "auto, cpu, cuda or cuda:N",
+    "amp": "bf16 autocast on GPU", "channels_last": "channels-last memory format",
+    "compile": "torch.compile: auto (GPU only), on, off", "eval_batch_size": "batch size for validation",
+    "precise_bn": "training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off",
+    "resume": "continue the run in --out from its last.pt", "progress": "progress bars and per-epoch lines",
+}
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, cls, helps: dict, required=("data", "out")) -> None:
+    """One flag per dataclass field, so the CLI and the config (written next to every run) cannot drift."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in required:
+            p.add_argument(flag, required=True, help=helps.get(f.name))
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, default=f.default, help=f"{helps.get(f.name, '')} (default {f.default})")
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    summary = train(cfg)
+    if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
+        f = summary["final"]
+        print(f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch val accuracy "
+              f"{f['val_acc']:.3f}; {summary['images_per_s']:.0f} images/s on {summary['device']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    classes = m["confusion"]["labels"]
+    print(f"{m['split']} split of {m['data']}: {m['n']} images, accuracy {m['accuracy']:.3f}")
+    print(_table(["class", "sensitivity", "PPV"], [[c, f"{m['sensitivity'][c]:.3f}", f"{m['ppv'][c]:.3f}"] for c in classes]))
+    print("confusion matrix (rows: truth, columns: prediction)")
+    print(_table(["", *classes], [[c, *map(str, row)] for c, row in zip(classes, m["confusion"]["matrix"])]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidnet",
@@ -188,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (a list for several)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("train", help="train a model on a built dataset (the paper's recipe by default)",
+                       description="Train on a dataset built by `covidnet data build`. Defaults are the published recipe; "
+                                   "the same command runs under torchrun for several GPUs or machines.")
+    from .train import TrainConfig
+
+    _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a split of a built dataset")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `covidnet train` (best.pt)")
+    p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default test)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="build COVIDx-style datasets from public sources; phantom data")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -212,7 +212,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
     exclusions: list[Exclusion] = []
     notes: list[str] = []
     for spec in cfg.sources:
-        data = read_source(spec.reader, spec.path, spec.name)
+        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name)  # records.csv stays valid from anywhere
         records += data.records
         exclusions += data.exclusions
         notes += data.notes

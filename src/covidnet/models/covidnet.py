@@ -30,8 +30,12 @@ Not published, so chosen here (the reference ships TensorFlow graphs, not code):
   (concatenation would grow the width with every connection).
 * **Downsampling**: the stem is a stride-2 7x7 convolution and a stride-2 3x3 max-pool (224 -> 56);
   stages 2-4 open with a 2x2 max-pool of the previous stage's output (56 -> 28 -> 14 -> 7).
-* **Normalisation**: every convolution is followed by batch normalisation and ReLU, so the network
-  trains from scratch; the extension convolution keeps its ReLU because its output is summed.
+* **Normalisation**: every convolution is followed by batch normalisation and ReLU, except the
+  extension, which is linear (batch normalisation only) with its scale initialised to zero, so every
+  PEPX module starts as "add nothing" to the sum it feeds — ResNet's zero-initialised residual
+  (Goyal et al. 2017). Without it the summed network did not train from scratch at batch 8 in our
+  tests (training loss stuck at chance on phantom data where ResNet-50 reached 100 %); with it the
+  same run fits the training set within a few epochs.
 * **Head**: an adaptive average pool to ``head_grid`` x ``head_grid`` before the flatten. At the
   preset's own input size and ``head_grid=7`` (Small, Large at 224) it is the identity, so the head is
   the published flatten -> FC; it also lets the same weights run at other sizes. CXR3-B uses
@@ -71,7 +75,7 @@ class PEPX(nn.Module):
         self.expand = ConvBNReLU(c_proj, c_expand, 1)
         self.depthwise = ConvBNReLU(c_expand, c_expand, 3, groups=c_expand)
         self.project2 = ConvBNReLU(c_expand, c_proj, 1)
-        self.extend = ConvBNReLU(c_proj, c_out, 1)
+        self.extend = ConvBNReLU(c_proj, c_out, 1, act=False)  # linear: its output is summed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.extend(self.project2(self.depthwise(self.expand(self.project1(x)))))
@@ -152,12 +156,18 @@ class CovidNet(Classifier):
         self._init_weights()
 
     def _init_weights(self):
+        # He initialisation for convolutions and hidden FC layers (they feed ReLUs); a small classifier
+        # so the first logits are near uniform
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.01)
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+            if isinstance(m, PEPX):
+                nn.init.zeros_(m.extend[1].weight)  # each module starts as the identity of the sum
+        nn.init.trunc_normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     @property
     def cam_layer(self) -> nn.Module:

@@ -1,0 +1,51 @@
+"""Checkpoints that describe themselves: architecture and its arguments, class names, the
+preprocessing contract, training config and code version travel with the weights, so loading one
+never needs flags that restate them. Written atomically (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import CovidnetError
+from .models import create_model
+
+FORMAT = "covidnet-checkpoint/1"
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "version": __version__, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CovidnetError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CovidnetError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CovidnetError(f"{path}: not a covidnet checkpoint (no {FORMAT!r} format marker)")
+    return ckpt
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The model a checkpoint describes, with its weights, in eval mode; and the checkpoint's metadata."""
+    ckpt = read_checkpoint(path)
+    model = create_model(ckpt["arch"], **ckpt["arch_args"])
+    model.load_state_dict(ckpt["model"])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}
+    return model.to(device).eval(), meta

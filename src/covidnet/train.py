@@ -1,0 +1,559 @@
+"""``covidnet train``: the published COVID-Net recipe on a built dataset, from a laptop CPU to many GPUs.
+
+One function, ``train(TrainConfig)``, runs unchanged as a single process or under ``torchrun`` (rank
+from the environment; DistributedDataParallel over NCCL on GPUs, gloo on CPUs; logging and
+checkpoints on rank 0). The dataset's preprocessed uint8 store is loaded once onto the device; batches
+are drawn by index and augmented there, each image with its own random parameters. Every random
+choice is derived from (seed, epoch, step), so a run killed at any step and resumed with ``--resume``
+takes exactly the steps an uninterrupted run would have taken.
+
+Defaults are the paper's: Adam, learning rate 2e-5, 10 epochs, batch 8, ReduceLROnPlateau (factor
+0.7, patience 5) on the validation loss, 480 px, translation ±10 %, rotation ±10°, horizontal flip,
+brightness ±10 %, zoom 0.85-1.15; and the reference's rebalancing (30 % of each batch COVID-19, COVID-19
+weighted 4 in the loss). Model selection uses the validation split, never the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .augment import AugmentConfig, augment, sample_params
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data.records import BINARY_CLASSES, CLASSES
+from .data.store import open_store
+from .errors import ConfigError, CovidnetError
+from .evaluate import classification_metrics
+from .models import create_model, get_spec
+from .tensors import model_input, uint8_to_unit
+
+
+class TrainingInterrupted(CovidnetError):
+    """SIGTERM or SIGINT: a resumable checkpoint was written; exit 143 as a terminated process does."""
+
+    exit_code = 143
+
+
+@dataclass
+class TrainConfig:
+    data: str  # a folder written by `covidnet data build`
+    out: str  # the run folder
+    arch: str = "covidnet-cxr3b"
+    epochs: int = 10
+    batch_size: int = 8  # per step, over all processes together
+    lr: float = 2e-5
+    scale_lr: bool = False  # linear rule: lr * batch_size / 8, for larger batches
+    weight_decay: float = 0.0
+    plateau_factor: float = 0.7
+    plateau_patience: int = 5
+    size: int = 0  # input side; 0: the dataset's stored size
+    in_channels: int = 1  # 1: grey as stored; 3: grey repeated (e.g. for ImageNet weights without adaptation)
+    binary: bool = False  # negative / positive instead of normal / pneumonia / COVID-19
+    covid_percent: float = 0.3  # share of every batch drawn from COVID-19; 0 turns rebalancing off
+    class_weights: str = "reference"  # "reference" (COVID-19 x4), "none", "balanced", or e.g. "1,1,4"
+    translate: float = 0.10
+    rotate: float = 10.0
+    hflip: float = 0.5
+    brightness: float = 0.10
+    zoom_min: float = 0.85
+    zoom_max: float = 1.15
+    init: str = "random"  # "random", "imagenet" (torchvision baselines) or a checkpoint path
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    amp: bool = True  # bf16 autocast on GPU (never on CPU)
+    channels_last: bool = True
+    compile: str = "auto"  # auto: on for GPU, off on CPU; "on" / "off"
+    eval_batch_size: int = 64
+    precise_bn: int = 512  # training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off
+    resume: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return BINARY_CLASSES if self.binary else CLASSES
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(self.translate, self.rotate, self.hflip, self.brightness, (self.zoom_min, self.zoom_max))
+
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / 8 if self.scale_lr else self.lr
+
+
+# --- distributed -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def all_sum(self, values: list[float], device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+# --- sampling ----------------------------------------------------------------------------------------
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
+
+
+def epoch_batches(labels: np.ndarray, epoch: int, seed: int, batch_size: int, covid_class: int | None,
+                  covid_percent: float) -> list[np.ndarray]:
+    """The global batches of one epoch, as positions into ``labels`` (the training rows).
+
+    Without rebalancing: a permutation cut into batches, so every image is seen exactly once per
+    epoch; the remainder is spread over the batches rather than dropped or padded. With rebalancing:
+    every non-COVID-19 image once, and ``round(covid_percent * batch_size)`` COVID-19 images per batch
+    drawn from a cycling permutation of the COVID-19 images (oversampled, as in the reference)."""
+    rng = np.random.default_rng([seed, epoch, 0xBA7C4])
+    n = len(labels)
+    if not covid_percent or covid_class is None:
+        order = rng.permutation(n)
+        return np.array_split(order, max(1, n // batch_size))
+    covid = np.flatnonzero(labels == covid_class)
+    other = np.flatnonzero(labels != covid_class)
+    k = max(1, round(covid_percent * batch_size))
+    if len(covid) == 0 or len(other) == 0:
+        raise ConfigError("--covid-percent needs COVID-19 and other images in the training split; pass --covid-percent 0")
+    other = rng.permutation(other)
+    chunks = np.array_split(other, max(1, len(other) // (batch_size - k)))
+    need = k * len(chunks)
+    cycle = np.concatenate([rng.permutation(covid) for _ in range(math.ceil(need / len(covid)))])[:need]
+    return [np.concatenate([c, cycle[i * k:(i + 1) * k]]) for i, c in enumerate(chunks)]
+
+
+def shard(batch: np.ndarray, dist: Dist) -> np.ndarray:
+    return np.array_split(batch, dist.world)[dist.rank]
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+def _class_weights(spec: str, labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor | None:
+    k = len(classes)
+    if spec == "none":
+        return None
+    if spec == "reference":  # the reference's covid_weight=4
+        return torch.tensor([4.0 if c in ("COVID-19", "positive") else 1.0 for c in classes])
+    if spec == "balanced":
+        counts = np.bincount(labels, minlength=k).astype(float)
+        return torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
+    try:
+        w = [float(v) for v in spec.split(",")]
+    except ValueError:
+        w = []
+    if len(w) != k or min(w, default=0) <= 0:
+        raise ConfigError(f"--class-weights {spec!r}: give reference, none, balanced, or {k} positive numbers ({', '.join(classes)})")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _check(cfg: TrainConfig) -> None:
+    if not 0 <= cfg.covid_percent < 1:
+        raise ConfigError(f"--covid-percent must be in [0, 1), not {cfg.covid_percent}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ConfigError("--epochs, --batch-size and --lr must be positive")
+    if cfg.in_channels not in (1, 3):
+        raise ConfigError(f"--in-channels must be 1 or 3, not {cfg.in_channels}")
+    if cfg.compile not in ("auto", "on", "off"):
+        raise ConfigError(f"--compile must be auto, on or off, not {cfg.compile!r}")
+    if not cfg.zoom_min <= cfg.zoom_max or cfg.zoom_min <= 0:
+        raise ConfigError("--zoom-min must be positive and at most --zoom-max")
+    get_spec(cfg.arch)
+
+
+def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: no CUDA device is available")
+    if cfg.device == "cuda":
+        return torch.device(f"cuda:{dist.local_rank}")
+    return torch.device(cfg.device)
+
+
+def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    if cfg.init == "random":
+        return
+    if cfg.init == "imagenet":
+        raise AssertionError("handled at creation")  # pragma: no cover
+    ckpt = read_checkpoint(cfg.init)
+    if ckpt["arch"] != cfg.arch:
+        raise ConfigError(f"{cfg.init}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
+    if ckpt["arch_args"].get("in_channels") != cfg.in_channels:
+        raise ConfigError(f"{cfg.init}: made for {ckpt['arch_args'].get('in_channels')}-channel input, not --in-channels {cfg.in_channels}")
+    head = {f"classifier.{k}" for k in model.get_classifier().state_dict()}
+    state = {k: v for k, v in ckpt["model"].items() if k not in head}  # the classifier starts afresh
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) - head or unexpected:
+        raise ConfigError(f"{cfg.init}: weights do not fit {cfg.arch} (missing {sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]})")
+
+
+def _create(cfg: TrainConfig) -> torch.nn.Module:
+    num_classes = len(cfg.classes)
+    if cfg.init != "imagenet":
+        return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels)
+    if get_spec(cfg.arch).family != "torchvision":
+        raise ConfigError(f"--init imagenet is for the torchvision baselines, not {cfg.arch}; use --init random or a checkpoint")
+    import socket
+
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(cfg.arch).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels, weights="imagenet")
+    except Exception as e:
+        raise CovidnetError(f"ImageNet weights for {cfg.arch} are not cached and could not be downloaded "
+                            f"({type(e).__name__}); download {weights.url} and place it at {cached}") from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+class _Log:
+    """The run's per-epoch log: CSV always, TensorBoard when the package is installed."""
+
+    def __init__(self, run: Path, enabled: bool):
+        self.path = run / "log.csv"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run / "tensorboard"))
+            except Exception:  # tensorboard is an optional extra
+                self.tb = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+
+def _status(run: Path, dist: Dist, state: str, **info) -> None:
+    if dist.main:
+        tmp = run / ".run.json.tmp"
+        tmp.write_text(json.dumps({"state": state, "version": __version__, **info}, indent=2))
+        os.replace(tmp, run / "run.json")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as ``cfg`` says; returns a summary (also in RUN_DIR/run.json)."""
+    _check(cfg)
+    dist = Dist.from_env()
+    device = _device(cfg, dist)
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend)
+    try:
+        return _train(cfg, dist, device)
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _prepare_run(cfg: TrainConfig, dist: Dist) -> Path:
+    run = Path(cfg.out)
+    if cfg.resume:
+        if not (run / "last.pt").is_file():
+            raise ConfigError(f"{run}: nothing to resume (no last.pt); start it without --resume")
+        saved = json.loads((run / "config.json").read_text())
+        for f in fields(TrainConfig):
+            if f.name not in ("resume", "progress", "epochs", "out") and saved.get(f.name) != getattr(cfg, f.name):
+                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {saved.get(f.name)!r} in this run, "
+                                  f"not {getattr(cfg, f.name)!r}; resume with the run's own settings")
+    elif run.exists() and any(run.iterdir()):
+        raise ConfigError(f"{run}: exists and is not empty; pass --resume to continue it or choose another --out")
+    if dist.world > 1:
+        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps({"command": "train", "version": __version__, **cfg.to_dict()}, indent=2))
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return run
+
+
+def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
+    store = open_store(cfg.data)
+    classes = cfg.classes
+    train_rows, val_rows = store.rows("train"), store.rows("val")
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ConfigError(f"{cfg.data}: the dataset needs train and val images (has {len(train_rows)} and {len(val_rows)})")
+    if cfg.batch_size > len(train_rows):
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
+    if cfg.batch_size < dist.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({dist.world})")
+    run = _prepare_run(cfg, dist)
+    labels_all = store.labels(binary=cfg.binary)
+    y_train, y_val = labels_all[train_rows], labels_all[val_rows]
+    covid_class = classes.index("COVID-19" if not cfg.binary else "positive")
+
+    # the store, once, on the device (or pinned host memory when it does not fit)
+    rows = np.concatenate([train_rows, val_rows])
+    host = torch.from_numpy(np.ascontiguousarray(store.images[rows]))
+    images = host
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        images = host.to(device) if host.numel() < 0.5 * free else host.pin_memory()
+    labels = torch.from_numpy(np.concatenate([y_train, y_val])).to(device)
+    train_pos, val_pos = np.arange(len(train_rows)), np.arange(len(train_rows), len(rows))
+
+    spec = get_spec(cfg.arch)
+    mean, std = spec.normalisation(cfg.in_channels)
+    size = cfg.size or store.size
+    on_gpu = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and on_gpu)
+    mem_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    torch.manual_seed(cfg.seed)
+    model = _create(cfg)
+    _init_weights(model, cfg)
+    model = model.to(device, memory_format=mem_format)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    weights = _class_weights(cfg.class_weights, y_train, classes)
+    start_epoch, start_step, best, acc = 0, 0, math.inf, None
+    if cfg.resume:
+        ckpt = read_checkpoint(run / "last.pt")
+        if ckpt["arch"] != cfg.arch:
+            raise ConfigError(f"{run / 'last.pt'}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, start_step, best, acc = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"], ckpt.get("accumulators")
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+    if cfg.compile == "on" or (cfg.compile == "auto" and on_gpu):
+        net = torch.compile(net, dynamic=False)  # a few static shapes (batch sizes differ by one) beat dynamic kernels
+
+    def batch_input(pos: np.ndarray, params: torch.Tensor | None) -> torch.Tensor:
+        x = uint8_to_unit(images[torch.from_numpy(pos).to(images.device)].to(device, non_blocking=True))
+        if params is not None:
+            x = augment(x, params)
+        return model_input(x, size, cfg.in_channels, mean, std, mem_format)
+
+    def payload(epoch: int, step: int, accumulators=None) -> dict:
+        return {
+            "arch": cfg.arch, "arch_args": model.arch_args, "classes": list(classes),
+            "preprocess": {"size": size, "stored_size": store.size, "top_crop": 0.08, "in_channels": cfg.in_channels,
+                           "mean": list(mean), "std": list(std)},
+            "train_config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
+            "accumulators": accumulators,
+        }
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
+    log = _Log(run, dist.main)
+    _status(run, dist, "running", epoch=start_epoch, step=start_step)
+    history = []
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            batches = epoch_batches(y_train, epoch, cfg.seed, cfg.batch_size, covid_class, cfg.covid_percent)
+            a = acc if (acc and epoch == start_epoch) else {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
+            loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
+            correct_acc = torch.zeros((), device=device, dtype=torch.int64)
+            t_epoch = time.perf_counter()
+            seen = np.concatenate(batches)
+            bar = _bar(cfg.progress and dist.main, len(batches), start_step if epoch == start_epoch else 0, epoch, cfg.epochs)
+            net.train()
+            for step in range(start_step if epoch == start_epoch else 0, len(batches)):
+                pos = shard(batches[step], dist)
+                seed = step_seed(cfg.seed, epoch, step)
+                gen = torch.Generator().manual_seed(seed)
+                torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+                params = None if cfg.augment.identity else sample_params(len(pos), cfg.augment, gen)
+                x, y = batch_input(train_pos[pos], params), labels[torch.from_numpy(train_pos[pos]).to(device)]
+                try:
+                    with amp:
+                        logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, weight=None if weights is None else weights.to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                except torch.OutOfMemoryError:
+                    raise CovidnetError(f"out of GPU memory training {cfg.arch} at {size} px with --batch-size "
+                                        f"{cfg.batch_size}; lower --batch-size or --size") from None
+                loss_acc += loss.detach() * len(pos)
+                correct_acc += (logits.argmax(1) == y).sum()
+                a["n"] += len(pos)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        elapsed = a["seconds"] + time.perf_counter() - t_epoch
+                        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{a['n'] * dist.world / max(elapsed, 1e-9):.0f}")
+                if _stop_requested(stop, dist, device):
+                    if dist.main:
+                        save_checkpoint(run / "last.pt", payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch)))
+                    _status(run, dist, "interrupted", epoch=epoch, step=step + 1)
+                    raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
+                                              f"in {run / 'last.pt'}: run the same command with --resume")
+            if bar is not None:
+                bar.close()
+            a = _fold(a, loss_acc, correct_acc, t_epoch)  # synchronises with the device once per epoch
+            loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], device)
+            if cfg.precise_bn:
+                recalibrate_bn(model, batch_input, train_pos, cfg, epoch, amp)
+            val = evaluate_split(model, batch_input, val_pos, labels, cfg.eval_batch_size, dist, device, amp, classes)
+            sched.step(val["loss"])
+            mix = np.bincount(y_train[seen], minlength=len(classes)) / len(seen)
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
+                   "train_acc": correct / n, "val_loss": val["loss"], "val_acc": val["accuracy"],
+                   **{f"val_sens_{c}": val["sensitivity"][c] for c in classes},
+                   **{f"val_ppv_{c}": val["ppv"][c] for c in classes},
+                   **{f"mix_{c}": float(m) for c, m in zip(classes, mix)},
+                   "images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
+                   "images_per_s": n / max(seconds / dist.world, 1e-9)}
+            history.append(row)
+            log.write(row)
+            if dist.main and cfg.progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                      f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} | class mix "
+                      + " ".join(f"{c} {m:.0%}" for c, m in zip(classes, mix)) + f" | {row['images_per_s']:.0f} img/s",
+                      file=sys.stderr)
+            improved = val["loss"] < best
+            best = min(best, val["loss"])
+            if dist.main:
+                p = payload(epoch + 1, 0)
+                save_checkpoint(run / "last.pt", p)
+                if improved:
+                    save_checkpoint(run / "best.pt", {**p, "optimizer": None, "scheduler": None,
+                                                      "val_metrics": {k: v for k, v in val.items() if k != "confusion"}})
+            start_step = 0
+    except BaseException as e:
+        if not isinstance(e, TrainingInterrupted):
+            _status(run, dist, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    rates = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
+    summary = {"epochs": cfg.epochs, "best_val_loss": best, "final": history[-1] if history else None,
+               "images_per_s": float(np.median(rates)) if rates else None, "world_size": dist.world,
+               "device": str(device), "best": str(run / "best.pt"), "last": str(run / "last.pt")}
+    _status(run, dist, "complete", **summary)
+    return summary
+
+
+def _fold(a: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, t_epoch: float) -> dict:
+    """The epoch's accumulators as plain numbers (a resumed epoch starts from those saved)."""
+    return {"loss": a["loss"] + float(loss_acc), "correct": a["correct"] + float(correct_acc), "n": a["n"],
+            "seconds": a["seconds"] + time.perf_counter() - t_epoch}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _stop_requested(stop: dict, dist: Dist, device) -> bool:
+    flag = stop["signal"] is not None
+    if dist.world > 1:  # every rank stops at the same step
+        flag = dist.all_sum([float(flag)], device)[0] > 0
+    return flag
+
+
+def _bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr, leave=False)
+
+
+def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, epoch: int, amp) -> None:
+    """Recompute BatchNorm running statistics from unaugmented training images with the current weights
+    ("precise BN", Wu & Johnson 2021), using torch's own ``swa_utils.update_bn``. The running averages
+    that training keeps lag behind weights that are still moving: on phantom data they cost up to half
+    the validation accuracy of the very same weights. Every process uses the same images, so the
+    statistics are identical on every rank."""
+    from torch.optim.swa_utils import update_bn
+
+    rng = np.random.default_rng([cfg.seed, epoch, 0xB4])
+    pos = train_pos[rng.permutation(len(train_pos))[: cfg.precise_bn]]
+    batches = (batch_input(pos[k:k + cfg.eval_batch_size], None) for k in range(0, len(pos), cfg.eval_batch_size))
+    with amp:
+        update_bn(batches, model)
+
+
+@torch.no_grad()
+def evaluate_split(net, batch_input, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
+                   device, amp, classes) -> dict:
+    """Loss, accuracy, per-class sensitivity and PPV over ``positions``, each image counted exactly once
+    however many processes share the work (no padding duplicates). ``net`` is the plain module, not the
+    DDP wrapper: shards differ in length, and DDP's per-forward collectives would wait for each other."""
+    net.eval()
+    mine = positions[dist.rank::dist.world]
+    out_pos, out_logits = [], []
+    for k in range(0, len(mine), batch_size):
+        pos = mine[k:k + batch_size]
+        with amp:
+            out_logits.append(net(batch_input(pos, None)).float().cpu())
+        out_pos.append(pos)
+    local = (np.concatenate(out_pos) if out_pos else np.zeros(0, np.int64),
+             torch.cat(out_logits) if out_logits else torch.zeros(0, len(classes)))
+    parts = dist.gather(local)
+    pos = np.concatenate([p for p, _ in parts])
+    logits = torch.cat([lg for _, lg in parts])
+    y = labels[torch.from_numpy(pos).to(labels.device)].cpu().numpy()
+    net.train()
+    return classification_metrics(y, logits, classes)
