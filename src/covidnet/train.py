@@ -15,7 +15,9 @@ weighted 4 in the loss). Model selection uses the validation split, never the te
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -241,7 +243,8 @@ def _create(cfg: TrainConfig) -> torch.nn.Module:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels, weights="imagenet")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # torch.hub chatter
+            return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels, weights="imagenet")
     except Exception as e:
         raise CovidnetError(f"ImageNet weights for {cfg.arch} are not cached and could not be downloaded "
                             f"({type(e).__name__}); download {weights.url} and place it at {cached}") from None
@@ -304,7 +307,9 @@ def train(cfg: TrainConfig) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _prepare_run(cfg: TrainConfig, dist: Dist) -> Path:
+def _check_run(cfg: TrainConfig) -> Path:
+    """The run folder can be started (or resumed) as asked. A folder holding no checkpoint (a start
+    that failed before its first epoch) may be started again."""
     run = Path(cfg.out)
     if cfg.resume:
         if not (run / "last.pt").is_file():
@@ -314,16 +319,23 @@ def _prepare_run(cfg: TrainConfig, dist: Dist) -> Path:
             if f.name not in ("resume", "progress", "epochs", "out") and saved.get(f.name) != getattr(cfg, f.name):
                 raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {saved.get(f.name)!r} in this run, "
                                   f"not {getattr(cfg, f.name)!r}; resume with the run's own settings")
-    elif run.exists() and any(run.iterdir()):
-        raise ConfigError(f"{run}: exists and is not empty; pass --resume to continue it or choose another --out")
+    elif (run / "last.pt").exists() or (run / "best.pt").exists():
+        raise ConfigError(f"{run}: holds a run already; pass --resume to continue it or choose another --out")
+    elif run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: exists and is not a folder")
+    return run
+
+
+def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
     if dist.world > 1:
         torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
+        for stale in ("log.csv",) if not cfg.resume else ():
+            (run / stale).unlink(missing_ok=True)
         (run / "config.json").write_text(json.dumps({"command": "train", "version": __version__, **cfg.to_dict()}, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
-    return run
 
 
 def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
@@ -336,7 +348,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
     if cfg.batch_size < dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({dist.world})")
-    run = _prepare_run(cfg, dist)
+    run = _check_run(cfg)
     labels_all = store.labels(binary=cfg.binary)
     y_train, y_val = labels_all[train_rows], labels_all[val_rows]
     covid_class = classes.index("COVID-19" if not cfg.binary else "positive")
@@ -374,6 +386,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, start_step, best, acc = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"], ckpt.get("accumulators")
+    _start_run(run, cfg, dist)  # only now, with the model built and its weights loaded, is anything written
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)

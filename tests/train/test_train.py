@@ -167,3 +167,24 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_settings(small_ds, 
         train(TrainConfig(data=str(small_ds), out=run, arch="resnet50", resume=True, **FAST))
     summary = train(TrainConfig(data=str(small_ds), out=run, resume=True, **FAST))  # extends to 2 epochs
     assert len(read_log(tmp_path / "run")) == 2 and summary["epochs"] == 2
+
+
+def test_imagenet_init_without_cached_weights_says_which_file_to_place_where(small_ds, tmp_path):
+    env_home = tmp_path / "torch_home"  # an empty cache: offline, the weights cannot be had
+    r = subprocess.run([str(Path(sys.executable).parent / "covidnet"), "train", "--data", str(small_ds), "--out",
+                        str(tmp_path / "run"), "--arch", "mobilenet_v3_large", "--init", "imagenet", "--epochs", "1",
+                        "--no-progress"], capture_output=True, text=True, timeout=300, env={**os.environ, "TORCH_HOME": str(env_home)})
+    if r.returncode == 0:  # a machine with internet access downloaded them: the run must then be complete
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "complete"
+        return
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "download https://" in r.stderr and str(env_home) in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing written before the model exists
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_be_started_again(small_ds, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    train(TrainConfig(data=str(small_ds), out=str(run), **{**FAST, "epochs": 1}))
+    assert (run / "last.pt").exists()
