@@ -1,0 +1,456 @@
+"""An evaluation report a person can read: one self-contained ``index.html`` with PNG figures beside it.
+
+It draws what it is given (the metrics the evaluation computed, the labels and probabilities they came
+from, the most confident errors) and computes nothing it could disagree with, except the curves
+themselves. Every string from the data is HTML-escaped; every file is written to a temporary name and
+renamed, so a reader never sees half a report. Matplotlib is used through ``Figure`` objects only, never
+pyplot, so the global backend and open-figure list of the caller are left as they were.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+DISCLAIMER = "Research tool — not for diagnostic use."
+METRICS = (("sensitivity", "Sensitivity"), ("ppv", "PPV"), ("specificity", "Specificity"), ("f1", "F1"), ("auc", "AUC"))
+DASH = "—"
+DPI = 110
+
+
+# --------------------------------------------------------------------------------------------- files
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, then ``os.replace``: the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(x):
+    """NaN and ±inf become None (JSON has no NaN); numpy scalars and arrays become Python ones."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: str | Path, metrics: dict) -> Path:
+    """Metrics as strict JSON (NaN → null), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
+    _atomic_write(path, (text + "\n").encode("utf-8"))
+    return path
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    fig.clear()  # Figure objects are not in pyplot's registry; clearing frees the artists now
+    _atomic_write(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+def _num(v) -> float | None:
+    """A finite float, or None for None/NaN/inf/anything not a number."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt(v, digits: int = 3) -> str:
+    f = _num(v)
+    return DASH if f is None else f"{f:.{digits}f}"
+
+
+def _fmt_ci(m) -> str:
+    """``0.912 (0.871–0.945)``; the value alone without a CI; ``—`` without a value."""
+    if isinstance(m, dict):
+        value, ci = m.get("value"), m.get("ci95")
+    else:
+        value, ci = m, None
+    if _num(value) is None:
+        return DASH
+    lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    return _fmt(value) if lo is None or hi is None else f"{_fmt(value)} ({_fmt(lo)}–{_fmt(hi)})"
+
+
+def _mpl(s) -> str:
+    """Text for matplotlib: a ``$`` in a file name would otherwise start mathtext (and may fail to parse)."""
+    return str(s).replace("$", r"\$")
+
+
+def _short(s: str, n: int) -> str:
+    """Ellipsis in the middle: file names differ at the start (patient) and at the end (view, extension)."""
+    return s if len(s) <= n else s[: (n - 1) // 2] + "…" + s[len(s) - (n - 1 - (n - 1) // 2):]
+
+
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10):
+    """Top-class confidence in ``n_bins`` equal-width bins, (lo, hi] (the first also takes 0):
+    per-bin count, accuracy, mean confidence (NaN for empty bins), and the ECE."""
+    conf = probs.max(1) if len(probs) else np.zeros(0)
+    correct = (probs.argmax(1) == y_true) if len(probs) else np.zeros(0, bool)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+    ece = float(np.nansum(np.abs(acc - mean_conf) * count) / count.sum()) if count.sum() else float("nan")
+    return count, acc, mean_conf, ece
+
+
+def _confusion(metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
+    """The evaluation's confusion matrix when it gave one, else counted here from the arg-max."""
+    cm = metrics.get("confusion_matrix") or {}
+    if cm.get("matrix") is not None:
+        return list(cm.get("labels") or classes), np.asarray(cm["matrix"], dtype=np.int64)
+    k = len(classes)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, int)
+    return list(classes), np.bincount(y_true * k + pred, minlength=k * k).reshape(k, k)
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+
+
+def plot_confusion(labels: Sequence[str], matrix: np.ndarray):
+    """Counts with row-normalised percentages; colour is the row share, so rare classes read as well as common ones."""
+    k = len(labels)
+    rows = matrix.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(rows > 0, matrix / np.maximum(rows, 1), np.nan)
+    side = max(3.8, 1.0 * k + 2.3)
+    fig = _figure(side + 0.9, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.nan_to_num(share), cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            pct = DASH if np.isnan(share[i, j]) else f"{100 * share[i, j]:.1f} %"
+            dark = not np.isnan(share[i, j]) and share[i, j] > 0.55
+            ax.text(j, i, f"{matrix[i, j]:d}\n{pct}", ha="center", va="center", fontsize=11 if k <= 4 else 9,
+                    color="white" if dark else "#1a1a1a")
+    ticks = [_mpl(c) for c in labels]
+    crowded = k > 3 or max(map(len, ticks), default=0) > 12
+    ax.set_xticks(range(k), ticks, **(dict(rotation=30, ha="right", rotation_mode="anchor") if crowded else {}))
+    ax.set_yticks(range(k), ticks, rotation=90 if k <= 3 else 0, va="center")
+    ax.set_xlabel("prediction", fontsize=11)
+    ax.set_ylabel("truth", fontsize=11)
+    ax.set_title(f"Confusion matrix (n = {int(matrix.sum())})", fontsize=12)
+    ax.tick_params(length=0)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
+    return fig
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
+    """One-vs-rest ROC per class; a class without both positives and negatives gets a legend line saying why not."""
+    from sklearn.metrics import auc, roc_curve
+
+    fig = _figure(5.6, 5.2)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+    for k, c in enumerate(classes):
+        pos = y_true == k
+        color = f"C{k}"
+        if not pos.any() or pos.all():
+            why = "absent from the data" if not pos.any() else "the only class present"
+            ax.plot([], [], color=color, ls=":", label=f"{_mpl(c)}: no curve ({why})")
+            continue
+        fpr, tpr, _ = roc_curve(pos, probs[:, k])
+        ax.plot(fpr, tpr, lw=2, color=color, label=f"{_mpl(c)} (AUC {auc(fpr, tpr):.3f})")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC, one class against the rest", fontsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return fig
+
+
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float | None = None, n_bins: int = 10):
+    """Accuracy against top-class confidence, bin counts underneath; ECE is the evaluation's when given."""
+    count, acc, mean_conf, own_ece = reliability_bins(y_true, probs, n_bins)
+    ece = own_ece if _num(ece) is None else ece
+    edges = np.linspace(0, 1, n_bins + 1)
+    centre, width = (edges[:-1] + edges[1:]) / 2, 1 / n_bins
+    fig = _figure(5.6, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = count > 0
+    if full.any():
+        top.bar(centre[full], acc[full], width=width * 0.95, color="C0", edgecolor="C0", alpha=0.8, label="accuracy")
+        top.bar(centre[full], np.abs(mean_conf - acc)[full], bottom=np.minimum(acc, mean_conf)[full], width=width * 0.95,
+                color="none", edgecolor="C3", hatch="//", lw=0, label="gap to mean confidence")
+    else:
+        top.text(0.5, 0.6, "no predictions", ha="center", va="center", color="0.4", transform=top.transAxes)
+    top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1))
+    top.set_ylabel("accuracy")
+    top.set_title(f"Reliability of the top-class confidence (ECE {_fmt(ece)})", fontsize=12)
+    top.legend(loc="upper left", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom.bar(centre, count, width=width * 0.95, color="0.55")
+    for x, n in zip(centre, count):
+        if n:
+            bottom.text(x, n, str(int(n)), ha="center", va="bottom", fontsize=8)
+    bottom.set_ylim(0, max(1, count.max()) * 1.3)
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("images")
+    bottom.set_xticks(edges[::2])
+    return fig
+
+
+def plot_errors(errors: Sequence[dict], cols: int = 4):
+    """Thumbnails (the heat-map overlay when there is one), captioned with name, truth, prediction, confidence."""
+    n = len(errors)
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig = _figure(2.7 * cols, 3.25 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, e in zip(axes, errors):
+        overlay = e.get("overlay")
+        if overlay is not None:
+            ax.imshow(np.asarray(overlay))
+        else:
+            ax.imshow(np.asarray(e["image"]), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(_mpl(_short(str(e.get("name", "")), 30)), fontsize=8.5)
+        ax.set_xlabel(f"truth: {_mpl(e.get('true', ''))}\npredicted: {_mpl(e.get('pred', ''))} (p = {_fmt(e.get('confidence'), 2)})",
+                      fontsize=8.5)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #1d1d1f;
+       margin: 0 auto; max-width: 1180px; padding: 0 24px 48px; }
+h1 { font-size: 1.55em; margin: 0.5em 0 0.3em; }
+h2 { font-size: 1.2em; margin: 1.6em 0 0.5em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+h3 { font-size: 1.02em; margin: 1.2em 0 0.4em; }
+.disclaimer { background: #fff3cd; border: 1px solid #e0b100; border-left: 6px solid #c98a00; padding: 8px 14px;
+              margin: 16px 0 0; font-weight: 600; }
+table { border-collapse: collapse; margin: 0.3em 0; }
+th, td { padding: 4px 12px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+thead th { border-bottom: 2px solid #bbb; background: #f6f6f6; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.context { font-size: 0.88em; color: #444; }
+table.context th { font-weight: 600; padding-left: 0; }
+table.context td { overflow-wrap: anywhere; max-width: 520px; }
+.top { display: flex; flex-wrap: wrap; gap: 0 56px; align-items: flex-start; }
+.top > section { flex: 0 1 auto; min-width: 0; }
+.note { color: #555; font-size: 0.9em; margin: 0.3em 0; }
+.figures { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0; flex: 1 1 420px; max-width: 560px; }
+figure.wide { max-width: none; }
+figure.wide img { width: auto; max-width: 100%; }
+figure img { width: 100%; height: auto; border: 1px solid #e4e4e4; }
+figcaption { font-size: 0.88em; color: #555; }
+details { margin: 0.4em 0; }
+summary { cursor: pointer; font-weight: 600; }
+footer { margin-top: 3em; font-size: 0.82em; color: #777; }
+"""
+
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], id: str | None = None, numeric_from: int = 1) -> str:
+    """Cells arrive escaped; columns from ``numeric_from`` on are right-aligned numbers."""
+    attrs = f' id="{id}"' if id else ""
+    th = "".join(f'<th{" class=num" if i >= numeric_from else ""} scope="col">{h}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<th scope="row">{c}</th>' if i == 0 else
+                                    f'<td{" class=num" if i >= numeric_from else ""}>{c}</td>'
+                                    for i, c in enumerate(r)) + "</tr>\n" for r in rows)
+    return f"<table{attrs}>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def _support(m: dict, classes: Sequence[str]) -> list[str]:
+    cm = (m.get("confusion_matrix") or {})
+    if cm.get("matrix") is None:
+        return [DASH] * len(classes)
+    labels = list(cm.get("labels") or classes)
+    rows = dict(zip(labels, np.asarray(cm["matrix"]).sum(1).tolist()))
+    return [str(rows[c]) if c in rows else DASH for c in classes]
+
+
+def _summary_rows(m: dict) -> list[list[str]]:
+    macro = m.get("macro") or {}
+    n, p = m.get("n"), m.get("n_patients")
+    return [["Images", _e(n) if n is not None else DASH], ["Patients", _e(p) if p is not None else DASH],
+            ["Accuracy", _e(_fmt_ci(m.get("accuracy")))],
+            *[[f"Macro {label if label.isupper() or label == 'F1' else label.lower()}", _e(_fmt_ci(macro.get(key)))]
+              for key, label in METRICS],
+            ["ECE (10 bins)", _e(_fmt(m.get("ece")))],
+            ["Temperature", _e(_fmt(m.get("temperature"), 3))]]
+
+
+def _per_class_table(m: dict, classes: Sequence[str], id: str | None = None, support: list[str] | None = None) -> str:
+    per = m.get("per_class") or {}
+    support = support or _support(m, classes)
+    rows = [[_e(c), _e(s), *(_e(_fmt_ci((per.get(c) or {}).get(key))) for key, _ in METRICS)]
+            for c, s in zip(classes, support)]
+    return _table(["class", "images", *(label for _, label in METRICS)], rows, id=id)
+
+
+def _bootstrap_note(m: dict) -> str:
+    b = m.get("bootstrap") or {}
+    if not b:
+        return '<p class="note">In brackets: 95 % confidence intervals.</p>'
+    unit = b.get("unit", "image")
+    return (f'<p class="note">In brackets: 95 % confidence intervals, bootstrap over {_e(unit)}s '
+            f"({_e(b.get('resamples', DASH))} resamples).</p>")
+
+
+def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
+    rows, details = [], []
+    for i, (src, m) in enumerate(per_source.items()):
+        m = m or {}
+        macro = m.get("macro") or {}
+        rows.append([_e(src), _e(m.get("n", DASH)), _e(m.get("n_patients", DASH)), _e(_fmt_ci(m.get("accuracy"))),
+                     _e(_fmt_ci(macro.get("sensitivity"))), _e(_fmt_ci(macro.get("auc"))), _e(_fmt(m.get("ece")))])
+        details.append(f"<details><summary>{_e(src)}: per class</summary>\n"
+                       f"{_per_class_table(m, classes, id=f'per-class-source-{i}')}\n</details>")
+    head = ["source", "images", "patients", "accuracy", "macro sensitivity", "macro AUC", "ECE"]
+    return _table(head, rows, id="per-source") + "\n" + "\n".join(details)
+
+
+def _errors_html(errors: Sequence[dict]) -> str:
+    if not errors:
+        return '<p id="no-errors">No misclassified images to show.</p>'
+    rows = [[str(i + 1), _e(e.get("name", "")), _e(e.get("true", "")), _e(e.get("pred", "")),
+             _e(_fmt(e.get("confidence"), 3))] for i, e in enumerate(errors)]
+    return ('<figure class="wide"><img id="errors" src="errors.png" alt="Most confident errors: thumbnails with '
+            'name, truth, prediction and confidence"><figcaption>The heat map over an image, where there is one, '
+            "shows the regions that drove the prediction.</figcaption></figure>\n"
+            "<details><summary>The same errors as a list</summary>\n"
+            + _table(["#", "image", "truth", "prediction", "confidence"], rows, id="errors-table", numeric_from=4)
+            + "\n</details>")
+
+
+def render_html(metrics: dict, classes: Sequence[str], errors: Sequence[dict], title: str, context: dict | None) -> str:
+    from . import __version__
+
+    ctx = ""
+    if context:
+        ctx = '<section><h2>Run</h2>\n<table id="context" class="context">' + "".join(
+            f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in context.items()) + "</table></section>"
+    per_source = metrics.get("per_source") or {}
+    src = (f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>" if per_source else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<p class="disclaimer" id="disclaimer" role="note">{DISCLAIMER}</p>
+<h1>{_e(title)}</h1>
+<div class="top">
+<section>
+<h2>Summary</h2>
+{_table(["", "value (95 % CI)"], _summary_rows(metrics), id="summary")}
+</section>
+{ctx}
+</div>
+<section>
+<h2>Per class</h2>
+{_per_class_table(metrics, classes, id="per-class")}
+{_bootstrap_note(metrics)}
+<p class="note">Sensitivity: share of a class found. PPV: share of the predictions of a class that are right.
+Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class confidence.</p>
+</section>
+<section>
+<h2>Figures</h2>
+<div class="figures">
+<figure><img id="confusion-matrix" src="confusion_matrix.png" alt="Confusion matrix"><figcaption>Rows: truth; columns:
+prediction. Each cell: count and share of its row.</figcaption></figure>
+<figure><img id="roc" src="roc.png" alt="ROC curves, one class against the rest"><figcaption>One-vs-rest ROC
+curves from the predicted probabilities.</figcaption></figure>
+<figure><img id="reliability" src="reliability.png" alt="Reliability diagram"><figcaption>Accuracy of the
+predictions in each confidence bin; bars on the diagonal are perfectly calibrated. Underneath: images per bin.
+</figcaption></figure>
+</div>
+</section>
+{src}
+<section>
+<h2>Most confident errors</h2>
+{_errors_html(errors)}
+</section>
+<footer>{DISCLAIMER} Written by covidnet {_e(__version__)}.</footer>
+</body>
+</html>
+"""
+
+
+# ------------------------------------------------------------------------------------------- entry
+
+def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                 errors: Sequence[dict] = (), title: str = "covidnet evaluation", context: dict | None = None) -> Path:
+    """Write ``index.html`` and its figures into ``out_dir``; returns the path of ``index.html``.
+
+    The figures are written first and the page last, so an ``index.html`` never points at a figure that is
+    not there yet. Files of an earlier report are replaced; other files in the folder are left alone.
+    """
+    y_true = np.asarray(y_true).astype(np.int64, copy=False).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    classes = [str(c) for c in classes]
+    if probs.ndim != 2 or probs.shape != (len(y_true), len(classes)):
+        raise ValueError(f"probs has shape {probs.shape}; expected ({len(y_true)}, {len(classes)}) "
+                         "(one row per label, one column per class)")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= len(classes)):
+        raise ValueError(f"y_true holds class indices outside 0..{len(classes) - 1}")
+    errors = list(errors)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    labels, matrix = _confusion(metrics, y_true, probs, classes)
+    _save(plot_confusion(labels, matrix), out / "confusion_matrix.png")
+    _save(plot_roc(y_true, probs, classes), out / "roc.png")
+    _save(plot_reliability(y_true, probs, metrics.get("ece")), out / "reliability.png")
+    if errors:
+        _save(plot_errors(errors), out / "errors.png")
+    else:
+        (out / "errors.png").unlink(missing_ok=True)  # an earlier report's, which this page no longer shows
+
+    index = out / "index.html"
+    _atomic_write(index, render_html(metrics, classes, errors, title, context).encode("utf-8"))
+    return index
