@@ -214,18 +214,95 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _ci(entry: dict) -> str:
+    v, ci = entry["value"], entry["ci95"]
+    if v is None or v != v:
+        return "—"
+    return f"{v:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
+def print_metrics(m: dict) -> None:
+    classes = m["confusion_matrix"]["labels"]
+    print(f"{m['n']} images of {m['n_patients']} patients; 95 % CIs from {m['bootstrap']['resamples']} bootstrap "
+          f"resamples of patients")
+    print(f"accuracy {_ci(m['accuracy'])}   ECE {m['ece']:.3f}" + (f"   temperature {m['temperature']:.3f}" if m.get("temperature") else ""))
+    rows = [[c, *(_ci(m["per_class"][c][k]) for k in ("sensitivity", "ppv", "specificity", "f1", "auc"))] for c in classes]
+    rows.append(["macro", *(_ci(m["macro"][k]) for k in ("sensitivity", "ppv", "specificity", "f1", "auc"))])
+    print(_table(["class", "sensitivity", "PPV", "specificity", "F1", "AUC"], rows))
+    print("confusion matrix (rows: truth, columns: prediction)")
+    print(_table(["", *classes], [[c, *map(str, row)] for c, row in zip(classes, m["confusion_matrix"]["matrix"])]))
+    for source, sm in (m.get("per_source") or {}).items():
+        print(f"source {source}: {sm['n']} images, accuracy {_ci(sm['accuracy'])}, "
+              + ", ".join(f"{c} sensitivity {_ci(sm['per_class'][c]['sensitivity'])}" for c in classes))
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_checkpoint
+    from .report import write_json
 
-    m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.device)
+    m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, labels=args.labels, images=args.images,
+                            resamples=args.resamples, seed=args.seed, device=args.device, report=args.report,
+                            cam_method=args.cam_method, progress=not args.quiet)
+    for f in m["failed"][:20]:
+        print(f"covidnet: warning: {f['item']}: {f['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(m, indent=2))
-        return 0
-    classes = m["confusion"]["labels"]
-    print(f"{m['split']} split of {m['data']}: {m['n']} images, accuracy {m['accuracy']:.3f}")
-    print(_table(["class", "sensitivity", "PPV"], [[c, f"{m['sensitivity'][c]:.3f}", f"{m['ppv'][c]:.3f}"] for c in classes]))
-    print("confusion matrix (rows: truth, columns: prediction)")
-    print(_table(["", *classes], [[c, *map(str, row)] for c, row in zip(classes, m["confusion"]["matrix"])]))
+        write_json(args.json, m)
+    print_metrics(m)
+    print(f"{m['processed']} images evaluated, {m['failed_count']} failed"
+          + (f"; JSON: {args.json}" if args.json else "") + (f"; report: {Path(args.report) / 'index.html'}" if args.report else ""))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_paths
+
+    ok = failed = 0
+    for r in predict_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.threshold, args.cam, args.cam_method):
+        if r["status"] == "ok":
+            ok += 1
+        else:
+            failed += 1
+        if args.json:
+            print(json.dumps(r), flush=True)
+        elif r["status"] == "ok":
+            probs = " ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
+            tri = ""
+            if "triage" in r:
+                t = r["triage"]
+                tri = f"  triage: {'FLAG' if t['flag'] else 'no flag'} ({t['class']} {t['probability']:.3f} vs {t['threshold']:.3f})"
+            print(f"{r['path']}: {r['label']}  [{probs}]{tri}" + (f"  cam: {r['cam']}" if "cam" in r else ""), flush=True)
+        else:
+            print(f"{r['path']}: FAILED: {r['error']}", flush=True)
+    print(f"{ok} images processed, {failed} failed", file=sys.stderr)
+    if ok == 0:
+        raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .evaluate import calibrate_checkpoint
+
+    if not args.temperature and not args.operating_point:
+        raise UsageError("give --temperature and/or --operating-point sensitivity=0.95")
+    out = calibrate_checkpoint(args.checkpoint, args.data, args.temperature, args.operating_point, args.device)
+    if "temperature" in out:
+        print(f"temperature {out['temperature']:.3f}: validation ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f}")
+    if out.get("operating_point"):
+        op = out["operating_point"]
+        print(f"operating point {op['target']}: {op['class']} threshold {op['threshold']:.4f} "
+              f"(validation sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f})")
+    print(f"stored in {args.checkpoint}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=args.out, data=args.data, n=args.n, size=args.size, epochs=args.epochs,
+                                 seed=args.seed, overwrite=args.overwrite, progress=not args.quiet))
+    print()
+    print_metrics(result["metrics"])
+    print(f"report: {result['report']}")
     return 0
 
 
@@ -264,14 +341,60 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a split of a built dataset")
+    p = sub.add_parser("eval", help="metrics with bootstrap CIs, calibration, per-source breakdown, HTML report",
+                       description="Evaluate a checkpoint on a built dataset's split (--data) or on raw images named in a "
+                                   "COVIDx label file (--labels FILE --images DIR).")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `covidnet train` (best.pt)")
-    p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default test)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--data", help="a dataset folder written by `covidnet data build`")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of --data (default test)")
+    p.add_argument("--labels", help="a COVIDx label file: patientid filename label [source]")
+    p.add_argument("--images", help="the folder of the raw images --labels names (PNG, JPEG, WebP, DICOM)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of patients (default 1000; 0: no CIs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON to OUT")
+    p.add_argument("--report", metavar="OUT_DIR", help="write an HTML report with figures to OUT_DIR")
+    p.add_argument("--cam-method", default="gradcam", help="heat maps in the report: gradcam or gradcam++")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="label, probabilities, triage and heat maps for raw images",
+                       description="Predict raw images (files or folders, walked recursively): label, every class's "
+                                   "probability, a triage decision, and with --cam a Grad-CAM heat map. Research tool, not a diagnosis.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+    p.add_argument("--cam", metavar="OUT_DIR", help="write a heat-map overlay PNG per image to OUT_DIR")
+    p.add_argument("--cam-method", default="gradcam", help="gradcam or gradcam++")
+    p.add_argument("--threshold", metavar="CLASS=P", help="flag an image when P(CLASS) >= P, e.g. COVID-19=0.2 "
+                                                          "(default: the checkpoint's operating point, if calibrated)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit a temperature and/or an operating point on validation data",
+                       description="Fit temperature scaling and/or choose an operating point on the validation split "
+                                   "of a built dataset, and store them in the checkpoint.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="the dataset folder; its val split is used, never test")
+    p.add_argument("--temperature", action="store_true", help="fit temperature scaling")
+    p.add_argument("--operating-point", metavar="sensitivity=0.95", help="choose the COVID-19 threshold meeting this")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("demo", help="the whole chain on phantom data (or --data): build, train, evaluate, report",
+                       description="Generate phantom radiographs (or read --data), build a dataset, train a COVID-Net on "
+                                   "the CPU for a short schedule, evaluate it with an HTML report.")
+    p.add_argument("--out", default="demo", help="folder for everything (default ./demo)")
+    p.add_argument("--data", action="append", metavar="[READER=]PATH", help="real source folder(s) instead of phantoms "
+                                                                            "(READER defaults to cohen)")
+    p.add_argument("--n", type=int, default=300, help="phantom images (default 300)")
+    p.add_argument("--size", type=int, default=96, help="stored image side (default 96)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="build COVIDx-style datasets from public sources; phantom data")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -37,7 +37,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data.records import BINARY_CLASSES, CLASSES
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
-from .evaluate import classification_metrics
+from .evaluate import classification_metrics, predict_logits
 from .models import create_model, get_spec
 from .tensors import model_input, uint8_to_unit
 
@@ -366,6 +366,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     spec = get_spec(cfg.arch)
     mean, std = spec.normalisation(cfg.in_channels)
     size = cfg.size or store.size
+    pre = {"size": size, "stored_size": store.size, "top_crop": 0.08, "in_channels": cfg.in_channels,
+           "mean": list(mean), "std": list(std)}  # the preprocessing contract, stored in every checkpoint
     on_gpu = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and on_gpu)
     mem_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -402,8 +404,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     def payload(epoch: int, step: int, accumulators=None) -> dict:
         return {
             "arch": cfg.arch, "arch_args": model.arch_args, "classes": list(classes),
-            "preprocess": {"size": size, "stored_size": store.size, "top_crop": 0.08, "in_channels": cfg.in_channels,
-                           "mean": list(mean), "std": list(std)},
+            "preprocess": pre, "memory_format": "channels_last" if cfg.channels_last else "contiguous",
             "train_config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
             "accumulators": accumulators,
@@ -465,7 +466,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
             loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], device)
             if cfg.precise_bn:
                 recalibrate_bn(model, batch_input, train_pos, cfg, epoch, amp)
-            val = evaluate_split(model, batch_input, val_pos, labels, cfg.eval_batch_size, dist, device, amp, classes)
+            val = evaluate_split(model, images, val_pos, labels, cfg.eval_batch_size, dist, device, pre, mem_format, classes)
             sched.step(val["loss"])
             mix = np.bincount(y_train[seen], minlength=len(classes)) / len(seen)
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
@@ -548,25 +549,17 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
         update_bn(batches, model)
 
 
-@torch.no_grad()
-def evaluate_split(net, batch_input, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
-                   device, amp, classes) -> dict:
+def evaluate_split(model, images: torch.Tensor, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
+                   device, pre: dict, memory_format, classes) -> dict:
     """Loss, accuracy, per-class sensitivity and PPV over ``positions``, each image counted exactly once
-    however many processes share the work (no padding duplicates). ``net`` is the plain module, not the
-    DDP wrapper: shards differ in length, and DDP's per-forward collectives would wait for each other."""
-    net.eval()
+    however many processes share the work (no padding duplicates), through the same ``predict_logits``
+    and ``classification_metrics`` as ``covidnet eval``. ``model`` is the plain module, not the DDP
+    wrapper: shards differ in length, and DDP's per-forward collectives would wait for each other."""
     mine = positions[dist.rank::dist.world]
-    out_pos, out_logits = [], []
-    for k in range(0, len(mine), batch_size):
-        pos = mine[k:k + batch_size]
-        with amp:
-            out_logits.append(net(batch_input(pos, None)).float().cpu())
-        out_pos.append(pos)
-    local = (np.concatenate(out_pos) if out_pos else np.zeros(0, np.int64),
-             torch.cat(out_logits) if out_logits else torch.zeros(0, len(classes)))
-    parts = dist.gather(local)
+    logits = predict_logits(model, lambda pos: images[torch.from_numpy(pos).to(images.device)], mine, batch_size, pre,
+                            device, memory_format)
+    parts = dist.gather((mine, logits if len(mine) else torch.zeros(0, len(classes))))
     pos = np.concatenate([p for p, _ in parts])
     logits = torch.cat([lg for _, lg in parts])
     y = labels[torch.from_numpy(pos).to(labels.device)].cpu().numpy()
-    net.train()
     return classification_metrics(y, logits, classes)

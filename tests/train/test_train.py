@@ -13,20 +13,12 @@ import pytest
 import torch
 
 from covidnet.checkpoint import load_model, read_checkpoint
-from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
-from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError, CovidnetError
 from covidnet.train import TrainConfig, train
+from phantomdata import make_dataset
 from test_cli import covidnet
 
 FAST = dict(epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64)
-
-
-def make_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
-    src = write_phantom_dataset(root / "phantoms", SynthConfig(n=n, seed=seed, size=max(64, size * 2)), progress=False)
-    build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=root / "ds", size=size,
-                              val_fraction=0.2, test_fraction=0.1, workers=1, progress=False))
-    return root / "ds"
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,28 @@ def read_image_bytes(
     return _read(io.BytesIO(data), name, min_side)
 
 
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "L")
+
+
+def frontal_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why an image is not a frontal chest radiograph, when its own metadata says so (a DICOM
+    ViewPosition of LL, RL or LATERAL), else None. Other formats carry no view: None."""
+    with open(path, "rb") as fp:
+        head = fp.read(_DICM_OFFSET + 4)
+    if head[_DICM_OFFSET:] != b"DICM" and PurePath(path).suffix.lower() not in DICOM_SUFFIXES:
+        return None
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
+    except Exception:
+        return None  # reading the pixels will say what is wrong
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view in LATERAL_VIEWS:
+        return f"lateral view (DICOM ViewPosition {view!r}); the models are for frontal radiographs"
+    return None
+
+
 def _read(fp: BinaryIO, name: str, min_side: int | None) -> np.ndarray:
     """The shared body of ``read_image`` and ``read_image_bytes``: sniff the format, then decode."""
     if min_side is not None and (
