@@ -257,7 +257,13 @@ def cmd_predict(args) -> int:
     from .predict import predict_paths
 
     ok = failed = 0
-    for r in predict_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.threshold, args.cam, args.cam_method):
+    results = predict_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.threshold, args.cam,
+                            args.cam_method, args.operating_point)
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        results = tqdm(results, unit="img", file=sys.stderr, leave=False)
+    for r in results:
         if r["status"] == "ok":
             ok += 1
         else:
@@ -368,8 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-method", default="gradcam", help="gradcam or gradcam++")
     p.add_argument("--threshold", metavar="CLASS=P", help="flag an image when P(CLASS) >= P, e.g. COVID-19=0.2 "
                                                           "(default: the checkpoint's operating point, if calibrated)")
+    p.add_argument("--operating-point", metavar="sensitivity=0.95", help="use the operating point stored by "
+                                                                         "`covidnet calibrate` for this target")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="fit a temperature and/or an operating point on validation data",

@@ -29,9 +29,17 @@ def iter_inputs(inputs: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
             yield p, f"{p}: no such file or folder"
 
 
-def triage_rule(meta: dict, threshold: str | None) -> dict | None:
-    """``--threshold CLASS=P`` if given, else the operating point stored in the checkpoint, else None."""
+def triage_rule(meta: dict, threshold: str | None, operating_point: str | None = None) -> dict | None:
+    """``--threshold CLASS=P`` if given; else the operating point stored in the checkpoint (which must be
+    the one ``--operating-point`` names, when given); else None."""
     classes = meta["classes"]
+    if threshold and operating_point:
+        raise ConfigError("give --threshold or --operating-point, not both")
+    stored = meta.get("operating_point")
+    if operating_point and (not stored or stored["target"] != operating_point):
+        have = f"it has {stored['target']}" if stored else "it has none"
+        raise ConfigError(f"the checkpoint has no operating point {operating_point} ({have}); choose it on validation "
+                          f"data first: covidnet calibrate --checkpoint CKPT --data DIR --operating-point {operating_point}")
     if threshold:
         name, _, value = threshold.rpartition("=")
         try:
@@ -48,7 +56,8 @@ def triage_rule(meta: dict, threshold: str | None) -> dict | None:
 
 
 def predict_paths(checkpoint: str, inputs: Iterable[str], batch_size: int = 16, device: str = "auto",
-                  threshold: str | None = None, cam_dir: str | None = None, cam_method: str = "gradcam") -> Iterator[dict]:
+                  threshold: str | None = None, cam_dir: str | None = None, cam_method: str = "gradcam",
+                  operating_point: str | None = None) -> Iterator[dict]:
     """One result per input image, in order: ``{"path", "status": "ok", "label", "probabilities",
     "triage", "cam"}`` or ``{"path", "status": "failed", "error"}``."""
     from .checkpoint import load_model
@@ -58,7 +67,7 @@ def predict_paths(checkpoint: str, inputs: Iterable[str], batch_size: int = 16, 
     dev = _device(device)
     model, meta = load_model(checkpoint, dev)
     classes, pre = meta["classes"], meta["preprocess"]
-    rule = triage_rule(meta, threshold)
+    rule = triage_rule(meta, threshold, operating_point)
     explainer = None
     if cam_dir:
         from .explain import CamExplainer

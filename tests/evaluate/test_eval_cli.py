@@ -33,6 +33,32 @@ def same(ours, sklearn_value) -> bool:
     return ours == pytest.approx(sklearn_value)
 
 
+def real_label_file(shared: Path, tmp: Path) -> tuple[Path, Path]:
+    """The cohen and figure1 images that test_COVIDx3.txt names and ../shared/data has, as raw files in
+    mixed formats (PNG, JPEG, WebP, DICOM) + a COVIDx label file naming them."""
+    have = {p.stem: p for s in ("cohen", "figure1") for p in (shared / "sources" / s / "images").iterdir()}
+    images = tmp / "raw"
+    images.mkdir()
+    lines = []
+    for k, line in enumerate((shared / "covidx" / "test_COVIDx3.txt").read_text().splitlines()):
+        parts = line.split()
+        if len(parts) < 4 or Path(parts[1]).stem not in have:
+            continue
+        src = have[Path(parts[1]).stem]
+        arr = np.array(Image.open(src).convert("L"))
+        out = [f"{src.stem}.png", src.name, f"{src.stem}.webp", f"{src.stem}.dcm"][k % 4]
+        if out.endswith(".dcm"):
+            save_dicom(images / out, dicom(arr, ViewPosition="AP"))
+        elif out == src.name:
+            shutil.copy(src, images / out)
+        else:
+            Image.fromarray(arr).save(images / out)
+        lines.append(f"{parts[0]} {out} {parts[2]} {parts[3]}")
+    labels = tmp / "test_COVIDx3_subset.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels, images
+
+
 def label_file_of_raw_images(root: Path, tmp: Path) -> tuple[Path, Path]:
     """The test split's phantom images as raw files in mixed formats (PNG, JPEG, WebP, DICOM) + a label file."""
     images = tmp / "raw"
@@ -61,9 +87,13 @@ def label_file_of_raw_images(root: Path, tmp: Path) -> tuple[Path, Path]:
     return labels, images
 
 
-def test_eval_on_raw_mixed_format_images_matches_scikit_learn_on_predict_output(trained, tmp_path):
+@pytest.mark.parametrize("images_from", ["phantoms", pytest.param("real", marks=pytest.mark.realdata)])
+def test_eval_on_raw_mixed_format_images_matches_scikit_learn_on_predict_output(trained, tmp_path, images_from, request):
     root, _, ckpt = trained
-    labels, images = label_file_of_raw_images(root, tmp_path)
+    if images_from == "real":
+        labels, images = real_label_file(request.getfixturevalue("shared_data"), tmp_path)
+    else:
+        labels, images = label_file_of_raw_images(root, tmp_path)
     r = covidnet("eval", "--checkpoint", str(ckpt), "--labels", str(labels), "--images", str(images),
                  "--json", str(tmp_path / "m.json"), "--resamples", "100", "--quiet")
     assert r.returncode == 0, r.stderr
@@ -186,6 +216,10 @@ def test_calibrate_stores_temperature_and_operating_point_that_predict_uses(trai
     img = next((ds.parent / "phantoms" / "images").iterdir())
     p = json.loads(covidnet("predict", "--checkpoint", str(own), "--json", str(img)).stdout)
     assert p["triage"]["threshold"] == c["operating_point"]["threshold"] and "operating point" in p["triage"]["rule"]
+    named = json.loads(covidnet("predict", "--checkpoint", str(own), "--json", "--operating-point", "sensitivity=0.9", str(img)).stdout)
+    assert named["triage"]["threshold"] == c["operating_point"]["threshold"]
+    other = covidnet("predict", "--checkpoint", str(own), "--operating-point", "sensitivity=0.99", str(img))
+    assert other.returncode == 1 and "covidnet calibrate" in other.stderr
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
