@@ -96,7 +96,7 @@ class SynthConfig:
     hospitals: int = 2  # "Phantom Hospital A", "Phantom Hospital B", ...
     ap_fraction: float = 0.25  # share of patients imaged AP (portable) instead of PA
     shortcut: str | None = None  # None, "marker" or "offset"
-    shortcut_label: str = "COVID-19"  # the shortcut is planted on this class ...
+    shortcut_label: str | None = "COVID-19"  # the shortcut is planted on this class (None: every class) ...
     shortcut_hospital: int = 0  # ... and only on images from this hospital
 
     def validate(self) -> SynthConfig:
@@ -111,7 +111,7 @@ class SynthConfig:
             (0.0 <= self.ap_fraction <= 1.0, f"ap_fraction must lie in [0, 1], not {self.ap_fraction}"),
             (self.shortcut is None or self.shortcut in SHORTCUTS,
              f"unknown shortcut {self.shortcut!r}; expected None or one of {', '.join(SHORTCUTS)}"),
-            (self.shortcut_label in CLASSES,
+            (self.shortcut_label is None or self.shortcut_label in CLASSES,
              f"unknown shortcut_label {self.shortcut_label!r}; expected one of {', '.join(CLASSES)}"),
             (0 <= self.shortcut_hospital < self.hospitals,
              f"shortcut_hospital must be in 0..{self.hospitals - 1}, not {self.shortcut_hospital}"),
@@ -619,7 +619,8 @@ def _plan(config: SynthConfig) -> tuple[list[dict], list[_Job]]:
         # sources takes a non-numeric id for an identity (plain integers are per-source counters)
         pid = f"phantom-s{config.seed}-p{patient:04d}"
         severity, offset = (float(rng.uniform(0.3, 0.8)) if label != "normal" else 0.0), 0
-        planted = config.shortcut if (hospital == config.shortcut_hospital and label == config.shortcut_label) else None
+        planted = config.shortcut if (hospital == config.shortcut_hospital
+                                      and config.shortcut_label in (None, label)) else None
         for k in range(count):
             if k:  # a follow-up: days later, the disease grown or regressed
                 offset += int(rng.integers(2, 9))

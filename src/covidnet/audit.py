@@ -1,0 +1,365 @@
+"""``covidnet audit``: does the model see the disease or the hospital?
+
+COVIDx's COVID-19 images and its controls come from different hospitals, scanners and age groups, and
+a classifier can score well by recognising the source (DeGrave, Janizek & Lee, Nat. Mach. Intell.
+2021). Each test here gives a figure, the threshold that turns it into a verdict (ok / warning /
+fail), and a plain-language reading:
+
+1. source predictability: a linear probe (scikit-learn logistic regression, cross-validated by patient)
+   predicts the source from the model's frozen features and from raw downsampled pixels, among images
+   of the same class (when sources contribute different classes, the disease alone predicts the
+   source); the mutual information between source and label in the dataset is reported beside it.
+2. leave-one-source-out: not run yet in this version (reported as skipped).
+3. occlusion: the model evaluated with the lung fields hidden (filled with the mean of the rest of the
+   image), and with only the image border kept; a model that still beats chance without the lungs is
+   using something else.
+4. leakage: patients in two splits, identical and near-identical images across splits or sources.
+5. population confounders: label x age group and label x view cross-tabulations.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .evaluate import _device, _memory_format, nan_to_none, predict_logits
+from .tensors import model_input, uint8_to_unit
+
+# verdict thresholds, reported with each figure
+EXCESS_WARN, EXCESS_FAIL = 0.10, 0.20  # within-label probe balanced accuracy above chance
+OCCLUSION_WARN, OCCLUSION_FAIL = 0.10, 0.20  # macro AUC above 0.5 with the lungs hidden or only the border kept
+MI_WARN = 0.10  # share of the label's entropy that the source explains (a dataset property: warning only)
+PAEDIATRIC_AGE = 18
+# the lung fields of a stored (top-cropped, square) frontal radiograph: a fixed central region
+LUNG_BOX = (0.12, 0.06, 0.88, 0.82)  # x0, y0, x1, y1 as fractions of the side
+BORDER = 0.12  # "border only" keeps this fraction of the side on every edge
+
+
+def _verdict(value: float, warn: float, fail: float) -> str:
+    if value != value:  # NaN
+        return "skipped"
+    return "fail" if value >= fail else "warning" if value >= warn else "ok"
+
+
+def _worst(*verdicts: str) -> str:
+    order = ["skipped", "ok", "warning", "fail"]
+    vs = [v for v in verdicts if v != "skipped"]
+    return max(vs, key=order.index) if vs else "skipped"
+
+
+# --- features and probes ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pooled_features(model, images: np.ndarray, pre: dict, device, batch_size: int = 64, memory_format=torch.contiguous_format) -> np.ndarray:
+    """Frozen features: the last feature map, averaged over space (N, C)."""
+    model.eval()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    out = []
+    for k in range(0, len(images), batch_size):
+        x = uint8_to_unit(torch.from_numpy(np.array(images[k:k + batch_size])).to(device))
+        with amp:
+            f = model.forward_features(model_input(x, pre["size"], pre["in_channels"], pre["mean"], pre["std"], memory_format))
+        out.append(f.float().mean((2, 3)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def probe(x: np.ndarray, target: np.ndarray, groups: np.ndarray, seed: int = 0) -> float:
+    """Balanced accuracy of a cross-validated linear probe (folds by patient, so one patient's images
+    never sit on both sides)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(5, len(np.unique(groups)))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    pred = cross_val_predict(clf, x, target, groups=groups, cv=GroupKFold(n_splits=folds))
+    return float(balanced_accuracy_score(target, pred))
+
+
+def mutual_information(sources: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(MI in bits, MI / H(label)): how much of the label the source alone gives away."""
+    from sklearn.metrics import mutual_info_score
+
+    mi = mutual_info_score(sources, labels) / math.log(2)
+    p = np.bincount(np.unique(labels, return_inverse=True)[1]) / len(labels)
+    h = float(-(p * np.log2(p)).sum())
+    return float(mi), float(mi / h) if h > 0 else float("nan")
+
+
+def source_predictability(features: np.ndarray, pixels: np.ndarray, sources: np.ndarray, labels: np.ndarray,
+                          groups: np.ndarray, classes, seed: int = 0) -> dict:
+    """Probe the source *within each label*: when sources contribute different classes, the disease
+    itself predicts the source, so only a source signal among images of the same class is a shortcut
+    the model could use. The verdict takes the worst label; the mutual information between source and
+    label (a property of the dataset, not of the model) can raise at most a warning."""
+    uniq, counts = np.unique(sources, return_counts=True)
+    base = {"test": "source predictability", "sources": {str(s): int(c) for s, c in zip(uniq, counts)},
+            "thresholds": {"within_label_excess_warning": EXCESS_WARN, "within_label_excess_fail": EXCESS_FAIL,
+                           "mi_share_warning": MI_WARN}}
+    if len(uniq) < 2:
+        return {**base, "verdict": "skipped", "reason": "one source only: nothing to confound with"}
+    mi, mi_share = mutual_information(sources, labels)
+    per_label = {}
+    for c in np.unique(labels):
+        m = labels == c
+        src, cnt = np.unique(sources[m], return_counts=True)
+        name = classes[c]
+        if len(src) < 2 or cnt.min() < 5 or len(np.unique(groups[m])) < 4:
+            per_label[name] = {"skipped": f"{name} images come from {len(src)} source(s), smallest {cnt.min()} images"}
+            continue
+        per_label[name] = {"chance": 1 / len(src), "features": probe(features[m], sources[m], groups[m], seed),
+                           "pixels": probe(pixels[m], sources[m], groups[m], seed), "n": int(m.sum())}
+    probed = {k: v for k, v in per_label.items() if "skipped" not in v}
+    mi_verdict = "warning" if mi_share >= MI_WARN else "ok"
+    if not probed:
+        return {**base, "verdict": _worst(mi_verdict, "warning"), "per_label": per_label,
+                "mutual_information_bits": mi, "mutual_information_share_of_label": mi_share,
+                "reading": (f"No class comes from two sources, so source and label cannot be told apart: a source "
+                            f"detector would score like a disease detector. The source alone gives away {mi_share:.0%} "
+                            "of the label's information.")}
+    worst_label = max(probed, key=lambda k: max(probed[k]["features"], probed[k]["pixels"]) - probed[k]["chance"])
+    w = probed[worst_label]
+    excess = max(w["features"], w["pixels"]) - w["chance"]
+    verdict = _worst(_verdict(excess, EXCESS_WARN, EXCESS_FAIL), mi_verdict)
+    return {**base, "verdict": verdict, "per_label": per_label, "worst_label": worst_label, "excess_over_chance": excess,
+            "features_balanced_accuracy": w["features"], "pixels_balanced_accuracy": w["pixels"], "chance": w["chance"],
+            "mutual_information_bits": mi, "mutual_information_share_of_label": mi_share,
+            "reading": (f"Among {worst_label} images, the source is predicted with balanced accuracy {w['features']:.2f} from "
+                        f"the model's features and {w['pixels']:.2f} from raw pixels (chance {w['chance']:.2f}): "
+                        + ("the images carry a source signature the disease does not explain."
+                           if excess >= EXCESS_WARN else "no source signature beyond the disease.")
+                        + f" The source alone gives away {mi_share:.0%} of the label's information.")}
+
+
+# --- occlusion ----------------------------------------------------------------------------------------------
+
+
+def occlude(images: np.ndarray, mode: str) -> np.ndarray:
+    """Hide the lung fields ("lungs") or everything but the border ("border"). The hidden region is
+    filled with the mean of what is kept, per image: black would be an input no radiograph looks like,
+    and it would also erase a shortcut the model reads from overall exposure."""
+    out = np.array(images, copy=True)
+    if mode == "none":
+        return out
+    n = out.shape[-1]
+    hide = np.zeros((n, n), bool)
+    if mode == "lungs":
+        x0, y0, x1, y1 = (round(v * n) for v in LUNG_BOX)
+        hide[y0:y1, x0:x1] = True
+    else:
+        b = round(BORDER * n)
+        hide[b:n - b, b:n - b] = True
+    fill = out[:, ~hide].mean(axis=1).round().astype(np.uint8)
+    out[:, hide] = fill[:, None]
+    return out
+
+
+def occlusion(model, meta: dict, images: np.ndarray, y: np.ndarray, device, batch_size: int = 64) -> dict:
+    """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden and
+    with only the border kept. AUC, not accuracy: an occluded image often gets the same top class
+    whatever it shows, while the probabilities still rank the classes by what is left."""
+    from sklearn.metrics import roc_auc_score
+
+    k = len(meta["classes"])
+    base = {"test": "occlusion", "chance": 0.5, "lung_box": LUNG_BOX, "border": BORDER, "metric": "macro one-vs-rest ROC-AUC",
+            "thresholds": {"above_chance_warning": OCCLUSION_WARN, "above_chance_fail": OCCLUSION_FAIL}}
+    present = [c for c in range(k) if 0 < (y == c).sum() < len(y)]
+    if len(present) < 2:
+        return {**base, "verdict": "skipped", "reason": "the evaluated images hold one class only"}
+    pre, mf = meta["preprocess"], _memory_format(meta)
+    scores = {}
+    for mode in ("none", "lungs", "border"):
+        imgs = occlude(images, mode)
+        logits = predict_logits(model, lambda pos: torch.from_numpy(imgs[pos]), np.arange(len(imgs)), batch_size, pre, device, mf)
+        probs = torch.softmax(logits, 1).numpy()
+        scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
+    worst = max(scores["lungs"], scores["border"]) - 0.5
+    verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
+    return {**base, "verdict": verdict, "auc": scores, "n": int(len(y)),
+            "reading": (f"Macro AUC {scores['none']:.2f} on the images, {scores['lungs']:.2f} with the lungs hidden and "
+                        f"{scores['border']:.2f} with only the border kept (chance 0.50): "
+                        + ("the model still tells the classes apart without the lungs, so it uses something else."
+                           if verdict != "ok" else "without the lungs it is near chance, as it should be."))}
+
+
+# --- leakage ------------------------------------------------------------------------------------------------
+
+
+def leakage(index: list[dict], images: np.ndarray) -> dict:
+    import hashlib
+
+    import imagehash
+    from PIL import Image
+
+    from .data.build import NEAR_DUP_BITS, PHASH_SIZE, near_duplicate_pairs
+
+    splits = defaultdict(set)
+    for r in index:
+        splits[f"{r['source']}:{r['patient_id']}"].add(r["split"])
+    patients_crossing = sorted(p for p, s in splits.items() if len(s) > 1)
+    digest = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+    by_digest = defaultdict(list)
+    for i, d in enumerate(digest):
+        by_digest[d].append(i)
+    exact_cross = [g for g in by_digest.values() if len({index[i]["split"] for i in g}) > 1]
+    hashes = np.stack([np.packbits(imagehash.phash(Image.fromarray(np.asarray(im)), hash_size=PHASH_SIZE).hash.flatten())
+                       for im in images]) if len(images) else np.zeros((0, 32), np.uint8)
+    pairs = near_duplicate_pairs(hashes, NEAR_DUP_BITS)
+    near_cross_split = [(i, j) for i, j in pairs if index[i]["split"] != index[j]["split"]]
+    near_cross_source = [(i, j) for i, j in pairs if index[i]["source"] != index[j]["source"]]
+    verdict = "fail" if (patients_crossing or exact_cross or near_cross_split) else "warning" if near_cross_source else "ok"
+    name = lambda i: f"{index[i]['source']}:{index[i]['filename']} ({index[i]['split']})"
+    return {"test": "leakage", "verdict": verdict, "patients_in_two_splits": len(patients_crossing),
+            "exact_duplicates_across_splits": len(exact_cross), "near_duplicates_across_splits": len(near_cross_split),
+            "near_duplicates_across_sources": len(near_cross_source),
+            "examples": [f"{name(i)} ~ {name(j)}" for i, j in (near_cross_split + near_cross_source)[:10]],
+            "thresholds": {"fail": "any patient or image across splits", "warning": "an image in two sources",
+                           "near_duplicate_bits": NEAR_DUP_BITS},
+            "reading": ("Patients or images are shared between splits: test figures are optimistic." if verdict == "fail"
+                        else "The same image appears in two sources." if verdict == "warning"
+                        else "No patient or image is shared between splits or sources.")}
+
+
+# --- population ---------------------------------------------------------------------------------------------
+
+
+def population(index: list[dict]) -> dict:
+    def age_group(r):
+        try:
+            return "paediatric" if float(r["age"]) < PAEDIATRIC_AGE else "adult"
+        except (TypeError, ValueError):
+            return "unknown"
+
+    labels = sorted({r["label"] for r in index})
+    tables, flags = {}, []
+    for name, key in (("age_group", age_group), ("view", lambda r: r.get("view") or "unknown")):
+        table = defaultdict(Counter)
+        for r in index:
+            table[r["label"]][key(r)] += 1
+        tables[name] = {lab: dict(c) for lab, c in table.items()}
+        values = sorted({v for c in table.values() for v in c})
+        for v in values:
+            if v == "unknown":
+                continue
+            present = [lab for lab in labels if table[lab][v]]
+            share = {lab: table[lab][v] / max(1, sum(table[lab].values())) for lab in labels}
+            if len(present) == 1 and len(labels) > 1 and sum(table[lab][v] for lab in labels) >= 5:
+                flags.append(f"every {name.replace('_', ' ')} '{v}' image is {present[0]}")
+            if max(share.values()) - min(share.values()) >= 0.5:
+                flags.append(f"{name.replace('_', ' ')} '{v}' is {max(share, key=share.get)} {max(share.values()):.0%} "
+                             f"vs {min(share, key=share.get)} {min(share.values()):.0%}")
+    verdict = "fail" if any("every" in f for f in flags) else "warning" if flags else "ok"
+    return {"test": "population confounders", "verdict": verdict, "tables": tables, "flags": flags,
+            "thresholds": {"fail": "a group (e.g. paediatric, AP supine) present in one label only",
+                           "warning": "a group's share differs by >= 50 points between labels"},
+            "reading": ("; ".join(flags) if flags else "No age group or view is tied to a label.")}
+
+
+# --- the audit ----------------------------------------------------------------------------------------------
+
+
+def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "auto", max_images: int = 0,
+              seed: int = 0, report: str | None = None) -> dict:
+    from . import __version__
+    from .checkpoint import load_model
+    from .data.store import open_store
+
+    dev = _device(device)
+    model, meta = load_model(checkpoint, dev)
+    store = open_store(data)
+    pre = meta["preprocess"]
+    if store.size != pre["stored_size"]:
+        raise ConfigError(f"{data}: stored at {store.size} px, but the checkpoint was trained on a store of {pre['stored_size']} px")
+    classes = meta["classes"]
+    binary = len(classes) == 2
+    rows = store.rows()
+    rng = np.random.default_rng(seed)
+    if max_images and len(rows) > max_images:
+        rows = np.sort(rng.choice(rows, max_images, replace=False))
+    index = [store.index[r] for r in rows]
+    images = np.asarray(store.images[rows])
+    labels = store.labels(rows, binary=binary)
+    sources = np.array([r["source"] for r in index])
+    groups = np.array([f"{r['source']}:{r['patient_id']}" for r in index])
+    feats = pooled_features(model, images, pre, dev, memory_format=_memory_format(meta))
+    small = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(16, 16), mode="area")
+    pixels = small.flatten(1).numpy()
+    eval_rows = np.array([i for i, r in enumerate(index) if r["split"] == split]) if split != "all" else np.arange(len(index))
+    if len(eval_rows) == 0:
+        raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
+    tests = {
+        "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
+        "leave_one_source_out": {"test": "leave-one-source-out", "verdict": "skipped",
+                                 "reason": "not implemented in this version"},
+        "occlusion": occlusion(model, meta, images[eval_rows], labels[eval_rows], dev),
+        "leakage": leakage(index, images),
+        "population": population(index),
+    }
+    out = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": int(len(rows)),
+           "classes": list(classes), "version": __version__, "tests": tests,
+           "summary": [{"test": t["test"], "verdict": t["verdict"], "reading": t.get("reading", t.get("reason", ""))}
+                       for t in tests.values()]}
+    if report:
+        write_audit_report(report, out)
+    return out
+
+
+def write_audit_report(out_dir: str | Path, audit: dict) -> Path:
+    """index.html (one-screen summary table first, then each test's figures) + audit.json + a figure."""
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = audit["tests"]
+    bars, names = [], []
+    sp = t["source_predictability"]
+    if "features_balanced_accuracy" in sp:
+        names += [f"source from features ({sp['worst_label']})", f"source from pixels ({sp['worst_label']})"]
+        bars += [sp["features_balanced_accuracy"], sp["pixels_balanced_accuracy"]]
+    oc = t["occlusion"]
+    if oc["verdict"] != "skipped":
+        names += ["class AUC: images", "class AUC: lungs hidden", "class AUC: border only"]
+        bars += [oc["auc"][m] for m in ("none", "lungs", "border")]
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    ax.barh(names, bars, color=["#888" if "images" in n else "#c0392b" for n in names])
+    if "chance" in sp:
+        ax.axvline(sp["chance"], color="#555", ls=":", lw=1)
+    if oc["verdict"] != "skipped":
+        ax.axvline(oc["chance"], color="#000", ls="--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("source: balanced accuracy (dotted: chance); class: macro AUC (dashed: chance)")
+    fig.tight_layout()
+    fig.savefig(out / "audit.png", dpi=110)
+    colour = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "skipped": "#777"}
+    rows = "".join(f"<tr><td>{html.escape(s['test'])}</td><td style='color:{colour[s['verdict']]};font-weight:bold'>"
+                   f"{s['verdict']}</td><td>{html.escape(s['reading'])}</td></tr>" for s in audit["summary"])
+    details = "".join(f"<h3>{html.escape(v['test'])}</h3><pre>{html.escape(json.dumps(nan_to_none(v), indent=2))}</pre>"
+                      for v in t.values())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>covidnet audit</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}} table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
+.warn{{background:#fff3cd;border-left:4px solid #b9770e;padding:6px 10px}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style>
+</head><body><p class="warn">Research tool — not for diagnostic use.</p>
+<h1>Shortcut audit</h1><p>{html.escape(audit['checkpoint'])} on {html.escape(audit['data'])} ({audit['n_images']} images)</p>
+<table id="summary"><tr><th>test</th><th>verdict</th><th>what it means</th></tr>{rows}</table>
+<h2>Figures</h2><img id="audit-figure" src="audit.png" alt="Balanced accuracies of the probes and occlusion tests">
+<h2>Details and thresholds</h2>{details}</body></html>"""
+    for name, text in (("audit.json", json.dumps(nan_to_none(audit), indent=2)), ("index.html", page)):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out / name)
+    return out / "index.html"
