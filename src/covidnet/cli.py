@@ -316,7 +316,8 @@ def cmd_audit(args) -> int:
     from .audit import run_audit
     from .report import write_json
 
-    a = run_audit(args.checkpoint, args.data, args.split, args.device, args.max_images, args.seed, args.report)
+    a = run_audit(args.checkpoint, args.data, args.split, args.device, args.max_images, args.seed, args.report,
+                  args.loso_epochs)
     if args.json:
         write_json(args.json, a)
     print(_table(["test", "verdict", "what it means"], [[s["test"], s["verdict"].upper() if s["verdict"] == "fail"
@@ -412,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
     p.add_argument("--split", default="test", help="split for the occlusion test (train, val, test or all; default test)")
     p.add_argument("--max-images", type=int, default=0, help="audit a random subset of this many images (0: all)")
+    p.add_argument("--loso-epochs", type=int, default=0,
+                   help="leave-one-source-out: retrain without each source for this many epochs (0: skip; optional)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="OUT_DIR", help="write an HTML report (summary table first) to OUT_DIR")
     p.add_argument("--json", metavar="OUT", help="write the audit as JSON to OUT")

@@ -101,3 +101,19 @@ def test_audit_of_something_that_is_not_a_dataset_is_one_line(tmp_path):
     (tmp_path / "x").mkdir()
     r = covidnet("audit", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path / "x"))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_leave_one_source_out_retrains_without_each_mixed_source(tmp_path):
+    a = write_phantom_dataset(tmp_path / "a", SynthConfig(n=60, seed=21, size=64, hospitals=1), progress=False)
+    b = write_phantom_dataset(tmp_path / "b", SynthConfig(n=60, seed=22, size=64, hospitals=1), progress=False)
+    build_dataset(BuildConfig(sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")],
+                              out=tmp_path / "ds", size=32, val_fraction=.2, test_fraction=.2, workers=1, progress=False))
+    train(TrainConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "run"), epochs=1, lr=3e-4, progress=False, precise_bn=32))
+    r = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), loso_epochs=1)["tests"]["leave_one_source_out"]
+    assert set(r["per_source"]) == {"hosp-a", "hosp-b"} and r["verdict"] in ("ok", "warning", "fail")
+    for s in r["per_source"].values():
+        assert 0 <= s["external_balanced_accuracy"] <= 1 and 0 <= s["internal_balanced_accuracy"] <= 1
+    assert not any(tmp_path.glob("**/without-*"))  # derived datasets are temporary
+    skipped = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"))["tests"]["leave_one_source_out"]
+    assert skipped["verdict"] == "skipped" and "--loso-epochs" in skipped["reason"]

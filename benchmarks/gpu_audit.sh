@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Real-data check of issues 4-6 on the lent GPU machine: the published recipe on the ../shared build,
+# its test-split evaluation with bootstrap CIs, and the shortcut audit of the same checkpoint.
+# Carried: .devdata/ (a copy of ../shared/data/sources) and .whl/ (pydicom, imagehash, pywavelets).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+python3 -m pip install -q --no-index --no-build-isolation --no-deps -e . || exit 1
+S=.devdata
+stamp build
+covidnet data build --quiet --source cohen=$S/cohen --source figure1=$S/figure1 --source nih=$S/nih \
+  --source kermany=$S/kermany --out /tmp/real_ds > "$OUT/real_build.txt"
+stamp train
+covidnet train --data /tmp/real_ds --out /tmp/real_run --compile off --no-progress 2> "$OUT/train.log" | tail -2
+cp /tmp/real_run/log.csv "$OUT/real_log.csv"
+stamp eval
+covidnet eval --checkpoint /tmp/real_run/best.pt --data /tmp/real_ds --split test --resamples 300 --quiet \
+  --json "$OUT/real_eval.json" | tee "$OUT/real_eval.txt"
+stamp audit
+covidnet audit --checkpoint /tmp/real_run/best.pt --data /tmp/real_ds --json "$OUT/real_audit.json" | tee "$OUT/real_audit.txt"
+stamp done
