@@ -2,13 +2,7 @@
 # Real-data check of issues 4-6 on the lent GPU machine: the published recipe on the ../shared build,
 # its test-split evaluation with bootstrap CIs, and the shortcut audit of the same checkpoint.
 # Carried: .devdata/ (a copy of ../shared/data/sources) and .whl/ (pydicom, imagehash, pywavelets).
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-python3 -m pip install -q --no-index --no-build-isolation --no-deps -e . || exit 1
-S=.devdata
+source "$(dirname "$0")/gpu_env.sh"
 stamp build
 covidnet data build --quiet --source cohen=$S/cohen --source figure1=$S/figure1 --source nih=$S/nih \
   --source kermany=$S/kermany --out /tmp/real_ds > "$OUT/real_build.txt"

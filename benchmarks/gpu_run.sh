@@ -3,14 +3,8 @@
 #   .devdata/  a copy of ../shared/data/sources (carried; ../shared does not travel)
 #   .whl/      wheels the GPU image lacks (pydicom, imagehash, pywavelets)
 # Writes to $OUT: train_throughput.json, bench.log, train.log, real_log.csv, real_eval.json, real_eval.txt
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-python3 -m pip install -q --no-index --no-build-isolation --no-deps -e . || exit 1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__)"
-S=.devdata
 stamp "build (benchmark set: every image, children included)"
 covidnet data build --quiet --paediatric include --source cohen=$S/cohen --source figure1=$S/figure1 --source nih=$S/nih \
   --source kermany=$S/kermany --out /tmp/bench_ds | tail -4
