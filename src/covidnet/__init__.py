@@ -28,6 +28,14 @@ _API = {
     "read_image": "covidnet.data.imageio",
     "write_phantom_dataset": "covidnet.data.synth",
     "SynthConfig": "covidnet.data.synth",
+    "train": "covidnet.train",
+    "TrainConfig": "covidnet.train",
+    "load_model": "covidnet.checkpoint",
+    "evaluate_checkpoint": "covidnet.evaluate",
+    "calibrate_checkpoint": "covidnet.evaluate",
+    "predict_paths": "covidnet.predict",
+    "CamExplainer": "covidnet.explain",
+    "run_audit": "covidnet.audit",
 }
 
 
