@@ -1,6 +1,7 @@
 """The shortcut audit: known answers on phantom data with and without a planted source signature,
 and the parts on their own."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -15,10 +16,26 @@ from test_cli import covidnet
 
 
 def hospitals(root: Path, shortcut: str | None) -> Path:
-    """Two phantom hospitals as two sources: A sends COVID-19 cases (with a burnt-in marker when
-    ``shortcut``), B mostly controls — the shape of COVIDx's confounding."""
-    a = write_phantom_dataset(root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1, class_mix={"COVID-19": 1.0},
-                                                       shortcut=shortcut), progress=False)
+    """Two phantom hospitals as two sources, the shape of COVIDx's confounding: A sends the COVID-19
+    cases, B mostly controls (and a few COVID-19 cases).
+
+    With ``shortcut``, A's images carry a burnt-in marker and their label follows the hospital, not
+    the image (they are drawn without disease): the marker is then the only way to classify them, so a
+    model must use it — the known answer the audit has to find. Without, A's COVID-19 images show the
+    disease and carry nothing else."""
+    if shortcut:
+        a = write_phantom_dataset(root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1, class_mix={"normal": 1.0},
+                                                           shortcut=shortcut, shortcut_label=None), progress=False)
+        rows = list(csv.DictReader(open(a / "metadata.csv")))
+        for r in rows:
+            r["finding"] = "Pneumonia/Viral/COVID-19"
+        with open(a / "metadata.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        a = write_phantom_dataset(root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1,
+                                                           class_mix={"COVID-19": 1.0}), progress=False)
     b = write_phantom_dataset(root / "b", SynthConfig(n=150, seed=12, size=128, hospitals=1,
                                                        class_mix={"COVID-19": .1, "normal": .45, "pneumonia": .45}), progress=False)
     build_dataset(BuildConfig(sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")], out=root / "ds",
@@ -38,11 +55,13 @@ def without(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_planted_source_signature_fails_source_predictability(with_marker):
+def test_planted_shortcut_fails_source_predictability_and_occlusion(with_marker):
     a = run_audit(str(with_marker / "run" / "best.pt"), str(with_marker / "ds"))
     sp = a["tests"]["source_predictability"]
     assert sp["verdict"] == "fail" and sp["worst_label"] == "COVID-19"
     assert sp["features_balanced_accuracy"] > 0.8
+    oc = a["tests"]["occlusion"]
+    assert oc["verdict"] == "fail" and oc["auc"]["lungs"] >= 0.7  # it classifies without the lungs
 
 
 @pytest.mark.slow
