@@ -71,7 +71,7 @@ def pooled_features(model, images: np.ndarray, pre: dict, device, batch_size: in
     for k in range(0, len(images), batch_size):
         x = uint8_to_unit(torch.from_numpy(np.array(images[k:k + batch_size])).to(device))
         with amp:
-            f = model.forward_features(model_input(x, pre["size"], pre["in_channels"], pre["mean"], pre["std"], memory_format))
+            f = model.forward_features(model_input(x, pre, memory_format))
         out.append(f.float().mean((2, 3)).cpu().numpy())
     return np.concatenate(out)
 
@@ -207,7 +207,6 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     rewrites its index."""
     import csv
     import dataclasses
-    import shutil
 
     from sklearn.metrics import balanced_accuracy_score
 

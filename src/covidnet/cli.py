@@ -138,7 +138,7 @@ def cmd_data_build(args) -> int:
         print(f"official split: matched {o['matched']}; {o['missing_count']} listed images not in the sources")
     for note in report["notes"]:
         print(f"note: {note}")
-    print(f"checks: " + ", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}" for k, v in report["checks"].items()))
+    print("checks: " + ", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}" for k, v in report["checks"].items()))
     return 0
 
 

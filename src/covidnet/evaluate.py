@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, CovidnetError
-from .tensors import model_input, uint8_to_unit
+from .tensors import image_input, model_input, uint8_to_unit
 
 METRICS = ("sensitivity", "ppv", "specificity", "f1", "auc")
 
@@ -40,7 +40,7 @@ def predict_logits(model: torch.nn.Module, get_batch: Callable[[np.ndarray], tor
     for k in range(0, len(positions), batch_size):
         x = uint8_to_unit(get_batch(positions[k:k + batch_size]).to(device, non_blocking=True))
         with amp:
-            out.append(model(model_input(x, pre["size"], pre["in_channels"], pre["mean"], pre["std"], memory_format)).float().cpu())
+            out.append(model(model_input(x, pre, memory_format)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -394,8 +394,7 @@ def _write_report(out_dir, metrics, pred: Predictions, probs, classes, model, me
         explainer = CamExplainer(model, method=cam_method)
         for i in worst:
             img = pred.load(int(i))
-            x = model_input(uint8_to_unit(torch.from_numpy(np.array(img))[None].to(dev)), pre["size"],
-                            pre["in_channels"], pre["mean"], pre["std"])
+            x = image_input(img, pre, dev)
             heat = explainer(x, int(pred_cls[i]))[0]
             errors.append({"name": pred.names[i], "true": classes[pred.y[i]], "pred": classes[pred_cls[i]],
                            "confidence": float(probs[i, pred_cls[i]]), "image": img, "overlay": overlay(img, heat)})

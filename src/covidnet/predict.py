@@ -12,7 +12,7 @@ import torch
 from .data.sources._common import IMAGE_SUFFIXES
 from .errors import ConfigError, CovidnetError
 from .evaluate import _device, _memory_format, positive_class, predict_logits, probabilities
-from .tensors import model_input, uint8_to_unit
+from .tensors import image_input
 
 
 def iter_inputs(inputs: Iterable[str]) -> Iterator[tuple[Path, str | None]]:
@@ -90,8 +90,7 @@ def predict_paths(checkpoint: str, inputs: Iterable[str], batch_size: int = 16, 
                 pc = float(p[classes.index(rule["class"])])
                 out["triage"] = {**rule, "probability": pc, "flag": pc >= rule["threshold"]}
             if explainer is not None:
-                x = model_input(uint8_to_unit(torch.from_numpy(np.array(img))[None].to(dev)), pre["size"],
-                                pre["in_channels"], pre["mean"], pre["std"])
+                x = image_input(img, pre, dev)
                 heat = explainer(x, int(p.argmax()))[0]
                 out["cam"] = str(_save_cam(Path(cam_dir), path, img, heat, used_names))
             yield out

@@ -37,6 +37,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data.records import BINARY_CLASSES, CLASSES
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
+from .evaluate import _device as resolve_device
 from .evaluate import classification_metrics, predict_logits
 from .models import create_model, get_spec
 from .tensors import model_input, uint8_to_unit
@@ -202,13 +203,12 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: no CUDA device is available")
-    if cfg.device == "cuda":
-        return torch.device(f"cuda:{dist.local_rank}")
-    return torch.device(cfg.device)
+    """evaluate's device resolution, with "auto" and "cuda" meaning this process's own GPU."""
+    if cfg.device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if cfg.device in ("auto", "cuda"):
+        return resolve_device(f"cuda:{dist.local_rank}")
+    return resolve_device(cfg.device)
 
 
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -399,7 +399,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         x = uint8_to_unit(images[torch.from_numpy(pos).to(images.device)].to(device, non_blocking=True))
         if params is not None:
             x = augment(x, params)
-        return model_input(x, size, cfg.in_channels, mean, std, mem_format)
+        return model_input(x, pre, mem_format)
 
     def payload(epoch: int, step: int, accumulators=None) -> dict:
         return {

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image, ImageFile
-from pydicom import Dataset, FileMetaDataset, uid
+from pydicom import Dataset, uid
 
 from dicomfiles import dicom, save_dicom
 

@@ -44,7 +44,7 @@ Not published, so chosen here (the reference ships TensorFlow graphs, not code):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
