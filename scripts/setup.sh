@@ -24,5 +24,5 @@ then
     *) "$VPY" -m pip install -q 'torch>=2.11,<2.15' 'torchvision>=0.26,<0.30' ;;
   esac
 fi
-"$VPY" -m pip install -q -e '.[dev]'
+"$VPY" -m pip install -q -e '.[all,dev]'
 "$VPY" -c "import covidnet, torch; print(f'covidnet {covidnet.__version__} ready (torch {torch.__version__}) in .venv')"

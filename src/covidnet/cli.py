@@ -258,7 +258,7 @@ def cmd_predict(args) -> int:
 
     ok = failed = 0
     results = predict_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.threshold, args.cam,
-                            args.cam_method, args.operating_point)
+                            args.cam_method, args.operating_point, onnx=args.onnx)
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
@@ -282,6 +282,38 @@ def cmd_predict(args) -> int:
     print(f"{ok} images processed, {failed} failed", file=sys.stderr)
     if ok == 0:
         raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ExportConfig, export_model
+
+    r = export_model(ExportConfig(args.checkpoint, args.out, args.format, args.int8, args.opset, args.data,
+                                  args.calibration_images, args.quiet))
+    f = r["fp32"]
+    print(f"parity with PyTorch on {r['parity_inputs']}: max |Δp| {f['max_abs_prob_diff']:.2e} "
+          f"(fp32, tolerance {f['tolerance']:g})")
+    if "int8" in r:
+        q = r["int8"]
+        line = f"int8 (calibrated on {q['calibration_images']} training images): max |Δp| vs PyTorch {q['max_abs_prob_diff']:.3f}"
+        if "val_accuracy_int8" in q:
+            line += (f"; validation accuracy {q['val_accuracy_fp32']:.3f} (fp32) -> {q['val_accuracy_int8']:.3f} (int8), "
+                     f"change {100 * q['val_accuracy_change']:+.1f} points on {q['val_images']} images")
+        print(line)
+        print(f"fp32 model kept at {r['fp32_path']}")
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeConfig, serve
+
+    token = args.token or os.environ.get("COVIDNET_TOKEN") or None
+    serve(ServeConfig(args.checkpoint, args.onnx, args.host, args.port, args.device, token, args.max_upload_mb,
+                      args.max_pixels, args.max_batch, args.batch_wait_ms, args.queue_size, args.timeout_s,
+                      args.threshold, args.operating_point, args.cors_origin or [], args.keep_uploads))
     return 0
 
 
@@ -383,7 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict raw images (files or folders, walked recursively): label, every class's "
                                    "probability, a triage decision, and with --cam a Grad-CAM heat map. Research tool, not a diagnosis.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--checkpoint", required=True)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a PyTorch checkpoint (train's best.pt)")
+    model.add_argument("--onnx", metavar="MODEL", help="a model written by `covidnet export` (ONNX Runtime; PyTorch "
+                                                       "not needed)")
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
     p.add_argument("--cam", metavar="OUT_DIR", help="write a heat-map overlay PNG per image to OUT_DIR")
     p.add_argument("--cam-method", default="gradcam", help="gradcam or gradcam++")
@@ -395,6 +430,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a checkpoint as an ONNX model (fp32 or int8) for ONNX Runtime",
+                       description="Export a checkpoint to ONNX with a dynamic batch dimension and its preprocessing "
+                                   "contract in the metadata; check it against PyTorch (fails above 1e-4 for fp32); with "
+                                   "--int8, quantise statically on a built dataset's training images and report the "
+                                   "validation accuracy change.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--int8", action="store_true", help="post-training int8 quantisation (needs --data); the fp32 "
+                                                       "model is kept as MODEL.fp32.onnx")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--data", metavar="DIR", help="the built dataset: parity on its validation images, int8 "
+                                                 "calibration on its training images (default parity: phantoms)")
+    p.add_argument("--calibration-images", type=int, default=64, metavar="N")
+    p.add_argument("--json", metavar="OUT", help="write what was checked as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP triage service with a web page (research tool, not a diagnosis)",
+                       description="Serve a checkpoint or an exported ONNX model over HTTP: POST /v1/predict (an image "
+                                   "or DICOM; ?cam=1 adds a heat map), GET /v1/model, GET /healthz, /docs, and a web "
+                                   "page at /. Uploads stay in memory; DICOM header fields are never echoed or logged.")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a PyTorch checkpoint (heat maps available)")
+    model.add_argument("--onnx", metavar="MODEL", help="a model written by `covidnet export` (no PyTorch needed)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/* (or set COVIDNET_TOKEN)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="larger request bodies get 413 (default 32)")
+    p.add_argument("--max-pixels", type=int, default=60_000_000, help="larger images get 413 before decoding "
+                                                                       "(default 60 million)")
+    p.add_argument("--max-batch", type=int, default=16, help="dynamic batching: up to this many waiting requests "
+                                                             "share a forward pass; 1 turns it off (default 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument("--queue-size", type=int, default=64, help="requests in flight before 503 (default 64)")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="per-request limit, 504 past it (default 60)")
+    p.add_argument("--threshold", metavar="CLASS=P", help="triage rule, as for predict")
+    p.add_argument("--operating-point", metavar="sensitivity=0.95", help="triage by the checkpoint's stored operating point")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable; "
+                                                                            "CORS is off by default)")
+    p.add_argument("--keep-uploads", metavar="DIR", help="write each upload to DIR, named by request id "
+                                                         "(default: uploads are never written to disk)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a temperature and/or an operating point on validation data",
                        description="Fit temperature scaling and/or choose an operating point on the validation split "
@@ -474,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional dependencies (pyproject's extras): the one line to print when a command needs one that is absent
+_EXTRAS = {"torch": "torch", "torchvision": "torch", "sklearn": "torch", "monai": "torch", "matplotlib": "torch",
+           "imagehash": "torch", "onnx": "export", "onnxscript": "export", "onnxruntime": "onnx", "fastapi": "serve",
+           "uvicorn": "serve", "python_multipart": "serve", "multipart": "serve", "starlette": "serve"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -481,6 +567,13 @@ def main(argv: list[str] | None = None) -> int:
     except CovidnetError as e:
         print(f"covidnet: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        extra = _EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise  # a bug, not a missing optional dependency
+        print(f"covidnet: error: `covidnet {args.command}` needs {e.name}, which is not installed: "
+              f"pip install 'covidnet[{extra}]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("covidnet: interrupted", file=sys.stderr)
         return 130

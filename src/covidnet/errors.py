@@ -37,3 +37,7 @@ class SourceError(CovidnetError):
 
 class ImageReadError(CovidnetError):
     """An image file that cannot be read: missing, empty, truncated, corrupt, or not a format we read."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose pixel count exceeds the limit set for it (a decompression bomb, or just too big)."""

@@ -344,7 +344,9 @@ def _progress(items, enabled: bool, desc: str):
 
 
 def probabilities(logits: torch.Tensor, temperature: float | None) -> np.ndarray:
-    return torch.softmax(logits / (temperature or 1.0), dim=1).numpy()
+    from .predict import softmax  # the one logits -> probabilities rule, shared with predict and serve
+
+    return softmax(logits.numpy(), temperature)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "test", labels: str | None = None,

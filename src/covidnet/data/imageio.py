@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from covidnet.errors import ConfigError, ImageReadError
+from covidnet.errors import ConfigError, ImageReadError, ImageTooLargeError
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -50,27 +50,35 @@ def read_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.
 
 
 def read_image_bytes(
-    data: bytes | bytearray | memoryview, name: str = "<upload>", min_side: int | None = None
+    data: bytes | bytearray | memoryview, name: str = "<upload>", min_side: int | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """As ``read_image``, for bytes already in memory (an upload); ``name`` is used in messages and its
-    extension as for a file (``.dcm`` lets a DICOM without preamble through)."""
-    return _read(io.BytesIO(data), name, min_side)
+    extension as for a file (``.dcm`` lets a DICOM without preamble through). ``max_pixels``: refuse,
+    with ``ImageTooLargeError``, an image of more pixels than this before decoding it (the bomb check
+    of a service; Pillow's own limit, about 179 million pixels, always applies)."""
+    return _read(io.BytesIO(data), name, min_side, max_pixels)
 
 
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "L")
 
 
-def frontal_problem(path: str | os.PathLike[str]) -> str | None:
+def frontal_problem(path: str | os.PathLike[str], data: bytes | None = None) -> str | None:
     """Why an image is not a frontal chest radiograph, when its own metadata says so (a DICOM
-    ViewPosition of LL, RL or LATERAL), else None. Other formats carry no view: None."""
-    with open(path, "rb") as fp:
-        head = fp.read(_DICM_OFFSET + 4)
+    ViewPosition of LL, RL or LATERAL), else None. Other formats carry no view: None. ``data``: the
+    file's bytes, already in memory (``path`` then only names it)."""
+    if data is None:
+        with open(path, "rb") as fp:
+            head = fp.read(_DICM_OFFSET + 4)
+    else:
+        head = bytes(data[: _DICM_OFFSET + 4])
     if head[_DICM_OFFSET:] != b"DICM" and PurePath(path).suffix.lower() not in DICOM_SUFFIXES:
         return None
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
+        source = path if data is None else io.BytesIO(data)
+        ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
     except Exception:
         return None  # reading the pixels will say what is wrong
     view = str(ds.get("ViewPosition", "") or "").strip().upper()
@@ -79,7 +87,7 @@ def frontal_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _read(fp: BinaryIO, name: str, min_side: int | None) -> np.ndarray:
+def _read(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int | None = None) -> np.ndarray:
     """The shared body of ``read_image`` and ``read_image_bytes``: sniff the format, then decode."""
     if min_side is not None and (
         isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer)) or min_side < 1
@@ -91,20 +99,26 @@ def _read(fp: BinaryIO, name: str, min_side: int | None) -> np.ndarray:
     fp.seek(0)
     has_preamble = head[_DICM_OFFSET:] == b"DICM"
     if has_preamble or PurePath(name).suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(fp, name, force=not has_preamble)
-    return _read_pil(fp, name, min_side)
+        return _read_dicom(fp, name, force=not has_preamble, max_pixels=max_pixels)
+    return _read_pil(fp, name, min_side, max_pixels)
 
 
 # ---------------------------------------------------------------------------------------- Pillow
 
 
-def _read_pil(fp: BinaryIO, name: str, min_side: int | None) -> np.ndarray:
+def _too_large(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"{name}: image too large ({width} x {height} = {width * height:,} pixels; "
+                                 f"the limit is {max_pixels:,})")
+
+
+def _read_pil(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int | None = None) -> np.ndarray:
     # Decoders raise many exception types on bad bytes (OSError, SyntaxError, ValueError, EOFError,
     # struct.error, ...); inside this narrow block every one of them is the file's fault.
     try:
         img = Image.open(fp)
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{name}: image too large ({_detail(exc)})") from exc
+        raise ImageTooLargeError(f"{name}: image too large ({_detail(exc)})") from exc
     except Image.UnidentifiedImageError:
         raise ImageReadError(f"{name}: not an image, or a format not recognised ({_EXPECTED})") from None
     except Exception as exc:
@@ -112,6 +126,7 @@ def _read_pil(fp: BinaryIO, name: str, min_side: int | None) -> np.ndarray:
     with img:
         if img.format not in PIL_FORMATS:
             raise ImageReadError(f"{name}: unsupported format {img.format} ({_EXPECTED})")
+        _too_large(name, *img.size, max_pixels)
         if min_side is not None and img.format in ("JPEG", "MPO"):
             # The largest 1/2^k scale that keeps both sides >= min_side; "L" also skips colour
             # conversion for colour JPEGs (the decoder's luma equals Pillow's RGB->L weights).
@@ -144,7 +159,7 @@ def _pil_to_grey(img: Image.Image) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(fp: BinaryIO, name: str, force: bool) -> np.ndarray:
+def _read_dicom(fp: BinaryIO, name: str, force: bool, max_pixels: int | None = None) -> np.ndarray:
     import pydicom  # imported here: only DICOM files pay its import time
     from pydicom.pixels import apply_color_lut, pixel_array
 
@@ -159,6 +174,11 @@ def _read_dicom(fp: BinaryIO, name: str, force: bool) -> np.ndarray:
         if force:  # no preamble and no pixels: most likely not DICOM at all
             raise ImageReadError(f"{name}: not a DICOM image (no DICM preamble and no pixel data)")
         raise ImageReadError(f"{name}: DICOM file has no pixel data")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(f"{name}: DICOM Rows/Columns are not numbers") from exc
+    _too_large(name, cols, rows, max_pixels)
     try:
         arr = pixel_array(ds, index=0)  # the first frame; decodes only that frame of a multi-frame file
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()

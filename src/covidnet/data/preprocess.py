@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from covidnet.data.imageio import read_image
+from covidnet.data.imageio import read_image, read_image_bytes
 from covidnet.errors import ConfigError
 
 TOP_CROP = 0.08  # the reference's top_percent
@@ -57,11 +57,22 @@ def load_image(path: str | os.PathLike[str], size: int = DEFAULT_SIZE, top_crop:
 
     Raises ``ImageReadError`` for a file that cannot be read, ``ConfigError`` for bad arguments.
     """
-    _check_options(size, top_crop)
+    return preprocess(read_image(path, min_side=_min_side(size, top_crop)), size=size, top_crop=top_crop)
+
+
+def load_image_bytes(data: bytes, name: str = "<upload>", size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP,
+                     max_pixels: int | None = None) -> np.ndarray:
+    """As ``load_image``, for a file's bytes already in memory (the HTTP service's uploads); ``name``
+    is used in messages, ``max_pixels`` refuses larger images before decoding them."""
+    image = read_image_bytes(data, name, min_side=_min_side(size, top_crop), max_pixels=max_pixels)
+    return preprocess(image, size=size, top_crop=top_crop)
+
+
+def _min_side(size: int, top_crop: float) -> int:
     # Ask the reader for a short side big enough that the square left after the top crop is still
     # >= size, so a DCT-downscaled JPEG is never upsampled back to ``size``.
-    min_side = math.ceil(size / (1.0 - top_crop))
-    return preprocess(read_image(path, min_side=min_side), size=size, top_crop=top_crop)
+    _check_options(size, top_crop)
+    return math.ceil(size / (1.0 - top_crop))
 
 
 def _check_options(size: int, top_crop: float) -> None:

@@ -1,0 +1,229 @@
+"""``covidnet export``: a checkpoint as an ONNX model that runs where PyTorch does not (ONNX Runtime on a
+CPU box, an edge device), optionally quantised to int8.
+
+The exported graph takes what ``load_image`` gives, the stored uint8 pixels ``(batch, 1, S, S)``, and
+holds the rest of the preprocessing contract (scaling, resizing to the model's input, channel
+replication, normalisation: ``tensors.model_input``, traced), so a client cannot normalise differently
+from training. Its output is the logits ``(batch, K)``; the checkpoint's contract, class names,
+temperature and operating point travel in the model's metadata (key ``covidnet``, JSON) and
+``predict.OnnxBackend`` reads them. The batch dimension is dynamic.
+
+Every export is checked against PyTorch on real inputs (images of a built dataset, else phantom
+radiographs from ``data.synth``): the largest absolute difference of any class probability is reported,
+and an fp32 export above ``PARITY_TOLERANCE`` fails and leaves no file. ``--int8`` is ONNX Runtime's
+static post-training quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax
+calibration on training images), and reports its accuracy against the fp32 model on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data.records import CLASSES
+from .errors import ConfigError, CovidnetError
+from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend, softmax
+
+PARITY_TOLERANCE = 1e-4  # fp32: largest |p_onnx - p_torch| over classes and images
+PARITY_IMAGES = 16
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    out: str
+    format: str = "onnx"
+    int8: bool = False
+    opset: int | None = None  # default: the exporter's
+    data: str | None = None  # a built dataset: parity on its images, int8 calibration and accuracy
+    calibration_images: int = 64
+    quiet: bool = False
+
+
+def _wrapper(model, pre: dict, memory_format):
+    import torch
+
+    from .tensors import model_input
+
+    class Exported(torch.nn.Module):
+        """uint8 stored pixels (B, 1, S, S) -> logits (B, K), through the training contract."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            return self.model(model_input(image.float() / 255.0, pre, memory_format))
+
+    return Exported().eval()
+
+
+def _parity_images(cfg: ExportConfig, size: int) -> tuple[np.ndarray, str]:
+    """Real inputs for the parity check: the validation split of ``--data``, else phantoms."""
+    if cfg.data:
+        store = _store(cfg.data, size)
+        rows = store.rows("val")
+        rows = rows if len(rows) else store.rows()
+        return np.asarray(store.images[rows[:PARITY_IMAGES]]), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
+    from .data.synth import draw_radiograph
+
+    rng = np.random.default_rng(0)
+    labels = ["normal", "pneumonia", "COVID-19"]
+    imgs = [draw_radiograph(rng, size, labels[k % 3])[0] for k in range(PARITY_IMAGES // 2)]
+    return np.stack(imgs), f"{len(imgs)} phantom radiographs (give --data for real ones)"
+
+
+def _store(data: str, size: int):
+    from .data.store import open_store
+
+    store = open_store(data)
+    if store.size != size:
+        raise ConfigError(f"{data}: its images are {store.size} px but the checkpoint takes {size} px; "
+                          "use the dataset it was trained on (or one built with the same --size)")
+    return store
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in {ONNX_META_KEY: json.dumps(meta), "classes": ",".join(meta["classes"])}.items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = f"covidnet {meta['arch']}: a research tool, not a diagnostic device"
+    onnx.save(model, str(path))
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over stored training images, one at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str):
+        self._it = iter(images)
+        self.input_name = input_name
+
+    def get_next(self):
+        img = next(self._it, None)
+        return None if img is None else {self.input_name: np.ascontiguousarray(img[None, None])}
+
+    def rewind(self):  # not needed by MinMax; part of the reader interface
+        pass
+
+
+def _accuracy(backend: OnnxBackend, images: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
+    pred = np.concatenate([backend.logits(images[k:k + batch]).argmax(1) for k in range(0, len(images), batch)])
+    return float((pred == y).mean())
+
+
+def export_model(cfg: ExportConfig) -> dict:
+    """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change."""
+    import torch
+
+    from . import __version__
+    from .checkpoint import load_model
+    from .evaluate import _memory_format
+
+    if cfg.format != "onnx":
+        raise ConfigError(f"--format {cfg.format}: only onnx is supported")
+    if cfg.int8 and not cfg.data:
+        raise ConfigError("--int8 needs --data DIR (a built dataset): its training images calibrate the quantisation "
+                          "and its validation split measures the accuracy change")
+    if cfg.calibration_images < 1:
+        raise ConfigError(f"--calibration-images must be >= 1, not {cfg.calibration_images}")
+    out = Path(cfg.out)
+    if not out.parent.is_dir():
+        raise CovidnetError(f"{out.parent}: folder not found for --out")
+    try:
+        import onnx  # noqa: F401  (the exporter and the metadata writer need it)
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise CovidnetError(f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'") from None
+
+    model, meta = load_model(cfg.checkpoint, "cpu")
+    pre = meta["preprocess"]
+    size = pre["stored_size"]
+    wrapper = _wrapper(model, pre, _memory_format(meta))
+    images, where = _parity_images(cfg, size)
+    info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "preprocess", "temperature", "operating_point",
+                                     "task", "memory_format")}
+    info.update(format=ONNX_FORMAT, version=__version__, source_checkpoint=Path(cfg.checkpoint).name, int8=False)
+    report: dict = {"config": asdict(cfg), "parity_inputs": where}
+
+    with tempfile.TemporaryDirectory(prefix=".covidnet-export-", dir=out.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        example = torch.from_numpy(images[:2, None].copy())
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        try:
+            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["logits"],
+                                        dynamic_shapes={"image": {0: batch}}, opset_version=cfg.opset, dynamo=True,
+                                        verbose=False)
+            program.save(str(fp32))
+        except Exception as e:
+            raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
+        _write_meta(fp32, info)
+
+        with torch.inference_mode():
+            ref = softmax(wrapper(torch.from_numpy(images[:, None].copy())).numpy(), meta.get("temperature"))
+        onnx_fp32 = OnnxBackend(fp32, device="cpu")
+        got = softmax(np.concatenate([onnx_fp32.logits(images[:1]), onnx_fp32.logits(images[1:])]), meta.get("temperature"))
+        diff = float(np.abs(got - ref).max())
+        report["fp32"] = {"max_abs_prob_diff": diff, "tolerance": PARITY_TOLERANCE, "images": len(images)}
+        if diff > PARITY_TOLERANCE:
+            raise CovidnetError(f"{cfg.checkpoint}: the ONNX model's probabilities differ from PyTorch's by {diff:.2e} "
+                                f"(> {PARITY_TOLERANCE:g}) on {where}; nothing written")
+
+        final = fp32
+        if cfg.int8:
+            final = Path(tmp) / "int8.onnx"
+            report["int8"] = _quantise(cfg, fp32, final, info, onnx_fp32, ref, images)
+        os.replace(final, out)
+        if cfg.int8:  # the fp32 model is kept beside the int8 one, for comparison and fallback
+            os.replace(fp32, out.with_suffix(".fp32.onnx"))
+            report["fp32_path"] = str(out.with_suffix(".fp32.onnx"))
+    report["path"] = str(out)
+    report["bytes"] = out.stat().st_size
+    return report
+
+
+def _quantise(cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: OnnxBackend, ref: np.ndarray,
+              images: np.ndarray) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    store = _store(cfg.data, info["preprocess"]["stored_size"])
+    train_rows = store.rows("train")
+    if len(train_rows) == 0:
+        raise ConfigError(f"{cfg.data}: no training images to calibrate int8 quantisation on")
+    pick = np.random.default_rng(0).choice(train_rows, size=min(cfg.calibration_images, len(train_rows)), replace=False)
+    prepared = dest.with_name("prepared.onnx")
+    _progress(cfg, f"calibrating int8 on {len(pick)} training images")
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(str(prepared), str(dest), _Calibration(np.asarray(store.images[np.sort(pick)]), onnx_fp32.input_name),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    _write_meta(dest, {**info, "int8": True, "int8_calibration": {"images": int(len(pick)), "split": "train",
+                                                                  "method": "MinMax, QDQ, per-channel"}})
+    onnx_int8 = OnnxBackend(dest, device="cpu")
+    got = softmax(onnx_int8.logits(images), info.get("temperature"))
+    out = {"max_abs_prob_diff": float(np.abs(got - ref).max()), "calibration_images": int(len(pick))}
+    val = store.rows("val")
+    if len(val):
+        _progress(cfg, f"accuracy of fp32 and int8 on {len(val)} validation images")
+        x, y = np.asarray(store.images[val]), store.labels(val, binary=list(info["classes"]) != list(CLASSES))
+        a32, a8 = _accuracy(onnx_fp32, x, y), _accuracy(onnx_int8, x, y)
+        out.update(val_images=int(len(val)), val_accuracy_fp32=a32, val_accuracy_int8=a8, val_accuracy_change=a8 - a32)
+    return out
+
+
+def _progress(cfg: ExportConfig, what: str) -> None:
+    if not cfg.quiet:
+        print(f"covidnet export: {what} ...", file=sys.stderr, flush=True)
+
+
+__all__ = ["ExportConfig", "PARITY_TOLERANCE", "export_model"]
