@@ -200,6 +200,10 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls, helps: dict, required=(
             p.add_argument(flag, type=kind, default=f.default, help=f"{helps.get(f.name, '')} (default {f.default})")
 
 
+def _raise(e: BaseException):
+    raise e
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
@@ -389,10 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a built dataset (the paper's recipe by default)",
                        description="Train on a dataset built by `covidnet data build`. Defaults are the published recipe; "
                                    "the same command runs under torchrun for several GPUs or machines.")
-    from .train import TrainConfig
-
-    _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
-    p.set_defaults(func=cmd_train)
+    try:
+        from .train import TrainConfig
+    except ModuleNotFoundError as e:  # installed without the [torch] extra: `covidnet train` says what to install
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda args, e=e: _raise(e))
+    else:
+        _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
+        p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="metrics with bootstrap CIs, calibration, per-source breakdown, HTML report",
                        description="Evaluate a checkpoint on a built dataset's split (--data) or on raw images named in a "

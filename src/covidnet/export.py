@@ -71,11 +71,12 @@ def _parity_images(cfg: ExportConfig, size: int) -> tuple[np.ndarray, str]:
         rows = store.rows("val")
         rows = rows if len(rows) else store.rows()
         return np.asarray(store.images[rows[:PARITY_IMAGES]]), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
+    from .data.preprocess import preprocess
     from .data.synth import draw_radiograph
 
     rng = np.random.default_rng(0)
-    labels = ["normal", "pneumonia", "COVID-19"]
-    imgs = [draw_radiograph(rng, size, labels[k % 3])[0] for k in range(PARITY_IMAGES // 2)]
+    draw = max(64, int(size * 1.1))  # then through the one preprocessing path, as a file would go
+    imgs = [preprocess(draw_radiograph(rng, draw, CLASSES[k % 3])[0], size) for k in range(PARITY_IMAGES // 2)]
     return np.stack(imgs), f"{len(imgs)} phantom radiographs (give --data for real ones)"
 
 
@@ -152,6 +153,7 @@ def export_model(cfg: ExportConfig) -> dict:
     images, where = _parity_images(cfg, size)
     info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "preprocess", "temperature", "operating_point",
                                      "task", "memory_format")}
+    info["task"] = info["task"] or "classification"
     info.update(format=ONNX_FORMAT, version=__version__, source_checkpoint=Path(cfg.checkpoint).name, int8=False)
     report: dict = {"config": asdict(cfg), "parity_inputs": where}
 

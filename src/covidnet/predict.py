@@ -186,7 +186,7 @@ def describe(backend: Backend) -> dict:
     calibration and operating point."""
     m = backend.meta
     return {"model_id": backend.model_id, "runtime": backend.kind, "arch": m["arch"], "classes": m["classes"],
-            "task": m.get("task", "classification"), "input": m["preprocess"], "temperature": m.get("temperature"),
+            "task": m.get("task") or "classification", "input": m["preprocess"], "temperature": m.get("temperature"),
             "operating_point": m.get("operating_point"), "int8": bool(m.get("int8", False)),
             "covidnet_version": m.get("version")}
 

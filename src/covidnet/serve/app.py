@@ -162,7 +162,7 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
     _quiet_dicom_values()
     backend = backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device)
     meta, classes, pre = backend.meta, backend.meta["classes"], backend.meta["preprocess"]
-    if meta.get("task", "classification") != "classification":
+    if (meta.get("task") or "classification") != "classification":
         raise ConfigError(f"covidnet serve takes classification models; this one is for {meta['task']}")
     rule = triage_rule(meta, cfg.threshold, cfg.operating_point)
     batcher = DynamicBatcher(backend.logits, cfg.max_batch, cfg.batch_wait_ms / 1000)
