@@ -34,6 +34,11 @@ _API = {
     "evaluate_checkpoint": "covidnet.evaluate",
     "calibrate_checkpoint": "covidnet.evaluate",
     "predict_paths": "covidnet.predict",
+    "open_backend": "covidnet.predict",
+    "export_model": "covidnet.export",
+    "ExportConfig": "covidnet.export",
+    "create_app": "covidnet.serve",
+    "ServeConfig": "covidnet.serve",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
 }

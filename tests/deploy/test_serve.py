@@ -198,3 +198,21 @@ def test_cors_is_on_only_for_the_origins_given(trained, tmp_path):
         assert "access-control-allow-origin" not in other.headers
     finally:
         s.close()
+
+
+def test_a_port_in_use_or_a_bad_option_is_one_line_and_exit_1(trained, tmp_path):
+    import socket
+
+    from test_cli import covidnet
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = covidnet("serve", "--checkpoint", str(trained[2]), "--port", str(port))
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    for args, message in ((["--max-batch", "0"], "--max-batch must be >= 1"),
+                          (["--keep-uploads", str(tmp_path / "nope")], "folder not found"),
+                          (["--threshold", "flu=0.3"], "--threshold 'flu=0.3'")):
+        r = covidnet("serve", "--checkpoint", str(trained[2]), "--port", "0", *args)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = covidnet("serve", "--checkpoint", str(trained[2]), "--onnx", "m.onnx")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
