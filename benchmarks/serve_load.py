@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--image")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--threads", type=int, help="the server's --threads (default: all cores)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.image:
@@ -96,19 +97,20 @@ def main() -> None:
     else:
         image, where = None, "a phantom"
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "runtime": args.runtime, "device": args.device, "clients": args.clients, "seconds": args.seconds,
+              "runtime": args.runtime, "device": args.device, "threads": args.threads, "clients": args.clients,
+              "seconds": args.seconds,
               "model": "covidnet-cxr3b", "size": 480, "image": where, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ckpt, ds = phantom_checkpoint(work)
         if image is None:
             image = (sorted((work / "phantoms" / "images").glob("*.png"))[0]).read_bytes()
-        model_args = ["--checkpoint", str(ckpt)]
+        model_args = ["--checkpoint", str(ckpt)] + (["--threads", str(args.threads)] if args.threads else [])
         if args.runtime == "onnx":
             from covidnet.export import ExportConfig, export_model
 
             export_model(ExportConfig(str(ckpt), str(work / "m.onnx"), data=str(ds), quiet=True))
-            model_args = ["--onnx", str(work / "m.onnx")]
+            model_args = ["--onnx", str(work / "m.onnx")] + (["--threads", str(args.threads)] if args.threads else [])
         for name, max_batch in (("batching_on", 16), ("batching_off", 1)):
             proc = run_server(model_args, args.device, max_batch, args.port, work / f"{name}.log")
             try:

@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["servefixtures"]  # the trained checkpoint, exports and server of tests/deploy
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -317,7 +317,8 @@ def cmd_serve(args) -> int:
     token = args.token or os.environ.get("COVIDNET_TOKEN") or None
     serve(ServeConfig(args.checkpoint, args.onnx, args.host, args.port, args.device, token, args.max_upload_mb,
                       args.max_pixels, args.max_batch, args.batch_wait_ms, args.queue_size, args.timeout_s,
-                      args.threshold, args.operating_point, args.cors_origin or [], args.keep_uploads))
+                      args.threshold, args.operating_point, args.cors_origin or [], args.keep_uploads,
+                      args.threads))
     return 0
 
 
@@ -482,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                             "CORS is off by default)")
     p.add_argument("--keep-uploads", metavar="DIR", help="write each upload to DIR, named by request id "
                                                          "(default: uploads are never written to disk)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of a forward pass (default: all cores; "
+                                                             "fewer leaves cores to decoding uploads)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a temperature and/or an operating point on validation data",

@@ -139,10 +139,9 @@ def export_model(cfg: ExportConfig) -> dict:
     out = Path(cfg.out)
     if not out.parent.is_dir():
         raise CovidnetError(f"{out.parent}: folder not found for --out")
-    try:
-        import onnx  # noqa: F401  (the exporter and the metadata writer need it)
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
+    try:  # the exporter, the metadata writer and the parity check need all three
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            __import__(module)
     except ModuleNotFoundError as e:
         raise CovidnetError(f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'") from None
 

@@ -103,10 +103,14 @@ class TorchBackend:
 
     kind = "torch"
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 16):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 16, threads: int | None = None):
+        import torch
+
         from .checkpoint import load_model
         from .evaluate import _device, _memory_format
 
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
         self.device = _device(device)
         self.model, self.meta = load_model(checkpoint, self.device)
         self.memory_format = _memory_format(self.meta)
@@ -174,11 +178,14 @@ class OnnxBackend:
 
 
 def open_backend(checkpoint: str | None = None, onnx: str | None = None, device: str = "auto",
-                 batch_size: int = 16) -> Backend:
-    """The backend for exactly one of a checkpoint or an exported ONNX model."""
+                 batch_size: int = 16, threads: int | None = None) -> Backend:
+    """The backend for exactly one of a checkpoint or an exported ONNX model; ``threads``: the CPU
+    threads a forward pass uses (default: the runtime's, all cores)."""
     if bool(checkpoint) == bool(onnx):
         raise UsageError("give exactly one of --checkpoint CKPT or --onnx MODEL")
-    return TorchBackend(checkpoint, device, batch_size) if checkpoint else OnnxBackend(onnx, device)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, not {threads}")
+    return TorchBackend(checkpoint, device, batch_size, threads) if checkpoint else OnnxBackend(onnx, device, threads)
 
 
 def describe(backend: Backend) -> dict:

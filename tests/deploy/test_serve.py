@@ -3,7 +3,6 @@
 
 import base64
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from dicomfiles import dicom, save_dicom
 from PIL import Image
 
 from covidnet.predict import predict_paths
-from conftest import Server
+from servefixtures import Server
 
 AUTH = {"Authorization": "Bearer s3cret"}
 PHI = ["Doe^Jane", "PID-4711-XYZ", "19470312", "20200402", "ACC-99173", "St Elsewhere General"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from covidnet.predict import predict_paths
-from conftest import Server
+from servefixtures import Server
 from test_report import CHROMIUM, CHROMIUM_ARGS
 
 ARTIFACTS = Path(os.environ.get("COVIDNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))

@@ -70,6 +70,7 @@ class ServeConfig:
     operating_point: str | None = None
     cors_origin: list[str] = field(default_factory=list)
     keep_uploads: str | None = None  # a folder: write each upload there (named by request id); off by default
+    threads: int | None = None  # CPU threads of a forward pass (default: the runtime's, all cores)
 
     def validate(self) -> ServeConfig:
         checks = [(self.max_upload_mb > 0, "--max-upload-mb must be > 0"), (self.max_pixels > 0, "--max-pixels must be > 0"),
@@ -160,7 +161,7 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
 def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
     cfg.validate()
     _quiet_dicom_values()
-    backend = backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device)
+    backend = backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads)
     meta, classes, pre = backend.meta, backend.meta["classes"], backend.meta["preprocess"]
     if (meta.get("task") or "classification") != "classification":
         raise ConfigError(f"covidnet serve takes classification models; this one is for {meta['task']}")
@@ -344,7 +345,7 @@ def serve(cfg: ServeConfig) -> None:
             pass
     except OSError as e:
         raise CovidnetError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
-    backend = open_backend(cfg.checkpoint, cfg.onnx, cfg.device)
+    backend = open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads)
     app = create_app(cfg, backend)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:

@@ -1,5 +1,6 @@
-"""A checkpoint trained here on phantoms, its ONNX exports, and a running `covidnet serve`: shared by the
-export, predict --onnx, service and web-page tests."""
+"""Fixtures of tests/deploy (a plugin of tests/conftest.py): a checkpoint trained here on phantoms, its
+ONNX exports, and a running `covidnet serve`, shared by the export, predict --onnx, service and web-page
+tests."""
 
 import json
 import os
