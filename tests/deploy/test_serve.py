@@ -167,7 +167,7 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(trained, files, tmp_pat
         s.close()
     s = Server(tmp_path, "--checkpoint", str(ckpt), "--timeout-s", "0.001")
     try:
-        r = post(s, files["bomb"], headers={})
+        r = post(s, files["dicom"], "?cam=1", headers={})  # decoding, a forward pass and a heat map: far over 1 ms
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert s.alive()
     finally:
