@@ -325,9 +325,16 @@ def cmd_predict(args) -> int:
 # --- severity and risk checkpoints (covidnet.severity) ----------------------------------------------
 
 
+def _print_severity(m: dict) -> None:
+    from .severity import SEVERITY_METRICS
+
+    print(_table(["score (0-8)", "MAE", "RMSE", "R²", "Spearman"],
+                 [[f"{s} extent", *(_ci(m[s][k]) for k in SEVERITY_METRICS)] for s in ("geographic", "opacity")]))
+
+
 def _eval_task(args) -> int:
     from .report import write_json
-    from .severity import SEVERITY_METRICS, evaluate_task_checkpoint
+    from .severity import evaluate_task_checkpoint
 
     if args.data is None or args.labels is not None:
         raise UsageError(f"{args.checkpoint}: a severity or risk checkpoint is evaluated on a built dataset: give --data "
@@ -339,8 +346,7 @@ def _eval_task(args) -> int:
     print(f"{m['task']}: {m['n']} images of {m['n_patients']} patients ({args.split}); 95 % CIs from "
           f"{m['bootstrap']['resamples']} bootstrap resamples of patients")
     if m["task"] == "severity":
-        print(_table(["score (0-8)", "MAE", "RMSE", "R²", "Spearman"],
-                     [[f"{s} extent", *(_ci(m[s][k]) for k in SEVERITY_METRICS)] for s in ("geographic", "opacity")]))
+        _print_severity(m)
     else:
         print(f"accuracy {_ci(m['accuracy'])}   macro F1 {_ci(m['macro_f1'])}   mean absolute bin error "
               f"{_ci(m['mean_abs_bin_error'])}")
@@ -400,10 +406,15 @@ def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=args.out, data=args.data, n=args.n, size=args.size, epochs=args.epochs,
-                                 seed=args.seed, overwrite=args.overwrite, progress=not args.quiet))
+                                 severity_epochs=args.severity_epochs, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet))
     print()
     print_metrics(result["metrics"])
     print(f"report: {result['report']}")
+    if "severity" in result:
+        sev = result["severity"]
+        print(f"\nseverity against the phantoms' true extent: {sev['n']} test images of {sev['n_patients']} patients")
+        _print_severity(sev)
+        print(f"severity report: {result['severity_report']}")
     return 0
 
 
@@ -525,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=300, help="phantom images (default 300)")
     p.add_argument("--size", type=int, default=96, help="stored image side (default 96)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--severity-epochs", type=int, default=6,
+                   help="phantoms: epochs fine-tuning the classifier into a severity head (default 6; 0 skips the step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.add_argument("--quiet", action="store_true")

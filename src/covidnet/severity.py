@@ -98,13 +98,6 @@ def validation_metrics(task: Task, y: np.ndarray, out: torch.Tensor) -> dict:
 # --- evaluating a checkpoint ------------------------------------------------------------------------
 
 
-def _task_of(meta: dict, checkpoint) -> Task:
-    task = task_from_meta(meta)
-    if task.name == "classification":
-        raise ConfigError(f"{checkpoint}: a classification checkpoint; evaluate it with covidnet.evaluate_checkpoint")
-    return task
-
-
 def evaluate_task_checkpoint(checkpoint: str, data: str, split: str = "test", resamples: int = 1000, seed: int = 0,
                              device: str = "auto", report: str | None = None, cam_method: str = "gradcam") -> dict:
     """Evaluate a severity or risk ``checkpoint`` on the images of ``split`` of the built dataset
@@ -115,8 +108,8 @@ def evaluate_task_checkpoint(checkpoint: str, data: str, split: str = "test", re
     from .data.store import open_store
 
     dev = _device(device)
-    model, meta = load_model(checkpoint, dev)
-    task = _task_of(meta, checkpoint)
+    model, meta = load_model(checkpoint, dev, tasks=("severity", "risk"))
+    task = task_from_meta(meta)
     store = open_store(data)
     pre = meta["preprocess"]
     if store.size != pre["stored_size"]:
@@ -222,8 +215,8 @@ def predict_task_paths(checkpoint: str, inputs: Iterable[str], batch_size: int =
     from .explain import CamExplainer, save_overlay
 
     dev = _device(device)
-    model, meta = load_model(checkpoint, dev)
-    task = _task_of(meta, checkpoint)
+    model, meta = load_model(checkpoint, dev, tasks=("severity", "risk"))
+    task = task_from_meta(meta)
     pre = meta["preprocess"]
     explainer = None
     if cam_dir:
