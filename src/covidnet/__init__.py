@@ -34,6 +34,9 @@ _API = {
     "evaluate_checkpoint": "covidnet.evaluate",
     "calibrate_checkpoint": "covidnet.evaluate",
     "predict_paths": "covidnet.predict",
+    "evaluate_task_checkpoint": "covidnet.severity",
+    "predict_task_paths": "covidnet.severity",
+    "write_severity_file": "covidnet.data.synth",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
 }

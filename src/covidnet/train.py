@@ -234,10 +234,8 @@ def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
 
 
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    if cfg.init == "random":
+    if cfg.init in ("random", "imagenet"):  # imagenet: loaded by _create
         return
-    if cfg.init == "imagenet":
-        raise AssertionError("handled at creation")  # pragma: no cover
     ckpt = read_checkpoint(cfg.init)
     if ckpt["arch"] != cfg.arch:
         raise ConfigError(f"{cfg.init}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
@@ -338,8 +336,9 @@ def _check_run(cfg: TrainConfig) -> Path:
             raise ConfigError(f"{run}: nothing to resume (no last.pt); start it without --resume")
         saved = json.loads((run / "config.json").read_text())
         for f in fields(TrainConfig):
-            if f.name not in ("resume", "progress", "epochs", "out") and saved.get(f.name) != getattr(cfg, f.name):
-                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {saved.get(f.name)!r} in this run, "
+            was = saved.get(f.name, f.default)  # a field newer than the run had its default then
+            if f.name not in ("resume", "progress", "epochs", "out") and was != getattr(cfg, f.name):
+                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
                                   f"not {getattr(cfg, f.name)!r}; resume with the run's own settings")
     elif (run / "last.pt").exists() or (run / "best.pt").exists():
         raise ConfigError(f"{run}: holds a run already; pass --resume to continue it or choose another --out")
