@@ -39,6 +39,9 @@ _API = {
     "ExportConfig": "covidnet.export",
     "create_app": "covidnet.serve",
     "ServeConfig": "covidnet.serve",
+    "evaluate_task_checkpoint": "covidnet.severity",
+    "predict_task_paths": "covidnet.severity",
+    "write_severity_file": "covidnet.data.synth",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
 }

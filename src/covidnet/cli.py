@@ -117,6 +117,7 @@ def cmd_data_build(args) -> int:
         top_crop=args.top_crop, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
         split_files=[parse_split_file_arg(s) for s in args.split_file], paediatric=args.paediatric,
         workers=args.workers, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
+        severity=Path(args.severity) if args.severity else None,
     )
     report = build_dataset(cfg)
     _warn_exclusions(report)
@@ -136,17 +137,34 @@ def cmd_data_build(args) -> int:
     if report["official_split"]:
         o = report["official_split"]
         print(f"official split: matched {o['matched']}; {o['missing_count']} listed images not in the sources")
+    _print_targets(report)
     for note in report["notes"]:
         print(f"note: {note}")
     print("checks: " + ", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}" for k, v in report["checks"].items()))
     return 0
 
 
+def _print_targets(report: dict) -> None:
+    """What the severity file and the offsets give the severity and risk tasks."""
+    sev, risk = report.get("severity"), report["risk"]
+    if sev:
+        d = sev["in_dataset"]
+        print(f"severity: {sev['rows_joined']} of {sev['rows']} rows of {sev['file']} joined; scored images per split "
+              + ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
+              + (f"; {d['scored_images_left_out_by_the_build']} scored images left out by the build" if d["scored_images_left_out_by_the_build"] else ""))
+        for reason, n in sev["excluded"]["by_reason"].items():
+            print(f"  {n:6d}  {reason}")
+    print(f"risk: {risk['with_offset']} of {risk['covid_images']} COVID-19 images have days since onset (offset)"
+          + "".join(f"; {n} {reason}" for reason, n in risk["excluded"]["by_reason"].items()))
+
+
 def _warn_exclusions(report: dict, limit: int = 20) -> None:
-    """One line on stderr for each record excluded for an error (not a documented filter)."""
+    """One line on stderr for each record excluded for an error (not a documented filter), and for each
+    row of a severity file left out."""
     from .data.build import FILTER_REASONS
 
     errors = [e for e in report["excluded"]["items"] if e["reason"] not in FILTER_REASONS]
+    errors += (report.get("severity") or {}).get("excluded", {}).get("items", [])
     for e in errors[:limit]:
         print(f"covidnet: warning: {e['item']}: {e['reason']}" + (f" ({e['detail']})" if e["detail"] else ""), file=sys.stderr)
     if len(errors) > limit:
@@ -182,6 +200,10 @@ TRAIN_HELP = {
     "compile": "torch.compile: auto (GPU only), on, off", "eval_batch_size": "batch size for validation",
     "precise_bn": "training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off",
     "resume": "continue the run in --out from its last.pt", "progress": "progress bars and per-epoch lines",
+    "task": "classification; severity (COVIDNet-S geographic and opacity extent, 0-8; needs a build with --severity); "
+            "risk (COVID-RiskNet: COVID-19 images in bins of days since symptom onset)",
+    "freeze_backbone": "train only the head on the frozen features of --init (COVIDNet-S's setting)",
+    "risk_bins": "--task risk: inner bin edges in days, e.g. 3,5,10 for [0-3), [3-5), [5-10), >=10",
 }
 
 
@@ -213,8 +235,11 @@ def cmd_train(args) -> int:
     summary = train(cfg)
     if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
         f = summary["final"]
-        print(f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch val accuracy "
-              f"{f['val_acc']:.3f}; {summary['images_per_s']:.0f} images/s on {summary['device']}")
+        last = {"classification": ("val accuracy", "val_acc"), "risk": ("val accuracy", "val_accuracy"),
+                "severity": ("val R² geographic / opacity", ("val_geographic_r2", "val_opacity_r2"))}[cfg.task]
+        value = " / ".join(f"{f[k]:.3f}" for k in ((last[1],) if isinstance(last[1], str) else last[1]))
+        print(f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {last[0]} "
+              f"{value}; {summary['images_per_s']:.0f} images/s on {summary['device']}")
     return 0
 
 
@@ -240,9 +265,18 @@ def print_metrics(m: dict) -> None:
               + ", ".join(f"{c} sensitivity {_ci(sm['per_class'][c]['sensitivity'])}" for c in classes))
 
 
+def _checkpoint_task(path: str) -> str:
+    from .checkpoint import read_checkpoint
+
+    return read_checkpoint(path).get("task", "classification")
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_checkpoint
     from .report import write_json
+
+    if _checkpoint_task(args.checkpoint) != "classification":
+        return _eval_task(args)
 
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, labels=args.labels, images=args.images,
                             resamples=args.resamples, seed=args.seed, device=args.device, report=args.report,
@@ -259,6 +293,9 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .predict import predict_paths
+
+    if args.checkpoint and _checkpoint_task(args.checkpoint) != "classification":
+        return _predict_task(args)
 
     ok = failed = 0
     results = predict_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.threshold, args.cam,
@@ -322,6 +359,70 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# --- severity and risk checkpoints (covidnet.severity) ----------------------------------------------
+
+
+def _print_severity(m: dict) -> None:
+    from .severity import SEVERITY_METRICS
+
+    print(_table(["score (0-8)", "MAE", "RMSE", "R²", "Spearman"],
+                 [[f"{s} extent", *(_ci(m[s][k]) for k in SEVERITY_METRICS)] for s in ("geographic", "opacity")]))
+
+
+def _eval_task(args) -> int:
+    from .report import write_json
+    from .severity import evaluate_task_checkpoint
+
+    if args.data is None or args.labels is not None:
+        raise UsageError(f"{args.checkpoint}: a severity or risk checkpoint is evaluated on a built dataset: give --data "
+                         "DIR (built with --severity FILE for severity), not --labels")
+    m = evaluate_task_checkpoint(args.checkpoint, args.data, args.split, args.resamples, args.seed, args.device,
+                                 args.report, args.cam_method)
+    if args.json:
+        write_json(args.json, m)
+    print(f"{m['task']}: {m['n']} images of {m['n_patients']} patients ({args.split}); 95 % CIs from "
+          f"{m['bootstrap']['resamples']} bootstrap resamples of patients")
+    if m["task"] == "severity":
+        _print_severity(m)
+    else:
+        print(f"accuracy {_ci(m['accuracy'])}   macro F1 {_ci(m['macro_f1'])}   mean absolute bin error "
+              f"{_ci(m['mean_abs_bin_error'])}")
+        cm = m["confusion_matrix"]
+        print("confusion matrix (rows: true bin of days since onset, columns: predicted)")
+        print(_table(["", *cm["labels"]], [[c, *map(str, row)] for c, row in zip(cm["labels"], cm["matrix"])]))
+    if args.json or args.report:
+        print("; ".join(([f"JSON: {args.json}"] if args.json else [])
+                        + ([f"report: {Path(args.report) / 'index.html'}"] if args.report else [])))
+    return 0
+
+
+def _predict_task(args) -> int:
+    from .severity import predict_task_paths
+
+    if args.threshold or args.operating_point:
+        raise UsageError(f"{args.checkpoint}: --threshold and --operating-point are for classification checkpoints")
+    ok = failed = 0
+    for r in predict_task_paths(args.checkpoint, args.inputs, args.batch_size, args.device, args.cam, args.cam_method):
+        ok, failed = ok + (r["status"] == "ok"), failed + (r["status"] != "ok")
+        if args.json:
+            print(json.dumps(r), flush=True)
+        elif r["status"] != "ok":
+            print(f"{r['path']}: FAILED: {r['error']}", flush=True)
+        elif r["task"] == "severity":
+            top = r["scale"][1]
+            cams = f"  cam: {', '.join(r['cam'].values())}" if "cam" in r else ""
+            print(f"{r['path']}: geographic extent {r['scores']['geographic']:.1f}/{top:g}  opacity extent "
+                  f"{r['scores']['opacity']:.1f}/{top:g}{cams}", flush=True)
+        else:
+            probs = " ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
+            print(f"{r['path']}: days since onset {r['bin']}  [{probs}]" + (f"  cam: {r['cam']}" if "cam" in r else ""),
+                  flush=True)
+    print(f"{ok} images processed, {failed} failed (research tool: not a clinical assessment)", file=sys.stderr)
+    if ok == 0:
+        raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from .evaluate import calibrate_checkpoint
 
@@ -342,10 +443,15 @@ def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=args.out, data=args.data, n=args.n, size=args.size, epochs=args.epochs,
-                                 seed=args.seed, overwrite=args.overwrite, progress=not args.quiet))
+                                 severity_epochs=args.severity_epochs, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet))
     print()
     print_metrics(result["metrics"])
     print(f"report: {result['report']}")
+    if "severity" in result:
+        sev = result["severity"]
+        print(f"\nseverity against the phantoms' true extent: {sev['n']} test images of {sev['n_patients']} patients")
+        _print_severity(sev)
+        print(f"severity report: {result['severity_report']}")
     return 0
 
 
@@ -521,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=300, help="phantom images (default 300)")
     p.add_argument("--size", type=int, default=96, help="stored image side (default 96)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--severity-epochs", type=int, default=6,
+                   help="phantoms: epochs fine-tuning the classifier into a severity head (default 6; 0 skips the step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.add_argument("--quiet", action="store_true")
@@ -545,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paediatric", choices=("exclude", "include"), default="exclude",
                    help="children (age < 18, or a paediatric source such as kermany): exclude (default) or include")
     p.add_argument("--workers", type=int, default=0, help="processes for the images (default: every core)")
-    p.add_argument("--strict", action="store_true", help="fail if any record is excluded for an error (not a filter)")
+    p.add_argument("--strict", action="store_true", help="fail if any record is excluded for an error (not a filter), "
+                                                         "or any row of --severity is left out")
+    p.add_argument("--severity", metavar="FILE", help="join COVIDNet-S lung severity scores (filename, Geographic, "
+                                                      "Opacity; 0-8) to the images by file-name stem")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

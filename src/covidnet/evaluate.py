@@ -146,26 +146,37 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], pa
     return out
 
 
-def _with_ci(y, probs, classes, patients, resamples: int, seed: int) -> dict:
-    point = point_metrics(y, probs, classes)
-    flat = _flatten(point, classes)
+def patient_bootstrap(flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int,
+                      seed: int) -> dict[str, dict]:
+    """``{key: {"value", "ci95"}}`` for every number ``flat_metrics(idx)`` returns: the value on all
+    rows, and the 2.5th and 97.5th percentiles over ``resamples`` bootstrap samples of **patients**
+    (each drawn patient brings all of its rows); NaN resamples are ignored, no CI when none is left."""
+    patients = np.asarray(patients)
+    flat = flat_metrics(np.arange(len(patients)))
     boots = []
-    if resamples > 0 and len(y):
+    if resamples > 0 and len(patients):
         rng = np.random.default_rng(seed)
         uniq, inverse = np.unique(patients, return_inverse=True)
         members = [np.flatnonzero(inverse == p) for p in range(len(uniq))]
         for _ in range(resamples):
             pick = rng.integers(0, len(uniq), len(uniq))
-            idx = np.concatenate([members[p] for p in pick])
-            boots.append(_flatten(point_metrics(y[idx], probs[idx], classes), classes))
-    ci = {}
-    for key in flat:
+            boots.append(flat_metrics(np.concatenate([members[p] for p in pick])))
+    out = {}
+    for key, value in flat.items():
         vals = np.array([b[key] for b in boots], dtype=float) if boots else np.array([])
         vals = vals[~np.isnan(vals)]
-        ci[key] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else None
+        out[key] = {"value": value, "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+                    if len(vals) else None}
+    return out
+
+
+def _with_ci(y, probs, classes, patients, resamples: int, seed: int) -> dict:
+    point = point_metrics(y, probs, classes)
+    cis = patient_bootstrap(lambda idx: _flatten(point_metrics(y[idx], probs[idx], classes), classes), patients,
+                            resamples, seed)
 
     def entry(key):
-        return {"value": flat[key], "ci95": ci[key]}
+        return cis[key]
 
     return {
         "n": int(len(y)), "n_patients": int(len(np.unique(patients))),

@@ -247,10 +247,27 @@ def plot_errors(errors: Sequence[dict], cols: int = 4):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(_mpl(_short(str(e.get("name", "")), 30)), fontsize=8.5)
-        ax.set_xlabel(f"truth: {_mpl(e.get('true', ''))}\npredicted: {_mpl(e.get('pred', ''))} (p = {_fmt(e.get('confidence'), 2)})",
-                      fontsize=8.5)
+        p = f" (p = {_fmt(e.get('confidence'), 2)})" if "confidence" in e else ""  # a regression has none
+        ax.set_xlabel(f"truth: {_mpl(e.get('true', ''))}\npredicted: {_mpl(e.get('pred', ''))}{p}", fontsize=8.5)
     for ax in axes[n:]:
         ax.set_axis_off()
+    return fig
+
+
+def plot_severity_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], top: float = 8.0):
+    """One panel per score: predicted against annotated, the diagonal, and R² in the title."""
+    fig = _figure(4.2 * len(names), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for k, (ax, name) in enumerate(zip(axes, names)):
+        t, p = np.asarray(y_true)[:, k], np.asarray(y_pred)[:, k]
+        ax.plot([0, top], [0, top], color="#999", lw=1, ls="--")
+        ax.scatter(t, p, s=14, alpha=0.7, color="#1f5fa8", edgecolor="none")
+        ss = float(((t - t.mean()) ** 2).sum()) if len(t) else 0.0
+        r2 = 1 - float(((t - p) ** 2).sum()) / ss if ss > 0 else float("nan")
+        ax.set(xlim=(-0.2, top + 0.2), ylim=(-0.2, top + 0.2), aspect="equal",
+               xlabel=f"annotated {name} extent", ylabel=f"predicted {name} extent",
+               title=f"{name} extent (R² {_fmt(r2, 2)}, n = {len(t)})")
+        ax.grid(alpha=0.3)
     return fig
 
 
@@ -364,15 +381,8 @@ def _errors_html(errors: Sequence[dict]) -> str:
             + "\n</details>")
 
 
-def render_html(metrics: dict, classes: Sequence[str], errors: Sequence[dict], title: str, context: dict | None) -> str:
-    from . import __version__
-
-    ctx = ""
-    if context:
-        ctx = '<section><h2>Run</h2>\n<table id="context" class="context">' + "".join(
-            f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in context.items()) + "</table></section>"
-    per_source = metrics.get("per_source") or {}
-    src = (f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>" if per_source else "")
+def _page_start(title: str) -> str:
+    """The head of a report page, the disclaimer first and the title under it."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -384,7 +394,19 @@ def render_html(metrics: dict, classes: Sequence[str], errors: Sequence[dict], t
 <body>
 <p class="disclaimer" id="disclaimer" role="note">{DISCLAIMER}</p>
 <h1>{_e(title)}</h1>
-<div class="top">
+"""
+
+
+def render_html(metrics: dict, classes: Sequence[str], errors: Sequence[dict], title: str, context: dict | None) -> str:
+    from . import __version__
+
+    ctx = ""
+    if context:
+        ctx = '<section><h2>Run</h2>\n<table id="context" class="context">' + "".join(
+            f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in context.items()) + "</table></section>"
+    per_source = metrics.get("per_source") or {}
+    src = (f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>" if per_source else "")
+    return _page_start(title) + f"""<div class="top">
 <section>
 <h2>Summary</h2>
 {_table(["", "value (95 % CI)"], _summary_rows(metrics), id="summary")}
@@ -453,4 +475,43 @@ def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: 
 
     index = out / "index.html"
     _atomic_write(index, render_html(metrics, classes, errors, title, context).encode("utf-8"))
+    return index
+
+
+def write_task_report(out_dir: str | Path, title: str, table: tuple[Sequence[str], Sequence[Sequence[str]]],
+                      figures: Sequence[tuple[str, object, str]], context: dict | None = None,
+                      errors: Sequence[dict] = ()) -> Path:
+    """The report of a severity or risk evaluation: a summary table (``(header, rows)``, plain strings),
+    figures (``(file name, matplotlib Figure, caption)``) and, optionally, images with their heat maps
+    (``errors``, as ``plot_errors`` takes them). Figures first, page last, each written atomically."""
+    from . import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig, _ in figures:
+        _save(fig, out / name)
+    if errors:
+        _save(plot_errors(errors), out / "errors.png")
+    header, rows = table
+    figs = "".join(f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>\n'
+                   for name, _, caption in figures)
+    ctx = "".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in (context or {}).items())
+    shown = ('<section><h2>Largest disagreements</h2><figure class="wide"><img id="errors" src="errors.png" '
+             'alt="Images with the largest disagreement, with Grad-CAM of the first output"><figcaption>Grad-CAM of '
+             "the head's first output over each image.</figcaption></figure></section>") if errors else ""
+    page = _page_start(title) + f"""<div class="top">
+<section><h2>Summary</h2>
+{_table([_e(h) for h in header], [[_e(c) for c in r] for r in rows], id="summary")}
+</section>
+<section><h2>Run</h2><table id="context" class="context">{ctx}</table></section>
+</div>
+<section><h2>Figures</h2><div class="figures">
+{figs}</div></section>
+{shown}
+<footer>{DISCLAIMER} Written by covidnet {_e(__version__)}.</footer>
+</body>
+</html>
+"""
+    index = out / "index.html"
+    _atomic_write(index, page.encode("utf-8"))
     return index

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__
 from .augment import AugmentConfig, augment, sample_params
@@ -40,7 +39,11 @@ from .errors import ConfigError, CovidnetError
 from .evaluate import _device as resolve_device
 from .evaluate import classification_metrics, predict_logits
 from .models import create_model, get_spec
+from .tasks import TASKS, ClassificationTask, RiskTask, SeverityTask, Task, parse_bins
 from .tensors import model_input, uint8_to_unit
+
+
+HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every model has both)
 
 
 class TrainingInterrupted(CovidnetError):
@@ -82,6 +85,9 @@ class TrainConfig:
     precise_bn: int = 512  # training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off
     resume: bool = False
     progress: bool = True
+    task: str = "classification"  # or "severity" (COVIDNet-S scores) or "risk" (COVID-RiskNet bins of days since onset)
+    freeze_backbone: bool = False  # train only the head (pooling, hidden layers, last layer) on frozen features
+    risk_bins: str = "3,5,10"  # --task risk: inner bin edges in days ([0-3), [3-5), [5-10), >=10)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +95,13 @@ class TrainConfig:
     @property
     def classes(self) -> tuple[str, ...]:
         return BINARY_CLASSES if self.binary else CLASSES
+
+    def make_task(self) -> Task:
+        if self.task == "severity":
+            return SeverityTask()
+        if self.task == "risk":
+            return RiskTask(parse_bins(self.risk_bins))
+        return ClassificationTask(self.classes)
 
     @property
     def augment(self) -> AugmentConfig:
@@ -199,6 +212,14 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"--compile must be auto, on or off, not {cfg.compile!r}")
     if not cfg.zoom_min <= cfg.zoom_max or cfg.zoom_min <= 0:
         raise ConfigError("--zoom-min must be positive and at most --zoom-max")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, not {cfg.task!r}")
+    if cfg.task != "classification" and cfg.binary:
+        raise ConfigError(f"--binary is for classification, not --task {cfg.task}")
+    if cfg.freeze_backbone and cfg.init == "random":
+        raise ConfigError("--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
+                          "torchvision baselines)")
+    cfg.make_task()  # a malformed --risk-bins fails here, before anything is read
     get_spec(cfg.arch)
 
 
@@ -212,10 +233,8 @@ def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
 
 
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    if cfg.init == "random":
+    if cfg.init in ("random", "imagenet"):  # imagenet: loaded by _create
         return
-    if cfg.init == "imagenet":
-        raise AssertionError("handled at creation")  # pragma: no cover
     ckpt = read_checkpoint(cfg.init)
     if ckpt["arch"] != cfg.arch:
         raise ConfigError(f"{cfg.init}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
@@ -229,7 +248,7 @@ def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
 
 
 def _create(cfg: TrainConfig) -> torch.nn.Module:
-    num_classes = len(cfg.classes)
+    num_classes = len(cfg.make_task().outputs)
     if cfg.init != "imagenet":
         return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels)
     if get_spec(cfg.arch).family != "torchvision":
@@ -316,8 +335,9 @@ def _check_run(cfg: TrainConfig) -> Path:
             raise ConfigError(f"{run}: nothing to resume (no last.pt); start it without --resume")
         saved = json.loads((run / "config.json").read_text())
         for f in fields(TrainConfig):
-            if f.name not in ("resume", "progress", "epochs", "out") and saved.get(f.name) != getattr(cfg, f.name):
-                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {saved.get(f.name)!r} in this run, "
+            was = saved.get(f.name, f.default)  # a field newer than the run had its default then
+            if f.name not in ("resume", "progress", "epochs", "out") and was != getattr(cfg, f.name):
+                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
                                   f"not {getattr(cfg, f.name)!r}; resume with the run's own settings")
     elif (run / "last.pt").exists() or (run / "best.pt").exists():
         raise ConfigError(f"{run}: holds a run already; pass --resume to continue it or choose another --out")
@@ -340,18 +360,24 @@ def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
 
 def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     store = open_store(cfg.data)
-    classes = cfg.classes
-    train_rows, val_rows = store.rows("train"), store.rows("val")
+    task = cfg.make_task()
+    classes = task.outputs
+    train_rows, val_rows = task.rows(store, "train"), task.rows(store, "val")
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ConfigError(f"{cfg.data}: the dataset needs train and val images (has {len(train_rows)} and {len(val_rows)})")
+        what = {"classification": "images", "severity": "images with severity scores (build with --severity FILE)",
+                "risk": "COVID-19 images with days since onset (an offset)"}[task.name]
+        raise ConfigError(f"{cfg.data}: --task {task.name} needs train and val {what}; "
+                          f"it has {len(train_rows)} and {len(val_rows)}")
     if cfg.batch_size > len(train_rows):
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
     if cfg.batch_size < dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({dist.world})")
     run = _check_run(cfg)
-    labels_all = store.labels(binary=cfg.binary)
-    y_train, y_val = labels_all[train_rows], labels_all[val_rows]
-    covid_class = classes.index("COVID-19" if not cfg.binary else "positive")
+    y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
+    covid_class, covid_percent = None, 0.0  # COVID-19 rebalancing is for classification
+    if isinstance(task, ClassificationTask):
+        covid_class, covid_percent = classes.index("COVID-19" if not cfg.binary else "positive"), cfg.covid_percent
+        task.weights = _class_weights(cfg.class_weights, y_train, cfg.classes)
 
     # the store, once, on the device (or pinned host memory when it does not fit)
     rows = np.concatenate([train_rows, val_rows])
@@ -375,10 +401,12 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     torch.manual_seed(cfg.seed)
     model = _create(cfg)
     _init_weights(model, cfg)
+    if cfg.freeze_backbone:  # COVIDNet-S: a frozen network's features, a small head trained on them
+        for name, child in model.named_children():
+            child.requires_grad_(name in HEAD_MODULES)
     model = model.to(device, memory_format=mem_format)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    weights = _class_weights(cfg.class_weights, y_train, classes)
     start_epoch, start_step, best, acc = 0, 0, math.inf, None
     if cfg.resume:
         ckpt = read_checkpoint(run / "last.pt")
@@ -403,7 +431,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
 
     def payload(epoch: int, step: int, accumulators=None) -> dict:
         return {
-            "arch": cfg.arch, "arch_args": model.arch_args, "classes": list(classes),
+            "arch": cfg.arch, "arch_args": model.arch_args, **task.meta(),
             "preprocess": pre, "memory_format": "channels_last" if cfg.channels_last else "contiguous",
             "train_config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
@@ -421,14 +449,17 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     history = []
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            batches = epoch_batches(y_train, epoch, cfg.seed, cfg.batch_size, covid_class, cfg.covid_percent)
+            batches = epoch_batches(y_train, epoch, cfg.seed, cfg.batch_size, covid_class, covid_percent)
             a = acc if (acc and epoch == start_epoch) else {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
             loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
-            correct_acc = torch.zeros((), device=device, dtype=torch.int64)
+            correct_acc = torch.zeros((), device=device, dtype=torch.float64)  # correct images, or summed errors
             t_epoch = time.perf_counter()
             seen = np.concatenate(batches)
             bar = _bar(cfg.progress and dist.main, len(batches), start_step if epoch == start_epoch else 0, epoch, cfg.epochs)
             net.train()
+            if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
+                for name, child in model.named_children():
+                    child.train(name in HEAD_MODULES)
             for step in range(start_step if epoch == start_epoch else 0, len(batches)):
                 pos = shard(batches[step], dist)
                 seed = step_seed(cfg.seed, epoch, step)
@@ -439,7 +470,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
                 try:
                     with amp:
                         logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, weight=None if weights is None else weights.to(device))
+                    loss = task.loss(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -447,7 +478,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
                     raise CovidnetError(f"out of GPU memory training {cfg.arch} at {size} px with --batch-size "
                                         f"{cfg.batch_size}; lower --batch-size or --size") from None
                 loss_acc += loss.detach() * len(pos)
-                correct_acc += (logits.argmax(1) == y).sum()
+                correct_acc += task.agreement(logits.detach(), y)
                 a["n"] += len(pos)
                 if bar is not None:
                     bar.update(1)
@@ -464,25 +495,28 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
                 bar.close()
             a = _fold(a, loss_acc, correct_acc, t_epoch)  # synchronises with the device once per epoch
             loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], device)
-            if cfg.precise_bn:
+            if cfg.precise_bn and not cfg.freeze_backbone:
                 recalibrate_bn(model, batch_input, train_pos, cfg, epoch, amp)
-            val = evaluate_split(model, images, val_pos, labels, cfg.eval_batch_size, dist, device, pre, mem_format, classes)
+            val = evaluate_split(model, images, val_pos, labels, cfg.eval_batch_size, dist, device, pre, mem_format, task)
             sched.step(val["loss"])
-            mix = np.bincount(y_train[seen], minlength=len(classes)) / len(seen)
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
-                   "train_acc": correct / n, "val_loss": val["loss"], "val_acc": val["accuracy"],
-                   **{f"val_sens_{c}": val["sensitivity"][c] for c in classes},
-                   **{f"val_ppv_{c}": val["ppv"][c] for c in classes},
-                   **{f"mix_{c}": float(m) for c, m in zip(classes, mix)},
-                   "images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
-                   "images_per_s": n / max(seconds / dist.world, 1e-9)}
+                   f"train_{task.agreement_name}": correct / n, "val_loss": val["loss"]}
+            if isinstance(task, ClassificationTask):
+                mix = np.bincount(y_train[seen], minlength=len(classes)) / len(seen)
+                row.update({"val_acc": val["accuracy"], **{f"val_sens_{c}": val["sensitivity"][c] for c in classes},
+                            **{f"val_ppv_{c}": val["ppv"][c] for c in classes},
+                            **{f"mix_{c}": float(m) for c, m in zip(classes, mix)}})
+                shown = f"acc {val['accuracy']:.3f} | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(classes, mix))
+            else:
+                row.update({f"val_{k.replace('.', '_')}": v for k, v in val.items() if k != "loss"})
+                shown = " ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "loss" and k.split(".")[-1] in ("r2", "spearman", "accuracy", "macro_f1"))
+            row.update({"images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
+                        "images_per_s": n / max(seconds / dist.world, 1e-9)})
             history.append(row)
             log.write(row)
             if dist.main and cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                      f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} | class mix "
-                      + " ".join(f"{c} {m:.0%}" for c, m in zip(classes, mix)) + f" | {row['images_per_s']:.0f} img/s",
-                      file=sys.stderr)
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} {task.agreement_name} "
+                      f"{correct / n:.3f} | val loss {val['loss']:.4f} {shown} | {row['images_per_s']:.0f} img/s", file=sys.stderr)
             improved = val["loss"] < best
             best = min(best, val["loss"])
             if dist.main:
@@ -550,7 +584,7 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
 
 
 def evaluate_split(model, images: torch.Tensor, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
-                   device, pre: dict, memory_format, classes) -> dict:
+                   device, pre: dict, memory_format, task: Task) -> dict:
     """Loss, accuracy, per-class sensitivity and PPV over ``positions``, each image counted exactly once
     however many processes share the work (no padding duplicates), through the same ``predict_logits``
     and ``classification_metrics`` as ``covidnet eval``. ``model`` is the plain module, not the DDP
@@ -558,8 +592,12 @@ def evaluate_split(model, images: torch.Tensor, positions: np.ndarray, labels: t
     mine = positions[dist.rank::dist.world]
     logits = predict_logits(model, lambda pos: images[torch.from_numpy(pos).to(images.device)], mine, batch_size, pre,
                             device, memory_format)
-    parts = dist.gather((mine, logits if len(mine) else torch.zeros(0, len(classes))))
+    parts = dist.gather((mine, logits if len(mine) else torch.zeros(0, len(task.outputs))))
     pos = np.concatenate([p for p, _ in parts])
     logits = torch.cat([lg for _, lg in parts])
     y = labels[torch.from_numpy(pos).to(labels.device)].cpu().numpy()
-    return classification_metrics(y, logits, classes)
+    if isinstance(task, ClassificationTask):
+        return classification_metrics(y, logits, task.outputs)
+    from .severity import validation_metrics
+
+    return validation_metrics(task, y, logits)

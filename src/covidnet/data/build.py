@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError, CovidnetError, UsageError
 from .records import CLASSES, Exclusion, Record, to_binary
+from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, read_source
 from .store import INDEX_FILE, IMAGES_FILE, write_index
 
@@ -74,12 +75,14 @@ class BuildConfig:
     strict: bool = False
     overwrite: bool = False
     progress: bool = True
+    severity: Path | None = None  # a COVIDNet-S severity file (filename, Geographic, Opacity, ...) to join
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sources"] = [{"reader": s.reader, "path": str(s.path), "name": s.name} for s in self.sources]
         d["split_files"] = [[s, str(p)] for s, p in self.split_files]
         d["out"] = str(self.out)
+        d["severity"] = str(self.severity) if self.severity else None
         return d
 
 
@@ -216,6 +219,13 @@ def build_dataset(cfg: BuildConfig) -> dict:
         records += data.records
         exclusions += data.exclusions
         notes += data.notes
+    severity = None
+    if cfg.severity:  # before any image work: a bad severity file under --strict stops the build at once
+        severity, rejected = join_severity(Path(cfg.severity), records, {s.name: s.reader for s in cfg.sources})
+        if cfg.strict and rejected:
+            e = rejected[0]
+            raise CovidnetError(f"--strict: {len(rejected)} row(s) of the severity file left out "
+                                f"({_reasons(severity)}); first: {e.item}: {e.reason} ({e.detail})")
 
     def drop(i: int, reason: str, detail: str) -> None:
         r = records[i]
@@ -247,7 +257,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
     out = cfg.out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0)
+        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity)
         if out.exists():
             shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
         umask = os.umask(0)
@@ -277,7 +287,11 @@ def _check_config(cfg: BuildConfig) -> None:
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0) -> dict:
+def _reasons(section: dict) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in section["excluded"]["by_reason"].items())
+
+
+def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity) -> dict:
     todo = [i for i in range(len(records)) if alive[i]]
     scratch = tmp / "scratch.npy"
     buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(todo), 1), cfg.size, cfg.size))
@@ -330,6 +344,9 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
         else:
             uf.union(i, j)  # same source, e.g. one image under two patient ids: keep both, never split them
     kept = [i for i in kept if alive[i]]
+    for i, j in links:  # a duplicate's severity scores go with the copy that is kept
+        if all(s in records[j].extra for s in SCORES) and not any(s in records[i].extra for s in SCORES):
+            records[i].extra.update({s: records[j].extra[s] for s in SCORES})
 
     # 6. groups that must share a split: same patient (per source), same non-numeric id across sources
     first_of: dict[str, int] = {}
@@ -360,6 +377,7 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     images.flush()
     del images, scratch_arr
     scratch.unlink()
+    risk, _ = check_offsets([records[i] for i in order])  # sets offset_days, for the index
     write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
     for split in SPLITS:
         with open(tmp / f"{split}.txt", "w") as f:
@@ -369,9 +387,20 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
                     f.write(f"{r.patient_id} {r.path.name} {r.label} {r.source}\n")
     _write_records_table(tmp / "records.csv", records, alive, split_of, exclusions)
     report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
+    report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
+    report["risk"] = risk
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     (tmp / "config.json").write_text(json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2))
     return report
+
+
+def _severity_in_splits(section: dict, records, order, split_of) -> dict:
+    """The severity section with what reached the dataset: scored images and patients per split."""
+    scored = [i for i in order if "geographic" in records[i].extra]
+    return {**section, "in_dataset": {
+        "images": {s: sum(1 for i in scored if split_of[i] == s) for s in SPLITS},
+        "patients": {s: len({records[i].uid for i in scored if split_of[i] == s}) for s in SPLITS},
+        "scored_images_left_out_by_the_build": section["images_scored"] - len(scored)}}
 
 
 def _consume(iterator, total: int, progress: bool) -> list:

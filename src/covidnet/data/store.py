@@ -16,7 +16,12 @@ from .records import BINARY_CLASSES, CLASSES, Record, to_binary
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
-INDEX_COLUMNS = ("row", "patient_id", "filename", "label", "label_binary", "source", "split", "view", "age", "sex")
+INDEX_COLUMNS = ("row", "patient_id", "filename", "label", "label_binary", "source", "split", "view", "age", "sex",
+                 "geographic", "opacity", "offset")  # the last three: severity scores (0-8) and days since onset, or empty
+
+
+def _num(v) -> str:
+    return "" if v is None else f"{v:.10g}"
 
 
 def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
@@ -25,7 +30,8 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
         w.writerow(INDEX_COLUMNS)
         for n, (r, split) in enumerate(rows):
             w.writerow([n, r.patient_id, r.path.name, r.label, to_binary(r.label), r.source, split, r.view or "",
-                        "" if r.age is None else f"{r.age:g}", r.sex or ""])
+                        _num(r.age), r.sex or "", _num(r.extra.get("geographic")), _num(r.extra.get("opacity")),
+                        _num(r.extra.get("offset_days"))])
 
 
 @dataclass
@@ -48,6 +54,12 @@ class Store:
         if binary:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
         return np.array([CLASSES.index(self.index[i]["label"]) for i in rows], dtype=np.int64)
+
+    def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """A numeric column of ``rows`` as float64, NaN where it is empty (or absent: a dataset built
+        before the column existed)."""
+        rows = self.rows() if rows is None else rows
+        return np.array([float(self.index[i].get(name) or "nan") for i in rows], dtype=np.float64)
 
 
 def open_store(root: Path | str) -> Store:

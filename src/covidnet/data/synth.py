@@ -728,6 +728,29 @@ def write_phantom_dataset(
     return out
 
 
+def write_severity_file(phantom_dir: str | os.PathLike, path: str | os.PathLike,
+                        labels: tuple[str, ...] = ("COVID-19",)) -> Path:
+    """The true severity of a phantom dataset's images of ``labels`` as a severity file in the layout of
+    COVIDNet-S's ``severity_annotations.csv`` (``filename, Geographic, Opacity, Sum, Product, patientid,
+    dataset``): the known answer for ``covidnet data build --severity``. Written atomically."""
+    src = Path(phantom_dir) / "metadata.csv"
+    if not src.is_file():
+        raise ConfigError(f"{src}: not found; is {phantom_dir} a folder written by write_phantom_dataset?")
+    with open(src, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if any(r["finding"] in FINDINGS[c] for c in labels)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["filename", "Geographic", "Opacity", "Sum", "Product", "patientid", "dataset"])
+        for r in rows:
+            g, o = int(r["phantom_geographic"]), int(r["phantom_opacity"])
+            w.writerow([r["filename"], g, o, g + o, g * o, r["patientid"], "cohen"])
+    os.replace(tmp, path)
+    return path
+
+
 def contact_sheet(images: list[np.ndarray], labels: list[str], path: str | os.PathLike, cols: int = 6) -> Path:
     """A PNG grid of greyscale images, each with its label written under it (for docs and eyeballs)."""
     from PIL import Image, ImageDraw, ImageFont
