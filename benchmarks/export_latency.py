@@ -82,9 +82,11 @@ def accuracy(ckpt: str, data: str, work: Path) -> dict:
     for split in ("val", "test"):
         rows = store.rows(split)
         x, y = np.asarray(store.images[rows]), store.labels(rows)
+        preds = {}
         for name, b in runtimes.items():
-            pred = np.concatenate([b.logits(x[k:k + 32]).argmax(1) for k in range(0, len(x), 32)])
-            out[f"{split}_accuracy_{name}"] = float((pred == y).mean())
+            preds[name] = np.concatenate([b.logits(x[k:k + 32]).argmax(1) for k in range(0, len(x), 32)])
+            out[f"{split}_accuracy_{name}"] = float((preds[name] == y).mean())
+        out[f"{split}_int8_fp32_same_prediction"] = float((preds["onnx_int8"] == preds["onnx_fp32"]).mean())
         out[f"{split}_images"] = int(len(rows))
         out[f"{split}_int8_minus_fp32_points"] = 100 * (out[f"{split}_accuracy_onnx_int8"] - out[f"{split}_accuracy_onnx_fp32"])
     out["target_met"] = {"int8 within 1 point of fp32 (test)": abs(out["test_int8_minus_fp32_points"]) <= 1.0}

@@ -86,6 +86,6 @@ class Server:
 def server(trained, tmp_path_factory):
     root, ds, ckpt = trained
     s = Server(tmp_path_factory.mktemp("serve"), "--checkpoint", str(ckpt), "--token", "s3cret", "--max-upload-mb", "1",
-               "--threshold", "COVID-19=0.5")
+               "--threshold", "COVID-19=0.5", "--max-batch", "8")
     yield s
     s.close()

@@ -578,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="larger request bodies get 413 (default 32)")
     p.add_argument("--max-pixels", type=int, default=60_000_000, help="larger images get 413 before decoding "
                                                                        "(default 60 million)")
-    p.add_argument("--max-batch", type=int, default=16, help="dynamic batching: up to this many waiting requests "
-                                                             "share a forward pass; 1 turns it off (default 16)")
+    p.add_argument("--max-batch", type=int, default=None, help="dynamic batching: up to this many waiting requests "
+                                                               "share a forward pass; 1 turns it off (default: 16 on "
+                                                               "a GPU, 1 on a CPU, where batches are slower per image)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
     p.add_argument("--queue-size", type=int, default=64, help="requests in flight before 503 (default 64)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="per-request limit, 504 past it (default 60)")

@@ -81,6 +81,7 @@ def decide(probs: np.ndarray, classes: list[str], rule: dict | None) -> dict:
 class Backend(Protocol):
     meta: dict  # classes, preprocess contract, temperature and operating point when calibrated, arch
     kind: str  # "torch" or "onnx"
+    on_gpu: bool
     model_id: str  # arch + the first 12 hex digits of the model file's SHA-256
 
     def logits(self, images: np.ndarray) -> np.ndarray:
@@ -116,6 +117,7 @@ class TorchBackend:
         self.memory_format = _memory_format(self.meta)
         self.batch_size = batch_size
         self.model_id = file_id(checkpoint, self.meta["arch"])
+        self.on_gpu = self.device.type == "cuda"
         self._explainers: dict = {}
 
     def logits(self, images: np.ndarray) -> np.ndarray:
@@ -168,6 +170,7 @@ class OnnxBackend:
                                 "covidnet export --checkpoint CKPT --out MODEL.onnx")
         self.meta = meta
         self.input_name = self.session.get_inputs()[0].name
+        self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
         self.model_id = file_id(path, meta["arch"] + ("-int8" if meta.get("int8") else ""))
 
     def logits(self, images: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ class ServeConfig:
     token: str | None = None  # clients send "Authorization: Bearer TOKEN" to /v1/*
     max_upload_mb: float = 32.0
     max_pixels: int = 60_000_000  # a 7000 x 8500 radiograph; far above any chest X-ray detector
-    max_batch: int = 16  # 1: dynamic batching off
+    max_batch: int | None = None  # 1: dynamic batching off; None: 16 on a GPU, 1 on a CPU (see create_app)
     batch_wait_ms: float = 2.0
     queue_size: int = 64  # requests in flight; more get 503
     timeout_s: float = 60.0
@@ -74,7 +74,8 @@ class ServeConfig:
 
     def validate(self) -> ServeConfig:
         checks = [(self.max_upload_mb > 0, "--max-upload-mb must be > 0"), (self.max_pixels > 0, "--max-pixels must be > 0"),
-                  (self.max_batch >= 1, "--max-batch must be >= 1"), (self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
+                  (self.max_batch is None or self.max_batch >= 1, "--max-batch must be >= 1"),
+                  (self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
                   (self.queue_size >= 1, "--queue-size must be >= 1"), (self.timeout_s > 0, "--timeout-s must be > 0"),
                   (0 <= self.port <= 65535, f"--port {self.port}: not a port number")]
         for ok, message in checks:
@@ -166,7 +167,11 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
     if (meta.get("task") or "classification") != "classification":
         raise ConfigError(f"covidnet serve takes classification models; this one is for {meta['task']}")
     rule = triage_rule(meta, cfg.threshold, cfg.operating_point)
-    batcher = DynamicBatcher(backend.logits, cfg.max_batch, cfg.batch_wait_ms / 1000)
+    # On a CPU a batch of cxr3b at 480 px costs more per image than one image alone (the activations of a
+    # batch outgrow the caches): 8.0 requests/s unbatched against 4.9 batched on 2 cores, 16 clients
+    # (BENCHMARKS.md). On a GPU batching is what fills the device. Hence the device-dependent default.
+    max_batch = cfg.max_batch or (16 if backend.on_gpu else 1)
+    batcher = DynamicBatcher(backend.logits, max_batch, cfg.batch_wait_ms / 1000)
     limit = int(cfg.max_upload_mb * 1024 * 1024)
     state = {"in_flight": 0, "requests": 0, "started": time.time()}
 
@@ -237,7 +242,7 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
     @app.get("/v1/model", dependencies=[Depends(authorised)], summary="the model and its input contract")
     async def model_info():
         return {**describe(backend), "triage_rule": rule, "disclaimer": DISCLAIMER,
-                "limits": {"max_upload_bytes": limit, "max_pixels": cfg.max_pixels, "max_batch": cfg.max_batch,
+                "limits": {"max_upload_bytes": limit, "max_pixels": cfg.max_pixels, "max_batch": max_batch,
                            "queue_size": cfg.queue_size, "timeout_s": cfg.timeout_s},
                 "cam": backend.kind == "torch", "token_required": cfg.token is not None}
 
