@@ -308,8 +308,7 @@ def predict_label_file(model, meta: dict, labels: str, images: str, device: torc
     """Raw images named in a COVIDx label file, through the same preprocessing as training
     (``load_image`` at the checkpoint's stored size, then ``model_input``). An image that is missing,
     unreadable or a lateral view is reported as failed; the rest are evaluated."""
-    from .data.imageio import frontal_problem
-    from .data.preprocess import load_image
+    from .predict import load_input
 
     classes = meta["classes"]
     rows = read_label_file(labels, classes)
@@ -324,10 +323,7 @@ def predict_label_file(model, meta: dict, labels: str, images: str, device: torc
             failed.append({"item": f"{labels}:{row.line}", "name": row.filename, "error": f"{images / row.filename} not found"})
             continue
         try:
-            problem = frontal_problem(path)
-            if problem:
-                raise CovidnetError(f"{path}: {problem}")
-            pixels.append(load_image(path, pre["stored_size"], pre.get("top_crop", 0.08)))
+            pixels.append(load_input(path, pre))  # predict's: the frontal-view check, then the one preprocessing path
         except CovidnetError as e:
             failed.append({"item": f"{labels}:{row.line}", "name": row.filename, "error": str(e)})
             continue
