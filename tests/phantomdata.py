@@ -14,3 +14,13 @@ def make_dataset(root: Path, n: int, size: int, seed: int = 0, severity: bool = 
                               val_fraction=0.2, test_fraction=0.1 if not severity else 0.2, workers=1, progress=False,
                               severity=sev))
     return root / "ds"
+
+
+def trained_checkpoint(root: Path, size: int, seed: int) -> tuple[Path, Path]:
+    """(dataset, best.pt): 60 phantoms built at ``size`` and a covidnet-cxr3b trained on them for 2 epochs,
+    the checkpoint the eval, export and service tests work on."""
+    from covidnet.train import TrainConfig, train
+
+    ds = make_dataset(root, n=60, size=size, seed=seed)
+    train(TrainConfig(data=str(ds), out=str(root / "run"), epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64))
+    return ds, root / "run" / "best.pt"

@@ -14,16 +14,13 @@ from pathlib import Path
 import pytest
 
 from covidnet.export import ExportConfig, export_model
-from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
+from phantomdata import trained_checkpoint
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    ds = make_dataset(root, n=60, size=48, seed=7)
-    train(TrainConfig(data=str(ds), out=str(root / "run"), epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64))
-    return root, ds, root / "run" / "best.pt"
+    return root, *trained_checkpoint(root, size=48, seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
 from covidnet.checkpoint import read_checkpoint
-from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
+from phantomdata import trained_checkpoint
 from test_cli import covidnet
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
@@ -21,9 +20,7 @@ CLASSES = ["normal", "pneumonia", "COVID-19"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
-    ds = make_dataset(root, n=60, size=32, seed=5)
-    train(TrainConfig(data=str(ds), out=str(root / "run"), epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64))
-    return root, ds, root / "run" / "best.pt"
+    return root, *trained_checkpoint(root, size=32, seed=5)
 
 
 def same(ours, sklearn_value) -> bool:
