@@ -14,7 +14,7 @@ each split two heads, fixed in advance, are fitted on train and scored on test:
   2-output layer, trained with ``covidnet train --task severity``'s loss (8·sigmoid, fractional
   logit) for ``--head-epochs`` epochs: what ``--freeze-backbone`` trains, without augmentation.
 
-Metrics per split are ``covidnet.severity.severity_point_metrics`` (scikit-learn, scipy); the JSON
+Metrics per split are ``covidnet.metrics.regression.severity_point_metrics`` (scikit-learn, scipy); the JSON
 holds every split and mean ± sd. Run from the repository root::
 
     .venv/bin/python scripts/severity_mccv.py --checkpoint RUN/best.pt --data SEVERITY_BUILD \\
@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 from covidnet import __version__
-from covidnet.checkpoint import load_model
 from covidnet.data.severity import SCORES
 from covidnet.data.store import open_store
-from covidnet.report import write_json
-from covidnet.severity import severity_point_metrics
+from covidnet.files import write_json
+from covidnet.metrics.regression import severity_point_metrics
+from covidnet.runtime import LoadedModel, uint8_to_unit
 from covidnet.tasks import SeverityTask
-from covidnet.tensors import model_input, uint8_to_unit
 
 PUBLISHED = {"source": "Wong et al., COVIDNet-S (2020): 396 CXRs, stratified Monte Carlo cross-validation",
              "geographic": {"r2_mean": 0.664, "r2_sd": 0.032, "r2_best_single_network": 0.739},
@@ -48,11 +47,11 @@ PUBLISHED = {"source": "Wong et al., COVIDNet-S (2020): 396 CXRs, stratified Mon
 
 
 @torch.no_grad()
-def feature_maps(model, store, rows, pre, batch=32) -> torch.Tensor:
+def feature_maps(model, store, rows, contract, batch=32) -> torch.Tensor:
     out = []
     for k in range(0, len(rows), batch):
         x = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.images[rows[k:k + batch]])))
-        out.append(model.forward_features(model_input(x, pre)).float())
+        out.append(model.forward_features(contract.model_input(x)).float())
     return torch.cat(out)
 
 
@@ -115,16 +114,15 @@ def main(argv=None) -> int:
     from sklearn.model_selection import GroupShuffleSplit
 
     t0 = time.perf_counter()
-    model, meta = load_model(args.checkpoint)
+    lm = LoadedModel.open(args.checkpoint, "cpu")
+    model, meta = lm.model, lm.meta
     store = open_store(args.data)
-    pre = meta["preprocess"]
-    if store.size != pre["stored_size"]:
-        sys.exit(f"{args.data}: stored at {store.size} px, the checkpoint wants {pre['stored_size']} px; rebuild with --size")
+    lm.check_store(store, args.data)
     task = SeverityTask()
     rows = np.concatenate([task.rows(store, s) for s in ("train", "val", "test")])
     y = task.targets(store, rows)
-    groups = np.array([f"{store.index[r]['source']}:{store.index[r]['patient_id']}" for r in rows])
-    fmap = feature_maps(model, store, rows, pre)
+    groups = np.array(store.patients(rows))
+    fmap = feature_maps(model, store, rows, lm.contract)
     pooled = fmap.mean((2, 3)).numpy()
     t_features = time.perf_counter() - t0
     print(f"{len(rows)} scored images of {len(set(groups))} patients; features {tuple(fmap.shape[1:])} "
@@ -144,7 +142,7 @@ def main(argv=None) -> int:
             file=sys.stderr)
     out = {
         "what": "COVIDNet-S protocol on a frozen classifier: patient-grouped Monte Carlo cross-validation",
-        "checkpoint": args.checkpoint, "arch": meta["arch"], "input_size": pre["size"],
+        "checkpoint": args.checkpoint, "arch": meta["arch"], "input_size": lm.contract.input_size,
         "classifier_val_metrics": {k: meta.get("val_metrics", {}).get(k) for k in ("accuracy", "loss")},
         "data": args.data, "n_images": int(len(rows)), "n_patients": int(len(set(groups))),
         "splits": args.splits, "test_fraction": args.test_fraction, "unit": "patient", "seed": args.seed,

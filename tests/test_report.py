@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.report import DISCLAIMER, reliability_bins, write_json, write_report
+from covidnet.files import write_json
+from covidnet import DISCLAIMER
+from covidnet.metrics.calibration import reliability_bins
+from covidnet.report import write_report
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
 EVIL = "<script>alert(1)</script>"
@@ -141,7 +144,7 @@ def test_page_shows_the_numbers_classes_and_disclaimer_and_is_self_contained(rep
     sens = m["per_class"]["COVID-19"]["sensitivity"]
     assert f"{sens['value']:.3f} ({sens['ci95'][0]:.3f}–{sens['ci95'][1]:.3f})" in page
     assert all(f">{c}<" in page for c in CLASSES)
-    assert DISCLAIMER in page and "Research tool — not for diagnostic use." in page
+    assert DISCLAIMER in page and "not for diagnostic use." in page
     assert "1.370" in page and "runs/cxr3b/best.pt" in page
     for name, id in [("confusion_matrix.png", "confusion-matrix"), ("roc.png", "roc"), ("reliability.png", "reliability"),
                      ("errors.png", "errors")]:
@@ -231,7 +234,7 @@ def test_page_in_headless_chromium(report, tmp_path):
             for id in ("confusion-matrix", "roc", "reliability", "errors"):
                 assert page.eval_on_selector(f"#{id}", "img => img.complete && img.naturalWidth") > 0, id
             assert text in page.inner_text("#summary")
-            assert "Research tool — not for diagnostic use." in page.inner_text("#disclaimer")
+            assert DISCLAIMER in page.inner_text("#disclaimer")
             assert page.is_visible("#summary")  # on the first screen, without scrolling
             assert page.eval_on_selector("#summary", "t => t.getBoundingClientRect().bottom") < 900
             page.screenshot(path=str(shot), full_page=True)

@@ -13,6 +13,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+# The one wording of what this is not, on every page, report, service response and export.
+DISCLAIMER = "Research tool, not a diagnosis: not for diagnostic use."
+
 _API = {
     "CovidnetError": "covidnet.errors",
     "create_model": "covidnet.models",
@@ -39,8 +42,10 @@ _API = {
     "ExportConfig": "covidnet.export",
     "create_app": "covidnet.serve",
     "ServeConfig": "covidnet.serve",
-    "evaluate_task_checkpoint": "covidnet.severity",
-    "predict_task_paths": "covidnet.severity",
+    "evaluate_task_checkpoint": "covidnet.evaluate",
+    "predict_task_paths": "covidnet.predict",
+    "Contract": "covidnet.contract",
+    "LoadedModel": "covidnet.runtime",
     "write_severity_file": "covidnet.data.synth",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
@@ -59,4 +64,4 @@ def __dir__():
     return sorted([*globals(), *_API])
 
 
-__all__ = ["__version__", *_API]
+__all__ = ["DISCLAIMER", "__version__", *_API]

@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.records import patient_uid
+from .data.store import open_store
 from .errors import ConfigError
-from .evaluate import _device, _memory_format, nan_to_none, predict_logits
-from .tensors import model_input, uint8_to_unit
+from .runtime import LoadedModel
+from .tasks import softmax
 
 # verdict thresholds, reported with each figure
 EXCESS_WARN, EXCESS_FAIL = 0.10, 0.20  # within-label probe balanced accuracy above chance
@@ -60,20 +62,6 @@ def _worst(*verdicts: str) -> str:
 
 
 # --- features and probes ----------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def pooled_features(model, images: np.ndarray, pre: dict, device, batch_size: int = 64, memory_format=torch.contiguous_format) -> np.ndarray:
-    """Frozen features: the last feature map, averaged over space (N, C)."""
-    model.eval()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    out = []
-    for k in range(0, len(images), batch_size):
-        x = uint8_to_unit(torch.from_numpy(np.array(images[k:k + batch_size])).to(device))
-        with amp:
-            f = model.forward_features(model_input(x, pre, memory_format))
-        out.append(f.float().mean((2, 3)).cpu().numpy())
-    return np.concatenate(out)
 
 
 def probe(x: np.ndarray, target: np.ndarray, groups: np.ndarray, seed: int = 0) -> float:
@@ -169,24 +157,21 @@ def occlude(images: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def occlusion(model, meta: dict, images: np.ndarray, y: np.ndarray, device, batch_size: int = 64) -> dict:
+def occlusion(lm: LoadedModel, images: np.ndarray, y: np.ndarray) -> dict:
     """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden and
     with only the border kept. AUC, not accuracy: an occluded image often gets the same top class
     whatever it shows, while the probabilities still rank the classes by what is left."""
     from sklearn.metrics import roc_auc_score
 
-    k = len(meta["classes"])
+    k = len(lm.classes)
     base = {"test": "occlusion", "chance": 0.5, "lung_box": LUNG_BOX, "border": BORDER, "metric": "macro one-vs-rest ROC-AUC",
             "thresholds": {"above_chance_warning": OCCLUSION_WARN, "above_chance_fail": OCCLUSION_FAIL}}
     present = [c for c in range(k) if 0 < (y == c).sum() < len(y)]
     if len(present) < 2:
         return {**base, "verdict": "skipped", "reason": "the evaluated images hold one class only"}
-    pre, mf = meta["preprocess"], _memory_format(meta)
     scores = {}
     for mode in ("none", "lungs", "border"):
-        imgs = occlude(images, mode)
-        logits = predict_logits(model, lambda pos: torch.from_numpy(imgs[pos]), np.arange(len(imgs)), batch_size, pre, device, mf)
-        probs = torch.softmax(logits, 1).numpy()
+        probs = softmax(lm.logits(occlude(images, mode)))
         scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
     worst = max(scores["lungs"], scores["border"]) - 0.5
     verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
@@ -205,13 +190,10 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     the checkpoint's own recipe, ``epochs`` epochs) and compare the held-out source (external) with the
     other sources' test split (internal). A derived dataset shares the store's images (a link) and only
     rewrites its index."""
-    import csv
     import dataclasses
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from .checkpoint import load_model
-    from .data.store import INDEX_COLUMNS, open_store
     from .evaluate import predict_store
     from .train import TrainConfig, train
 
@@ -231,14 +213,7 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     with tempfile.TemporaryDirectory() as tmp:
         for s in held:
             ds = Path(tmp) / f"without-{s}"
-            ds.mkdir()
-            os.symlink(Path(data).absolute() / "images.npy", ds / "images.npy")
-            with open(ds / "index.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
-                w.writeheader()
-                for r in store.index:
-                    w.writerow({**{k: r.get(k, "") for k in INDEX_COLUMNS},
-                                "split": "external" if r["source"] == s else r["split"]})
+            store.derive(ds, ["external" if r["source"] == s else r["split"] for r in store.index])
             others = [r for r in store.index if r["source"] != s]
             if not any(r["split"] == "train" for r in others) or not any(r["split"] == "val" for r in others):
                 results[s] = {"skipped": "the other sources have no train or val images"}
@@ -247,14 +222,13 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
             cfg.update(data=str(ds), out=str(Path(tmp) / f"run-{s}"), epochs=epochs, resume=False, progress=False,
                        init="random", seed=seed, device=device)
             train(TrainConfig(**cfg))
-            dev = _device(device)
-            model, meta = load_model(Path(tmp) / f"run-{s}" / "best.pt", dev)
+            lm = LoadedModel.open(Path(tmp) / f"run-{s}" / "best.pt", device, tasks=("classification",))
             scores = {}
             for split in ("test", "external"):
                 if not any(r["split"] == split for r in open_store(ds).index):
                     continue
-                p = predict_store(model, meta, str(ds), split, dev)
-                scores[split] = float(balanced_accuracy_score(p.y, p.logits.argmax(1).numpy()))
+                p = predict_store(lm, str(ds), split)
+                scores[split] = float(balanced_accuracy_score(p.y, p.out.argmax(1)))
             results[s] = {"internal_balanced_accuracy": scores.get("test"), "external_balanced_accuracy": scores["external"],
                           "n_external": sum(r["source"] == s for r in store.index)}
     drops = [r["internal_balanced_accuracy"] - r["external_balanced_accuracy"] for r in results.values()
@@ -273,22 +247,19 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
 def leakage(index: list[dict], images: np.ndarray) -> dict:
     import hashlib
 
-    import imagehash
-    from PIL import Image
-
-    from .data.build import NEAR_DUP_BITS, PHASH_SIZE, near_duplicate_pairs
+    from .data.build import NEAR_DUP_BITS, near_duplicate_pairs, perceptual_hash
 
     splits = defaultdict(set)
     for r in index:
-        splits[f"{r['source']}:{r['patient_id']}"].add(r["split"])
+        splits[patient_uid(r["source"], r["patient_id"])].add(r["split"])
     patients_crossing = sorted(p for p, s in splits.items() if len(s) > 1)
     digest = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
     by_digest = defaultdict(list)
     for i, d in enumerate(digest):
         by_digest[d].append(i)
     exact_cross = [g for g in by_digest.values() if len({index[i]["split"] for i in g}) > 1]
-    hashes = np.stack([np.packbits(imagehash.phash(Image.fromarray(np.asarray(im)), hash_size=PHASH_SIZE).hash.flatten())
-                       for im in images]) if len(images) else np.zeros((0, 32), np.uint8)
+    hashes = np.stack([np.frombuffer(perceptual_hash(np.asarray(im)), np.uint8) for im in images]) if len(images) \
+        else np.zeros((0, 32), np.uint8)
     pairs = near_duplicate_pairs(hashes, NEAR_DUP_BITS)
     near_cross_split = [(i, j) for i, j in pairs if index[i]["split"] != index[j]["split"]]
     near_cross_source = [(i, j) for i, j in pairs if index[i]["source"] != index[j]["source"]]
@@ -345,17 +316,12 @@ def population(index: list[dict]) -> dict:
 
 def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "auto", max_images: int = 0,
               seed: int = 0, report: str | None = None, loso_epochs: int = 0) -> dict:
-    from . import __version__
-    from .checkpoint import load_model
-    from .data.store import open_store
-
-    dev = _device(device)
-    model, meta = load_model(checkpoint, dev)
+    """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the occlusion
+    test on ``split``); an HTML page in ``report`` when given."""
+    lm = LoadedModel.open(checkpoint, device, tasks=("classification",))
     store = open_store(data)
-    pre = meta["preprocess"]
-    if store.size != pre["stored_size"]:
-        raise ConfigError(f"{data}: stored at {store.size} px, but the checkpoint was trained on a store of {pre['stored_size']} px")
-    classes = meta["classes"]
+    lm.check_store(store, str(data))
+    classes = lm.classes
     binary = len(classes) == 2
     rows = store.rows()
     rng = np.random.default_rng(seed)
@@ -365,8 +331,8 @@ def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "au
     images = np.asarray(store.images[rows])
     labels = store.labels(rows, binary=binary)
     sources = np.array([r["source"] for r in index])
-    groups = np.array([f"{r['source']}:{r['patient_id']}" for r in index])
-    feats = pooled_features(model, images, pre, dev, memory_format=_memory_format(meta))
+    groups = np.array(store.patients(rows))
+    feats = lm.features(images)
     small = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(16, 16), mode="area")
     pixels = small.flatten(1).numpy()
     eval_rows = np.array([i for i, r in enumerate(index) if r["split"] == split]) if split != "all" else np.arange(len(index))
@@ -374,8 +340,8 @@ def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "au
         raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
     tests = {
         "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
-        "leave_one_source_out": leave_one_source_out(meta, data, loso_epochs, device, seed),
-        "occlusion": occlusion(model, meta, images[eval_rows], labels[eval_rows], dev),
+        "leave_one_source_out": leave_one_source_out(lm.meta, data, loso_epochs, device, seed),
+        "occlusion": occlusion(lm, images[eval_rows], labels[eval_rows]),
         "leakage": leakage(index, images),
         "population": population(index),
     }
@@ -384,54 +350,7 @@ def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "au
            "summary": [{"test": t["test"], "verdict": t["verdict"], "reading": t.get("reading", t.get("reason", ""))}
                        for t in tests.values()]}
     if report:
+        from .report import write_audit_report
+
         write_audit_report(report, out)
     return out
-
-
-def write_audit_report(out_dir: str | Path, audit: dict) -> Path:
-    """index.html (one-screen summary table first, then each test's figures) + audit.json + a figure."""
-    from matplotlib.figure import Figure
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t = audit["tests"]
-    bars, names = [], []
-    sp = t["source_predictability"]
-    if "features_balanced_accuracy" in sp:
-        names += [f"source from features ({sp['worst_label']})", f"source from pixels ({sp['worst_label']})"]
-        bars += [sp["features_balanced_accuracy"], sp["pixels_balanced_accuracy"]]
-    oc = t["occlusion"]
-    if oc["verdict"] != "skipped":
-        names += ["class AUC: images", "class AUC: lungs hidden", "class AUC: border only"]
-        bars += [oc["auc"][m] for m in ("none", "lungs", "border")]
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.add_subplot()
-    ax.barh(names, bars, color=["#888" if "images" in n else "#c0392b" for n in names])
-    if "chance" in sp:
-        ax.axvline(sp["chance"], color="#555", ls=":", lw=1)
-    if oc["verdict"] != "skipped":
-        ax.axvline(oc["chance"], color="#000", ls="--", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("source: balanced accuracy (dotted: chance); class: macro AUC (dashed: chance)")
-    fig.tight_layout()
-    fig.savefig(out / "audit.png", dpi=110)
-    colour = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "skipped": "#777"}
-    rows = "".join(f"<tr><td>{html.escape(s['test'])}</td><td style='color:{colour[s['verdict']]};font-weight:bold'>"
-                   f"{s['verdict']}</td><td>{html.escape(s['reading'])}</td></tr>" for s in audit["summary"])
-    details = "".join(f"<h3>{html.escape(v['test'])}</h3><pre>{html.escape(json.dumps(nan_to_none(v), indent=2))}</pre>"
-                      for v in t.values())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>covidnet audit</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}} table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
-.warn{{background:#fff3cd;border-left:4px solid #b9770e;padding:6px 10px}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}</style>
-</head><body><p class="warn">Research tool — not for diagnostic use.</p>
-<h1>Shortcut audit</h1><p>{html.escape(audit['checkpoint'])} on {html.escape(audit['data'])} ({audit['n_images']} images)</p>
-<table id="summary"><tr><th>test</th><th>verdict</th><th>what it means</th></tr>{rows}</table>
-<h2>Figures</h2><img id="audit-figure" src="audit.png" alt="Balanced accuracies of the probes and occlusion tests">
-<h2>Details and thresholds</h2>{details}</body></html>"""
-    for name, text in (("audit.json", json.dumps(nan_to_none(audit), indent=2)), ("index.html", page)):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out / name)
-    return out / "index.html"

@@ -5,29 +5,21 @@ risk) with what its head needs (score names and scale, risk bin edges). Written 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .errors import ConfigError, CovidnetError
+from .files import atomic_path
 from .models import create_model
 
 FORMAT = "covidnet-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": __version__, **payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: Path | str) -> dict:

@@ -363,7 +363,7 @@ def cmd_serve(args) -> int:
 
 
 def _print_severity(m: dict) -> None:
-    from .severity import SEVERITY_METRICS
+    from .metrics.regression import SEVERITY_METRICS
 
     print(_table(["score (0-8)", "MAE", "RMSE", "R²", "Spearman"],
                  [[f"{s} extent", *(_ci(m[s][k]) for k in SEVERITY_METRICS)] for s in ("geographic", "opacity")]))
@@ -371,7 +371,7 @@ def _print_severity(m: dict) -> None:
 
 def _eval_task(args) -> int:
     from .report import write_json
-    from .severity import evaluate_task_checkpoint
+    from .evaluate import evaluate_task_checkpoint
 
     if args.data is None or args.labels is not None:
         raise UsageError(f"{args.checkpoint}: a severity or risk checkpoint is evaluated on a built dataset: give --data "
@@ -397,7 +397,7 @@ def _eval_task(args) -> int:
 
 
 def _predict_task(args) -> int:
-    from .severity import predict_task_paths
+    from .predict import predict_task_paths
 
     if args.threshold or args.operating_point:
         raise UsageError(f"{args.checkpoint}: --threshold and --operating-point are for classification checkpoints")

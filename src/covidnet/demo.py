@@ -64,12 +64,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say(cfg, f"4/{steps} evaluating on the test split")
     metrics = evaluate_checkpoint(str(out / "run" / "best.pt"), data=str(out / "dataset"), split="test",
                                   resamples=500, report=str(out / "report"))
-    from .report import write_json
+    from .files import write_json
 
     write_json(out / "report" / "metrics.json", metrics)
     result = {"metrics": metrics, "report": str(out / "report" / "index.html")}
     if steps == 5:
-        from .severity import evaluate_task_checkpoint
+        from .evaluate import evaluate_task_checkpoint
 
         _say(cfg, f"5/{steps} severity (COVIDNet-S): fine-tuning the classifier to score the extent of the "
                   f"opacities for {cfg.severity_epochs} epochs, evaluated against the phantoms' known truth")

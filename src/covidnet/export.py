@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DISCLAIMER
+from .contract import Contract
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
-from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend, softmax
+from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
+from .tasks import softmax
 
 PARITY_TOLERANCE = 1e-4  # fp32: largest |p_onnx - p_torch| over classes and images
 PARITY_IMAGES = 16
@@ -46,47 +49,42 @@ class ExportConfig:
     quiet: bool = False
 
 
-def _wrapper(model, pre: dict, memory_format):
+def _wrapper(lm):
     import torch
 
-    from .tensors import model_input
-
     class Exported(torch.nn.Module):
-        """uint8 stored pixels (B, 1, S, S) -> logits (B, K), through the training contract."""
+        """uint8 stored pixels (B, 1, S, S) -> logits (B, K), through the checkpoint's contract."""
 
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model = lm.model
 
         def forward(self, image):
-            return self.model(model_input(image.float() / 255.0, pre, memory_format))
+            return self.model(lm.contract.model_input(image.float() / 255.0, lm.memory_format))
 
     return Exported().eval()
 
 
-def _parity_images(cfg: ExportConfig, size: int) -> tuple[np.ndarray, str]:
+def _parity_images(cfg: ExportConfig, contract: Contract) -> tuple[np.ndarray, str]:
     """Real inputs for the parity check: the validation split of ``--data``, else phantoms."""
     if cfg.data:
-        store = _store(cfg.data, size)
+        store = _store(cfg.data, contract)
         rows = store.rows("val")
         rows = rows if len(rows) else store.rows()
         return np.asarray(store.images[rows[:PARITY_IMAGES]]), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
-    from .data.preprocess import preprocess
     from .data.synth import draw_radiograph
 
     rng = np.random.default_rng(0)
-    draw = max(64, int(size * 1.1))  # then through the one preprocessing path, as a file would go
-    imgs = [preprocess(draw_radiograph(rng, draw, CLASSES[k % 3])[0], size) for k in range(PARITY_IMAGES // 2)]
+    draw = max(64, int(contract.stored_size * 1.1))  # then through the contract's pixels, as a file would go
+    imgs = [contract.pixels(draw_radiograph(rng, draw, CLASSES[k % 3])[0]) for k in range(PARITY_IMAGES // 2)]
     return np.stack(imgs), f"{len(imgs)} phantom radiographs (give --data for real ones)"
 
 
-def _store(data: str, size: int):
+def _store(data: str, contract: Contract):
     from .data.store import open_store
 
     store = open_store(data)
-    if store.size != size:
-        raise ConfigError(f"{data}: its images are {store.size} px but the checkpoint takes {size} px; "
-                          "use the dataset it was trained on (or one built with the same --size)")
+    contract.check_store(store, data)
     return store
 
 
@@ -97,7 +95,7 @@ def _write_meta(path: Path, meta: dict) -> None:
     del model.metadata_props[:]
     for key, value in {ONNX_META_KEY: json.dumps(meta), "classes": ",".join(meta["classes"])}.items():
         model.metadata_props.add(key=key, value=value)
-    model.doc_string = f"covidnet {meta['arch']}: a research tool, not a diagnostic device"
+    model.doc_string = f"covidnet {meta['arch']}. {DISCLAIMER}"
     onnx.save(model, str(path))
 
 
@@ -126,8 +124,7 @@ def export_model(cfg: ExportConfig) -> dict:
     import torch
 
     from . import __version__
-    from .checkpoint import load_model
-    from .evaluate import _memory_format
+    from .runtime import LoadedModel
 
     if cfg.format != "onnx":
         raise ConfigError(f"--format {cfg.format}: only onnx is supported")
@@ -145,14 +142,12 @@ def export_model(cfg: ExportConfig) -> dict:
     except ModuleNotFoundError as e:
         raise CovidnetError(f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'") from None
 
-    model, meta = load_model(cfg.checkpoint, "cpu")
-    pre = meta["preprocess"]
-    size = pre["stored_size"]
-    wrapper = _wrapper(model, pre, _memory_format(meta))
-    images, where = _parity_images(cfg, size)
-    info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "preprocess", "temperature", "operating_point",
-                                     "task", "memory_format")}
-    info["task"] = info["task"] or "classification"
+    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
+    meta = lm.meta
+    wrapper = _wrapper(lm)
+    images, where = _parity_images(cfg, lm.contract)
+    info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "temperature", "operating_point", "memory_format")}
+    info.update(task=lm.task.name, preprocess=lm.contract.to_dict())
     info.update(format=ONNX_FORMAT, version=__version__, source_checkpoint=Path(cfg.checkpoint).name, int8=False)
     report: dict = {"config": asdict(cfg), "parity_inputs": where}
 
@@ -197,7 +192,7 @@ def _quantise(cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    store = _store(cfg.data, info["preprocess"]["stored_size"])
+    store = _store(cfg.data, Contract.from_dict(info["preprocess"]))
     train_rows = store.rows("train")
     if len(train_rows) == 0:
         raise ConfigError(f"{cfg.data}: no training images to calibrate int8 quantisation on")

@@ -20,89 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
-DISCLAIMER = "Research tool — not for diagnostic use."
-METRICS = (("sensitivity", "Sensitivity"), ("ppv", "PPV"), ("specificity", "Specificity"), ("f1", "F1"), ("auc", "AUC"))
-DASH = "—"
+from . import DISCLAIMER
+from .files import atomic_write, jsonable, write_json  # noqa: F401 (write_json: until cli imports it from files)
+from .metrics.bootstrap import DASH, finite, format_ci, format_value
+from .metrics.calibration import reliability_bins
+
+METRICS = (("sensitivity", "Sensitivity"), ("ppv", "PPV"), ("npv", "NPV"), ("specificity", "Specificity"), ("f1", "F1"),
+           ("auc", "AUC"))
 DPI = 110
 
 
 # --------------------------------------------------------------------------------------------- files
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, then ``os.replace``: the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(x):
-    """NaN and ±inf become None (JSON has no NaN); numpy scalars and arrays become Python ones."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json(path: str | Path, metrics: dict) -> Path:
-    """Metrics as strict JSON (NaN → null), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False, allow_nan=False)
-    _atomic_write(path, (text + "\n").encode("utf-8"))
-    return path
-
-
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     fig.clear()  # Figure objects are not in pyplot's registry; clearing frees the artists now
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ numbers
-
-def _num(v) -> float | None:
-    """A finite float, or None for None/NaN/inf/anything not a number."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _fmt(v, digits: int = 3) -> str:
-    f = _num(v)
-    return DASH if f is None else f"{f:.{digits}f}"
-
-
-def _fmt_ci(m) -> str:
-    """``0.912 (0.871–0.945)``; the value alone without a CI; ``—`` without a value."""
-    if isinstance(m, dict):
-        value, ci = m.get("value"), m.get("ci95")
-    else:
-        value, ci = m, None
-    if _num(value) is None:
-        return DASH
-    lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-    return _fmt(value) if lo is None or hi is None else f"{_fmt(value)} ({_fmt(lo)}–{_fmt(hi)})"
-
 
 def _mpl(s) -> str:
     """Text for matplotlib: a ``$`` in a file name would otherwise start mathtext (and may fail to parse)."""
@@ -112,20 +49,6 @@ def _mpl(s) -> str:
 def _short(s: str, n: int) -> str:
     """Ellipsis in the middle: file names differ at the start (patient) and at the end (view, extension)."""
     return s if len(s) <= n else s[: (n - 1) // 2] + "…" + s[len(s) - (n - 1 - (n - 1) // 2):]
-
-
-def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10):
-    """Top-class confidence in ``n_bins`` equal-width bins, (lo, hi] (the first also takes 0):
-    per-bin count, accuracy, mean confidence (NaN for empty bins), and the ECE."""
-    conf = probs.max(1) if len(probs) else np.zeros(0)
-    correct = (probs.argmax(1) == y_true) if len(probs) else np.zeros(0, bool)
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins) / count
-        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
-    ece = float(np.nansum(np.abs(acc - mean_conf) * count) / count.sum()) if count.sum() else float("nan")
-    return count, acc, mean_conf, ece
 
 
 def _confusion(metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
@@ -202,7 +125,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
 def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float | None = None, n_bins: int = 10):
     """Accuracy against top-class confidence, bin counts underneath; ECE is the evaluation's when given."""
     count, acc, mean_conf, own_ece = reliability_bins(y_true, probs, n_bins)
-    ece = own_ece if _num(ece) is None else ece
+    ece = own_ece if finite(ece) is None else ece
     edges = np.linspace(0, 1, n_bins + 1)
     centre, width = (edges[:-1] + edges[1:]) / 2, 1 / n_bins
     fig = _figure(5.6, 6.0)
@@ -217,7 +140,7 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float | None = 
     top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1))
     top.set_ylabel("accuracy")
-    top.set_title(f"Reliability of the top-class confidence (ECE {_fmt(ece)})", fontsize=12)
+    top.set_title(f"Reliability of the top-class confidence (ECE {format_value(ece)})", fontsize=12)
     top.legend(loc="upper left", fontsize=9)
     top.grid(alpha=0.3)
     bottom.bar(centre, count, width=width * 0.95, color="0.55")
@@ -247,7 +170,7 @@ def plot_errors(errors: Sequence[dict], cols: int = 4):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(_mpl(_short(str(e.get("name", "")), 30)), fontsize=8.5)
-        p = f" (p = {_fmt(e.get('confidence'), 2)})" if "confidence" in e else ""  # a regression has none
+        p = f" (p = {format_value(e.get('confidence'), 2)})" if "confidence" in e else ""  # a regression has none
         ax.set_xlabel(f"truth: {_mpl(e.get('true', ''))}\npredicted: {_mpl(e.get('pred', ''))}{p}", fontsize=8.5)
     for ax in axes[n:]:
         ax.set_axis_off()
@@ -266,7 +189,7 @@ def plot_severity_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Sequenc
         r2 = 1 - float(((t - p) ** 2).sum()) / ss if ss > 0 else float("nan")
         ax.set(xlim=(-0.2, top + 0.2), ylim=(-0.2, top + 0.2), aspect="equal",
                xlabel=f"annotated {name} extent", ylabel=f"predicted {name} extent",
-               title=f"{name} extent (R² {_fmt(r2, 2)}, n = {len(t)})")
+               title=f"{name} extent (R² {format_value(r2, 2)}, n = {len(t)})")
         ax.grid(alpha=0.3)
     return fig
 
@@ -331,17 +254,17 @@ def _summary_rows(m: dict) -> list[list[str]]:
     macro = m.get("macro") or {}
     n, p = m.get("n"), m.get("n_patients")
     return [["Images", _e(n) if n is not None else DASH], ["Patients", _e(p) if p is not None else DASH],
-            ["Accuracy", _e(_fmt_ci(m.get("accuracy")))],
-            *[[f"Macro {label if label.isupper() or label == 'F1' else label.lower()}", _e(_fmt_ci(macro.get(key)))]
+            ["Accuracy", _e(format_ci(m.get("accuracy")))],
+            *[[f"Macro {label if label.isupper() or label == 'F1' else label.lower()}", _e(format_ci(macro.get(key)))]
               for key, label in METRICS],
-            ["ECE (10 bins)", _e(_fmt(m.get("ece")))],
-            ["Temperature", _e(_fmt(m.get("temperature"), 3))]]
+            ["ECE (10 bins)", _e(format_value(m.get("ece")))],
+            ["Temperature", _e(format_value(m.get("temperature"), 3))]]
 
 
 def _per_class_table(m: dict, classes: Sequence[str], id: str | None = None, support: list[str] | None = None) -> str:
     per = m.get("per_class") or {}
     support = support or _support(m, classes)
-    rows = [[_e(c), _e(s), *(_e(_fmt_ci((per.get(c) or {}).get(key))) for key, _ in METRICS)]
+    rows = [[_e(c), _e(s), *(_e(format_ci((per.get(c) or {}).get(key))) for key, _ in METRICS)]
             for c, s in zip(classes, support)]
     return _table(["class", "images", *(label for _, label in METRICS)], rows, id=id)
 
@@ -360,8 +283,8 @@ def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
     for i, (src, m) in enumerate(per_source.items()):
         m = m or {}
         macro = m.get("macro") or {}
-        rows.append([_e(src), _e(m.get("n", DASH)), _e(m.get("n_patients", DASH)), _e(_fmt_ci(m.get("accuracy"))),
-                     _e(_fmt_ci(macro.get("sensitivity"))), _e(_fmt_ci(macro.get("auc"))), _e(_fmt(m.get("ece")))])
+        rows.append([_e(src), _e(m.get("n", DASH)), _e(m.get("n_patients", DASH)), _e(format_ci(m.get("accuracy"))),
+                     _e(format_ci(macro.get("sensitivity"))), _e(format_ci(macro.get("auc"))), _e(format_value(m.get("ece")))])
         details.append(f"<details><summary>{_e(src)}: per class</summary>\n"
                        f"{_per_class_table(m, classes, id=f'per-class-source-{i}')}\n</details>")
     head = ["source", "images", "patients", "accuracy", "macro sensitivity", "macro AUC", "ECE"]
@@ -372,7 +295,7 @@ def _errors_html(errors: Sequence[dict]) -> str:
     if not errors:
         return '<p id="no-errors">No misclassified images to show.</p>'
     rows = [[str(i + 1), _e(e.get("name", "")), _e(e.get("true", "")), _e(e.get("pred", "")),
-             _e(_fmt(e.get("confidence"), 3))] for i, e in enumerate(errors)]
+             _e(format_value(e.get("confidence"), 3))] for i, e in enumerate(errors)]
     return ('<figure class="wide"><img id="errors" src="errors.png" alt="Most confident errors: thumbnails with '
             'name, truth, prediction and confidence"><figcaption>The heat map over an image, where there is one, '
             "shows the regions that drove the prediction.</figcaption></figure>\n"
@@ -381,9 +304,42 @@ def _errors_html(errors: Sequence[dict]) -> str:
             + "\n</details>")
 
 
-def _page_start(title: str) -> str:
-    """The head of a report page, the disclaimer first and the title under it."""
-    return f"""<!DOCTYPE html>
+def _context_html(context: dict | None) -> str:
+    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in (context or {}).items())
+    return f'<section><h2>Run</h2>\n<table id="context" class="context">{rows}</table></section>'
+
+
+def _figures_html(figures: Sequence[tuple[str, object, str, str | None]]) -> str:
+    figs = ""
+    for name, _, caption, fid in figures:
+        ident = f' id="{_e(fid)}"' if fid else ""
+        figs += f'<figure><img{ident} src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>\n'
+    return f'<section>\n<h2>Figures</h2>\n<div class="figures">\n{figs}</div>\n</section>'
+
+
+def write_page(out_dir: str | Path, title: str, summary_html: str,
+               figures: Sequence[tuple[str, object, str, str | None]] = (), context: dict | None = None,
+               before: Sequence[str] = (), after: Sequence[str] = (), errors: Sequence[dict] | None = None) -> Path:
+    """THE report writer (evaluation of every task, the audit): ``out_dir/index.html`` under the
+    disclaimer, with a summary, the run's context, ``figures`` (``(file name, matplotlib Figure or PNG
+    bytes, caption, element id)``), HTML sections ``before`` and ``after`` the figures and, when given,
+    images with heat maps (``errors``, as ``plot_errors`` takes them; written as ``errors.png``).
+    Figures first, page last, each atomically, so a page never points at a figure that is not there
+    yet; an earlier report's ``errors.png`` that this page no longer shows is removed."""
+    from . import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig, _, _ in figures:
+        if isinstance(fig, bytes):
+            atomic_write(out / name, fig)
+        else:
+            _save(fig, out / name)
+    if errors:
+        _save(plot_errors(errors), out / "errors.png")
+    else:
+        (out / "errors.png").unlink(missing_ok=True)
+    page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -394,64 +350,39 @@ def _page_start(title: str) -> str:
 <body>
 <p class="disclaimer" id="disclaimer" role="note">{DISCLAIMER}</p>
 <h1>{_e(title)}</h1>
-"""
-
-
-def render_html(metrics: dict, classes: Sequence[str], errors: Sequence[dict], title: str, context: dict | None) -> str:
-    from . import __version__
-
-    ctx = ""
-    if context:
-        ctx = '<section><h2>Run</h2>\n<table id="context" class="context">' + "".join(
-            f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in context.items()) + "</table></section>"
-    per_source = metrics.get("per_source") or {}
-    src = (f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>" if per_source else "")
-    return _page_start(title) + f"""<div class="top">
+<div class="top">
 <section>
 <h2>Summary</h2>
-{_table(["", "value (95 % CI)"], _summary_rows(metrics), id="summary")}
+{summary_html}
 </section>
-{ctx}
+{_context_html(context) if context else ""}
 </div>
-<section>
-<h2>Per class</h2>
-{_per_class_table(metrics, classes, id="per-class")}
-{_bootstrap_note(metrics)}
-<p class="note">Sensitivity: share of a class found. PPV: share of the predictions of a class that are right.
-Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class confidence.</p>
-</section>
-<section>
-<h2>Figures</h2>
-<div class="figures">
-<figure><img id="confusion-matrix" src="confusion_matrix.png" alt="Confusion matrix"><figcaption>Rows: truth; columns:
-prediction. Each cell: count and share of its row.</figcaption></figure>
-<figure><img id="roc" src="roc.png" alt="ROC curves, one class against the rest"><figcaption>One-vs-rest ROC
-curves from the predicted probabilities.</figcaption></figure>
-<figure><img id="reliability" src="reliability.png" alt="Reliability diagram"><figcaption>Accuracy of the
-predictions in each confidence bin; bars on the diagonal are perfectly calibrated. Underneath: images per bin.
-</figcaption></figure>
-</div>
-</section>
-{src}
-<section>
-<h2>Most confident errors</h2>
-{_errors_html(errors)}
-</section>
+{"".join(before)}
+{_figures_html(figures) if figures else ""}
+{"".join(after)}
 <footer>{DISCLAIMER} Written by covidnet {_e(__version__)}.</footer>
 </body>
 </html>
 """
+    index = out / "index.html"
+    atomic_write(index, page.encode("utf-8"))
+    return index
 
 
-# ------------------------------------------------------------------------------------------- entry
+CLASSIFICATION_FIGURES = (
+    ("confusion_matrix.png", "Rows: truth; columns: prediction. Each cell: count and share of its row.",
+     "confusion-matrix"),
+    ("roc.png", "One-vs-rest ROC curves from the predicted probabilities.", "roc"),
+    ("reliability.png", "Accuracy of the predictions in each confidence bin; bars on the diagonal are perfectly "
+     "calibrated. Underneath: images per bin.", "reliability"),
+)
+
 
 def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                  errors: Sequence[dict] = (), title: str = "covidnet evaluation", context: dict | None = None) -> Path:
-    """Write ``index.html`` and its figures into ``out_dir``; returns the path of ``index.html``.
-
-    The figures are written first and the page last, so an ``index.html`` never points at a figure that is
-    not there yet. Files of an earlier report are replaced; other files in the folder are left alone.
-    """
+    """A classification evaluation: summary, per-class table, confusion matrix, ROC and reliability
+    figures, per source, the most confident errors. Returns the path of ``index.html``; files of an
+    earlier report are replaced, other files in the folder are left alone."""
     y_true = np.asarray(y_true).astype(np.int64, copy=False).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     classes = [str(c) for c in classes]
@@ -460,58 +391,91 @@ def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: 
                          "(one row per label, one column per class)")
     if len(y_true) and (y_true.min() < 0 or y_true.max() >= len(classes)):
         raise ValueError(f"y_true holds class indices outside 0..{len(classes) - 1}")
-    errors = list(errors)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     labels, matrix = _confusion(metrics, y_true, probs, classes)
-    _save(plot_confusion(labels, matrix), out / "confusion_matrix.png")
-    _save(plot_roc(y_true, probs, classes), out / "roc.png")
-    _save(plot_reliability(y_true, probs, metrics.get("ece")), out / "reliability.png")
-    if errors:
-        _save(plot_errors(errors), out / "errors.png")
-    else:
-        (out / "errors.png").unlink(missing_ok=True)  # an earlier report's, which this page no longer shows
-
-    index = out / "index.html"
-    _atomic_write(index, render_html(metrics, classes, errors, title, context).encode("utf-8"))
-    return index
+    drawn = (plot_confusion(labels, matrix), plot_roc(y_true, probs, classes),
+             plot_reliability(y_true, probs, metrics.get("ece")))
+    figures = [(name, fig, caption, fid) for (name, caption, fid), fig in zip(CLASSIFICATION_FIGURES, drawn)]
+    per_class = (f"<section>\n<h2>Per class</h2>\n{_per_class_table(metrics, classes, id='per-class')}\n"
+                 f"{_bootstrap_note(metrics)}\n<p class=\"note\">Sensitivity: share of a class found. PPV: share of the "
+                 "predictions of a class that are right. NPV: share of the images called not of a class that are not. "
+                 "Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class "
+                 "confidence.</p>\n</section>")
+    per_source = metrics.get("per_source") or {}
+    after = [f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>"] if per_source else []
+    after.append(f"<section>\n<h2>Most confident errors</h2>\n{_errors_html(errors)}\n</section>")
+    summary = _table(["", "value (95 % CI)"], _summary_rows(metrics), id="summary")
+    return write_page(out_dir, title, summary, figures, context, [per_class], after, list(errors))
 
 
 def write_task_report(out_dir: str | Path, title: str, table: tuple[Sequence[str], Sequence[Sequence[str]]],
                       figures: Sequence[tuple[str, object, str]], context: dict | None = None,
                       errors: Sequence[dict] = ()) -> Path:
     """The report of a severity or risk evaluation: a summary table (``(header, rows)``, plain strings),
-    figures (``(file name, matplotlib Figure, caption)``) and, optionally, images with their heat maps
-    (``errors``, as ``plot_errors`` takes them). Figures first, page last, each written atomically."""
-    from . import __version__
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, fig, _ in figures:
-        _save(fig, out / name)
-    if errors:
-        _save(plot_errors(errors), out / "errors.png")
+    figures (``(file name, matplotlib Figure, caption)``) and, optionally, images with their heat maps."""
     header, rows = table
-    figs = "".join(f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>\n'
-                   for name, _, caption in figures)
-    ctx = "".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in (context or {}).items())
+    summary = _table([_e(h) for h in header], [[_e(c) for c in r] for r in rows], id="summary")
     shown = ('<section><h2>Largest disagreements</h2><figure class="wide"><img id="errors" src="errors.png" '
              'alt="Images with the largest disagreement, with Grad-CAM of the first output"><figcaption>Grad-CAM of '
              "the head's first output over each image.</figcaption></figure></section>") if errors else ""
-    page = _page_start(title) + f"""<div class="top">
-<section><h2>Summary</h2>
-{_table([_e(h) for h in header], [[_e(c) for c in r] for r in rows], id="summary")}
-</section>
-<section><h2>Run</h2><table id="context" class="context">{ctx}</table></section>
-</div>
-<section><h2>Figures</h2><div class="figures">
-{figs}</div></section>
-{shown}
-<footer>{DISCLAIMER} Written by covidnet {_e(__version__)}.</footer>
-</body>
-</html>
-"""
-    index = out / "index.html"
-    _atomic_write(index, page.encode("utf-8"))
-    return index
+    return write_page(out_dir, title, summary, [(*f, None) for f in figures], context, after=[shown], errors=list(errors))
+
+
+def write_evaluation_report(out_dir: str | Path, task, metrics: dict, y: np.ndarray, out: np.ndarray, meta: dict,
+                            shown: Sequence[dict], context: dict | None) -> Path:
+    """The report of ``covidnet eval`` for any task: what differs comes from the task (its summary
+    table, its probabilities or decoded outputs), the page from ``write_page``."""
+    from .tasks import ClassificationTask, SeverityTask
+
+    if isinstance(task, ClassificationTask):
+        return write_report(out_dir, metrics, y, task.probabilities(out, meta), task.outputs, errors=shown,
+                            context=context)
+    if isinstance(task, SeverityTask):
+        figures = [("severity_scatter.png", plot_severity_scatter(y, task.decode(out), task.outputs),
+                    "Predicted against annotated score, one point per image; the diagonal is perfect agreement.")]
+    else:
+        cm = metrics["confusion_matrix"]
+        figures = [("confusion_matrix.png", plot_confusion(cm["labels"], np.array(cm["matrix"])),
+                    "Rows: true bin of days since onset; columns: predicted bin.")]
+    return write_task_report(out_dir, task.title, task.summary(metrics), figures, context, errors=shown)
+
+
+VERDICT_COLOUR = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "skipped": "#777"}
+
+
+def plot_audit(tests: dict):
+    """The audit's figures in one: the source probes' balanced accuracies and the occlusion AUCs."""
+    bars, names = [], []
+    sp, oc = tests["source_predictability"], tests["occlusion"]
+    if "features_balanced_accuracy" in sp:
+        names += [f"source from features ({sp['worst_label']})", f"source from pixels ({sp['worst_label']})"]
+        bars += [sp["features_balanced_accuracy"], sp["pixels_balanced_accuracy"]]
+    if oc["verdict"] != "skipped":
+        names += ["class AUC: images", "class AUC: lungs hidden", "class AUC: border only"]
+        bars += [oc["auc"][m] for m in ("none", "lungs", "border")]
+    fig = _figure(7, 3.2)
+    ax = fig.add_subplot()
+    ax.barh([_mpl(n) for n in names], bars, color=["#888" if "images" in n else "#c0392b" for n in names])
+    if "chance" in sp:
+        ax.axvline(sp["chance"], color="#555", ls=":", lw=1)
+    if oc["verdict"] != "skipped":
+        ax.axvline(oc["chance"], color="#000", ls="--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("source: balanced accuracy (dotted: chance); class: macro AUC (dashed: chance)")
+    return fig
+
+
+def write_audit_report(out_dir: str | Path, audit: dict) -> Path:
+    """``audit.json`` and ``index.html``: the one-screen summary of verdicts first, then the figure, then
+    each test's details and thresholds."""
+    rows = "".join(f"<tr><td>{_e(s['test'])}</td><td style='color:{VERDICT_COLOUR[s['verdict']]};font-weight:bold'>"
+                   f"{_e(s['verdict'])}</td><td>{_e(s['reading'])}</td></tr>" for s in audit["summary"])
+    summary = (f'<table id="summary"><thead><tr><th>test</th><th>verdict</th><th>what it means</th></tr></thead>'
+               f"<tbody>{rows}</tbody></table>")
+    details = "".join(f"<h3>{_e(v['test'])}</h3><pre>{_e(json.dumps(jsonable(v), indent=2))}</pre>"
+                      for v in audit["tests"].values())
+    figures = [("audit.png", plot_audit(audit["tests"]), "Balanced accuracies of the probes and occlusion tests",
+                "audit-figure")]
+    context = {"checkpoint": audit["checkpoint"], "data": audit["data"], "images": audit["n_images"]}
+    write_json(Path(out_dir) / "audit.json", audit)
+    return write_page(out_dir, "Shortcut audit", summary, figures, context,
+                      after=[f"<section><h2>Details and thresholds</h2>{details}</section>"])

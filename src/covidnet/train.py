@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +36,12 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data.records import BINARY_CLASSES, CLASSES
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
-from .evaluate import _device as resolve_device
-from .evaluate import classification_metrics, predict_logits
+from .files import write_json
+from .contract import Contract
+from .data.records import positive_class
 from .models import create_model, get_spec
+from .runtime import predict_logits, resolve_device, uint8_to_unit
 from .tasks import TASKS, ClassificationTask, RiskTask, SeverityTask, Task, parse_bins
-from .tensors import model_input, uint8_to_unit
 
 
 HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every model has both)
@@ -188,7 +189,7 @@ def _class_weights(spec: str, labels: np.ndarray, classes: tuple[str, ...]) -> t
     if spec == "none":
         return None
     if spec == "reference":  # the reference's covid_weight=4
-        return torch.tensor([4.0 if c in ("COVID-19", "positive") else 1.0 for c in classes])
+        return torch.tensor([4.0 if c == positive_class(classes) else 1.0 for c in classes])
     if spec == "balanced":
         counts = np.bincount(labels, minlength=k).astype(float)
         return torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
@@ -304,9 +305,7 @@ class _Log:
 
 def _status(run: Path, dist: Dist, state: str, **info) -> None:
     if dist.main:
-        tmp = run / ".run.json.tmp"
-        tmp.write_text(json.dumps({"state": state, "version": __version__, **info}, indent=2))
-        os.replace(tmp, run / "run.json")
+        write_json(run / "run.json", {"state": state, "version": __version__, **info})
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -358,187 +357,235 @@ def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
         torch.distributed.barrier()
 
 
-def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
+@dataclass
+class _Run:
+    """One training run's state, shared by its stages."""
+
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+    path: Path = None
+    task: Task = None
+    contract: Contract = None
+    y_train: np.ndarray = None
+    images: torch.Tensor = None  # the training and validation rows' stored pixels, on the device when they fit
+    labels: torch.Tensor = None
+    train_pos: np.ndarray = None
+    val_pos: np.ndarray = None
+    covid_class: int | None = None
+    covid_percent: float = 0.0
+    model: torch.nn.Module = None
+    net: torch.nn.Module = None  # the model as stepped: DDP- and compile-wrapped
+    opt: torch.optim.Optimizer = None
+    sched: object = None
+    start_epoch: int = 0
+    start_step: int = 0
+    best: float = math.inf
+    accumulators: dict | None = None
+    history: list = field(default_factory=list)
+
+    @property
+    def mem_format(self):
+        return torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+
+    @property
+    def amp(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
+
+    def batch_input(self, pos: np.ndarray, params: torch.Tensor | None) -> torch.Tensor:
+        x = uint8_to_unit(self.images[torch.from_numpy(pos).to(self.images.device)].to(self.device, non_blocking=True))
+        if params is not None:
+            x = augment(x, params)
+        return self.contract.model_input(x, self.mem_format)
+
+    def payload(self, epoch: int, step: int, accumulators=None) -> dict:
+        cfg = self.cfg
+        return {
+            "arch": cfg.arch, "arch_args": self.model.arch_args, **self.task.meta(),
+            "preprocess": self.contract.to_dict(), "memory_format": "channels_last" if cfg.channels_last else "contiguous",
+            "train_config": cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": self.best,
+            "accumulators": accumulators,
+        }
+
+
+def _stage_data(r: _Run) -> None:
+    """The rows the task can use, their targets, and their stored pixels once on the device (or pinned host
+    memory when they do not fit); the preprocessing contract from the store, with the model's half."""
+    cfg = r.cfg
     store = open_store(cfg.data)
-    task = cfg.make_task()
-    classes = task.outputs
+    r.task = task = cfg.make_task()
     train_rows, val_rows = task.rows(store, "train"), task.rows(store, "val")
     if len(train_rows) == 0 or len(val_rows) == 0:
-        what = {"classification": "images", "severity": "images with severity scores (build with --severity FILE)",
-                "risk": "COVID-19 images with days since onset (an offset)"}[task.name]
-        raise ConfigError(f"{cfg.data}: --task {task.name} needs train and val {what}; "
+        raise ConfigError(f"{cfg.data}: --task {task.name} needs train and val {task.needs}; "
                           f"it has {len(train_rows)} and {len(val_rows)}")
     if cfg.batch_size > len(train_rows):
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
-    if cfg.batch_size < dist.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({dist.world})")
-    run = _check_run(cfg)
-    y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
-    covid_class, covid_percent = None, 0.0  # COVID-19 rebalancing is for classification
-    if isinstance(task, ClassificationTask):
-        covid_class, covid_percent = classes.index("COVID-19" if not cfg.binary else "positive"), cfg.covid_percent
-        task.weights = _class_weights(cfg.class_weights, y_train, cfg.classes)
-
-    # the store, once, on the device (or pinned host memory when it does not fit)
+    if cfg.batch_size < r.dist.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({r.dist.world})")
+    r.path = _check_run(cfg)
+    r.y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
+    if isinstance(task, ClassificationTask):  # COVID-19 rebalancing is for classification
+        r.covid_class, r.covid_percent = task.positive, cfg.covid_percent
+        task.weights = _class_weights(cfg.class_weights, r.y_train, cfg.classes)
     rows = np.concatenate([train_rows, val_rows])
     host = torch.from_numpy(np.ascontiguousarray(store.images[rows]))
-    images = host
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        images = host.to(device) if host.numel() < 0.5 * free else host.pin_memory()
-    labels = torch.from_numpy(np.concatenate([y_train, y_val])).to(device)
-    train_pos, val_pos = np.arange(len(train_rows)), np.arange(len(train_rows), len(rows))
+    r.images = host
+    if r.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(r.device)
+        r.images = host.to(r.device) if host.numel() < 0.5 * free else host.pin_memory()
+    r.labels = torch.from_numpy(np.concatenate([r.y_train, y_val])).to(r.device)
+    r.train_pos, r.val_pos = np.arange(len(train_rows)), np.arange(len(train_rows), len(rows))
+    mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
+    r.contract = store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std)
 
-    spec = get_spec(cfg.arch)
-    mean, std = spec.normalisation(cfg.in_channels)
-    size = cfg.size or store.size
-    pre = {"size": size, "stored_size": store.size, "top_crop": 0.08, "in_channels": cfg.in_channels,
-           "mean": list(mean), "std": list(std)}  # the preprocessing contract, stored in every checkpoint
-    on_gpu = device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and on_gpu)
-    mem_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
+def _build(r: _Run) -> None:
+    """Model (initialised, frozen where asked), optimiser, scheduler; the saved state when resuming."""
+    cfg = r.cfg
     torch.manual_seed(cfg.seed)
     model = _create(cfg)
     _init_weights(model, cfg)
     if cfg.freeze_backbone:  # COVIDNet-S: a frozen network's features, a small head trained on them
         for name, child in model.named_children():
             child.requires_grad_(name in HEAD_MODULES)
-    model = model.to(device, memory_format=mem_format)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    start_epoch, start_step, best, acc = 0, 0, math.inf, None
+    r.model = model = model.to(r.device, memory_format=r.mem_format)
+    r.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(),
+                             weight_decay=cfg.weight_decay)
+    r.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(r.opt, mode="min", factor=cfg.plateau_factor,
+                                                         patience=cfg.plateau_patience)
     if cfg.resume:
-        ckpt = read_checkpoint(run / "last.pt")
+        ckpt = read_checkpoint(r.path / "last.pt")
         if ckpt["arch"] != cfg.arch:
-            raise ConfigError(f"{run / 'last.pt'}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
+            raise ConfigError(f"{r.path / 'last.pt'}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, start_step, best, acc = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"], ckpt.get("accumulators")
-    _start_run(run, cfg, dist)  # only now, with the model built and its weights loaded, is anything written
-    net = model
-    if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
-    if cfg.compile == "on" or (cfg.compile == "auto" and on_gpu):
-        net = torch.compile(net, dynamic=False)  # a few static shapes (batch sizes differ by one) beat dynamic kernels
+        r.opt.load_state_dict(ckpt["optimizer"])
+        r.sched.load_state_dict(ckpt["scheduler"])
+        r.start_epoch, r.start_step, r.best = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"]
+        r.accumulators = ckpt.get("accumulators")
+    _start_run(r.path, cfg, r.dist)  # only now, with the model built and its weights loaded, is anything written
+    r.net = model
+    if r.dist.world > 1:
+        on_gpu = r.device.type == "cuda"
+        r.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[r.device.index] if on_gpu else None)
+    if cfg.compile == "on" or (cfg.compile == "auto" and r.device.type == "cuda"):
+        r.net = torch.compile(r.net, dynamic=False)  # a few static shapes (batch sizes differ by one) beat dynamic kernels
 
-    def batch_input(pos: np.ndarray, params: torch.Tensor | None) -> torch.Tensor:
-        x = uint8_to_unit(images[torch.from_numpy(pos).to(images.device)].to(device, non_blocking=True))
-        if params is not None:
-            x = augment(x, params)
-        return model_input(x, pre, mem_format)
 
-    def payload(epoch: int, step: int, accumulators=None) -> dict:
-        return {
-            "arch": cfg.arch, "arch_args": model.arch_args, **task.meta(),
-            "preprocess": pre, "memory_format": "channels_last" if cfg.channels_last else "contiguous",
-            "train_config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
-            "accumulators": accumulators,
-        }
-
+def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
+    r = _Run(cfg, dist, device)
+    _stage_data(r)
+    _build(r)
     stop = {"signal": None}
 
     def on_signal(signum, frame):
         stop["signal"] = signum
 
     handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
-    log = _Log(run, dist.main)
-    _status(run, dist, "running", epoch=start_epoch, step=start_step)
-    history = []
+    log = _Log(r.path, dist.main)
+    _status(r.path, dist, "running", epoch=r.start_epoch, step=r.start_step)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            batches = epoch_batches(y_train, epoch, cfg.seed, cfg.batch_size, covid_class, covid_percent)
-            a = acc if (acc and epoch == start_epoch) else {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
-            loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
-            correct_acc = torch.zeros((), device=device, dtype=torch.float64)  # correct images, or summed errors
-            t_epoch = time.perf_counter()
-            seen = np.concatenate(batches)
-            bar = _bar(cfg.progress and dist.main, len(batches), start_step if epoch == start_epoch else 0, epoch, cfg.epochs)
-            net.train()
-            if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
-                for name, child in model.named_children():
-                    child.train(name in HEAD_MODULES)
-            for step in range(start_step if epoch == start_epoch else 0, len(batches)):
-                pos = shard(batches[step], dist)
-                seed = step_seed(cfg.seed, epoch, step)
-                gen = torch.Generator().manual_seed(seed)
-                torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
-                params = None if cfg.augment.identity else sample_params(len(pos), cfg.augment, gen)
-                x, y = batch_input(train_pos[pos], params), labels[torch.from_numpy(train_pos[pos]).to(device)]
-                try:
-                    with amp:
-                        logits = net(x)
-                    loss = task.loss(logits.float(), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                except torch.OutOfMemoryError:
-                    raise CovidnetError(f"out of GPU memory training {cfg.arch} at {size} px with --batch-size "
-                                        f"{cfg.batch_size}; lower --batch-size or --size") from None
-                loss_acc += loss.detach() * len(pos)
-                correct_acc += task.agreement(logits.detach(), y)
-                a["n"] += len(pos)
-                if bar is not None:
-                    bar.update(1)
-                    if step % 20 == 0:
-                        elapsed = a["seconds"] + time.perf_counter() - t_epoch
-                        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{a['n'] * dist.world / max(elapsed, 1e-9):.0f}")
-                if _stop_requested(stop, dist, device):
-                    if dist.main:
-                        save_checkpoint(run / "last.pt", payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch)))
-                    _status(run, dist, "interrupted", epoch=epoch, step=step + 1)
-                    raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
-                                              f"in {run / 'last.pt'}: run the same command with --resume")
-            if bar is not None:
-                bar.close()
-            a = _fold(a, loss_acc, correct_acc, t_epoch)  # synchronises with the device once per epoch
-            loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], device)
-            if cfg.precise_bn and not cfg.freeze_backbone:
-                recalibrate_bn(model, batch_input, train_pos, cfg, epoch, amp)
-            val = evaluate_split(model, images, val_pos, labels, cfg.eval_batch_size, dist, device, pre, mem_format, task)
-            sched.step(val["loss"])
-            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
-                   f"train_{task.agreement_name}": correct / n, "val_loss": val["loss"]}
-            if isinstance(task, ClassificationTask):
-                mix = np.bincount(y_train[seen], minlength=len(classes)) / len(seen)
-                row.update({"val_acc": val["accuracy"], **{f"val_sens_{c}": val["sensitivity"][c] for c in classes},
-                            **{f"val_ppv_{c}": val["ppv"][c] for c in classes},
-                            **{f"mix_{c}": float(m) for c, m in zip(classes, mix)}})
-                shown = f"acc {val['accuracy']:.3f} | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(classes, mix))
-            else:
-                row.update({f"val_{k.replace('.', '_')}": v for k, v in val.items() if k != "loss"})
-                shown = " ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "loss" and k.split(".")[-1] in ("r2", "spearman", "accuracy", "macro_f1"))
-            row.update({"images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
-                        "images_per_s": n / max(seconds / dist.world, 1e-9)})
-            history.append(row)
-            log.write(row)
-            if dist.main and cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} {task.agreement_name} "
-                      f"{correct / n:.3f} | val loss {val['loss']:.4f} {shown} | {row['images_per_s']:.0f} img/s", file=sys.stderr)
-            improved = val["loss"] < best
-            best = min(best, val["loss"])
-            if dist.main:
-                p = payload(epoch + 1, 0)
-                save_checkpoint(run / "last.pt", p)
-                if improved:
-                    save_checkpoint(run / "best.pt", {**p, "optimizer": None, "scheduler": None,
-                                                      "val_metrics": {k: v for k, v in val.items() if k != "confusion"}})
-            start_step = 0
+        for epoch in range(r.start_epoch, cfg.epochs):
+            a, seen = _train_epoch(r, epoch, stop)
+            _end_epoch(r, epoch, a, seen, log)
+            r.start_step = 0
     except BaseException as e:
         if not isinstance(e, TrainingInterrupted):
-            _status(run, dist, "failed", error=f"{type(e).__name__}: {e}")
+            _status(r.path, dist, "failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    rates = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
-    summary = {"epochs": cfg.epochs, "best_val_loss": best, "final": history[-1] if history else None,
+    rates = [h["images_per_s"] for h in r.history[1:]] or [h["images_per_s"] for h in r.history]
+    summary = {"epochs": cfg.epochs, "best_val_loss": r.best, "final": r.history[-1] if r.history else None,
                "images_per_s": float(np.median(rates)) if rates else None, "world_size": dist.world,
-               "device": str(device), "best": str(run / "best.pt"), "last": str(run / "last.pt")}
-    _status(run, dist, "complete", **summary)
+               "device": str(device), "best": str(r.path / "best.pt"), "last": str(r.path / "last.pt")}
+    _status(r.path, dist, "complete", **summary)
     return summary
+
+
+def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
+    """One epoch's steps (from the saved step when resuming); a stop request writes a resumable
+    checkpoint and raises ``TrainingInterrupted``. Returns the epoch's accumulators and the images seen."""
+    cfg, dist, device = r.cfg, r.dist, r.device
+    batches = epoch_batches(r.y_train, epoch, cfg.seed, cfg.batch_size, r.covid_class, r.covid_percent)
+    first = r.start_step if epoch == r.start_epoch else 0
+    a = r.accumulators if (r.accumulators and epoch == r.start_epoch) else {"loss": 0.0, "correct": 0.0, "n": 0.0,
+                                                                           "seconds": 0.0}
+    loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
+    correct_acc = torch.zeros((), device=device, dtype=torch.float64)  # correct images, or summed errors
+    t_epoch = time.perf_counter()
+    bar = _bar(cfg.progress and dist.main, len(batches), first, epoch, cfg.epochs)
+    r.net.train()
+    if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
+        for name, child in r.model.named_children():
+            child.train(name in HEAD_MODULES)
+    for step in range(first, len(batches)):
+        pos = r.train_pos[shard(batches[step], dist)]
+        seed = step_seed(cfg.seed, epoch, step)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+        params = None if cfg.augment.identity else sample_params(len(pos), cfg.augment, torch.Generator().manual_seed(seed))
+        x, y = r.batch_input(pos, params), r.labels[torch.from_numpy(pos).to(device)]
+        try:
+            with r.amp:
+                logits = r.net(x)
+            loss = r.task.loss(logits.float(), y)
+            r.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            r.opt.step()
+        except torch.OutOfMemoryError:
+            raise CovidnetError(f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
+                                f"--batch-size {cfg.batch_size}; lower --batch-size or --size") from None
+        loss_acc += loss.detach() * len(pos)
+        correct_acc += r.task.agreement(logits.detach(), y)
+        a["n"] += len(pos)
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                elapsed = a["seconds"] + time.perf_counter() - t_epoch
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{a['n'] * dist.world / max(elapsed, 1e-9):.0f}")
+        if _stop_requested(stop, dist, device):
+            if dist.main:
+                save_checkpoint(r.path / "last.pt", r.payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch)))
+            _status(r.path, dist, "interrupted", epoch=epoch, step=step + 1)
+            raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
+                                      f"in {r.path / 'last.pt'}: run the same command with --resume")
+    if bar is not None:
+        bar.close()
+    return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches)  # one device sync per epoch
+
+
+def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: "_Log") -> None:
+    """Precise BN, validation, the scheduler's step, the log row and line, and the checkpoints."""
+    cfg, dist, task = r.cfg, r.dist, r.task
+    loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], r.device)
+    if cfg.precise_bn and not cfg.freeze_backbone:
+        recalibrate_bn(r.model, r.batch_input, r.train_pos, cfg, epoch, r.amp)
+    val = evaluate_split(r.model, r.images, r.val_pos, r.labels, cfg.eval_batch_size, dist, r.device, r.contract,
+                         r.mem_format, task)
+    r.sched.step(val["loss"])
+    fields_, shown = task.log(val)
+    row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
+           f"train_{task.agreement_name}": correct / n, "val_loss": val["loss"], **fields_}
+    if isinstance(task, ClassificationTask):
+        mix = np.bincount(r.y_train[seen], minlength=len(task.outputs)) / len(seen)
+        row.update({f"mix_{c}": float(m) for c, m in zip(task.outputs, mix)})
+        shown += " | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(task.outputs, mix))
+    row.update({"images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
+                "images_per_s": n / max(seconds / dist.world, 1e-9)})
+    r.history.append(row)
+    log.write(row)
+    if dist.main and cfg.progress:
+        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} {task.agreement_name} "
+              f"{correct / n:.3f} | val loss {val['loss']:.4f} {shown} | {row['images_per_s']:.0f} img/s", file=sys.stderr)
+    improved = val["loss"] < r.best
+    r.best = min(r.best, val["loss"])
+    if dist.main:
+        p = r.payload(epoch + 1, 0)
+        save_checkpoint(r.path / "last.pt", p)
+        if improved:
+            save_checkpoint(r.path / "best.pt", {**p, "optimizer": None, "scheduler": None,
+                                                 "val_metrics": {k: v for k, v in val.items() if k != "confusion"}})
 
 
 def _fold(a: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, t_epoch: float) -> dict:
@@ -584,20 +631,16 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
 
 
 def evaluate_split(model, images: torch.Tensor, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
-                   device, pre: dict, memory_format, task: Task) -> dict:
-    """Loss, accuracy, per-class sensitivity and PPV over ``positions``, each image counted exactly once
-    however many processes share the work (no padding duplicates), through the same ``predict_logits``
-    and ``classification_metrics`` as ``covidnet eval``. ``model`` is the plain module, not the DDP
-    wrapper: shards differ in length, and DDP's per-forward collectives would wait for each other."""
+                   device, contract: Contract, memory_format, task: Task) -> dict:
+    """The task's validation figures over ``positions``, each image counted exactly once however many
+    processes share the work (no padding duplicates), through the same ``predict_logits`` and metrics
+    as ``covidnet eval``. ``model`` is the plain module, not the DDP wrapper: shards differ in length,
+    and DDP's per-forward collectives would wait for each other."""
     mine = positions[dist.rank::dist.world]
-    logits = predict_logits(model, lambda pos: images[torch.from_numpy(pos).to(images.device)], mine, batch_size, pre,
-                            device, memory_format)
+    logits = predict_logits(model, lambda pos: images[torch.from_numpy(pos).to(images.device)], mine, batch_size,
+                            contract, device, memory_format)
     parts = dist.gather((mine, logits if len(mine) else torch.zeros(0, len(task.outputs))))
     pos = np.concatenate([p for p, _ in parts])
     logits = torch.cat([lg for _, lg in parts])
     y = labels[torch.from_numpy(pos).to(labels.device)].cpu().numpy()
-    if isinstance(task, ClassificationTask):
-        return classification_metrics(y, logits, task.outputs)
-    from .severity import validation_metrics
-
-    return validation_metrics(task, y, logits)
+    return task.validation(y, logits)

@@ -61,7 +61,7 @@ def test_phantom_build_writes_label_files_store_and_report(phantom_source, tmp_p
     report = build(tmp_path, f"cohen={phantom_source}", val_fraction=0.2, test_fraction=0.2)
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"train.txt", "val.txt", "test.txt", "records.csv", "report.json",
-                                                 "config.json", "images.npy", "index.csv"}
+                                                 "config.json", "contract.json", "images.npy", "index.csv"}
     store = open_store(out)
     assert store.images.shape == (report["n_images"], 64, 64) and store.images.dtype == np.uint8
     n_listed = 0

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-from covidnet.evaluate import (choose_operating_point, compute_metrics, expected_calibration_error, fit_temperature,
-                               point_metrics)
+from covidnet.metrics.calibration import choose_operating_point, expected_calibration_error, fit_temperature
+from covidnet.metrics.classification import compute_metrics, point_metrics
 
 CLASSES = ("normal", "pneumonia", "COVID-19")
 
@@ -32,8 +32,22 @@ def test_point_metrics_agree_with_scikit_learn():
         assert pc["ppv"] == pytest.approx(precision_score(y == c, pred == c))
         assert pc["f1"] == pytest.approx(f1_score(y == c, pred == c))
         assert pc["specificity"] == pytest.approx(recall_score(y != c, pred != c))
+        # NPV is the precision of "not this class": of the images called another class, the share that are
+        assert pc["npv"] == pytest.approx(precision_score(y != c, pred != c))
+        tn, fp, fn, tp = confusion_matrix(y == c, pred == c).ravel()
+        assert pc["npv"] == pytest.approx(tn / (tn + fn))
         assert pc["auc"] == pytest.approx(roc_auc_score(y == c, probs[:, c]))
     assert m["macro"]["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+
+
+def test_npv_known_answer_differs_from_specificity():
+    # COVID-19 (class 2): 4 true, 2 found; 6 others, 1 of them called COVID-19. Called "not COVID-19": 7 images,
+    # 5 truly not -> NPV 5/7; specificity 5/6 (the margin the reference's users mistake for NPV)
+    y = np.array([2, 2, 2, 2, 0, 0, 0, 1, 1, 1])
+    pred = np.array([2, 2, 0, 1, 0, 0, 2, 1, 1, 1])
+    probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    pc = point_metrics(y, probs, CLASSES)["per_class"]["COVID-19"]
+    assert pc["npv"] == pytest.approx(5 / 7) and pc["specificity"] == pytest.approx(5 / 6)
 
 
 def test_json_layout_and_cis_bracket_the_values():
@@ -43,7 +57,7 @@ def test_json_layout_and_cis_bracket_the_values():
     lo, hi = m["accuracy"]["ci95"]
     assert lo <= m["accuracy"]["value"] <= hi and hi - lo > 0
     for c in CLASSES:
-        assert set(m["per_class"][c]) == {"sensitivity", "ppv", "specificity", "f1", "auc"}
+        assert set(m["per_class"][c]) == {"sensitivity", "ppv", "npv", "specificity", "f1", "auc"}
         assert all(set(v) == {"value", "ci95"} for v in m["per_class"][c].values())
     assert m["confusion_matrix"]["labels"] == list(CLASSES)
     assert set(m["per_source"]) == {"a", "b"} and m["per_source"]["a"]["n"] == 45

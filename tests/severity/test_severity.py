@@ -12,7 +12,9 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_
 
 from covidnet.checkpoint import load_model, read_checkpoint
 from covidnet.errors import ConfigError
-from covidnet.severity import evaluate_task_checkpoint, risk_metrics, severity_metrics
+from covidnet.evaluate import evaluate_task_checkpoint
+from covidnet.metrics.ordinal import risk_metrics
+from covidnet.metrics.regression import severity_metrics
 from covidnet.tasks import RiskTask, SeverityTask, bin_names, parse_bins
 from covidnet.train import TrainConfig, train
 from phantomdata import make_dataset

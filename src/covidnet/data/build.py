@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..contract import Contract
 from ..errors import ConfigError, CovidnetError, UsageError
+from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, read_source
@@ -64,8 +66,8 @@ class SourceSpec:
 class BuildConfig:
     sources: list[SourceSpec]
     out: Path
-    size: int = 480
-    top_crop: float = 0.08
+    size: int = DEFAULT_SIZE  # side of the stored square images
+    top_crop: float = TOP_CROP  # share of rows cut from the top before the central square
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -85,6 +87,11 @@ class BuildConfig:
         d["severity"] = str(self.severity) if self.severity else None
         return d
 
+    @property
+    def contract(self) -> Contract:
+        """The preprocessing contract this build writes into its store."""
+        return Contract(stored_size=self.size, top_crop=self.top_crop)
+
 
 def parse_split_file_arg(text: str) -> tuple[str, Path]:
     """``[SPLIT=]FILE``; without SPLIT the file name says it (train_COVIDx3.txt -> train)."""
@@ -103,28 +110,31 @@ def parse_split_file_arg(text: str) -> tuple[str, Path]:
 _WORKER: dict = {}
 
 
-def _init_worker(store_path: str, size: int, top_crop: float) -> None:
+def _init_worker(store_path: str, contract: Contract) -> None:
     _WORKER["images"] = np.load(store_path, mmap_mode="r+")
-    _WORKER["size"], _WORKER["top_crop"] = size, top_crop
+    _WORKER["contract"] = contract
 
 
 def _process(task: tuple[int, str]) -> tuple[int, str | None, str | None, bytes | None]:
     """Read, hash and preprocess one image into row ``i`` of the store. Returns (i, error, file hash,
     perceptual hash)."""
-    import imagehash
-    from PIL import Image
-
-    from .preprocess import load_image
-
     i, path = task
     try:
-        img = load_image(path, _WORKER["size"], _WORKER["top_crop"])  # the one preprocessing path
+        img = _WORKER["contract"].load(path)  # the one preprocessing path
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # exact duplicates: identical files
     except CovidnetError as e:
         return i, str(e), None, None
-    bits = imagehash.phash(Image.fromarray(img), hash_size=PHASH_SIZE).hash.flatten()
     _WORKER["images"][i] = img
-    return i, None, digest, np.packbits(bits).tobytes()
+    return i, None, digest, perceptual_hash(img)
+
+
+def perceptual_hash(img: np.ndarray) -> bytes:
+    """The 256-bit perceptual hash (imagehash's DCT pHash) of a stored image, packed: what near
+    duplicates are found by, in the build and in the audit."""
+    import imagehash
+    from PIL import Image
+
+    return np.packbits(imagehash.phash(Image.fromarray(img), hash_size=PHASH_SIZE).hash.flatten()).tobytes()
 
 
 # --- grouping, dedup, split ---------------------------------------------------------------------------
@@ -280,6 +290,7 @@ def _check_config(cfg: BuildConfig) -> None:
         raise ConfigError(f"--size must be at least 32, not {cfg.size}")
     if not (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
         raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    cfg.contract  # a bad --top-crop fails here, before any work
     if cfg.paediatric not in ("exclude", "include"):
         raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
@@ -304,14 +315,14 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     tasks = [(slot[i], str(records[i].path)) for i in todo]
     results = []
     if workers == 1:
-        _init_worker(str(scratch), cfg.size, cfg.top_crop)
+        _init_worker(str(scratch), cfg.contract)
         iterator = map(_process, tasks)
         results = _consume(iterator, len(tasks), cfg.progress)
     else:
         # fork where the platform has it: workers start at once with the parent's imports; they run no
         # torch code, so forking a process that imported torch is safe here
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with get_context(method).Pool(workers, _init_worker, (str(scratch), cfg.size, cfg.top_crop)) as pool:
+        with get_context(method).Pool(workers, _init_worker, (str(scratch), cfg.contract)) as pool:
             results = _consume(pool.imap_unordered(_process, tasks, chunksize=8), len(tasks), cfg.progress)
     images_per_s = len(tasks) / max(time.perf_counter() - t_img, 1e-9)
     for k, error, digest, ph in results:
@@ -390,6 +401,7 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
     report["risk"] = risk
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    cfg.contract.write(tmp)  # what training reads back, and every checkpoint and export carries
     (tmp / "config.json").write_text(json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2))
     return report
 

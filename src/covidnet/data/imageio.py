@@ -19,6 +19,9 @@ from PIL import ExifTags, Image, ImageOps
 
 from covidnet.errors import ConfigError, ImageReadError, ImageTooLargeError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".dcm", ".dicom")  # what a folder of images is read for
+
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 

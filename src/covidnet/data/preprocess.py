@@ -1,8 +1,8 @@
-"""The one preprocessing path: every image the project sees goes file -> ``load_image`` -> model.
+"""The pixel half of the preprocessing contract (``covidnet.contract``): file -> ``load_image`` -> stored pixels.
 
-The dataset build, training, evaluation, prediction and the HTTP service all call ``load_image`` (or
-``preprocess`` on an array from ``covidnet.data.imageio``), so a model is never served images prepared
-differently from those it was trained on.
+The dataset build, prediction and the HTTP service reach these through ``Contract.load`` (or
+``Contract.pixels`` on an array from ``covidnet.data.imageio``) with the contract the build wrote, so a
+model is never served images prepared differently from those it was trained on.
 
 It is the reference COVID-Net's ``process_image_file``: drop the top 8 % of rows (where scanners burn
 in text and markers), take the central square, resize it to 480 x 480. The reference read with
@@ -30,7 +30,7 @@ MIN_SIZE = 16
 def preprocess(image: np.ndarray, size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP) -> np.ndarray:
     """A (size, size) uint8 image: the (H, W) uint8 ``image`` less its top ``top_crop`` of rows,
     centre-cropped to a square and resized."""
-    _check_options(size, top_crop)
+    check_options(size, top_crop)
     if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
         got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ConfigError(f"preprocess needs a 2-D uint8 greyscale array, not {got}")
@@ -71,11 +71,11 @@ def load_image_bytes(data: bytes, name: str = "<upload>", size: int = DEFAULT_SI
 def _min_side(size: int, top_crop: float) -> int:
     # Ask the reader for a short side big enough that the square left after the top crop is still
     # >= size, so a DCT-downscaled JPEG is never upsampled back to ``size``.
-    _check_options(size, top_crop)
+    check_options(size, top_crop)
     return math.ceil(size / (1.0 - top_crop))
 
 
-def _check_options(size: int, top_crop: float) -> None:
+def check_options(size: int, top_crop: float) -> None:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ConfigError(f"size must be an integer >= {MIN_SIZE}, not {size!r}")
     if isinstance(top_crop, bool) or not isinstance(top_crop, (int, float, np.floating, np.integer)):

@@ -39,7 +39,19 @@ class Record:
     @property
     def uid(self) -> str:
         """Patient id qualified by source (sources number their patients independently)."""
-        return f"{self.source}:{self.patient_id}"
+        return patient_uid(self.source, self.patient_id)
+
+
+def patient_uid(source: str, patient_id: str) -> str:
+    """A patient's identity across sources: ``source:patient`` (sources number their patients
+    independently). The unit of every split, bootstrap and grouped cross-validation."""
+    return f"{source}:{patient_id}"
+
+
+def positive_class(classes) -> str:
+    """The class a triage decision, an operating point and rebalancing are about: COVID-19, or
+    ``positive`` for binary labels."""
+    return "COVID-19" if "COVID-19" in classes else "positive"
 
 
 @dataclass

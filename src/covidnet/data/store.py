@@ -6,13 +6,15 @@ uint8 array (``images.npy``, memory-mapped on open), and an index table aligned 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..contract import Contract
 from ..errors import CovidnetError
-from .records import BINARY_CLASSES, CLASSES, Record, to_binary
+from .records import BINARY_CLASSES, CLASSES, Record, patient_uid, to_binary
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
@@ -39,6 +41,7 @@ class Store:
     root: Path
     images: np.ndarray  # (N, size, size) uint8, memory-mapped
     index: list[dict[str, str]]  # one dict per row, INDEX_COLUMNS
+    contract: Contract  # the preprocessing the build applied (its pixel half)
 
     @property
     def size(self) -> int:
@@ -55,11 +58,39 @@ class Store:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
         return np.array([CLASSES.index(self.index[i]["label"]) for i in rows], dtype=np.int64)
 
+    def names(self, rows: np.ndarray) -> list[str]:
+        return [self.index[i]["filename"] for i in rows]
+
+    def sources(self, rows: np.ndarray) -> list[str]:
+        return [self.index[i]["source"] for i in rows]
+
+    def patients(self, rows: np.ndarray | None = None) -> list[str]:
+        """Patient uids (``source:patient``) of ``rows``: the unit of the bootstrap and of grouped folds."""
+        rows = self.rows() if rows is None else rows
+        return [patient_uid(self.index[i]["source"], self.index[i]["patient_id"]) for i in rows]
+
     def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """A numeric column of ``rows`` as float64, NaN where it is empty (or absent: a dataset built
         before the column existed)."""
         rows = self.rows() if rows is None else rows
         return np.array([float(self.index[i].get(name) or "nan") for i in rows], dtype=np.float64)
+
+
+    def derive(self, folder: Path | str, splits: list[str]) -> "Store":
+        """A dataset in ``folder`` with these images (linked, not copied), this contract, and the split
+        column replaced by ``splits`` (one per row): how the audit and studies hold a source out."""
+        import os
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(Path(self.root).absolute() / IMAGES_FILE, folder / IMAGES_FILE)
+        with open(folder / INDEX_FILE, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
+            w.writeheader()
+            for r, split in zip(self.index, splits, strict=True):
+                w.writerow({**{k: r.get(k, "") for k in INDEX_COLUMNS}, "split": split})
+        self.contract.write(folder)
+        return open_store(folder)
 
 
 def open_store(root: Path | str) -> Store:
@@ -73,4 +104,19 @@ def open_store(root: Path | str) -> Store:
         index = list(csv.DictReader(f))
     if len(index) != len(images):
         raise CovidnetError(f"{root}: index.csv has {len(index)} rows but images.npy {len(images)}; the dataset is damaged")
-    return Store(root, images, index)
+    return Store(root, images, index, _read_contract(root, int(images.shape[-1])))
+
+
+def _read_contract(root: Path, stored: int) -> Contract:
+    """``contract.json``; a dataset built before it existed has its build options in ``config.json``."""
+    contract = Contract.read(root)
+    if contract is None:
+        config = root / "config.json"
+        if not config.is_file():
+            raise CovidnetError(f"{root}: neither contract.json nor config.json; rebuild it with `covidnet data build`")
+        build = json.loads(config.read_text())
+        contract = Contract(stored_size=int(build["size"]), top_crop=float(build["top_crop"]))
+    if contract.stored_size != stored:
+        raise CovidnetError(f"{root}: images.npy holds {stored}-px images but its contract says {contract.stored_size}; "
+                            "the dataset is damaged")
+    return contract

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import atomic_path
 from .records import CLASSES
 
 SHORTCUTS = ("marker", "offset")
@@ -740,14 +741,12 @@ def write_severity_file(phantom_dir: str | os.PathLike, path: str | os.PathLike,
         rows = [r for r in csv.DictReader(fh) if any(r["finding"] in FINDINGS[c] for c in labels)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["filename", "Geographic", "Opacity", "Sum", "Product", "patientid", "dataset"])
         for r in rows:
             g, o = int(r["phantom_geographic"]), int(r["phantom_opacity"])
             w.writerow([r["filename"], g, o, g + o, g * o, r["patientid"], "cohen"])
-    os.replace(tmp, path)
     return path
 
 

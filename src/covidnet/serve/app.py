@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import html
 import io
 import logging
 import re
@@ -43,13 +44,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import DISCLAIMER, __version__
 from ..errors import ConfigError, CovidnetError, ImageReadError, ImageTooLargeError
 from ..predict import Backend, decide, describe, open_backend, softmax, triage_rule
 from .batcher import DynamicBatcher
 
 log = logging.getLogger("covidnet.serve")
-DISCLAIMER = "Research tool, not a diagnosis: not for clinical use."
 
 
 @dataclass
@@ -159,55 +159,131 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
 # --- the app ----------------------------------------------------------------------------------------
 
 
-def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
-    cfg.validate()
-    _quiet_dicom_values()
-    backend = backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads)
-    meta, classes, pre = backend.meta, backend.meta["classes"], backend.meta["preprocess"]
-    if (meta.get("task") or "classification") != "classification":
-        raise ConfigError(f"covidnet serve takes classification models; this one is for {meta['task']}")
-    rule = triage_rule(meta, cfg.threshold, cfg.operating_point)
-    # On a CPU a batch of cxr3b at 480 px costs more per image than one image alone (the activations of a
-    # batch outgrow the caches): 8.0 requests/s unbatched against 4.9 batched on 2 cores, 16 clients
-    # (BENCHMARKS.md). On a GPU batching is what fills the device. Hence the device-dependent default.
-    max_batch = cfg.max_batch or (16 if backend.on_gpu else 1)
-    batcher = DynamicBatcher(backend.logits, max_batch, cfg.batch_wait_ms / 1000)
-    limit = int(cfg.max_upload_mb * 1024 * 1024)
-    state = {"in_flight": 0, "requests": 0, "started": time.time()}
+UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    **{t: {"schema": {"type": "string", "format": "binary"}} for t in
+       ("image/png", "image/jpeg", "image/webp", "application/dicom")}}}}
 
-    @asynccontextmanager
-    async def lifespan(app):
-        await batcher.start()
-        yield
-        await batcher.stop()
 
-    app = FastAPI(title="covidnet", version=__version__, lifespan=lifespan,
-                  description=f"COVID-Net chest X-ray triage service. {DISCLAIMER}")
-    if cfg.cors_origin:
-        from fastapi.middleware.cors import CORSMiddleware
+class Service:
+    """What the routes do: one model behind a dynamic batcher, the limits, the triage rule."""
 
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origin, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+    def __init__(self, cfg: ServeConfig, backend: Backend):
+        self.cfg, self.backend, self.meta = cfg, backend, backend.meta
+        if backend.task.name != "classification":
+            raise ConfigError(f"covidnet serve takes classification models; this one is for {backend.task.name}")
+        self.rule = triage_rule(self.meta, cfg.threshold, cfg.operating_point)
+        # On a CPU a batch of cxr3b at 480 px costs more per image than one image alone (the activations of a
+        # batch outgrow the caches): 8.0 requests/s unbatched against 4.9 batched on 2 cores, 16 clients
+        # (BENCHMARKS.md). On a GPU batching is what fills the device. Hence the device-dependent default.
+        self.max_batch = cfg.max_batch or (16 if backend.on_gpu else 1)
+        self.batcher = DynamicBatcher(backend.logits, self.max_batch, cfg.batch_wait_ms / 1000)
+        self.limit = int(cfg.max_upload_mb * 1024 * 1024)
+        self.state = {"in_flight": 0, "requests": 0, "started": time.time()}
 
-    def error(status: int, code: str, message: str, request_id: str | None, headers: dict | None = None):
-        body = {"error": {"status": status, "code": code, "message": message}, "request_id": request_id}
-        return JSONResponse(body, status_code=status, headers=headers)
+    async def authorised(self, request: Request) -> None:
+        if self.cfg.token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.cfg.token.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'",
+                           {"WWW-Authenticate": "Bearer"})
+
+    def health(self) -> dict:
+        return {"status": "ok", "model_id": self.backend.model_id, "in_flight": self.state["in_flight"],
+                "requests": self.state["requests"], "batches": dict(self.batcher.stats),
+                "uptime_s": round(time.time() - self.state["started"], 1)}
+
+    def model_info(self) -> dict:
+        cfg = self.cfg
+        return {**describe(self.backend), "triage_rule": self.rule, "disclaimer": DISCLAIMER,
+                "limits": {"max_upload_bytes": self.limit, "max_pixels": cfg.max_pixels, "max_batch": self.max_batch,
+                           "queue_size": cfg.queue_size, "timeout_s": cfg.timeout_s},
+                "cam": self.backend.kind == "torch", "token_required": cfg.token is not None}
+
+    async def predict(self, request: Request, cam: bool, preview: bool) -> dict:
+        if self.state["in_flight"] >= self.cfg.queue_size:
+            raise ApiError(503, "busy", f"{self.state['in_flight']} requests in flight (the limit); retry shortly",
+                           {"Retry-After": "1"})
+        self.state["in_flight"] += 1
+        self.state["requests"] += 1
+        try:
+            return await asyncio.wait_for(self._predict(request, cam, preview), self.cfg.timeout_s)
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {self.cfg.timeout_s:g} s") from None
+        finally:
+            self.state["in_flight"] -= 1
+
+    async def _predict(self, request: Request, cam: bool, preview: bool) -> dict:
+        t0 = time.perf_counter()
+        backend = self.backend
+        if cam and backend.kind != "torch":
+            raise ApiError(400, "cam_unavailable", "heat maps need the PyTorch checkpoint; this service runs an ONNX model")
+        body = await read_body(request, self.limit)
+        data, declared, filename = parse_upload(body, request.headers.get("content-type", ""), self.limit)
+        if not data:
+            raise ApiError(400, "empty_file", "the uploaded file is empty (0 bytes)")
+        kind = sniff(data, declared, filename)
+        if kind is None:
+            raise ApiError(415, "unsupported_media_type", "not a PNG, JPEG, WebP or DICOM image (by its content)")
+        if self.cfg.keep_uploads:
+            ext = {"jpeg": "jpg"}.get(kind, kind)
+            await run_in_threadpool((Path(self.cfg.keep_uploads) / f"{request.state.request_id}.{ext}").write_bytes, data)
+        image = await run_in_threadpool(self.decode, data, kind)
+        logits = await self.batcher.submit(image)
+        probs = softmax(logits[None], self.meta.get("temperature"))[0]
+        out = {**decide(probs, self.meta["classes"], self.rule), "model_id": backend.model_id,
+               "model_version": self.meta.get("version"), "covidnet_version": __version__, "runtime": backend.kind,
+               "request_id": request.state.request_id, "disclaimer": DISCLAIMER}
+        if cam:
+            heat = await self.batcher.call(backend.cam, image, int(np.argmax(probs)))
+            out["cam_png"] = await run_in_threadpool(_overlay_png, image, heat)
+        if preview:
+            out["image_png"] = await run_in_threadpool(_png, image)
+        out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        return out
+
+    def decode(self, data: bytes, kind: str) -> np.ndarray:
+        """An upload -> the model's stored pixels, through the model's contract."""
+        from ..data.imageio import frontal_problem
+
+        name = f"upload.{'dcm' if kind == 'dicom' else kind}"  # never the client's file name
+        try:
+            problem = frontal_problem(name, data)
+            if problem:
+                raise ApiError(422, "not_frontal", problem)
+            return self.backend.contract.load_bytes(data, name, self.cfg.max_pixels)
+        except ImageTooLargeError as e:
+            raise ApiError(413, "image_too_large", _safe_message(e, kind)) from None
+        except ImageReadError as e:
+            raise ApiError(422, "unreadable_image", _safe_message(e, kind)) from None
+
+
+def _error(status: int, code: str, message: str, request, headers: dict | None = None):
+    body = {"error": {"status": status, "code": code, "message": message},
+            "request_id": getattr(request.state, "request_id", None)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_errors(app: FastAPI) -> None:
+    """Every error as ``{"error": {status, code, message}, request_id}``; a request id on every response;
+    a log line of method, path, status and time only."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
-        return error(e.status, e.code, e.message, getattr(request.state, "request_id", None), e.headers)
+        return _error(e.status, e.code, e.message, request, e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return error(e.status_code, code, str(e.detail), getattr(request.state, "request_id", None))
+        return _error(e.status_code, code, str(e.detail), request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}",
-                     getattr(request.state, "request_id", None))
+        return _error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}", request)
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next):
@@ -220,95 +296,46 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
                  response.status_code, 1000 * (time.perf_counter() - t0))
         return response
 
-    async def authorised(request: Request):
-        if cfg.token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'",
-                           {"WWW-Authenticate": "Bearer"})
+
+def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
+    """The FastAPI app for ``cfg`` (for your own ASGI server); ``backend``: an opened model, else opened here."""
+    cfg.validate()
+    _quiet_dicom_values()
+    service = Service(cfg, backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="covidnet", version=__version__, lifespan=lifespan,
+                  description=f"COVID-Net chest X-ray triage service. {DISCLAIMER}")
+    if cfg.cors_origin:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origin, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    _install_errors(app)
+    auth = [Depends(service.authorised)]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse((files("covidnet.serve") / "index.html").read_text(encoding="utf-8"))
+        page = (files("covidnet.serve") / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page.replace("{{DISCLAIMER}}", html.escape(DISCLAIMER)))
 
     @app.get("/healthz", summary="liveness and load")
     async def healthz():
-        return {"status": "ok", "model_id": backend.model_id, "in_flight": state["in_flight"],
-                "requests": state["requests"], "batches": dict(batcher.stats),
-                "uptime_s": round(time.time() - state["started"], 1)}
+        return service.health()
 
-    @app.get("/v1/model", dependencies=[Depends(authorised)], summary="the model and its input contract")
+    @app.get("/v1/model", dependencies=auth, summary="the model and its input contract")
     async def model_info():
-        return {**describe(backend), "triage_rule": rule, "disclaimer": DISCLAIMER,
-                "limits": {"max_upload_bytes": limit, "max_pixels": cfg.max_pixels, "max_batch": max_batch,
-                           "queue_size": cfg.queue_size, "timeout_s": cfg.timeout_s},
-                "cam": backend.kind == "torch", "token_required": cfg.token is not None}
+        return service.model_info()
 
-    upload_schema = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
-        **{t: {"schema": {"type": "string", "format": "binary"}} for t in
-           ("image/png", "image/jpeg", "image/webp", "application/dicom")}}}}
-
-    @app.post("/v1/predict", dependencies=[Depends(authorised)], openapi_extra=upload_schema,
+    @app.post("/v1/predict", dependencies=auth, openapi_extra=UPLOAD_SCHEMA,
               summary="classify one chest X-ray (PNG, JPEG, WebP or DICOM)")
     async def predict(request: Request, cam: bool = False, preview: bool = False):
-        if state["in_flight"] >= cfg.queue_size:
-            raise ApiError(503, "busy", f"{state['in_flight']} requests in flight (the limit); retry shortly",
-                           {"Retry-After": "1"})
-        state["in_flight"] += 1
-        state["requests"] += 1
-        try:
-            return await asyncio.wait_for(_predict(request, cam, preview), cfg.timeout_s)
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {cfg.timeout_s:g} s") from None
-        finally:
-            state["in_flight"] -= 1
-
-    async def _predict(request: Request, cam: bool, preview: bool) -> dict:
-        t0 = time.perf_counter()
-        if cam and backend.kind != "torch":
-            raise ApiError(400, "cam_unavailable", "heat maps need the PyTorch checkpoint; this service runs an ONNX model")
-        body = await read_body(request, limit)
-        data, declared, filename = parse_upload(body, request.headers.get("content-type", ""), limit)
-        if not data:
-            raise ApiError(400, "empty_file", "the uploaded file is empty (0 bytes)")
-        kind = sniff(data, declared, filename)
-        if kind is None:
-            raise ApiError(415, "unsupported_media_type", "not a PNG, JPEG, WebP or DICOM image (by its content)")
-        if cfg.keep_uploads:
-            ext = {"jpeg": "jpg"}.get(kind, kind)
-            await run_in_threadpool((Path(cfg.keep_uploads) / f"{request.state.request_id}.{ext}").write_bytes, data)
-        image = await run_in_threadpool(_decode, data, kind)
-        logits = await batcher.submit(image)
-        probs = softmax(logits[None], meta.get("temperature"))[0]
-        out = {**decide(probs, classes, rule), "model_id": backend.model_id, "model_version": meta.get("version"),
-               "covidnet_version": __version__, "runtime": backend.kind, "request_id": request.state.request_id,
-               "disclaimer": DISCLAIMER}
-        if cam:
-            heat = await batcher.call(backend.cam, image, int(np.argmax(probs)))
-            out["cam_png"] = await run_in_threadpool(_overlay_png, image, heat)
-        if preview:
-            out["image_png"] = await run_in_threadpool(_png, image)
-        out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
-        return out
-
-    def _decode(data: bytes, kind: str) -> np.ndarray:
-        from ..data.imageio import frontal_problem
-        from ..data.preprocess import TOP_CROP, load_image_bytes
-
-        name = f"upload.{'dcm' if kind == 'dicom' else kind}"  # never the client's file name
-        try:
-            problem = frontal_problem(name, data)
-            if problem:
-                raise ApiError(422, "not_frontal", problem)
-            return load_image_bytes(data, name, pre["stored_size"], pre.get("top_crop", TOP_CROP), cfg.max_pixels)
-        except ImageTooLargeError as e:
-            raise ApiError(413, "image_too_large", _safe_message(e, kind)) from None
-        except ImageReadError as e:
-            raise ApiError(422, "unreadable_image", _safe_message(e, kind)) from None
+        return await service.predict(request, cam, preview)
 
     return app
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import SourceError
+from ..imageio import IMAGE_SUFFIXES
 from ..records import Exclusion, Record
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".dcm", ".dicom")
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""THE preprocessing contract: how a file becomes the pixels a dataset stores, and how stored pixels
+become a model's input. Written once, by ``covidnet data build``, into the store (``contract.json``);
+training reads it from the store and adds the model's half (input size, channels, normalisation);
+every checkpoint and ONNX export carries it; ``eval``, ``predict``, ``serve``, ``export`` and the
+audit read it back. No other module restates a value of it.
+
+Two halves, one object:
+
+* **pixels** (``stored_size``, ``top_crop``): file -> (stored_size, stored_size) uint8, the reference
+  COVID-Net's ``process_image_file`` (``covidnet.data.preprocess``);
+* **model input** (``size``, ``in_channels``, ``mean``, ``std``): stored uint8 -> the normalised float
+  tensor a network takes (``model_input``; inside the graph of an ONNX export).
+
+Options that later change preprocessing (lung fields, intensity standardisation) join here as fields,
+so they travel the same road. This module imports no torch at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .data.preprocess import DEFAULT_SIZE, TOP_CROP, check_options, load_image, load_image_bytes, preprocess
+from .errors import CovidnetError
+
+CONTRACT_FILE = "contract.json"  # in a built dataset's folder
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What every image goes through before a model sees it."""
+
+    stored_size: int = DEFAULT_SIZE  # side of the square uint8 images a build stores
+    top_crop: float = TOP_CROP  # share of rows cut from the top before the central square
+    size: int | None = None  # the model's input side (resized from stored_size); None: stored_size
+    in_channels: int = 1  # grey as stored (1) or repeated (3)
+    mean: tuple[float, ...] = (0.0,)  # per channel, on pixels scaled to [0, 1]
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        check_options(self.stored_size, self.top_crop)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    # --- the two halves -----------------------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        return int(self.size or self.stored_size)
+
+    def load(self, path) -> np.ndarray:
+        """A file -> its stored pixels, (stored_size, stored_size) uint8: what the build stores and what
+        predict and serve feed."""
+        return load_image(path, self.stored_size, self.top_crop)
+
+    def load_bytes(self, data: bytes, name: str = "<upload>", max_pixels: int | None = None) -> np.ndarray:
+        """As ``load``, for a file's bytes in memory (uploads); refuses images over ``max_pixels``."""
+        return load_image_bytes(data, name, self.stored_size, self.top_crop, max_pixels)
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        """A decoded (H, W) uint8 image -> its stored pixels."""
+        return preprocess(image, self.stored_size, self.top_crop)
+
+    def model_input(self, x, memory_format=None):
+        """Stored pixels as a float tensor in [0, 1], (B, 1, S, S) -> the network's input, (B,
+        in_channels, size, size), normalised."""
+        import torch
+        import torch.nn.functional as F
+
+        size = self.input_size
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.expand(-1, self.in_channels, -1, -1)
+        m = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.as_tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return ((x - m) / s).contiguous(memory_format=memory_format or torch.contiguous_format)
+
+    # --- from the store to the model ----------------------------------------------------------------
+
+    def for_model(self, size: int | None, in_channels: int, mean, std) -> "Contract":
+        """This store's contract with a model's half filled in (what training writes)."""
+        return replace(self, size=int(size or self.stored_size), in_channels=int(in_channels), mean=tuple(mean),
+                       std=tuple(std))
+
+    def check_store(self, store, where: str) -> None:
+        """A checkpoint's contract against a store it is asked to read: same stored pixels, or a clear error."""
+        theirs = store.contract
+        for name in ("stored_size", "top_crop"):
+            if getattr(theirs, name) != getattr(self, name):
+                raise CovidnetError(f"{where}: built with {name} {getattr(theirs, name)}, but the model was trained on "
+                                    f"a build with {name} {getattr(self, name)}; rebuild it with the model's settings")
+
+    # --- serialised ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(size=self.input_size, mean=list(self.mean), std=list(self.std))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Contract":
+        """From a checkpoint's, an export's or a store's dict. A checkpoint written before the contract
+        was a class has ``size, stored_size, in_channels, mean, std`` and no ``top_crop``: those builds
+        all used the reference's 0.08 (the only value that could reach a checkpoint then)."""
+        known = {f.name for f in fields(cls)}
+        args = {k: v for k, v in d.items() if k in known}
+        if "mean" in args:
+            args["mean"], args["std"] = tuple(args["mean"]), tuple(args["std"])
+        return cls(**args)
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / CONTRACT_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: Path) -> "Contract | None":
+        path = Path(folder) / CONTRACT_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise CovidnetError(f"{path}: not a readable preprocessing contract ({e})") from None
+
+
+def contract_of(meta: dict) -> Contract:
+    """The contract a checkpoint's or an export's metadata carries."""
+    return Contract.from_dict(meta["preprocess"])

@@ -1,0 +1,66 @@
+"""The bootstrap over patients: images of one patient are not independent, so resampling images
+would understate the uncertainty; each drawn patient brings all of its images."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+DASH = "—"
+
+
+def patient_bootstrap(flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int,
+                      seed: int) -> dict[str, dict]:
+    """``{key: {"value", "ci95"}}`` for every number ``flat_metrics(idx)`` returns: the value on all
+    rows, and the 2.5th and 97.5th percentiles over ``resamples`` bootstrap samples of **patients**
+    (each drawn patient brings all of its rows); NaN resamples are ignored, no CI when none is left."""
+    patients = np.asarray(patients)
+    flat = flat_metrics(np.arange(len(patients)))
+    boots = []
+    if resamples > 0 and len(patients):
+        rng = np.random.default_rng(seed)
+        uniq, inverse = np.unique(patients, return_inverse=True)
+        members = [np.flatnonzero(inverse == p) for p in range(len(uniq))]
+        for _ in range(resamples):
+            pick = rng.integers(0, len(uniq), len(uniq))
+            boots.append(flat_metrics(np.concatenate([members[p] for p in pick])))
+    out = {}
+    for key, value in flat.items():
+        vals = np.array([b[key] for b in boots], dtype=float) if boots else np.array([])
+        vals = vals[~np.isnan(vals)]
+        out[key] = {"value": value, "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+                    if len(vals) else None}
+    return out
+
+
+def bootstrap_info(resamples: int, seed: int) -> dict:
+    return {"resamples": resamples, "unit": "patient", "seed": seed}
+
+
+def finite(v) -> float | None:
+    """A finite float, or None for None/NaN/inf/anything not a number."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def format_value(v, digits: int = 3) -> str:
+    f = finite(v)
+    return DASH if f is None else f"{f:.{digits}f}"
+
+
+def format_ci(m, digits: int = 3) -> str:
+    """``0.912 (0.871–0.945)`` for ``{"value", "ci95"}``; the value alone without a CI; ``—`` without a
+    value. Every table (terminal, HTML) writes intervals this way."""
+    value, ci = (m.get("value"), m.get("ci95")) if isinstance(m, dict) else (m, None)
+    if finite(value) is None:
+        return DASH
+    lo, hi = (finite(ci[0]), finite(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    v = format_value(value, digits)
+    return v if lo is None or hi is None else f"{v} ({format_value(lo, digits)}–{format_value(hi, digits)})"
