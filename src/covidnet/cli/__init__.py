@@ -24,7 +24,9 @@ EXTRAS = {"torch": "torch", "torchvision": "torch", "sklearn": "torch", "monai":
           "uvicorn": "serve", "python_multipart": "serve", "multipart": "serve", "starlette": "serve"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command and its flags; with ``only``, every command but only that one's flags, so that
+    `covidnet models` imports neither torch (TrainConfig) nor fastapi (ServeConfig) to parse its own."""
     parser = argparse.ArgumentParser(
         prog="covidnet",
         description="COVID-Net for chest X-rays in PyTorch: a research tool, not a diagnostic device.",
@@ -32,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"covidnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub, flags=only in (None, name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first word that is not an option (before it, only --help and --version)
+    args = build_parser(only=next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
     try:
         return args.func(args)
     except CovidnetError as e:
