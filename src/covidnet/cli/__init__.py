@@ -41,7 +41,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the command is the first word that is not an option (before it, only --help and --version)
-    args = build_parser(only=next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
+    parser = build_parser(only=next((a for a in argv if not a.startswith("-")), ""))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):  # a command whose extra is missing takes any
+        parser.error("unrecognized arguments: " + " ".join(unknown))
     try:
         return args.func(args)
     except CovidnetError as e:

@@ -13,13 +13,12 @@ from pathlib import Path
 
 def config_class(p: argparse.ArgumentParser, module: str, name: str):
     """``covidnet.<module>.<name>``; None where that module needs an optional dependency that is not
-    installed: then ``p`` takes any arguments, and running the command raises the ModuleNotFoundError,
-    which ``main`` turns into one line naming the extra to install."""
+    installed: then ``main`` lets the command take any arguments, and running it raises the
+    ModuleNotFoundError, which ``main`` turns into one line naming the extra to install."""
     try:
         return getattr(importlib.import_module(f".{module}", "covidnet"), name)
     except ModuleNotFoundError as e:
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda args, e=e: _raise(e))
+        p.set_defaults(func=lambda args, e=e: _raise(e), any_arguments=True)
         return None
 
 
