@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .common import table
+from .flags import add_config_flags, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
@@ -28,57 +29,26 @@ def register(sub, flags: bool = True) -> None:
         _synth_flags(p)
 
 
-def _readers() -> list[str]:
-    from ..data.sources import READERS
-
-    return list(READERS)
-
-
 def _build_flags(p) -> None:
-    p.add_argument("--source", action="append", required=True, metavar="READER[:NAME]=PATH",
-                   help="a source folder in its own layout; READER is one of: " + ", ".join(_readers())
-                        + " (repeatable)")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--size", type=int, default=480, help="side of the stored square images (default 480)")
-    p.add_argument("--top-crop", type=float, default=0.08, help="fraction of rows removed at the top (default 0.08)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of each class in val (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of each class in test (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split (default 0)")
-    p.add_argument("--split-file", action="append", default=[], metavar="[SPLIT=]FILE",
-                   help="reproduce an official COVIDx split from its label file (repeatable; the split is read "
-                        "from the file name unless given)")
-    p.add_argument("--paediatric", choices=("exclude", "include"), default="exclude",
-                   help="children (age < 18, or a paediatric source such as kermany): exclude (default) or include")
-    p.add_argument("--workers", type=int, default=0, help="processes for the images (default: every core)")
-    p.add_argument("--strict", action="store_true", help="fail if any record is excluded for an error (not a filter), "
-                                                         "or any row of --severity is left out")
-    p.add_argument("--severity", metavar="FILE", help="join COVIDNet-S lung severity scores (filename, Geographic, "
-                                                      "Opacity; 0-8) to the images by file-name stem")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    from ..data.build import BuildConfig
+
+    add_config_flags(p, BuildConfig)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _synth_flags(p) -> None:
+    from ..data.synth import SynthConfig
+
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--n", type=int, default=120, help="number of images (default 120)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.add_argument("--shortcut", choices=("marker", "offset"), default=None,
-                   help="plant a shortcut on one hospital's COVID-19 images (for audit tests)")
+    add_config_flags(p, SynthConfig, defaults={"n": 120})  # the API's default is a smaller set, for tests
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_build(args) -> int:
     from ..data.build import BuildConfig, SourceSpec, build_dataset, parse_split_file_arg
 
-    cfg = BuildConfig(
-        sources=[SourceSpec.parse(s) for s in args.source], out=Path(args.out), size=args.size,
-        top_crop=args.top_crop, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        split_files=[parse_split_file_arg(s) for s in args.split_file], paediatric=args.paediatric,
-        workers=args.workers, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
-        severity=Path(args.severity) if args.severity else None,
-    )
+    cfg = config_from_args(BuildConfig, args, sources=[SourceSpec.parse(s) for s in args.sources],
+                           split_files=[parse_split_file_arg(s) for s in args.split_files])
     report = build_dataset(cfg)
     _warn_exclusions(report)
     if args.json:
@@ -136,7 +106,7 @@ def _warn_exclusions(report: dict, limit: int = 20) -> None:
 def run_synth(args) -> int:
     from ..data.synth import SynthConfig, write_phantom_dataset
 
-    cfg = SynthConfig(n=args.n, seed=args.seed, size=args.size, shortcut=args.shortcut)
+    cfg = config_from_args(SynthConfig, args)
     out = write_phantom_dataset(Path(args.out), cfg, progress=not args.quiet)
-    print(f"{args.n} phantom radiographs in {out} (cohen layout: build with --source cohen={out})")
+    print(f"{cfg.n} phantom radiographs in {out} (cohen layout: build with --source cohen={out})")
     return 0
