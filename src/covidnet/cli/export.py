@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .flags import add_config_flags, config_class, config_from_args
+
 
 def register(sub, flags: bool = True) -> None:
     p = sub.add_parser("export", help="write a checkpoint as an ONNX model (fp32 or int8) for ONNX Runtime",
@@ -15,24 +17,15 @@ def register(sub, flags: bool = True) -> None:
     p.set_defaults(func=run)
     if not flags:
         return
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, metavar="MODEL.onnx")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
-    p.add_argument("--int8", action="store_true", help="post-training int8 quantisation (needs --data); the fp32 "
-                                                       "model is kept as MODEL.fp32.onnx")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--data", metavar="DIR", help="the built dataset: parity on its validation images, int8 "
-                                                 "calibration on its training images (default parity: phantoms)")
-    p.add_argument("--calibration-images", type=int, default=64, metavar="N")
-    p.add_argument("--json", metavar="OUT", help="write what was checked as JSON")
-    p.add_argument("--quiet", action="store_true")
+    if cls := config_class(p, "export", "ExportConfig"):
+        add_config_flags(p, cls)
+        p.add_argument("--json", metavar="OUT", help="write what was checked as JSON")
 
 
 def run(args) -> int:
     from ..export import ExportConfig, export_model
 
-    r = export_model(ExportConfig(args.checkpoint, args.out, args.format, args.int8, args.opset, args.data,
-                                  args.calibration_images, args.quiet))
+    r = export_model(config_from_args(ExportConfig, args))
     f = r["fp32"]
     print(f"parity with PyTorch on {r['parity_inputs']}: max |Δp| {f['max_abs_prob_diff']:.2e} "
           f"(fp32, tolerance {f['tolerance']:g})")
