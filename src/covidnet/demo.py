@@ -11,20 +11,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import option
 from .errors import ConfigError
 
 
 @dataclass
 class DemoConfig:
-    out: str = "demo"
-    data: list[str] | None = None  # [READER=]PATH source folders; None: phantoms
-    n: int = 300
-    size: int = 96
-    epochs: int = 10
-    severity_epochs: int = 6  # phantoms only: fine-tune the classifier into a severity head for this many epochs
-    seed: int = 0
-    overwrite: bool = False
-    progress: bool = True
+    out: str = option("demo", "folder for everything (default ./demo)")
+    data: list[str] | None = option(None, "real source folder(s) instead of phantoms (READER defaults to cohen)",
+                                    metavar="[READER=]PATH")
+    n: int = option(300, "phantom images")
+    size: int = option(96, "stored image side")
+    epochs: int = option(10, "training epochs")
+    severity_epochs: int = option(6, "phantoms: epochs fine-tuning the classifier into a severity head "
+                                  "(default 6; 0 skips the step)")
+    seed: int = option(0, "seed of every random choice")
+    overwrite: bool = option(False, "replace an earlier demo in --out")
+    progress: bool = option(True, "no progress lines", flag="--quiet", negate=True)
 
 
 def _say(cfg: DemoConfig, msg: str) -> None:

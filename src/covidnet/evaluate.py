@@ -112,7 +112,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     for entry, name, patient in zip(metrics.get("predictions", ()), pred.names, pred.patients):
         entry.update(name=name, patient=patient)
     metrics.update({
-        "task": lm.task.name, "checkpoint": str(checkpoint), "arch": lm.meta["arch"],
+        "task": lm.task.name, "task_meta": lm.task.meta(), "checkpoint": str(checkpoint), "arch": lm.meta["arch"],
         "data": str(data) if data else None, "split": split if data else None,
         "labels": str(labels) if labels else None, "images": str(images) if images else None,
         "processed": len(pred.y), "failed_count": len(pred.failed), "failed": pred.failed, "version": __version__,

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import DISCLAIMER
 from .contract import Contract
+from .config import option
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
 from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
@@ -39,14 +40,16 @@ PARITY_IMAGES = 16
 
 @dataclass
 class ExportConfig:
-    checkpoint: str
-    out: str
-    format: str = "onnx"
-    int8: bool = False
-    opset: int | None = None  # default: the exporter's
-    data: str | None = None  # a built dataset: parity on its images, int8 calibration and accuracy
-    calibration_images: int = 64
-    quiet: bool = False
+    checkpoint: str = option(help="a checkpoint written by `covidnet train` (best.pt)")
+    out: str = option(help="the ONNX model to write", metavar="MODEL.onnx")
+    format: str = option("onnx", "model format", choices=("onnx",))
+    int8: bool = option(False, "post-training int8 quantisation (needs --data); the fp32 model is kept as "
+                        "MODEL.fp32.onnx")
+    opset: int | None = option(None, "ONNX opset (default: the exporter's)")
+    data: str | None = option(None, "the built dataset: parity on its validation images, int8 calibration on its "
+                              "training images (default parity: phantoms)", metavar="DIR")
+    calibration_images: int = option(64, "training images the int8 model is calibrated on", metavar="N")
+    quiet: bool = option(False, "no progress lines")
 
 
 def _wrapper(lm):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DISCLAIMER
-from .files import atomic_write, jsonable, write_json  # noqa: F401 (write_json: until cli imports it from files)
+from .files import atomic_write, jsonable, write_json
 from .metrics.bootstrap import DASH, finite, format_ci, format_value
 from .metrics.calibration import reliability_bins
 

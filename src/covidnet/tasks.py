@@ -166,6 +166,15 @@ class Task:
         "confidence"}``, worst first."""
         return []
 
+    def headline(self, metrics: dict) -> str | None:
+        """A line above the summary table, where the task has one."""
+        return None
+
+    @staticmethod
+    def line(result: dict) -> str:
+        """One prediction result as the terminal shows it (after the path)."""
+        raise NotImplementedError
+
 
 class ClassificationTask(Task):
     def __init__(self, classes: Sequence[str], weights=None):
@@ -211,10 +220,25 @@ class ClassificationTask(Task):
         return {**metrics, "temperature": meta.get("temperature"), "classes": list(self.outputs)}
 
     def results(self, out, meta, rule):
-        return [decide(p, self.outputs, rule) for p in self.probabilities(out, meta)]
+        return [{"task": self.name, **decide(p, self.outputs, rule)} for p in self.probabilities(out, meta)]
 
     def cam_outputs(self, result):
         return [(self.outputs.index(result["label"]), None)]
+
+    def headline(self, metrics):
+        t = metrics.get("temperature")
+        return (f"accuracy {format_ci(metrics['accuracy'])}   ECE {metrics['ece']:.3f}"
+                + (f"   temperature {t:.3f}" if t else ""))
+
+    @staticmethod
+    def line(result):
+        probs = " ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
+        tri = ""
+        if "triage" in result:
+            t = result["triage"]
+            tri = (f"  triage: {'FLAG' if t['flag'] else 'no flag'} ({t['class']} {t['probability']:.3f} "
+                   f"vs {t['threshold']:.3f})")
+        return f"{result['label']}  [{probs}]{tri}"
 
     def summary(self, metrics):
         from .metrics.classification import METRICS
@@ -288,6 +312,11 @@ class SeverityTask(Task):
 
     def cam_outputs(self, result):
         return list(enumerate(SCORES))
+
+    @staticmethod
+    def line(result):
+        top, s = result["scale"][1], result["scores"]
+        return f"geographic extent {s['geographic']:.1f}/{top:g}  opacity extent {s['opacity']:.1f}/{top:g}"
 
     def summary(self, metrics):
         from .metrics.regression import SEVERITY_METRICS
@@ -367,10 +396,21 @@ class RiskTask(Task):
     def cam_outputs(self, result):
         return [(max(result["bin_index"] - 1, 0), "risk")]  # the last bin edge it is predicted beyond
 
+    @staticmethod
+    def line(result):
+        probs = " ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
+        return f"days since onset {result['bin']}  [{probs}]"
+
     def summary(self, metrics):
         return ["", "value (95 % CI)"], [["accuracy", format_ci(metrics["accuracy"])],
                                          ["macro F1", format_ci(metrics["macro_f1"])],
                                          ["mean absolute bin error", format_ci(metrics["mean_abs_bin_error"])]]
+
+
+def result_line(result: dict) -> str:
+    """A prediction result (``predict_paths``) as one line of text, whatever its task."""
+    kind = {"severity": SeverityTask, "risk": RiskTask}.get(result.get("task"), ClassificationTask)
+    return kind.line(result)
 
 
 def task_from_meta(meta: dict) -> Task:

@@ -33,6 +33,7 @@ import torch
 from . import __version__
 from .augment import AugmentConfig, augment, sample_params
 from .checkpoint import read_checkpoint, save_checkpoint
+from .config import option
 from .data.records import BINARY_CLASSES, CLASSES
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
@@ -55,40 +56,47 @@ class TrainingInterrupted(CovidnetError):
 
 @dataclass
 class TrainConfig:
-    data: str  # a folder written by `covidnet data build`
-    out: str  # the run folder
-    arch: str = "covidnet-cxr3b"
-    epochs: int = 10
-    batch_size: int = 8  # per step, over all processes together
-    lr: float = 2e-5
-    scale_lr: bool = False  # linear rule: lr * batch_size / 8, for larger batches
-    weight_decay: float = 0.0
-    plateau_factor: float = 0.7
-    plateau_patience: int = 5
-    size: int = 0  # input side; 0: the dataset's stored size
-    in_channels: int = 1  # 1: grey as stored; 3: grey repeated (e.g. for ImageNet weights without adaptation)
-    binary: bool = False  # negative / positive instead of normal / pneumonia / COVID-19
-    covid_percent: float = 0.3  # share of every batch drawn from COVID-19; 0 turns rebalancing off
-    class_weights: str = "reference"  # "reference" (COVID-19 x4), "none", "balanced", or e.g. "1,1,4"
-    translate: float = 0.10
-    rotate: float = 10.0
-    hflip: float = 0.5
-    brightness: float = 0.10
-    zoom_min: float = 0.85
-    zoom_max: float = 1.15
-    init: str = "random"  # "random", "imagenet" (torchvision baselines) or a checkpoint path
-    seed: int = 0
-    device: str = "auto"  # auto: cuda if available, else cpu
-    amp: bool = True  # bf16 autocast on GPU (never on CPU)
-    channels_last: bool = True
-    compile: str = "auto"  # auto: on for GPU, off on CPU; "on" / "off"
-    eval_batch_size: int = 64
-    precise_bn: int = 512  # training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off
-    resume: bool = False
-    progress: bool = True
-    task: str = "classification"  # or "severity" (COVIDNet-S scores) or "risk" (COVID-RiskNet bins of days since onset)
-    freeze_backbone: bool = False  # train only the head (pooling, hidden layers, last layer) on frozen features
-    risk_bins: str = "3,5,10"  # --task risk: inner bin edges in days ([0-3), [3-5), [5-10), >=10)
+    data: str = option(help="a dataset folder written by `covidnet data build`")
+    out: str = option(help="run folder: config, log.csv, last.pt, best.pt, run.json")
+    arch: str = option("covidnet-cxr3b", "architecture (see `covidnet models`)")
+    epochs: int = option(10, "epochs")
+    batch_size: int = option(8, "images per step, over all processes together")
+    lr: float = option(2e-5, "Adam learning rate")
+    scale_lr: bool = option(False, "multiply --lr by batch-size/8 (linear rule for larger batches)")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    plateau_factor: float = option(0.7, "ReduceLROnPlateau factor on the validation loss")
+    plateau_patience: int = option(5, "ReduceLROnPlateau patience (epochs)")
+    size: int = option(0, "input side in px; 0: the dataset's stored size")
+    in_channels: int = option(1, "1 (grey) or 3 (grey repeated)")  # 3: e.g. ImageNet weights without adaptation
+    binary: bool = option(False, "negative/positive instead of normal/pneumonia/COVID-19")
+    covid_percent: float = option(0.3, "share of each batch drawn from COVID-19, in [0, 1); 0 turns rebalancing off")
+    class_weights: str = option("reference", "loss weights: reference (COVID-19 x4), none, balanced, or one number "
+                                "per class (e.g. 1,1,4)")
+    translate: float = option(0.10, "augmentation: max shift, fraction of the side")
+    rotate: float = option(10.0, "augmentation: max rotation, degrees")
+    hflip: float = option(0.5, "augmentation: horizontal flip probability")
+    brightness: float = option(0.10, "augmentation: max brightness change, fraction")
+    zoom_min: float = option(0.85, "augmentation: smallest zoom")
+    zoom_max: float = option(1.15, "augmentation: largest zoom")
+    init: str = option("random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier "
+                       "re-initialised)")
+    seed: int = option(0, "seed of every random choice")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
+    amp: bool = option(True, "bf16 autocast on GPU")  # never on CPU
+    channels_last: bool = option(True, "channels-last memory format")
+    compile: str = option("auto", "torch.compile: auto (GPU only), on, off")
+    eval_batch_size: int = option(64, "batch size for validation")
+    precise_bn: int = option(512, "training images (unaugmented) that recompute BatchNorm statistics before each "
+                             "validation; 0: off")
+    resume: bool = option(False, "continue the run in --out from its last.pt")
+    progress: bool = option(True, "progress bars and per-epoch lines")
+    task: str = option("classification", "classification; severity (COVIDNet-S geographic and opacity extent, "
+                       "0-8; needs a build with --severity); risk (COVID-RiskNet: COVID-19 images in bins of days "
+                       "since symptom onset)")
+    freeze_backbone: bool = option(False, "train only the head on the frozen features of --init (COVIDNet-S's "
+                                   "setting)")  # the head: pooling, hidden layers, last layer
+    risk_bins: str = option("3,5,10", "--task risk: inner bin edges in days, e.g. 3,5,10 for [0-3), [3-5), [5-10), "
+                            ">=10")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -27,11 +27,12 @@ import numpy as np
 
 from .. import __version__
 from ..contract import Contract
+from ..config import option
 from ..errors import ConfigError, CovidnetError, UsageError
 from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
-from .sources import COVIDX_SOURCE_ALIASES, read_source
+from .sources import COVIDX_SOURCE_ALIASES, READERS, read_source
 from .store import INDEX_FILE, IMAGES_FILE, write_index
 
 SPLITS = ("train", "val", "test")
@@ -64,20 +65,27 @@ class SourceSpec:
 
 @dataclass
 class BuildConfig:
-    sources: list[SourceSpec]
-    out: Path
-    size: int = DEFAULT_SIZE  # side of the stored square images
-    top_crop: float = TOP_CROP  # share of rows cut from the top before the central square
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    split_files: list[tuple[str, Path]] = field(default_factory=list)  # (split, COVIDx label file)
-    paediatric: str = "exclude"  # or "include"
-    workers: int = 0  # 0: every core
-    strict: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    severity: Path | None = None  # a COVIDNet-S severity file (filename, Geographic, Opacity, ...) to join
+    sources: list[SourceSpec] = option(help="a source folder in its own layout; READER is one of: "
+                                       + ", ".join(READERS) + " (repeatable)", flag="--source",
+                                       metavar="READER[:NAME]=PATH")
+    out: Path = option(help="output folder (must not exist or be empty)")
+    size: int = option(DEFAULT_SIZE, "side of the stored square images")
+    top_crop: float = option(TOP_CROP, "fraction of rows removed at the top")
+    val_fraction: float = option(0.1, "share of each class in val")
+    test_fraction: float = option(0.1, "share of each class in test")
+    seed: int = option(0, "seed of the patient-level split")
+    split_files: list[tuple[str, Path]] = option(  # (split, COVIDx label file)
+        help="reproduce an official COVIDx split from its label file (repeatable; the split is read from the file "
+             "name unless given)", default_factory=list, flag="--split-file", metavar="[SPLIT=]FILE")
+    paediatric: str = option("exclude", "children (age < 18, or a paediatric source such as kermany): exclude "
+                             "(default) or include", choices=("exclude", "include"))
+    workers: int = option(0, "processes for the images (default: every core)")
+    strict: bool = option(False, "fail if any record is excluded for an error (not a filter), or any row of "
+                          "--severity is left out")
+    overwrite: bool = option(False, "replace --out if it exists")
+    progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
+    severity: Path | None = option(None, "join COVIDNet-S lung severity scores (filename, Geographic, Opacity; 0-8) "
+                                   "to the images by file-name stem", metavar="FILE")
 
     def to_dict(self) -> dict:
         d = asdict(self)

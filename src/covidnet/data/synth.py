@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import option
 from ..errors import ConfigError
 from ..files import atomic_path
 from .records import CLASSES
@@ -89,14 +90,15 @@ CONSOLIDATED = 0.5  # ... and above which it is consolidation rather than ground
 class SynthConfig:
     """What ``write_phantom_dataset`` draws. The defaults make a small balanced demo dataset."""
 
-    n: int = 24  # images
-    seed: int = 0
-    size: int = 256  # image side, px
+    n: int = option(24, "number of images")
+    seed: int = option(0, "seed")
+    size: int = option(256, "image side in pixels")
     images_per_patient: tuple[int, int] = (1, 3)  # inclusive range; the later images are follow-ups
     class_mix: dict[str, float] = field(default_factory=lambda: {c: 1 / 3 for c in CLASSES})
     hospitals: int = 2  # "Phantom Hospital A", "Phantom Hospital B", ...
     ap_fraction: float = 0.25  # share of patients imaged AP (portable) instead of PA
-    shortcut: str | None = None  # None, "marker" or "offset"
+    shortcut: str | None = option(None, "plant a shortcut on one hospital's COVID-19 images (for audit tests)",
+                                  choices=("marker", "offset"))
     shortcut_label: str | None = "COVID-19"  # the shortcut is planted on this class (None: every class) ...
     shortcut_hospital: int = 0  # ... and only on images from this hospital
 

@@ -33,7 +33,7 @@ import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import DISCLAIMER, __version__
+from ..config import option
 from ..errors import ConfigError, CovidnetError, ImageReadError, ImageTooLargeError
 from ..predict import Backend, decide, describe, open_backend, softmax, triage_rule
 from .batcher import DynamicBatcher
@@ -54,23 +55,31 @@ log = logging.getLogger("covidnet.serve")
 
 @dataclass
 class ServeConfig:
-    checkpoint: str | None = None
-    onnx: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "auto"
-    token: str | None = None  # clients send "Authorization: Bearer TOKEN" to /v1/*
-    max_upload_mb: float = 32.0
-    max_pixels: int = 60_000_000  # a 7000 x 8500 radiograph; far above any chest X-ray detector
-    max_batch: int | None = None  # 1: dynamic batching off; None: 16 on a GPU, 1 on a CPU (see create_app)
-    batch_wait_ms: float = 2.0
-    queue_size: int = 64  # requests in flight; more get 503
-    timeout_s: float = 60.0
-    threshold: str | None = None  # triage rule, as for `covidnet predict`
-    operating_point: str | None = None
-    cors_origin: list[str] = field(default_factory=list)
-    keep_uploads: str | None = None  # a folder: write each upload there (named by request id); off by default
-    threads: int | None = None  # CPU threads of a forward pass (default: the runtime's, all cores)
+    checkpoint: str | None = option(None, "a PyTorch checkpoint (heat maps available)")
+    onnx: str | None = option(None, "a model written by `covidnet export` (no PyTorch needed)", metavar="MODEL")
+    host: str = option("127.0.0.1", "interface to listen on (default 127.0.0.1, this machine only)")
+    port: int = option(8000, "port to listen on")
+    device: str = option("auto", "auto, cpu, cuda")
+    # clients send "Authorization: Bearer TOKEN" to /v1/*
+    token: str | None = option(None, "require 'Authorization: Bearer TOKEN' on /v1/* (or set COVIDNET_TOKEN)")
+    max_upload_mb: float = option(32.0, "larger request bodies get 413")
+    # a 7000 x 8500 radiograph; far above any chest X-ray detector
+    max_pixels: int = option(60_000_000, "larger images get 413 before decoding (default 60 million)")
+    max_batch: int | None = option(None, "dynamic batching: up to this many waiting requests share a forward pass; "
+                                   "1 turns it off (default: 16 on a GPU, 1 on a CPU, where batches are slower per "
+                                   "image)")  # None: see create_app
+    batch_wait_ms: float = option(2.0, "how long a batch waits for more requests")
+    queue_size: int = option(64, "requests in flight before 503")
+    timeout_s: float = option(60.0, "per-request limit, 504 past it")
+    threshold: str | None = option(None, "triage rule, as for predict", metavar="CLASS=P")
+    operating_point: str | None = option(None, "triage by the checkpoint's stored operating point",
+                                         metavar="sensitivity=0.95")
+    cors_origin: list[str] = option(help="allow this browser origin (repeatable; CORS is off by default)",
+                                    default_factory=list, metavar="ORIGIN")
+    keep_uploads: str | None = option(None, "write each upload to DIR, named by request id (default: uploads are "
+                                      "never written to disk)", metavar="DIR")
+    threads: int | None = option(None, "CPU threads of a forward pass (default: all cores; fewer leaves cores to "
+                                 "decoding uploads)")
 
     def validate(self) -> ServeConfig:
         checks = [(self.max_upload_mb > 0, "--max-upload-mb must be > 0"), (self.max_pixels > 0, "--max-pixels must be > 0"),

@@ -1,0 +1,31 @@
+"""What several commands share: plain-text tables and the terminal summary of an evaluation."""
+
+from __future__ import annotations
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns under a header and a rule of dashes."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def print_evaluation(m: dict) -> None:
+    """An evaluation of any task: counts, the task's headline and summary table, the confusion matrix
+    where there is one, per-source lines where there are several sources."""
+    from ..metrics.bootstrap import format_ci
+    from ..tasks import task_from_meta
+
+    task = task_from_meta(m["task_meta"])
+    print(f"{m['task']}: {m['n']} images of {m['n_patients']} patients; 95 % CIs from {m['bootstrap']['resamples']} "
+          "bootstrap resamples of patients")
+    if task.headline(m):
+        print(task.headline(m))
+    print(table(*task.summary(m)))
+    if m.get("confusion_matrix"):
+        cm = m["confusion_matrix"]
+        print("confusion matrix (rows: truth, columns: prediction)")
+        print(table(["", *cm["labels"]], [[c, *map(str, row)] for c, row in zip(cm["labels"], cm["matrix"])]))
+    for source, sm in (m.get("per_source") or {}).items():
+        print(f"source {source}: {sm['n']} images, accuracy {format_ci(sm['accuracy'])}, "
+              + ", ".join(f"{c} sensitivity {format_ci(sm['per_class'][c]['sensitivity'])}" for c in sm["per_class"]))

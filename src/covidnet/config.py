@@ -1,0 +1,31 @@
+"""Configuration fields that carry their own command-line help.
+
+A command's configuration is a dataclass (``TrainConfig``, ``BuildConfig``, …), written next to every
+output so the result can be reproduced. Declaring a field with ``option`` makes it a flag of the command
+as well: ``covidnet.cli.flags`` adds one flag per such field (its type from the annotation, its help and
+default from here), so the flags map one-to-one onto the fields and their help cannot drift from them.
+A field declared the plain way is not a flag.
+
+Neither argparse nor torch is imported here, so every API module can declare its configuration with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *,
+           default_factory: Callable[[], Any] = dataclasses.MISSING, choices: Sequence | None = None,
+           metavar: str | None = None, flag: str | None = None, negate: bool = False) -> Any:
+    """A ``dataclasses.field`` that is also a command-line flag; its metadata holds the rest.
+
+    default, default_factory: as for ``dataclasses.field``; with neither, the flag is required.
+    help: what the flag does. The CLI adds " (default X)" unless the text speaks of its default itself,
+        or the default is None, or the field is a bool or a list.
+    choices: the only values the flag accepts. metavar: the value's name in the usage line.
+    flag: the flag, where it is not "--" and the field name with "-" for "_" (``--source`` for ``sources``).
+    negate: a bool field that the flag turns off (``--quiet`` for ``progress``), instead of ``--x/--no-x``.
+    """
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "negate": negate}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
