@@ -117,7 +117,7 @@ def cmd_data_build(args) -> int:
         top_crop=args.top_crop, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
         split_files=[parse_split_file_arg(s) for s in args.split_file], paediatric=args.paediatric,
         workers=args.workers, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
-        severity=Path(args.severity) if args.severity else None,
+        severity=Path(args.severity) if args.severity else None, cohen_rules=args.cohen_rules,
     )
     report = build_dataset(cfg)
     _warn_exclusions(report)
@@ -658,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "or any row of --severity is left out")
     p.add_argument("--severity", metavar="FILE", help="join COVIDNet-S lung severity scores (filename, Geographic, "
                                                       "Opacity; 0-8) to the images by file-name stem")
+    p.add_argument("--cohen-rules", choices=("ours", "reference"), default="ours",
+                   help="which cohen rows to keep: ours (default) or reference (lindawangg/COVID-Net's create_COVIDx "
+                        "selection; see docs/readers-vs-torchxrayvision.md)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -41,6 +41,7 @@ FILTER_REASONS = {
     "lateral view", "view not frontal or unknown", "not an X-ray", "unlabelled", "finding not in COVIDx classes",
     "not normal, no opacity (excluded as in COVIDx)", "paediatric", "exact duplicate", "near duplicate",
     "not in the official split files", "patient also in the official test split", "patient also in another official split",
+    "reaches COVIDx through another source",  # --cohen-rules reference
 }
 
 
@@ -76,6 +77,7 @@ class BuildConfig:
     overwrite: bool = False
     progress: bool = True
     severity: Path | None = None  # a COVIDNet-S severity file (filename, Geographic, Opacity, ...) to join
+    cohen_rules: str = "ours"  # or "reference": the cohen selection of lindawangg/COVID-Net's create_COVIDx
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -215,7 +217,8 @@ def build_dataset(cfg: BuildConfig) -> dict:
     exclusions: list[Exclusion] = []
     notes: list[str] = []
     for spec in cfg.sources:
-        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name)  # records.csv stays valid from anywhere
+        options = {"rules": cfg.cohen_rules} if spec.reader == "cohen" else {}
+        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name, **options)  # records.csv stays valid from anywhere
         records += data.records
         exclusions += data.exclusions
         notes += data.notes
