@@ -44,6 +44,7 @@ FILTER_REASONS = {
     "lateral view", "view not frontal or unknown", "not an X-ray", "unlabelled", "finding not in COVIDx classes",
     "not normal, no opacity (excluded as in COVIDx)", "paediatric", "exact duplicate", "near duplicate",
     "not in the official split files", "patient also in the official test split", "patient also in another official split",
+    "reaches COVIDx through another source",  # --cohen-rules reference
 }
 
 
@@ -86,6 +87,9 @@ class BuildConfig:
     progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
     severity: Path | None = option(None, "join COVIDNet-S lung severity scores (filename, Geographic, Opacity; 0-8) "
                                    "to the images by file-name stem", metavar="FILE")
+    cohen_rules: str = option("ours", "which cohen rows to keep: ours or reference (lindawangg/COVID-Net's "
+                              "create_COVIDx selection; see docs/readers-vs-torchxrayvision.md)",
+                              choices=("ours", "reference"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -233,7 +237,8 @@ def build_dataset(cfg: BuildConfig) -> dict:
     exclusions: list[Exclusion] = []
     notes: list[str] = []
     for spec in cfg.sources:
-        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name)  # records.csv stays valid from anywhere
+        options = {"rules": cfg.cohen_rules} if spec.reader == "cohen" else {}
+        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name, **options)  # records.csv stays valid from anywhere
         records += data.records
         exclusions += data.exclusions
         notes += data.notes

@@ -29,10 +29,10 @@ READERS: dict[str, Callable[..., SourceData]] = {
 COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "cohen": "cohen", "ricord": "ricord"}
 
 
-def read_source(reader: str, path: Path, name: str | None = None) -> SourceData:
+def read_source(reader: str, path: Path, name: str | None = None, **options) -> SourceData:
     if reader not in READERS:
         raise UsageError(f"unknown source reader {reader!r}; available: {', '.join(READERS)}")
-    return READERS[reader](Path(path), source=name or reader)
+    return READERS[reader](Path(path), source=name or reader, **options)  # options: the reader's own, e.g. cohen's rules
 
 
 __all__ = ["READERS", "SourceData", "map_finding", "read_source"]
