@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CovidnetError
-from .records import BINARY_CLASSES, CLASSES, Record, to_binary
+from .records import BINARY_CLASSES, CLASSES, NEGATIVE_ONLY, Record, to_binary
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
@@ -29,7 +29,7 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
         w = csv.writer(f)
         w.writerow(INDEX_COLUMNS)
         for n, (r, split) in enumerate(rows):
-            w.writerow([n, r.patient_id, r.path.name, r.label, to_binary(r.label), r.source, split, r.view or "",
+            w.writerow([n, r.patient_id, r.filename, r.label, to_binary(r.label), r.source, split, r.view or "",
                         _num(r.age), r.sex or "", _num(r.extra.get("geographic")), _num(r.extra.get("opacity")),
                         _num(r.extra.get("offset_days"))])
 
@@ -53,7 +53,11 @@ class Store:
         rows = self.rows() if rows is None else rows
         if binary:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
-        return np.array([CLASSES.index(self.index[i]["label"]) for i in rows], dtype=np.int64)
+        names = [self.index[i]["label"] for i in rows]
+        if NEGATIVE_ONLY in names:  # a binary release says negative, not whether normal or pneumonia
+            raise CovidnetError(f"{self.root}: {names.count(NEGATIVE_ONLY)} of these {len(names)} images are labelled only "
+                                f"{NEGATIVE_ONLY!r} (a binary COVIDx release); train or evaluate them with --binary")
+        return np.array([CLASSES.index(n) for n in names], dtype=np.int64)
 
     def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """A numeric column of ``rows`` as float64, NaN where it is empty (or absent: a dataset built
