@@ -117,7 +117,7 @@ def cmd_data_build(args) -> int:
         top_crop=args.top_crop, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
         split_files=[parse_split_file_arg(s) for s in args.split_file], paediatric=args.paediatric,
         workers=args.workers, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
-        severity=Path(args.severity) if args.severity else None,
+        severity=Path(args.severity) if args.severity else None, split=args.split,
     )
     report = build_dataset(cfg)
     _warn_exclusions(report)
@@ -651,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", action="append", default=[], metavar="[SPLIT=]FILE",
                    help="reproduce an official COVIDx split from its label file (repeatable; the split is read "
                         "from the file name unless given)")
+    p.add_argument("--split", choices=("official", "patient"), default="official",
+                   help="covidx sources: keep the release's own train/val/test split (official, default) or draw one "
+                        "by patient as for any other source (patient)")
     p.add_argument("--paediatric", choices=("exclude", "include"), default="exclude",
                    help="children (age < 18, or a paediatric source such as kermany): exclude (default) or include")
     p.add_argument("--workers", type=int, default=0, help="processes for the images (default: every core)")

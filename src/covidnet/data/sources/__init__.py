@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UsageError
-from . import agchung, cohen, folder, nih, ricord, rsna
-from ._common import SourceData, map_finding
+from . import agchung, cohen, covidx, folder, nih, ricord, rsna
+from ._common import SourceData, map_finding, official_key
 
 READERS: dict[str, Callable[..., SourceData]] = {
     "cohen": cohen.read,
@@ -23,6 +23,7 @@ READERS: dict[str, Callable[..., SourceData]] = {
     "ricord": ricord.read,
     "folder": folder.read,
     "kermany": folder.read_kermany,
+    "covidx": covidx.read,
 }
 
 # the names COVIDx label files write in their source column
@@ -35,4 +36,4 @@ def read_source(reader: str, path: Path, name: str | None = None) -> SourceData:
     return READERS[reader](Path(path), source=name or reader)
 
 
-__all__ = ["READERS", "SourceData", "map_finding", "read_source"]
+__all__ = ["COVIDX_SOURCE_ALIASES", "READERS", "SourceData", "map_finding", "official_key", "read_source"]
