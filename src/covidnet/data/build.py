@@ -200,6 +200,8 @@ def _read_split_files(split_files: list[tuple[str, Path]]) -> dict[str, list[dic
             parts = line.split()
             if not parts:
                 continue
+            if len(parts) > 4 and parts[-2] in (*LABELS, "positive"):  # COVIDx 7/8: 'COVID 70 COVID(70).png COVID-19 sirm'
+                parts = [" ".join(parts[:-3]), *parts[-3:]]
             if len(parts) < 3:
                 raise ConfigError(f"{path}:{n}: expected 'patientid filename label [source]', got {line!r}")
             rows[split].append({"patient_id": parts[0], "filename": parts[1], "label": parts[2],

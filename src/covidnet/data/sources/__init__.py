@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UsageError
-from . import agchung, cohen, covidx, folder, nih, ricord, rsna
+from . import agchung, bimcv, cohen, covidx, folder, nih, ricord, rsna, sirm, stonybrook
 from ._common import SourceData, map_finding, official_key
 
 READERS: dict[str, Callable[..., SourceData]] = {
@@ -24,10 +24,14 @@ READERS: dict[str, Callable[..., SourceData]] = {
     "folder": folder.read,
     "kermany": folder.read_kermany,
     "covidx": covidx.read,
+    "stonybrook": stonybrook.read,
+    "bimcv": bimcv.read,
+    "sirm": sirm.read,
 }
 
-# the names COVIDx label files write in their source column
-COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "cohen": "cohen", "ricord": "ricord"}
+# the names COVIDx label files write in their source column (train_COVIDx9A.txt also writes 'rnsa' for 199 RSNA rows)
+COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "rnsa": "rsna", "cohen": "cohen",
+                         "ricord": "ricord", "sirm": "sirm", "stonybrook": "stonybrook", "bimcv": "bimcv"}
 
 
 def read_source(reader: str, path: Path, name: str | None = None) -> SourceData:
