@@ -64,9 +64,10 @@ def write_sbu(root: Path, rows=SBU) -> dict[str, str]:
     for k, (pid, study, series, modality, view, desc, outcome) in enumerate(rows):
         d = root / "COVID-19-NY-SBU" / pid / study / series
         d.mkdir(parents=True)
-        ds = dicom(radiograph(k), PatientID=pid, Modality=modality, ViewPosition=view, SeriesDescription=desc,
-                   PatientAge="061Y", PatientSex="M", StudyInstanceUID=f"1.2.3.{k}")
-        save_dicom(d / "1-1.dcm", ds)
+        for n in range(1, 4 if modality == "CT" else 2):  # a CT series has many slices, a radiograph series one file
+            ds = dicom(radiograph(10 * k + n), PatientID=pid, Modality=modality, ViewPosition=view, SeriesDescription=desc,
+                       PatientAge="061Y", PatientSex="M", StudyInstanceUID=f"1.2.3.{k}")
+            save_dicom(d / f"1-{n}.dcm", ds)
         out[f"{pid}-{study}-{series}-1-1"] = outcome
     return out
 
@@ -79,8 +80,11 @@ def test_stonybrook_keeps_frontal_radiographs_with_header_patients_and_covidx_na
     assert {r.patient_id for r in data.records} == {"A100001", "A200002"}
     assert all(r.label == "COVID-19" and r.age == 61 and r.sex == "M" for r in data.records)
     assert all(r.filename.endswith("-1-1.dcm") and r.path.name == "1-1.dcm" for r in data.records)
-    got = {"-".join(Path(e.item).parts[-4:])[:-4]: e.reason for e in data.exclusions}
+    got = {"-".join(Path(e.item).parts[-4:])[:-4] if e.item.endswith(".dcm") else "-".join(Path(e.item).parts[-3:]) + "-1-1":
+           e.reason for e in data.exclusions}
     assert got == {s: o for s, o in want.items() if o != "frontal"}
+    ct = next(e for e in data.exclusions if e.reason == "not an X-ray")
+    assert Path(ct.item).name == "5.000000-AXIAL-99999" and "3 files" in ct.detail  # one item for the series
 
 
 def test_stonybrook_official_names_match_and_are_counted_per_source(tmp_path):
@@ -102,7 +106,7 @@ def test_stonybrook_official_names_match_and_are_counted_per_source(tmp_path):
 
 def test_stonybrook_tree_without_frontal_images_stops(tmp_path):
     write_sbu(tmp_path / "sbu", [r for r in SBU if r[-1] != "frontal"])
-    with pytest.raises(SourceError, match=r"no frontal CR/DX images among 5 DICOM file\(s\).*2 lateral view"):
+    with pytest.raises(SourceError, match=r"no frontal CR/DX images among 7 DICOM file\(s\).*2 lateral view"):
         read_source("stonybrook", tmp_path / "sbu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no DICOM files"):
