@@ -30,9 +30,9 @@ from ..contract import Contract
 from ..config import option
 from ..errors import ConfigError, CovidnetError, UsageError
 from .preprocess import DEFAULT_SIZE, TOP_CROP
-from .records import CLASSES, Exclusion, Record, to_binary
+from .records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
-from .sources import COVIDX_SOURCE_ALIASES, READERS, read_source
+from .sources import COVIDX_SOURCE_ALIASES, READERS, official_key, read_source
 from .store import INDEX_FILE, IMAGES_FILE, write_index
 
 SPLITS = ("train", "val", "test")
@@ -45,6 +45,9 @@ FILTER_REASONS = {
     "not normal, no opacity (excluded as in COVIDx)", "paediatric", "exact duplicate", "near duplicate",
     "not in the official split files", "patient also in the official test split", "patient also in another official split",
     "reaches COVIDx through another source",  # --cohen-rules reference
+    # how the covidx, sirm and bimcv readers handle what a release or a sheet holds (see their docstrings)
+    "negative label in a three-class file", "duplicate line", "image listed twice", "image in two official splits",
+    "image not in the label files", "not from SIRM", "not a chest radiograph",
 }
 
 
@@ -90,6 +93,8 @@ class BuildConfig:
     cohen_rules: str = option("ours", "which cohen rows to keep: ours or reference (lindawangg/COVID-Net's "
                               "create_COVIDx selection; see docs/readers-vs-torchxrayvision.md)",
                               choices=("ours", "reference"))
+    split: str = option("official", "covidx sources: keep the release's own train/val/test split (official) or "
+                        "draw one by patient as for any other source (patient)", choices=("official", "patient"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -191,6 +196,7 @@ def _stratified_split(groups: dict[int, list[int]], labels: list[str], cfg: Buil
     as COVID-19)."""
     rng = np.random.default_rng(cfg.seed)
     rank = {c: k for k, c in enumerate(reversed(CLASSES))}  # COVID-19 first: the rarest class decides
+    rank[NEGATIVE_ONLY] = len(rank)  # a binary release's negative: after every class
     by_label: dict[str, list[int]] = defaultdict(list)
     for g, members in sorted(groups.items()):
         by_label[min((labels[m] for m in members), key=rank.get)].append(g)
@@ -217,6 +223,8 @@ def _read_split_files(split_files: list[tuple[str, Path]]) -> dict[str, list[dic
             parts = line.split()
             if not parts:
                 continue
+            if len(parts) > 4 and parts[-2] in (*LABELS, "positive"):  # COVIDx 7/8: 'COVID 70 COVID(70).png COVID-19 sirm'
+                parts = [" ".join(parts[:-3]), *parts[-3:]]
             if len(parts) < 3:
                 raise ConfigError(f"{path}:{n}: expected 'patientid filename label [source]', got {line!r}")
             rows[split].append({"patient_id": parts[0], "filename": parts[1], "label": parts[2],
@@ -236,12 +244,14 @@ def build_dataset(cfg: BuildConfig) -> dict:
     records: list[Record] = []
     exclusions: list[Exclusion] = []
     notes: list[str] = []
+    anomalies: list[Exclusion] = []
     for spec in cfg.sources:
         options = {"rules": cfg.cohen_rules} if spec.reader == "cohen" else {}
         data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name, **options)  # records.csv stays valid from anywhere
         records += data.records
         exclusions += data.exclusions
         notes += data.notes
+        anomalies += data.anomalies
     severity = None
     if cfg.severity:  # before any image work: a bad severity file under --strict stops the build at once
         severity, rejected = join_severity(Path(cfg.severity), records, {s.name: s.reader for s in cfg.sources})
@@ -271,6 +281,8 @@ def build_dataset(cfg: BuildConfig) -> dict:
     for pid, idx in by_pid.items():
         srcs = {records[i].source for i in idx}
         labels = {records[i].label for i in idx}
+        if NEGATIVE_ONLY in labels:  # a binary release's negative agrees with normal and with pneumonia
+            labels = {to_binary(x) for x in labels}
         if len(srcs) > 1 and len(labels) > 1:
             for i in idx:
                 drop(i, "patient in two sources with different labels",
@@ -280,7 +292,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
     out = cfg.out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity)
+        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies)
         if out.exists():
             shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
         umask = os.umask(0)
@@ -306,6 +318,8 @@ def _check_config(cfg: BuildConfig) -> None:
     cfg.contract  # a bad --top-crop fails here, before any work
     if cfg.paediatric not in ("exclude", "include"):
         raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
+    if cfg.split not in ("official", "patient"):
+        raise ConfigError(f"--split must be official or patient, not {cfg.split!r}")
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +329,7 @@ def _reasons(section: dict) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in section["excluded"]["by_reason"].items())
 
 
-def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity) -> dict:
+def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies) -> dict:
     todo = [i for i in range(len(records)) if alive[i]]
     scratch = tmp / "scratch.npy"
     buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(todo), 1), cfg.size, cfg.size))
@@ -408,11 +422,13 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
             for i in order:
                 if split_of[i] == split:
                     r = records[i]
-                    f.write(f"{r.patient_id} {r.path.name} {r.label} {r.source}\n")
+                    f.write(f"{r.patient_id} {r.filename} {r.label} {r.source}\n")
     _write_records_table(tmp / "records.csv", records, alive, split_of, exclusions)
     report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
     report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
     report["risk"] = risk
+    report["anomalies"] = {"count": len(anomalies), "by_reason": dict(Counter(a.reason for a in anomalies)),
+                           "items": [asdict(a) for a in anomalies]}  # kept, though the source gets them wrong
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     cfg.contract.write(tmp)  # what training reads back, and every checkpoint and export carries
     (tmp / "config.json").write_text(json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2))
@@ -444,20 +460,27 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
         groups[uf.find(i)].append(i)
     labels = [r.label for r in records]
     official: dict = {}
-    if not cfg.split_files:
+    # a released COVIDx folder names its own split (the covidx reader puts it on each record)
+    own = {i: records[i].extra["official_split"] for i in kept
+           if cfg.split == "official" and records[i].extra.get("official_split") in SPLITS}
+    if not cfg.split_files and not own:
         by_group = _stratified_split(groups, labels, cfg)
         return {i: by_group[uf.find(i)] for i in kept}, official
 
-    listed = _read_split_files(cfg.split_files)
+    listed = _read_split_files(cfg.split_files) if cfg.split_files else {}
     by_stem: dict[str, list[int]] = defaultdict(list)
+    by_key: dict[str, list[int]] = defaultdict(list)  # names that differ only as official_key says
     for i in kept:
         by_stem[records[i].stem].append(i)
+        by_key[official_key(records[i].stem)].append(i)
     named: dict[int, str] = {}
     missing: list[dict] = []
     disagree: list[str] = []
+    loose = 0
     for split in ("test", "val", "train"):  # test first: a conflict never moves an image out of test
         for row in listed.get(split, []):
-            hits = by_stem.get(Path(row["filename"]).stem, [])
+            hits = by_stem.get(Path(row["filename"]).stem) or by_key.get(official_key(row["filename"]), [])
+            loose += bool(hits) and Path(row["filename"]).stem not in by_stem
             src = COVIDX_SOURCE_ALIASES.get(row["source"], row["source"])
             if len(hits) > 1 and src:
                 hits = [i for i in hits if records[i].source == src] or hits
@@ -468,6 +491,9 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
                 ours = records[i].label if row["label"] in CLASSES else to_binary(records[i].label)
                 if ours != row["label"]:
                     disagree.append(f"{row['file']}:{row['line']}: {row['filename']} is {row['label']} there, {ours} here")
+    for i, split in own.items():  # the release's own split, test first as well
+        if i not in named or SPLITS.index(split) > SPLITS.index(named[i]):
+            named[i] = split
     # a group goes where its listed images say; a group listed in two splits follows test, then val
     group_split: dict[int, str] = {}
     for i, split in named.items():
@@ -476,31 +502,50 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
         if prev is None or SPLITS.index(split) > SPLITS.index(prev):
             group_split[g] = split
     split_of = {}
+    leaked = []
     for i in kept:
         g = uf.find(i)
-        if i not in named:
-            drop(i, "not in the official split files", "its image is named in none of --split-file")
-        elif named[i] != group_split[g]:
+        if i in named and named[i] != group_split[g]:
             drop(i, "patient also in the official test split" if group_split[g] == "test" else "patient also in another official split",
                  f"listed in {named[i]}, but its patient is in {group_split[g]}: kept out so no patient crosses splits")
-        else:
+            leaked.append(i)
+        elif i in named or (g in group_split and not cfg.split_files):  # unlisted: follows its patient's split
             split_of[i] = group_split[g]
+        elif cfg.split_files:
+            drop(i, "not in the official split files", "its image is named in none of --split-file")
     # the official lists have no validation split: carve one from train by patient
-    if cfg.val_fraction and not listed.get("val"):
-        train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items()}
+    val_given = bool(listed.get("val")) or "val" in own.values()
+    if cfg.val_fraction and not val_given:
+        train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items() if g in group_split}
         train_groups = {g: m for g, m in train_groups.items() if m}
         sub = BuildConfig(sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed)
         for g, split in _stratified_split(train_groups, labels, sub).items():
             for i in train_groups[g]:
                 split_of[i] = split
+    # the other sources' patients (no list names them): drawn by patient as without official lists
+    free = {g: m for g, m in groups.items() if g not in group_split}
+    if free and not cfg.split_files:
+        by_group = _stratified_split(free, labels, cfg)
+        for g, m in free.items():
+            for i in m:
+                split_of[i] = by_group[g]
+    by_source: dict[str, Counter] = defaultdict(Counter)
+    for i, split in named.items():
+        by_source[records[i].source][split] += 1
+    release_files = sorted({records[i].extra["label_file"].rsplit(":", 1)[0] for i in own if records[i].extra.get("label_file")})
     official = {
         "files": [[s, str(p)] for s, p in cfg.split_files],
+        "release_label_files": release_files,  # a covidx source's own train/val/test.txt
         "rows": {s: len(v) for s, v in listed.items()},
         "matched": {s: sum(1 for i, sp in named.items() if sp == s) for s in SPLITS},
+        "matched_by_source": {src: {s: c[s] for s in SPLITS} for src, c in sorted(by_source.items())},
+        "matched_by_normalised_name": loose,  # rows matched only by official_key ('COVID(63)' = 'COVID-63')
         "missing_count": len(missing),
         "missing_by_source": dict(Counter(m["source"] or "(none)" for m in missing)),
         "missing": [f"{m['file']}:{m['line']}: {m['filename']}" for m in missing],
         "label_disagreements": disagree,  # the official list's label differs from what the source says
+        "leakage": {"patients": len({records[i].uid for i in leaked}), "images_left_out": len(leaked)},
+        "val": "from the official lists" if val_given else ("carved from train by patient" if cfg.val_fraction else "none"),
     }
     return split_of, official
 
@@ -532,13 +577,14 @@ def _write_records_table(path: Path, records, alive, split_of, exclusions) -> No
         w.writerow(["patient_id", "filename", "path", "label", "source", "view", "age", "sex", "split", "excluded_reason", "excluded_detail"])
         for i, r in enumerate(records):
             e = reason.get(str(r.path)) if not alive[i] else None
-            w.writerow([r.patient_id, r.path.name, str(r.path), r.label, r.source, r.view or "",
+            w.writerow([r.patient_id, r.filename, str(r.path), r.label, r.source, r.view or "",
                         "" if r.age is None else f"{r.age:g}", r.sex or "", split_of.get(i, "") if alive[i] else "",
                         e.reason if e else "", e.detail if e else ""])
 
 
 def _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0) -> dict:
-    counts: dict = {s: {c: {} for c in CLASSES} for s in SPLITS}
+    labels = LABELS if any(records[i].label == NEGATIVE_ONLY for i in order) else CLASSES
+    counts: dict = {s: {c: {} for c in labels} for s in SPLITS}
     for i in order:
         r = records[i]
         cell = counts[split_of[i]][r.label]

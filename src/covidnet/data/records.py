@@ -11,12 +11,17 @@ from pathlib import Path
 
 CLASSES = ("normal", "pneumonia", "COVID-19")  # COVIDx's names and order, everywhere
 BINARY_CLASSES = ("negative", "positive")
+# A record's label: one of CLASSES, or "negative" where a binary COVIDx release (positive/negative) says only
+# that (normal or pneumonia, it does not say which). Such records serve binary training only; a positive
+# one is COVID-19, as in COVIDx, where every COVID-19 image is positive and every positive one COVID-19.
+NEGATIVE_ONLY = "negative"
+LABELS = (*CLASSES, NEGATIVE_ONLY)
 
 
 def to_binary(label: str) -> str:
-    """COVIDx's binary variant: COVID-19 is positive, normal and pneumonia are negative."""
-    if label not in CLASSES:
-        raise ValueError(f"unknown label {label!r}; expected one of {', '.join(CLASSES)}")
+    """COVIDx's binary variant: COVID-19 is positive, normal and pneumonia (and a binary-only negative) are negative."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
     return "positive" if label == "COVID-19" else "negative"
 
 
@@ -24,17 +29,24 @@ def to_binary(label: str) -> str:
 class Record:
     patient_id: str  # unique within its source; ``uid`` makes it unique across sources
     path: Path  # the image file (PNG, JPEG, WebP or DICOM)
-    label: str  # one of CLASSES
+    label: str  # one of CLASSES, or NEGATIVE_ONLY (a binary release's negative)
     source: str  # the source's name, e.g. "cohen"
     view: str | None = None  # as the source writes it: PA, AP, AP Supine, ...
     age: float | None = None  # years
     sex: str | None = None  # "M" / "F"
     extra: dict = field(default_factory=dict)  # anything else the source has (finding, date, location, …)
+    name: str | None = None  # the image's name as COVIDx writes it, where the file's own name does not say it
+    #                          (a TCIA tree's .../1-1.dcm); None: path.name
+
+    @property
+    def filename(self) -> str:
+        """The image's name in label files and the index: ``name``, else the file's own name."""
+        return self.name or self.path.name
 
     @property
     def stem(self) -> str:
         """The file name without extension: how official COVIDx lists are matched to images."""
-        return self.path.stem
+        return Path(self.filename).stem
 
     @property
     def uid(self) -> str:

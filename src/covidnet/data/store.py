@@ -14,7 +14,7 @@ import numpy as np
 
 from ..contract import Contract
 from ..errors import CovidnetError
-from .records import BINARY_CLASSES, CLASSES, Record, patient_uid, to_binary
+from .records import BINARY_CLASSES, CLASSES, NEGATIVE_ONLY, Record, patient_uid, to_binary
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
@@ -31,7 +31,7 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
         w = csv.writer(f)
         w.writerow(INDEX_COLUMNS)
         for n, (r, split) in enumerate(rows):
-            w.writerow([n, r.patient_id, r.path.name, r.label, to_binary(r.label), r.source, split, r.view or "",
+            w.writerow([n, r.patient_id, r.filename, r.label, to_binary(r.label), r.source, split, r.view or "",
                         _num(r.age), r.sex or "", _num(r.extra.get("geographic")), _num(r.extra.get("opacity")),
                         _num(r.extra.get("offset_days"))])
 
@@ -56,7 +56,11 @@ class Store:
         rows = self.rows() if rows is None else rows
         if binary:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
-        return np.array([CLASSES.index(self.index[i]["label"]) for i in rows], dtype=np.int64)
+        names = [self.index[i]["label"] for i in rows]
+        if NEGATIVE_ONLY in names:  # a binary release says negative, not whether normal or pneumonia
+            raise CovidnetError(f"{self.root}: {names.count(NEGATIVE_ONLY)} of these {len(names)} images are labelled only "
+                                f"{NEGATIVE_ONLY!r} (a binary COVIDx release); train or evaluate them with --binary")
+        return np.array([CLASSES.index(n) for n in names], dtype=np.int64)
 
     def names(self, rows: np.ndarray) -> list[str]:
         return [self.index[i]["filename"] for i in rows]

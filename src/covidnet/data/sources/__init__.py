@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UsageError
-from . import agchung, cohen, folder, nih, ricord, rsna
-from ._common import SourceData, map_finding
+from . import agchung, bimcv, cohen, covidx, folder, nih, ricord, rsna, sirm, stonybrook
+from ._common import SourceData, map_finding, official_key
 
 READERS: dict[str, Callable[..., SourceData]] = {
     "cohen": cohen.read,
@@ -23,10 +23,15 @@ READERS: dict[str, Callable[..., SourceData]] = {
     "ricord": ricord.read,
     "folder": folder.read,
     "kermany": folder.read_kermany,
+    "covidx": covidx.read,
+    "stonybrook": stonybrook.read,
+    "bimcv": bimcv.read,
+    "sirm": sirm.read,
 }
 
-# the names COVIDx label files write in their source column
-COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "cohen": "cohen", "ricord": "ricord"}
+# the names COVIDx label files write in their source column (train_COVIDx9A.txt also writes 'rnsa' for 199 RSNA rows)
+COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "rnsa": "rsna", "cohen": "cohen",
+                         "ricord": "ricord", "sirm": "sirm", "stonybrook": "stonybrook", "bimcv": "bimcv"}
 
 
 def read_source(reader: str, path: Path, name: str | None = None, **options) -> SourceData:
@@ -35,4 +40,4 @@ def read_source(reader: str, path: Path, name: str | None = None, **options) -> 
     return READERS[reader](Path(path), source=name or reader, **options)  # options: the reader's own, e.g. cohen's rules
 
 
-__all__ = ["READERS", "SourceData", "map_finding", "read_source"]
+__all__ = ["COVIDX_SOURCE_ALIASES", "READERS", "SourceData", "map_finding", "official_key", "read_source"]

@@ -1,13 +1,15 @@
-"""What the source readers share: opening a metadata table, finding an image by name, parsing ages,
-mapping findings, and the result type."""
+"""What the source readers share: opening a metadata table (CSV, or an Excel sheet), finding an image by
+name, telling frontal from lateral views, parsing ages, mapping findings, and the result type."""
 
 from __future__ import annotations
 
 import csv
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 from ...errors import SourceError
 from ..imageio import IMAGE_SUFFIXES
@@ -22,9 +24,15 @@ class SourceData:
     records: list[Record] = field(default_factory=list)
     exclusions: list[Exclusion] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # caveats about the source as a whole, for the report
+    # items kept although the source gets them wrong in a known way (a name that differs from the file on
+    # disk, a binary label in a three-class list, a patient in two official splits), each with what was done
+    anomalies: list[Exclusion] = field(default_factory=list)
 
     def exclude(self, source: str, item: str, reason: str, detail: str = "") -> None:
         self.exclusions.append(Exclusion(source, item, reason, detail))
+
+    def anomaly(self, source: str, item: str, reason: str, detail: str = "") -> None:
+        self.anomalies.append(Exclusion(source, item, reason, detail))
 
 
 def require_dir(root: Path, source: str) -> Path:
@@ -58,6 +66,7 @@ class ImageIndex:
     def __init__(self, folder: Path):
         self.by_name: dict[str, Path] = {}
         self.by_stem: dict[str, Path] = {}
+        self._by_key: dict[str, Path] | None = None  # by official_key, built on first use
         if folder.is_dir():
             with os.scandir(folder) as entries:
                 names = sorted(e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
@@ -68,6 +77,111 @@ class ImageIndex:
 
     def find(self, name: str) -> Path | None:
         return self.by_name.get(name) or self.by_stem.get(Path(name).stem)
+
+    def find_loose(self, name: str) -> tuple[Path | None, str]:
+        """As ``find``, and failing that by ``official_key``; with how it matched: "name", "stem" (another
+        extension), "key" (e.g. 'COVID(63).png' listed, 'COVID-63.png' on disk) or "" (not found)."""
+        if name in self.by_name:
+            return self.by_name[name], "name"
+        if Path(name).stem in self.by_stem:
+            return self.by_stem[Path(name).stem], "stem"
+        if self._by_key is None:
+            self._by_key = {}
+            for stem, p in self.by_stem.items():
+                self._by_key.setdefault(official_key(stem), p)
+        p = self._by_key.get(official_key(name))
+        return p, "key" if p else ""
+
+
+def official_key(name: str) -> str:
+    """A file name reduced to what COVIDx label files and the sources' own files agree on: the stem, a
+    trailing '(n)' or ' (n)' written '-n' (the COVID-19 Radiography Database renamed 'COVID (63).png' to
+    'COVID-63.png'; COVIDx lists write 'COVID(63).png'), and without COVIDx's '-corrected' suffix (its name
+    for its windowed re-encoding of a BIMCV-COVID19+ PNG). Used only where the exact stem matches nothing."""
+    stem = Path(name.strip()).stem
+    stem = re.sub(r"-corrected$", "", stem)
+    return re.sub(r"\s*\((\d+)\)$", r"-\1", stem)
+
+
+# --- views --------------------------------------------------------------------------------------------
+
+FRONTAL_WORDS = {"AP", "PA", "FRONTAL"}
+LATERAL_WORDS = {"LL", "RL", "LAT", "LATERAL", "L"}
+
+
+def view_kind(view_position: str | None, description: str | None = None) -> str | None:
+    """'frontal', 'lateral' or None (unknown, or the two disagree) from a DICOM-like ViewPosition and a
+    series description ('CHEST_AP_PORT', 'TORAX PA', 'LATERAL'), each read word by word."""
+    def kind(text: str | None) -> str | None:
+        words = set(re.split(r"[^A-Z]+", str(text or "").upper())) - {""}
+        frontal, lateral = bool(words & FRONTAL_WORDS), bool(words & LATERAL_WORDS)
+        return None if frontal == lateral else ("frontal" if frontal else "lateral")
+
+    by_view, by_text = kind(view_position), kind(description)
+    if by_view and by_text and by_view != by_text:
+        return None
+    return by_view or by_text
+
+
+def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of the first worksheet of an Excel workbook (.xlsx) as dicts keyed by the header row (names
+    stripped); cells as text. Read with the standard library (an .xlsx is zipped XML), so no spreadsheet
+    package is needed; stops the build if the file or a required column is missing."""
+    if not path.is_file():
+        raise SourceError(f"{path}: metadata sheet of source {source!r} not found")
+    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+          "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships"}
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            shared = []
+            if "xl/sharedStrings.xml" in names:
+                for si in ElementTree.fromstring(z.read("xl/sharedStrings.xml")).findall("m:si", ns):
+                    shared.append("".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t")))
+            book = ElementTree.fromstring(z.read("xl/workbook.xml"))
+            first = book.find("m:sheets/m:sheet", ns)
+            target = "worksheets/sheet1.xml"
+            if first is not None and "xl/_rels/workbook.xml.rels" in names:
+                rid = first.get(f"{{{ns['r']}}}id")
+                for rel in ElementTree.fromstring(z.read("xl/_rels/workbook.xml.rels")):
+                    if rel.get("Id") == rid:
+                        target = rel.get("Target", target)
+            target = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+            sheet = ElementTree.fromstring(z.read(target))
+    except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError) as e:
+        raise SourceError(f"{path}: cannot be read as an Excel workbook (.xlsx): {type(e).__name__}: {e}") from None
+    table: list[list[str]] = []
+    for row in sheet.iter(f"{{{ns['m']}}}row"):
+        cells: dict[int, str] = {}
+        for k, c in enumerate(row.findall("m:c", ns)):
+            ref = re.match(r"([A-Z]+)", c.get("r", "")) if c.get("r") else None
+            col = _column_number(ref.group(1)) if ref else k
+            kind, v = c.get("t", "n"), c.find("m:v", ns)
+            if kind == "s" and v is not None:
+                text = shared[int(v.text)]
+            elif kind == "inlineStr":
+                text = "".join(t.text or "" for t in c.iter(f"{{{ns['m']}}}t"))
+            else:
+                text = v.text if v is not None and v.text is not None else ""
+                if kind == "n" and re.fullmatch(r"-?\d+\.0", text):
+                    text = text[:-2]  # a whole number stored as a float
+            cells[col] = text
+        table.append([cells.get(k, "") for k in range(max(cells) + 1)] if cells else [])
+    while table and not any(table[0]):
+        table.pop(0)
+    header = [h.strip() for h in table[0]] if table else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(h for h in header if h)})")
+    return [{h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
+            for r in table[1:] if any(x.strip() for x in r)]
+
+
+def _column_number(letters: str) -> int:
+    n = 0
+    for ch in letters:
+        n = n * 26 + ord(ch) - ord("A") + 1
+    return n - 1
 
 
 def parse_age(text: str | None) -> float | None:

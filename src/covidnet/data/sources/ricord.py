@@ -2,10 +2,16 @@
 (``<PatientID>/<study>/<series>/*.dcm``). Every image is COVID-19. The patient id comes from the DICOM
 header, with TCIA's collection prefix removed ('MIDRC-RICORD-1C-419639-000918' -> '419639-000918',
 as COVIDx writes it). Only radiographs (CR, DX) are kept.
+
+COVIDx names each image 'MIDRC-RICORD-1C-<patient>-<last 5 of the StudyInstanceUID>-<k>.png', k counting
+the study's files in sorted order (create_ricord_dataset.ipynb); ``Record.name`` is that name (with
+``.dcm``), so ``--split-file`` lists match by stem. COVIDx also cropped some of these images (its
+ricord_data_set.txt); the build does not.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pydicom
@@ -24,7 +30,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
     if not files:
         raise SourceError(f"{root}: no DICOM files (.dcm) for source {source!r}")
     out = SourceData()
+    in_study: Counter = Counter()  # files seen so far per study folder: COVIDx's k
     for path in files:
+        k = in_study[path.parent.parent]
+        in_study[path.parent.parent] += 1
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as e:
@@ -36,9 +45,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
             continue
         pid = str(ds.get("PatientID", "")).strip() or path.relative_to(root).parts[0]
         pid = pid[len(PREFIX):] if pid.upper().startswith(PREFIX) else pid
+        study_uid = str(ds.get("StudyInstanceUID", ""))
         out.records.append(Record(
             patient_id=pid, path=path, label="COVID-19", source=source, view=ds.get("ViewPosition") or None,
             age=parse_age(ds.get("PatientAge")), sex=parse_sex(ds.get("PatientSex")),
-            extra={"study_uid": str(ds.get("StudyInstanceUID", ""))},
+            extra={"study_uid": study_uid}, name=f"{PREFIX}{pid}-{study_uid[-5:]}-{k}.dcm" if study_uid else None,
         ))
     return out

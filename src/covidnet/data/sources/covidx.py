@@ -1,0 +1,226 @@
+"""A released COVIDx folder (COVIDx CXR-2, CXR-3, CXR-4, COVIDx 8/9 as built by the reference notebooks):
+label files ``train.txt``, ``val.txt`` (CXR-3 onwards) and ``test.txt``, and the images under ``train/``,
+``val/`` and ``test/``. A label file that is not named ``SPLIT.txt`` is found as ``SPLIT_*.txt`` (e.g.
+``train_COVIDx9A.txt``), when there is exactly one.
+
+Each line is ``patient_id filename class data_source`` (lindawangg/COVID-Net docs/COVIDx.md; the
+Kaggle releases write the same four columns). Releases up to COVIDx5 have no source column (three
+fields); COVIDx 7 and 8 write some SIRM patients with a space in the id ('COVID 70 COVID(70).png
+COVID-19 sirm', five fields): the id is then everything before the file name, and the line is reported.
+
+Labels. A three-class release (COVIDx 8A/9A, CXR-3A) writes ``normal`` / ``pneumonia`` / ``COVID-19``; a
+binary one (CXR-2, CXR-3B, CXR-4, COVIDx 8B/9B) writes ``positive`` / ``negative``. ``positive`` becomes
+the record label ``COVID-19`` (in COVIDx every COVID-19 image is positive and every positive one COVID-19);
+``negative`` stays ``negative`` (``records.NEGATIVE_ONLY``): the release does not say whether the image is
+normal or pneumonia, so such records are for binary training only (``covidnet train --binary``, which
+reads the index's ``label_binary``); three-class training on them stops with a message saying so. What
+the file wrote is kept in ``extra['covidx_label']``.
+
+The official split is the release's: each record carries ``extra['official_split']``, and the build keeps
+it unless ``--split patient`` (then it draws a patient-level split as for any source). Records come test
+first, then val, then train, so that where the release holds one image twice the build's duplicate
+removal keeps the test copy. ``Record.source`` is ``NAME/data_source`` (e.g. ``covidx/rsna``): the
+release's origins stay apart in counts and audits, and patient ids are qualified by origin.
+
+Known defects of the released files are handled and reported, never silently fixed:
+
+* ``positive`` in a three-class file: kept as COVID-19 (the same statement), listed under anomalies;
+  ``negative`` there says neither normal nor pneumonia and is left out ("negative label in a
+  three-class file").
+* a listed name that differs from the file on disk only by extension or by ``(n)`` versus ``-n``: the
+  file is used, and the pair is listed under anomalies.
+* the same line twice: read once, the repeat left out ("duplicate line"); one image under two patient
+  ids: the first line kept ("image listed twice"); one image with two labels: left out ("conflicting
+  labels for one image"); one image in two label files: kept in the later split, test > val > train
+  ("image in two official splits").
+* a patient in two official splits: listed under anomalies with the count (leakage in the release); the
+  build then keeps the patient in one split (test first) and names every image it leaves out.
+* a listed image absent from its folder: left out, per file ("image missing"; fatal with ``--strict``);
+  an image on disk that no label file lists: left out ("image not in the label files").
+
+Bad input stops the build with one line naming the file: a folder without label files, a line with
+fewer than three fields, a class that is none of the five above.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from ...errors import SourceError
+from ..records import NEGATIVE_ONLY, Record
+from ._common import ImageIndex, SourceData, require_dir
+
+NAME = "covidx"
+SPLITS = ("train", "val", "test")
+THREE_CLASS = {"normal": "normal", "pneumonia": "pneumonia", "covid-19": "COVID-19"}
+BINARY = {"positive": "COVID-19", "negative": NEGATIVE_ONLY}
+KNOWN = {**THREE_CLASS, **BINARY}
+
+
+def label_files(root: Path) -> dict[str, Path]:
+    """The release's label file of each split it has."""
+    found = {}
+    for split in SPLITS:
+        exact = root / f"{split}.txt"
+        if exact.is_file():
+            found[split] = exact
+            continue
+        others = sorted(p for p in root.glob(f"{split}_*.txt") if p.is_file())
+        if len(others) > 1:
+            raise SourceError(f"{root}: several label files for {split} ({', '.join(p.name for p in others)}); "
+                              f"keep one, or name it {split}.txt")
+        if others:
+            found[split] = others[0]
+    return found
+
+
+def _parse(path: Path, source: str) -> list[dict]:
+    """The lines of one label file, as dicts; a malformed line stops the build."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not a text file ({e})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{n}"
+        if len(fields) < 3:
+            raise SourceError(f"{where}: too few fields ({len(fields)}); expected 'patient_id filename class "
+                              f"data_source', got {line.strip()!r}")
+        spaced = False
+        if len(fields) <= 4:
+            pid, name, label = fields[:3]
+            origin = fields[3] if len(fields) == 4 else ""
+        elif fields[-2].lower() in KNOWN:  # 'COVID 70 COVID(70).png COVID-19 sirm': a space in the id
+            pid, name, label, origin, spaced = " ".join(fields[:-3]), fields[-3], fields[-2], fields[-1], True
+        else:
+            raise SourceError(f"{where}: {len(fields)} fields and no class among the last two; expected "
+                              f"'patient_id filename class data_source', got {line.strip()!r}")
+        if label.lower() not in KNOWN:
+            raise SourceError(f"{where}: unknown class {label!r} for {name}; expected normal, pneumonia, COVID-19 "
+                              "(three-class releases) or positive, negative (binary ones)")
+        rows.append({"patient_id": pid, "filename": name, "label": label, "origin": origin, "where": where,
+                     "file": path, "spaced": spaced})
+    return rows
+
+
+def read(root: Path, source: str = NAME) -> SourceData:
+    root = require_dir(root, source)
+    files = label_files(root)
+    if not files:
+        raise SourceError(f"{root}: no COVIDx label files (train.txt, val.txt, test.txt, or train_*.txt ...) for "
+                          f"source {source!r}; is this a released COVIDx folder?")
+    out = SourceData()
+    lines = {split: _parse(path, source) for split, path in files.items()}
+    names_listed = {split: {r["filename"] for r in rows} for split, rows in lines.items()}
+    counts = Counter()
+
+    def src(row: dict) -> str:
+        return f"{source}/{row['origin']}" if row["origin"] else source
+
+    def item(split: str, row: dict) -> str:
+        return str(root / split / row["filename"])
+
+    def said(row: dict) -> str:
+        return f"listed at {row['where']} as patient {row['patient_id']!r}, {row['label']}"
+
+    # 1. labels: what each file is, and the lines that contradict it
+    for split, rows in lines.items():
+        three = any(r["label"].lower() in THREE_CLASS for r in rows)
+        kept = []
+        for r in rows:
+            r["record_label"] = KNOWN[r["label"].lower()]
+            if three and r["label"].lower() == "negative":
+                out.exclude(src(r), item(split, r), "negative label in a three-class file",
+                            f"{said(r)}: 'negative' says neither normal nor pneumonia")
+                continue
+            if three and r["label"].lower() == "positive":
+                out.anomaly(src(r), item(split, r), "binary label in a three-class file",
+                            f"{said(r)}; read as COVID-19")
+                counts["binary label in a three-class file"] += 1
+            if r["spaced"]:
+                out.anomaly(src(r), item(split, r), "patient id with a space",
+                            f"{said(r)}; the id is everything before the file name")
+                counts["patient id with a space"] += 1
+            kept.append(r)
+        lines[split] = kept
+
+    # 2. one line per image: repeats, two patients or two labels for one image, one image in two splits
+    by_name: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+    for split in ("test", "val", "train"):
+        for r in lines.get(split, []):
+            by_name[r["filename"]].append((split, r))
+    chosen: dict[str, list[tuple[str, dict]]] = {s: [] for s in SPLITS}
+    for name, entries in by_name.items():
+        if len({r["record_label"] for _, r in entries}) > 1:
+            for split, r in entries:
+                out.exclude(src(r), item(split, r), "conflicting labels for one image",
+                            f"{said(r)}; also " + "; ".join(f"{x['label']} at {x['where']}" for _, x in entries if x is not r))
+            continue
+        first_split, first = entries[0]  # test first: an image in two splits stays in the later one
+        chosen[first_split].append((first_split, first))
+        for split, r in entries[1:]:
+            if split != first_split:
+                reason, why = "image in two official splits", f"kept in {first_split} ({first['where']})"
+            elif (r["patient_id"], r["label"]) == (first["patient_id"], first["label"]):
+                reason, why = "duplicate line", f"repeats {first['where']}"
+            else:
+                reason, why = "image listed twice", f"kept as patient {first['patient_id']!r} ({first['where']})"
+            out.exclude(src(r), item(split, r), reason, f"{said(r)}; {why}")
+
+    # 3. the images: in the split's folder, by name, else by stem or official_key (reported)
+    listed_paths: set[Path] = set()
+    indexes = {s: ImageIndex(root / s) for s in files}
+    for split in ("test", "val", "train"):
+        if split not in files:
+            continue
+        folder = root / split
+        if not folder.is_dir():
+            out.notes.append(f"{source}: {files[split].name} lists {len(chosen[split])} images but {folder} does not exist")
+        for _, r in sorted(chosen[split], key=lambda e: (e[1]["file"].name, int(e[1]["where"].rsplit(":", 1)[1]))):
+            path, how = indexes[split].find_loose(r["filename"])
+            if path is None:
+                out.exclude(src(r), item(split, r), "image missing",
+                            f"{said(r)}; no file of that name, stem or numbering in {folder}")
+                continue
+            if path in listed_paths:  # two listed names resolved to one file
+                out.exclude(src(r), str(path), "image listed twice", f"{said(r)}; {path.name} is listed under another name too")
+                continue
+            listed_paths.add(path)
+            if how != "name":
+                what = "extension" if how == "stem" else "numbering ('(n)' versus '-n')"
+                out.anomaly(src(r), str(path), "file name differs from the label file",
+                            f"{said(r)} as {r['filename']!r}; on disk {path.name!r} (differs by {what}); used")
+                counts["file name differs from the label file"] += 1
+            out.records.append(Record(
+                patient_id=r["patient_id"], path=path, label=r["record_label"], source=src(r),
+                extra={"official_split": split, "covidx_label": r["label"], "data_source": r["origin"],
+                       "label_file": r["where"]},
+            ))
+    for split, index in indexes.items():
+        named = {index.find_loose(n)[0] for n in names_listed[split]}  # lines left out above still name their file
+        for path in sorted(set(index.by_name.values()) - listed_paths - named):
+            out.exclude(source, str(path), "image not in the label files", f"in {split}/ but in no line of {files[split].name}")
+
+    # 4. leakage in the release: a patient whose images the label files put in two splits
+    splits_of: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for r in out.records:
+        splits_of[(r.source, r.patient_id)][r.extra["official_split"]] += 1
+    leaking = {k: c for k, c in splits_of.items() if len(c) > 1}
+    for (src_name, pid), c in sorted(leaking.items()):
+        where = ", ".join(f"{n} in {s}" for s, n in sorted(c.items(), key=lambda kv: SPLITS.index(kv[0])))
+        out.anomaly(src_name, f"patient {pid}", "patient in two official splits",
+                    f"patient {pid!r} has images {where} (leakage in the release); the build keeps the patient in "
+                    "one split, test first, and lists the images it leaves out")
+    if leaking:
+        out.notes.append(f"{source}: {len(leaking)} patient(s) in two official splits (leakage in the release); "
+                         "each is kept in one split, test first")
+    for reason, n in counts.items():
+        out.notes.append(f"{source}: {n} line(s) with '{reason}' handled; each is listed under anomalies in report.json")
+    n_negative = sum(r.label == NEGATIVE_ONLY for r in out.records)
+    if n_negative:
+        out.notes.append(f"{source}: {n_negative} image(s) labelled only negative (binary release): for --binary training")
+    return out
