@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (or reuse it) and install covidnet with its test tools. Safe to run again.
+# Create .venv (or reuse it) and install covidnet with its test and documentation tools. Safe to run again.
 #   bash scripts/setup.sh            # CPU machine or GPU machine
 # torch/torchvision: kept when an accepted version (torch 2.11-2.14) is already importable in the venv
 # or, with COVIDNET_SYSTEM_TORCH=1, from the system Python (the GPU machine's preinstalled build);
@@ -24,5 +24,5 @@ then
     *) "$VPY" -m pip install -q 'torch>=2.11,<2.15' 'torchvision>=0.26,<0.30' ;;
   esac
 fi
-"$VPY" -m pip install -q -e '.[all,dev]'
+"$VPY" -m pip install -q -e '.[all,dev,docs]'
 "$VPY" -c "import covidnet, torch; print(f'covidnet {covidnet.__version__} ready (torch {torch.__version__}) in .venv')"
