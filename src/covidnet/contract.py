@@ -42,6 +42,7 @@ class Contract:
 
     def __post_init__(self):
         check_options(self.stored_size, self.top_crop)
+        object.__setattr__(self, "size", int(self.size or self.stored_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -49,7 +50,8 @@ class Contract:
 
     @property
     def input_size(self) -> int:
-        return int(self.size or self.stored_size)
+        """The model's input side."""
+        return self.size
 
     def load(self, path) -> np.ndarray:
         """A file -> its stored pixels, (stored_size, stored_size) uint8: what the build stores and what
@@ -97,7 +99,7 @@ class Contract:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(size=self.input_size, mean=list(self.mean), std=list(self.std))
+        d.update(mean=list(self.mean), std=list(self.std))
         return d
 
     @classmethod
