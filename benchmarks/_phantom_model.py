@@ -13,8 +13,19 @@ from covidnet.train import TrainConfig, train
 def phantom_checkpoint(work: Path, size: int = 480, n: int = 48) -> tuple[Path, Path]:
     """(checkpoint, dataset) under ``work``."""
     src = write_phantom_dataset(work / "phantoms", SynthConfig(n=n, seed=3, size=int(size * 1.2)), progress=False)
-    build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=work / "ds", size=size, workers=1,
-                              progress=False))
-    train(TrainConfig(data=str(work / "ds"), out=str(work / "run"), epochs=1, batch_size=8, lr=3e-4, progress=False,
-                      compile="off", precise_bn=32))
+    build_dataset(
+        BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=work / "ds", size=size, workers=1, progress=False)
+    )
+    train(
+        TrainConfig(
+            data=str(work / "ds"),
+            out=str(work / "run"),
+            epochs=1,
+            batch_size=8,
+            lr=3e-4,
+            progress=False,
+            compile="off",
+            precise_bn=32,
+        )
+    )
     return work / "run" / "best.pt", work / "ds"

@@ -60,10 +60,14 @@ def main() -> None:
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: not found (the real data lives at ../shared/data on developers' machines)")
 
-    sources = [SourceSpec(r, args.data / r, r) for r in ("cohen", "figure1", "nih", "kermany") if (args.data / r).is_dir()]
+    sources = [
+        SourceSpec(r, args.data / r, r) for r in ("cohen", "figure1", "nih", "kermany") if (args.data / r).is_dir()
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = BuildConfig(sources=sources, out=tmp / "built", paediatric="include", workers=args.workers, progress=False)
+        cfg = BuildConfig(
+            sources=sources, out=tmp / "built", paediatric="include", workers=args.workers, progress=False
+        )
         t0 = time.perf_counter()
         report = build_dataset(cfg)
         build_s = time.perf_counter() - t0

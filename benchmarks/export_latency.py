@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _phantom_model import phantom_checkpoint
+
 from covidnet.data.store import open_store
 from covidnet.export import ExportConfig, export_model
 from covidnet.predict import OnnxBackend, TorchBackend
@@ -56,39 +56,55 @@ def median_ms(fns: dict, runs: int, warmup: int = 3, block: int = 5) -> dict:
 
 def latency(work: Path, runs: int) -> dict:
     ckpt, ds = phantom_checkpoint(work)
-    export_model(ExportConfig(str(ckpt), str(work / "m.onnx"), int8=True, data=str(ds), calibration_images=32, quiet=True))
+    export_model(
+        ExportConfig(str(ckpt), str(work / "m.onnx"), int8=True, data=str(ds), calibration_images=32, quiet=True)
+    )
     x = np.asarray(open_store(ds).images[:1])
     eager = TorchBackend(ckpt, "cpu", batch_size=1)
     nchw = TorchBackend(ckpt, "cpu", batch_size=1)
     nchw.memory_format = torch.contiguous_format
     fp32, int8 = OnnxBackend(work / "m.fp32.onnx", "cpu"), OnnxBackend(work / "m.onnx", "cpu")
-    out = median_ms({"eager": lambda: eager.logits(x), "eager_nchw": lambda: nchw.logits(x),
-                     "onnx_fp32": lambda: fp32.logits(x), "onnx_int8": lambda: int8.logits(x)}, runs)
+    out = median_ms(
+        {
+            "eager": lambda: eager.logits(x),
+            "eager_nchw": lambda: nchw.logits(x),
+            "onnx_fp32": lambda: fp32.logits(x),
+            "onnx_int8": lambda: int8.logits(x),
+        },
+        runs,
+    )
     out["eager_memory_format"] = eager.meta["memory_format"]
     e = out["eager_ms"]
     out["onnx_fp32_over_eager"] = out["onnx_fp32_ms"] / e
     out["onnx_int8_over_eager"] = out["onnx_int8_ms"] / e
-    out["targets_met"] = {"onnx_fp32 <= 0.7 eager": out["onnx_fp32_over_eager"] <= 0.7,
-                          "onnx_int8 <= 0.5 eager": out["onnx_int8_over_eager"] <= 0.5}
+    out["targets_met"] = {
+        "onnx_fp32 <= 0.7 eager": out["onnx_fp32_over_eager"] <= 0.7,
+        "onnx_int8 <= 0.5 eager": out["onnx_int8_over_eager"] <= 0.5,
+    }
     return out
 
 
 def accuracy(ckpt: str, data: str, work: Path) -> dict:
     report = export_model(ExportConfig(ckpt, str(work / "acc.onnx"), int8=True, data=data, quiet=True))
     store = open_store(data)
-    runtimes = {"torch": TorchBackend(ckpt, "cpu", batch_size=32), "onnx_fp32": OnnxBackend(work / "acc.fp32.onnx", "cpu"),
-                "onnx_int8": OnnxBackend(work / "acc.onnx", "cpu")}
+    runtimes = {
+        "torch": TorchBackend(ckpt, "cpu", batch_size=32),
+        "onnx_fp32": OnnxBackend(work / "acc.fp32.onnx", "cpu"),
+        "onnx_int8": OnnxBackend(work / "acc.onnx", "cpu"),
+    }
     out = {"checkpoint": ckpt, "data": data, "stored_size": store.size, "export": report["int8"]}
     for split in ("val", "test"):
         rows = store.rows(split)
         x, y = np.asarray(store.images[rows]), store.labels(rows)
         preds = {}
         for name, b in runtimes.items():
-            preds[name] = np.concatenate([b.logits(x[k:k + 32]).argmax(1) for k in range(0, len(x), 32)])
+            preds[name] = np.concatenate([b.logits(x[k : k + 32]).argmax(1) for k in range(0, len(x), 32)])
             out[f"{split}_accuracy_{name}"] = float((preds[name] == y).mean())
         out[f"{split}_int8_fp32_same_prediction"] = float((preds["onnx_int8"] == preds["onnx_fp32"]).mean())
         out[f"{split}_images"] = int(len(rows))
-        out[f"{split}_int8_minus_fp32_points"] = 100 * (out[f"{split}_accuracy_onnx_int8"] - out[f"{split}_accuracy_onnx_fp32"])
+        out[f"{split}_int8_minus_fp32_points"] = 100 * (
+            out[f"{split}_accuracy_onnx_int8"] - out[f"{split}_accuracy_onnx_fp32"]
+        )
     out["target_met"] = {"int8 within 1 point of fp32 (test)": abs(out["test_int8_minus_fp32_points"]) <= 1.0}
     return out
 
@@ -100,9 +116,18 @@ def main() -> None:
     ap.add_argument("--accuracy-data")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export_latency.json"))
     args = ap.parse_args()
-    result = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__},
-              "model": "covidnet-cxr3b", "size": 480, "batch": 1}
+    result = {
+        "machine": {
+            "cpu": _cpu(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__,
+        },
+        "model": "covidnet-cxr3b",
+        "size": 480,
+        "batch": 1,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         result["latency"] = latency(Path(tmp), args.runs)
         if args.accuracy_checkpoint:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
 from _phantom_model import phantom_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,16 +55,37 @@ async def load(url: str, image: bytes, clients: int, seconds: float) -> dict:
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
     ms = sorted(1000 * x for x in latencies)
-    return {"requests_ok": len(latencies), "status_codes": codes, "transport_errors": len(errors), "wall_s": wall,
-            "throughput_rps": len(latencies) / wall, "p50_ms": statistics.median(ms) if ms else None,
-            "p99_ms": float(np.percentile(ms, 99)) if ms else None,
-            "failed": sum(n for code, n in codes.items() if code != 200) + len(errors)}
+    return {
+        "requests_ok": len(latencies),
+        "status_codes": codes,
+        "transport_errors": len(errors),
+        "wall_s": wall,
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": statistics.median(ms) if ms else None,
+        "p99_ms": float(np.percentile(ms, 99)) if ms else None,
+        "failed": sum(n for code, n in codes.items() if code != 200) + len(errors),
+    }
 
 
 def run_server(model_args: list[str], device: str, max_batch: int, port: int, log: Path) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "covidnet"
-    proc = subprocess.Popen([str(exe), "serve", *model_args, "--device", device, "--port", str(port), "--max-batch",
-                             str(max_batch), "--queue-size", "64"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            *model_args,
+            "--device",
+            device,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--queue-size",
+            "64",
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
@@ -96,10 +116,18 @@ def main() -> None:
         image, where = first.read_bytes(), f"../shared/data/sources/cohen/images/{first.name}"
     else:
         image, where = None, "a phantom"
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "runtime": args.runtime, "device": args.device, "threads": args.threads, "clients": args.clients,
-              "seconds": args.seconds,
-              "model": "covidnet-cxr3b", "size": 480, "image": where, "runs": {}}
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "runtime": args.runtime,
+        "device": args.device,
+        "threads": args.threads,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "model": "covidnet-cxr3b",
+        "size": 480,
+        "image": where,
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ckpt, ds = phantom_checkpoint(work)

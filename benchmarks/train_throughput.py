@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,11 +36,15 @@ def naive_rate(paths, labels, model, size, batch, workers, steps, device, amp) -
     from torchvision.transforms import v2
 
     class Files(Dataset):
-        tf = v2.Compose([
-            v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.85, 1.15)), v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.1),
-        ])
+        tf = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.85, 1.15)),
+                v2.RandomHorizontalFlip(),
+                v2.ColorJitter(brightness=0.1),
+            ]
+        )
 
         def __len__(self):
             return len(paths)
@@ -55,8 +58,15 @@ def naive_rate(paths, labels, model, size, batch, workers, steps, device, amp) -
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
             return self.tf(im), labels[i]
 
-    loader = DataLoader(Files(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = DataLoader(
+        Files(),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=2e-5)
     done, t0, warm = 0, None, 3
     while done < steps + warm:
@@ -163,41 +173,70 @@ def main() -> None:
             m = m.to(memory_format=torch.channels_last)
         return torch.compile(m) if compiled else m
 
-    result = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"), "arch": args.arch, "size": size,
-              "batch_size": args.batch_size, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
-              "torch": torch.__version__, "precision": "bf16 autocast" if on_gpu else "fp32",
-              "train_gflops_per_image": train_flops_per_image / 1e9}
+    result = {
+        "benchmark": "train_throughput",
+        "date": time.strftime("%Y-%m-%d"),
+        "arch": args.arch,
+        "size": size,
+        "batch_size": args.batch_size,
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+        "torch": torch.__version__,
+        "precision": "bf16 autocast" if on_gpu else "fp32",
+        "train_gflops_per_image": train_flops_per_image / 1e9,
+    }
     t = time.perf_counter()
-    result["a_naive_images_per_s"] = naive_rate(paths, labels, fresh(False, False), size, args.batch_size, args.workers,
-                                                args.steps, device, amp)
+    result["a_naive_images_per_s"] = naive_rate(
+        paths, labels, fresh(False, False), size, args.batch_size, args.workers, args.steps, device, amp
+    )
     result["a_workers"] = args.workers
     print(f"(a) naive {result['a_naive_images_per_s']:.0f} img/s ({time.perf_counter() - t:.0f} s)", flush=True)
     if args.png_side:
         with tempfile.TemporaryDirectory() as tmp:
             pngs = png_copies(paths, Path(tmp), args.png_side)
             t = time.perf_counter()
-            result["a_naive_png_images_per_s"] = naive_rate(pngs, labels, fresh(False, False), size, args.batch_size,
-                                                            args.workers, args.steps, device, amp)
+            result["a_naive_png_images_per_s"] = naive_rate(
+                pngs, labels, fresh(False, False), size, args.batch_size, args.workers, args.steps, device, amp
+            )
             result["a_png_side"] = args.png_side
-        print(f"(a) naive on {args.png_side}px PNGs {result['a_naive_png_images_per_s']:.0f} img/s "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"(a) naive on {args.png_side}px PNGs {result['a_naive_png_images_per_s']:.0f} img/s "
+            f"({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
     t = time.perf_counter()
-    result["b_compute_images_per_s"] = compute_rate(fresh(True, args.compile == "on"), size, args.batch_size, args.steps,
-                                                    device, amp, True)
+    result["b_compute_images_per_s"] = compute_rate(
+        fresh(True, args.compile == "on"), size, args.batch_size, args.steps, device, amp, True
+    )
     print(f"(b) compute {result['b_compute_images_per_s']:.0f} img/s ({time.perf_counter() - t:.0f} s)", flush=True)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        summary = train(TrainConfig(data=str(args.data), out=str(Path(tmp) / "run"), arch=args.arch, epochs=args.epochs,
-                                    batch_size=args.batch_size, compile=args.compile, progress=False, precise_bn=0))
+        summary = train(
+            TrainConfig(
+                data=str(args.data),
+                out=str(Path(tmp) / "run"),
+                arch=args.arch,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                compile=args.compile,
+                progress=False,
+                precise_bn=0,
+            )
+        )
     result["c_covidnet_train_images_per_s"] = summary["images_per_s"]
     print(f"(c) covidnet train {summary['images_per_s']:.0f} img/s ({time.perf_counter() - t:.0f} s)", flush=True)
     a, b, c = (result[k] for k in ("a_naive_images_per_s", "b_compute_images_per_s", "c_covidnet_train_images_per_s"))
-    result.update({
-        "c_over_a_png": c / result["a_naive_png_images_per_s"] if args.png_side else None,
-        "c_over_a": c / a, "c_over_b": c / b, "target_c_over_a": 10.0, "target_c_over_b": 0.85,
-        "mfu_b": b * train_flops_per_image / PEAK_BF16_FLOPS, "mfu_c": c * train_flops_per_image / PEAK_BF16_FLOPS,
-        "train_images": len(train_rows),
-    })
+    result.update(
+        {
+            "c_over_a_png": c / result["a_naive_png_images_per_s"] if args.png_side else None,
+            "c_over_a": c / a,
+            "c_over_b": c / b,
+            "target_c_over_a": 10.0,
+            "target_c_over_b": 0.85,
+            "mfu_b": b * train_flops_per_image / PEAK_BF16_FLOPS,
+            "mfu_c": c * train_flops_per_image / PEAK_BF16_FLOPS,
+            "train_images": len(train_rows),
+        }
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -41,16 +41,18 @@ from covidnet.metrics.regression import severity_point_metrics
 from covidnet.runtime import LoadedModel, uint8_to_unit
 from covidnet.tasks import SeverityTask
 
-PUBLISHED = {"source": "Wong et al., COVIDNet-S (2020): 396 CXRs, stratified Monte Carlo cross-validation",
-             "geographic": {"r2_mean": 0.664, "r2_sd": 0.032, "r2_best_single_network": 0.739},
-             "opacity": {"r2_mean": 0.635, "r2_sd": 0.044, "r2_best_single_network": 0.741}}
+PUBLISHED = {
+    "source": "Wong et al., COVIDNet-S (2020): 396 CXRs, stratified Monte Carlo cross-validation",
+    "geographic": {"r2_mean": 0.664, "r2_sd": 0.032, "r2_best_single_network": 0.739},
+    "opacity": {"r2_mean": 0.635, "r2_sd": 0.044, "r2_best_single_network": 0.741},
+}
 
 
 @torch.no_grad()
 def feature_maps(model, store, rows, contract, batch=32) -> torch.Tensor:
     out = []
     for k in range(0, len(rows), batch):
-        x = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.images[rows[k:k + batch]])))
+        x = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.images[rows[k : k + batch]])))
         out.append(model.forward_features(contract.model_input(x)).float())
     return torch.cat(out)
 
@@ -61,8 +63,12 @@ def fit_ridge(x_train, y_train, groups, x_test, seed):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": np.logspace(-1, 5, 13)},
-                          cv=GroupKFold(5), scoring="r2")
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), Ridge()),
+        {"ridge__alpha": np.logspace(-1, 5, 13)},
+        cv=GroupKFold(5),
+        scoring="r2",
+    )
     search.fit(x_train, y_train, groups=groups)
     return np.clip(search.predict(x_test), 0, 8), float(search.best_params_["ridge__alpha"])
 
@@ -105,7 +111,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="a classification checkpoint (the frozen backbone)")
     p.add_argument("--data", required=True, help="a dataset built with --severity at the checkpoint's stored size")
     p.add_argument("--splits", type=int, default=20, help="Monte Carlo splits (default 20)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in each test split (default 0.2)")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of patients in each test split (default 0.2)"
+    )
     p.add_argument("--head-epochs", type=int, default=60, help="epochs of the trained head per split (default 60)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -125,8 +133,11 @@ def main(argv=None) -> int:
     fmap = feature_maps(model, store, rows, lm.contract)
     pooled = fmap.mean((2, 3)).numpy()
     t_features = time.perf_counter() - t0
-    print(f"{len(rows)} scored images of {len(set(groups))} patients; features {tuple(fmap.shape[1:])} "
-          f"in {t_features:.0f} s", file=sys.stderr)
+    print(
+        f"{len(rows)} scored images of {len(set(groups))} patients; features {tuple(fmap.shape[1:])} "
+        f"in {t_features:.0f} s",
+        file=sys.stderr,
+    )
 
     splitter = GroupShuffleSplit(n_splits=args.splits, test_size=args.test_fraction, random_state=args.seed)
     results = {"ridge": [], "head": [], "train_mean": []}
@@ -135,34 +146,64 @@ def main(argv=None) -> int:
         pred, alpha = fit_ridge(pooled[tr], y[tr], groups[tr], pooled[te], args.seed + k)
         alphas.append(alpha)
         results["ridge"].append(severity_point_metrics(y[te], pred))
-        results["head"].append(severity_point_metrics(y[te], fit_head(model, fmap[tr], y[tr], fmap[te], args.head_epochs, args.seed + k)))
+        results["head"].append(
+            severity_point_metrics(y[te], fit_head(model, fmap[tr], y[tr], fmap[te], args.head_epochs, args.seed + k))
+        )
         results["train_mean"].append(severity_point_metrics(y[te], np.broadcast_to(y[tr].mean(0), y[te].shape).copy()))
-        print(f"split {k + 1}/{args.splits}: " + "  ".join(
-            f"{h} R² {results[h][-1]['geographic.r2']:.3f}/{results[h][-1]['opacity.r2']:.3f}" for h in ("ridge", "head")),
-            file=sys.stderr)
+        print(
+            f"split {k + 1}/{args.splits}: "
+            + "  ".join(
+                f"{h} R² {results[h][-1]['geographic.r2']:.3f}/{results[h][-1]['opacity.r2']:.3f}"
+                for h in ("ridge", "head")
+            ),
+            file=sys.stderr,
+        )
     out = {
         "what": "COVIDNet-S protocol on a frozen classifier: patient-grouped Monte Carlo cross-validation",
-        "checkpoint": args.checkpoint, "arch": meta["arch"], "input_size": lm.contract.input_size,
+        "checkpoint": args.checkpoint,
+        "arch": meta["arch"],
+        "input_size": lm.contract.input_size,
         "classifier_val_metrics": {k: meta.get("val_metrics", {}).get(k) for k in ("accuracy", "loss")},
-        "data": args.data, "n_images": int(len(rows)), "n_patients": int(len(set(groups))),
-        "splits": args.splits, "test_fraction": args.test_fraction, "unit": "patient", "seed": args.seed,
-        "heads": {"ridge": "ridge on pooled features, alpha by 5-fold grouped CV on train", "head":
-                  f"checkpoint head + 2 outputs, fractional-logit loss, Adam 3e-4, {args.head_epochs} epochs, batch 16",
-                  "train_mean": "baseline: the training mean"},
+        "data": args.data,
+        "n_images": int(len(rows)),
+        "n_patients": int(len(set(groups))),
+        "splits": args.splits,
+        "test_fraction": args.test_fraction,
+        "unit": "patient",
+        "seed": args.seed,
+        "heads": {
+            "ridge": "ridge on pooled features, alpha by 5-fold grouped CV on train",
+            "head": (
+                f"checkpoint head + 2 outputs, fractional-logit loss, Adam 3e-4, {args.head_epochs} epochs, batch 16"
+            ),
+            "train_mean": "baseline: the training mean",
+        },
         "ridge_alphas": alphas,
-        "summary": {h: summarise(v) for h, v in results.items()}, "per_split": results, "published": PUBLISHED,
-        "device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "covidnet": __version__, "seconds": round(time.perf_counter() - t0, 1),
+        "summary": {h: summarise(v) for h, v in results.items()},
+        "per_split": results,
+        "published": PUBLISHED,
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "covidnet": __version__,
+        "seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_json(Path(args.out), out)
+
     def pm(d: dict, digits: int = 3) -> str:
         return "—" if d["mean"] is None else f"{d['mean']:.{digits}f} ± {d['sd'] or 0:.{digits}f}"
 
     for h in ("ridge", "head", "train_mean"):
         s = out["summary"][h]
-        print(f"{h:10s} " + "  ".join(f"{sc}: R² {pm(s[f'{sc}.r2'])}, MAE {pm(s[f'{sc}.mae'], 2)}, "
-                                      f"Spearman {pm(s[f'{sc}.spearman'])}" for sc in SCORES))
+        print(
+            f"{h:10s} "
+            + "  ".join(
+                f"{sc}: R² {pm(s[f'{sc}.r2'])}, MAE {pm(s[f'{sc}.mae'], 2)}, Spearman {pm(s[f'{sc}.spearman'])}"
+                for sc in SCORES
+            )
+        )
     return 0
 
 

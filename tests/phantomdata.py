@@ -10,10 +10,24 @@ def make_dataset(root: Path, n: int, size: int, seed: int = 0, severity: bool = 
     """``severity``: join the phantoms' true severity (every image; normal ones score 0) as a severity file;
     ``build``: other BuildConfig fields (e.g. ``top_crop``)."""
     src = write_phantom_dataset(root / "phantoms", SynthConfig(n=n, seed=seed, size=max(64, size * 2)), progress=False)
-    sev = write_severity_file(src, root / "severity.csv", labels=("normal", "pneumonia", "COVID-19")) if severity else None
-    build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=root / "ds", size=size,
-                              val_fraction=0.2, test_fraction=0.1 if not severity else 0.2, workers=1, progress=False,
-                              severity=sev, **build))
+    sev = (
+        write_severity_file(src, root / "severity.csv", labels=("normal", "pneumonia", "COVID-19"))
+        if severity
+        else None
+    )
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", src, "cohen")],
+            out=root / "ds",
+            size=size,
+            val_fraction=0.2,
+            test_fraction=0.1 if not severity else 0.2,
+            workers=1,
+            progress=False,
+            severity=sev,
+            **build,
+        )
+    )
     return root / "ds"
 
 
@@ -23,5 +37,7 @@ def trained_checkpoint(root: Path, size: int, seed: int) -> tuple[Path, Path]:
     from covidnet.train import TrainConfig, train
 
     ds = make_dataset(root, n=60, size=size, seed=seed)
-    train(TrainConfig(data=str(ds), out=str(root / "run"), epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64))
+    train(
+        TrainConfig(data=str(ds), out=str(root / "run"), epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64)
+    )
     return ds, root / "run" / "best.pt"

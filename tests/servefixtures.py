@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from phantomdata import trained_checkpoint
 
 from covidnet.export import ExportConfig, export_model
-from phantomdata import trained_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +47,12 @@ class Server:
         self.log_path = tmp / f"serve-{self.port}.log"
         exe = Path(sys.executable).parent / "covidnet"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(self.port), *args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(self.port), *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -82,7 +86,18 @@ class Server:
 @pytest.fixture(scope="session")
 def server(trained, tmp_path_factory):
     root, ds, ckpt = trained
-    s = Server(tmp_path_factory.mktemp("serve"), "--checkpoint", str(ckpt), "--token", "s3cret", "--max-upload-mb", "1",
-               "--threshold", "COVID-19=0.5", "--max-batch", "8")
+    s = Server(
+        tmp_path_factory.mktemp("serve"),
+        "--checkpoint",
+        str(ckpt),
+        "--token",
+        "s3cret",
+        "--max-upload-mb",
+        "1",
+        "--threshold",
+        "COVID-19=0.5",
+        "--max-batch",
+        "8",
+    )
     yield s
     s.close()

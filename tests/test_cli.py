@@ -54,7 +54,18 @@ def test_paper_table_shows_published_beside_measured():
     r = covidnet("profile", "--paper", "--runs", "0", "--quiet")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for published in ("117.4 M", "2.26 G", "127.4 M", "3.59 G", "11.75 M", "7.50 G", "40.2 M", "23.63 G", "9.2 M", "5.55 G"):
+    for published in (
+        "117.4 M",
+        "2.26 G",
+        "127.4 M",
+        "3.59 G",
+        "11.75 M",
+        "7.50 G",
+        "40.2 M",
+        "23.63 G",
+        "9.2 M",
+        "5.55 G",
+    ):
         assert published in out
     for ours in ("covidnet-cxr-small", "covidnet-cxr-large", "covidnet-cxr3b", "vgg19", "resnet50"):
         assert ours in out
@@ -71,7 +82,9 @@ def test_paper_table_json_rows_carry_our_measurements():
 
 
 def test_profile_several_archs_grey_input_table():
-    r = covidnet("profile", "mobilenet_v3_large", "resnet50", "--size", "96", "--in-channels", "1", "--runs", "1", "--quiet")
+    r = covidnet(
+        "profile", "mobilenet_v3_large", "resnet50", "--size", "96", "--in-channels", "1", "--runs", "1", "--quiet"
+    )
     assert r.returncode == 0, r.stderr
     assert "1×96×96" in r.stdout and "mobilenet_v3_large" in r.stdout and "resnet50" in r.stdout
 
@@ -83,9 +96,14 @@ def test_models_lists_the_registry_and_version_prints():
     assert v.returncode == 0 and v.stdout.startswith("covidnet ")
 
 
-CONFIGS = [("train", "covidnet.train", "TrainConfig"), ("data build", "covidnet.data.build", "BuildConfig"),
-           ("data synth", "covidnet.data.synth", "SynthConfig"), ("export", "covidnet.export", "ExportConfig"),
-           ("serve", "covidnet.serve.app", "ServeConfig"), ("demo", "covidnet.demo", "DemoConfig")]
+CONFIGS = [
+    ("train", "covidnet.train", "TrainConfig"),
+    ("data build", "covidnet.data.build", "BuildConfig"),
+    ("data synth", "covidnet.data.synth", "SynthConfig"),
+    ("export", "covidnet.export", "ExportConfig"),
+    ("serve", "covidnet.serve.app", "ServeConfig"),
+    ("demo", "covidnet.demo", "DemoConfig"),
+]
 
 
 def subparser(command: str):
@@ -114,11 +132,14 @@ def test_the_required_flags_alone_give_the_configs_defaults(command, module, nam
     from covidnet.cli.flags import config_from_args
 
     cls = getattr(pytest.importorskip(module), name)
-    argv, given = {"train": (["--data", "d", "--out", "o"], dict(data="d", out="o")),
-                   "data build": (["--source", "cohen=/a", "--out", "o"], dict(sources=["cohen=/a"], out=Path("o"))),
-                   "data synth": (["--out", "o"], {}),
-                   "export": (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
-                   "serve": (["--checkpoint", "c"], dict(checkpoint="c")), "demo": ([], {})}[command]
+    argv, given = {
+        "train": (["--data", "d", "--out", "o"], dict(data="d", out="o")),
+        "data build": (["--source", "cohen=/a", "--out", "o"], dict(sources=["cohen=/a"], out=Path("o"))),
+        "data synth": (["--out", "o"], {}),
+        "export": (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
+        "serve": (["--checkpoint", "c"], dict(checkpoint="c")),
+        "demo": ([], {}),
+    }[command]
     got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]))
     expected = cls(**given)
     if command == "data synth":  # the one CLI default that is not the API's: a bigger phantom set

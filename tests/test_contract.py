@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint, save_checkpoint
 from covidnet.contract import CONTRACT_FILE, Contract
@@ -17,7 +18,6 @@ from covidnet.predict import predict_paths
 from covidnet.runtime import LoadedModel
 from covidnet.tasks import softmax
 from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,19 @@ def cropped(tmp_path_factory):
     """A store built with --top-crop 0.15 --size 96 and a model trained on it for one epoch."""
     root = tmp_path_factory.mktemp("crop")
     ds = make_dataset(root, n=40, size=96, top_crop=0.15)
-    train(TrainConfig(data=str(ds), out=str(root / "run"), epochs=1, batch_size=8, lr=3e-4, progress=False,
-                      precise_bn=16, device="cpu", compile="off"))
+    train(
+        TrainConfig(
+            data=str(ds),
+            out=str(root / "run"),
+            epochs=1,
+            batch_size=8,
+            lr=3e-4,
+            progress=False,
+            precise_bn=16,
+            device="cpu",
+            compile="off",
+        )
+    )
     return ds, root / "run" / "best.pt"
 
 
@@ -56,8 +67,9 @@ def test_top_crop_travels_from_the_build_to_predict_eval_and_export(cropped, tmp
     np.testing.assert_allclose(p_raw, p_eval, atol=1e-5)
 
     # the control: the reference's 0.08 would have fed the model other pixels
-    assert any(not np.array_equal(Contract(stored_size=96).load(f), store.images[i])
-               for f, i in zip(files, store.rows("test")))
+    assert any(
+        not np.array_equal(Contract(stored_size=96).load(f), store.images[i]) for f, i in zip(files, store.rows("test"))
+    )
 
     from covidnet.export import ExportConfig, export_model
 
@@ -80,8 +92,14 @@ def test_a_checkpoint_written_before_the_contract_existed_still_loads(cropped, t
     old["preprocess"] = {k: v for k, v in old["preprocess"].items() if k != "top_crop"}  # as train.py wrote them
     save_checkpoint(tmp_path / "old.pt", {k: v for k, v in old.items() if k not in ("format", "version")})
     lm = LoadedModel.open(tmp_path / "old.pt", "cpu")
-    assert lm.contract == Contract(stored_size=96, top_crop=0.08, size=96, in_channels=1,
-                                   mean=tuple(old["preprocess"]["mean"]), std=tuple(old["preprocess"]["std"]))
+    assert lm.contract == Contract(
+        stored_size=96,
+        top_crop=0.08,
+        size=96,
+        in_channels=1,
+        mean=tuple(old["preprocess"]["mean"]),
+        std=tuple(old["preprocess"]["std"]),
+    )
 
 
 def test_a_dataset_built_before_contract_json_reads_its_build_config(cropped, tmp_path):

@@ -168,7 +168,7 @@ def _squares(g: torch.Generator, n: int, size: int, side: int, label: int | None
         r, c = torch.randint(0, size - side + 1, (2,), generator=g).tolist()
         boxes.append((r, c))
         if y[i]:
-            x[i, 0, r:r + side, c:c + side] = 1.0
+            x[i, 0, r : r + side, c : c + side] = 1.0
     return x, y, boxes
 
 
@@ -203,7 +203,7 @@ def test_known_answer_gradcam_finds_the_square():
         ratios = []
         for h, (r, c) in zip(heat, boxes):
             inside = np.zeros(h.shape, bool)
-            inside[r:r + side, c:c + side] = True
+            inside[r : r + side, c : c + side] = True
             ratios.append(h[inside].mean() / max(h[~inside].mean(), 1e-6))
         assert np.mean(ratios) > 2.0, (method, np.round(ratios, 2))
         assert np.median(ratios) > 2.0, (method, np.round(ratios, 2))

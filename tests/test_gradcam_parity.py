@@ -121,7 +121,8 @@ def test_cam_matches_pytorch_grad_cam(name, method):
         if np.isnan(r):
             # a ReLU that kills the whole map (every weighted sum negative) must do so on both sides
             assert np.all(a == 0) and np.all(b == 0), (
-                f"{name} {method} class {class_idx} image {i}: one map is constant and the other is not")
+                f"{name} {method} class {class_idx} image {i}: one map is constant and the other is not"
+            )
             continue
         informative += 1
         assert r >= MIN_R, f"{name} {method} class {class_idx} image {i}: Pearson r {r:.4f} < {MIN_R}"

@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.files import write_json
 from covidnet import DISCLAIMER
+from covidnet.files import write_json
 from covidnet.metrics.calibration import reliability_bins
 from covidnet.report import write_report
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
 EVIL = "<script>alert(1)</script>"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _data(n: int = 60, seed: int = 0, classes_present=(0, 1, 2)):
@@ -46,9 +54,13 @@ def _block(y: np.ndarray, probs: np.ndarray, patients: np.ndarray, resamples: in
             sens = tp / (tp + fn) if tp + fn else math.nan
             ppv = tp / (tp + fp) if tp + fp else math.nan
             pos = y == k
-            out[c] = {"sensitivity": sens, "ppv": ppv, "specificity": tn / (tn + fp) if tn + fp else math.nan,
-                      "f1": 2 * sens * ppv / (sens + ppv) if sens + ppv > 0 else math.nan,
-                      "auc": roc_auc_score(pos, p[:, k]) if 0 < pos.sum() < len(y) else math.nan}
+            out[c] = {
+                "sensitivity": sens,
+                "ppv": ppv,
+                "specificity": tn / (tn + fp) if tn + fp else math.nan,
+                "f1": 2 * sens * ppv / (sens + ppv) if sens + ppv > 0 else math.nan,
+                "auc": roc_auc_score(pos, p[:, k]) if 0 < pos.sum() < len(y) else math.nan,
+            }
         return out, cm
 
     est, cm = point(y, probs)
@@ -66,10 +78,12 @@ def _block(y: np.ndarray, probs: np.ndarray, patients: np.ndarray, resamples: in
         return {"value": float(value), "ci95": ci}
 
     keys = ("sensitivity", "ppv", "specificity", "f1", "auc")
-    macro_of = lambda d, key: float(np.nanmean([d[c][key] for c in CLASSES])) if any(
-        np.isfinite(d[c][key]) for c in CLASSES) else math.nan
+    macro_of = lambda d, key: (
+        float(np.nanmean([d[c][key] for c in CLASSES])) if any(np.isfinite(d[c][key]) for c in CLASSES) else math.nan
+    )
     return {
-        "n": int(len(y)), "n_patients": int(len(ids)),
+        "n": int(len(y)),
+        "n_patients": int(len(ids)),
         "accuracy": stat(est["accuracy"], lambda b: b["accuracy"]),
         "macro": {key: stat(macro_of(est, key), lambda b, key=key: macro_of(b, key)) for key in keys},
         "per_class": {c: {key: stat(est[c][key], lambda b, c=c, key=key: b[c][key]) for key in keys} for c in CLASSES},
@@ -81,8 +95,10 @@ def _block(y: np.ndarray, probs: np.ndarray, patients: np.ndarray, resamples: in
 def _metrics(y, probs, patients, sources) -> dict:
     m = _block(y, probs, patients)
     m["temperature"] = 1.37
-    m["per_source"] = {s: _block(y[sources == s], probs[sources == s], patients[sources == s], 30)
-                       for s in dict.fromkeys(sources.tolist())}
+    m["per_source"] = {
+        s: _block(y[sources == s], probs[sources == s], patients[sources == s], 30)
+        for s in dict.fromkeys(sources.tolist())
+    }
     m["bootstrap"] = {"resamples": 100, "unit": "patient"}
     return m
 
@@ -97,9 +113,16 @@ def _errors(y, probs, k: int = 6) -> list[dict]:
         img = (60 + 120 * np.exp(-((xx - 48) ** 2 / 900 + (yy - 50) ** 2 / 1600))).astype(np.uint8)
         heat = np.exp(-((xx - 30 - 6 * j) ** 2 + (yy - 40) ** 2) / 300)
         overlay = np.stack([img * (1 - heat) + 255 * heat, img * (1 - heat), img * (1 - heat)], -1).astype(np.uint8)
-        out.append({"name": f"patient{i:03d}_$1_a_rather_long_file_name.png", "true": CLASSES[y[i]],
-                    "pred": CLASSES[pred[i]], "confidence": float(probs[i].max()), "image": img,
-                    "overlay": overlay if j % 2 == 0 else None})
+        out.append(
+            {
+                "name": f"patient{i:03d}_$1_a_rather_long_file_name.png",
+                "true": CLASSES[y[i]],
+                "pred": CLASSES[pred[i]],
+                "confidence": float(probs[i].max()),
+                "image": img,
+                "overlay": overlay if j % 2 == 0 else None,
+            }
+        )
     return out
 
 
@@ -110,8 +133,9 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     (out / "notes.txt").write_text("mine")
     context = {"checkpoint": "runs/cxr3b/best.pt", "data": "data/covidx", "split": "test", "version": "0.1.0"}
-    index = write_report(out, m, y, probs, CLASSES, errors=_errors(y, probs), title="covidnet evaluation: test split",
-                         context=context)
+    index = write_report(
+        out, m, y, probs, CLASSES, errors=_errors(y, probs), title="covidnet evaluation: test split", context=context
+    )
     return index, m
 
 
@@ -146,8 +170,12 @@ def test_page_shows_the_numbers_classes_and_disclaimer_and_is_self_contained(rep
     assert all(f">{c}<" in page for c in CLASSES)
     assert DISCLAIMER in page and "not for diagnostic use." in page
     assert "1.370" in page and "runs/cxr3b/best.pt" in page
-    for name, id in [("confusion_matrix.png", "confusion-matrix"), ("roc.png", "roc"), ("reliability.png", "reliability"),
-                     ("errors.png", "errors")]:
+    for name, id in [
+        ("confusion_matrix.png", "confusion-matrix"),
+        ("roc.png", "roc"),
+        ("reliability.png", "reliability"),
+        ("errors.png", "errors"),
+    ]:
         assert re.search(rf'<img id="{id}" src="{re.escape(name)}" alt="[^"]+"', page), name
     assert page.index(text) < page.index('id="confusion-matrix"')  # numbers first, figures after
     assert "http://" not in page and "https://" not in page and "<script" not in page.replace(EVIL, "")
@@ -172,8 +200,8 @@ def test_nan_auc_and_absent_class_render_as_a_dash_and_no_errors_is_a_sentence(t
     page = index.read_text(encoding="utf-8")
     row = re.search(r'<table id="per-class">.*?<th scope="row">COVID-19</th>(.*?)</tr>', page, re.S).group(1)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
-    assert cells[0] == "0"                   # images of the class
-    assert cells[-1] == "—"                  # AUC
+    assert cells[0] == "0"  # images of the class
+    assert cells[-1] == "—"  # AUC
     assert "nan" not in page.lower() and "None" not in page
     assert re.search(r"<th scope=\"row\">Temperature</th><td[^>]*>—</td>", page)
     assert not (tmp_path / "errors.png").exists()
@@ -208,7 +236,12 @@ def test_rewriting_replaces_the_report_and_wrong_shapes_are_refused(tmp_path):
     write_report(tmp_path, m, y, probs, CLASSES, title="second <b>")
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "<title>second &lt;b&gt;</title>" in page and "first" not in page
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "index.html", "reliability.png", "roc.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "confusion_matrix.png",
+        "index.html",
+        "reliability.png",
+        "roc.png",
+    ]
     assert matplotlib.rcParams["backend"] == backend
     with pytest.raises(ValueError, match="shape"):
         write_report(tmp_path / "x", m, y, probs[:, :2], CLASSES)

@@ -21,10 +21,7 @@ fail), and a plain-language reading:
 
 from __future__ import annotations
 
-import html
-import json
 import math
-import os
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .data.records import patient_uid
 from .data.store import open_store
 from .errors import ConfigError
@@ -89,16 +87,29 @@ def mutual_information(sources: np.ndarray, labels: np.ndarray) -> tuple[float, 
     return float(mi), float(mi / h) if h > 0 else float("nan")
 
 
-def source_predictability(features: np.ndarray, pixels: np.ndarray, sources: np.ndarray, labels: np.ndarray,
-                          groups: np.ndarray, classes, seed: int = 0) -> dict:
+def source_predictability(
+    features: np.ndarray,
+    pixels: np.ndarray,
+    sources: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    classes,
+    seed: int = 0,
+) -> dict:
     """Probe the source *within each label*: when sources contribute different classes, the disease
     itself predicts the source, so only a source signal among images of the same class is a shortcut
     the model could use. The verdict takes the worst label; the mutual information between source and
     label (a property of the dataset, not of the model) can raise at most a warning."""
     uniq, counts = np.unique(sources, return_counts=True)
-    base = {"test": "source predictability", "sources": {str(s): int(c) for s, c in zip(uniq, counts)},
-            "thresholds": {"within_label_excess_warning": EXCESS_WARN, "within_label_excess_fail": EXCESS_FAIL,
-                           "mi_share_warning": MI_WARN}}
+    base = {
+        "test": "source predictability",
+        "sources": {str(s): int(c) for s, c in zip(uniq, counts)},
+        "thresholds": {
+            "within_label_excess_warning": EXCESS_WARN,
+            "within_label_excess_fail": EXCESS_FAIL,
+            "mi_share_warning": MI_WARN,
+        },
+    }
     if len(uniq) < 2:
         return {**base, "verdict": "skipped", "reason": "one source only: nothing to confound with"}
     mi, mi_share = mutual_information(sources, labels)
@@ -110,28 +121,53 @@ def source_predictability(features: np.ndarray, pixels: np.ndarray, sources: np.
         if len(src) < 2 or cnt.min() < 5 or len(np.unique(groups[m])) < 4:
             per_label[name] = {"skipped": f"{name} images come from {len(src)} source(s), smallest {cnt.min()} images"}
             continue
-        per_label[name] = {"chance": 1 / len(src), "features": probe(features[m], sources[m], groups[m], seed),
-                           "pixels": probe(pixels[m], sources[m], groups[m], seed), "n": int(m.sum())}
+        per_label[name] = {
+            "chance": 1 / len(src),
+            "features": probe(features[m], sources[m], groups[m], seed),
+            "pixels": probe(pixels[m], sources[m], groups[m], seed),
+            "n": int(m.sum()),
+        }
     probed = {k: v for k, v in per_label.items() if "skipped" not in v}
     mi_verdict = "warning" if mi_share >= MI_WARN else "ok"
     if not probed:
-        return {**base, "verdict": _worst(mi_verdict, "warning"), "per_label": per_label,
-                "mutual_information_bits": mi, "mutual_information_share_of_label": mi_share,
-                "reading": (f"No class comes from two sources, so source and label cannot be told apart: a source "
-                            f"detector would score like a disease detector. The source alone gives away {mi_share:.0%} "
-                            "of the label's information.")}
+        return {
+            **base,
+            "verdict": _worst(mi_verdict, "warning"),
+            "per_label": per_label,
+            "mutual_information_bits": mi,
+            "mutual_information_share_of_label": mi_share,
+            "reading": (
+                f"No class comes from two sources, so source and label cannot be told apart: a source "
+                f"detector would score like a disease detector. The source alone gives away {mi_share:.0%} "
+                "of the label's information."
+            ),
+        }
     worst_label = max(probed, key=lambda k: max(probed[k]["features"], probed[k]["pixels"]) - probed[k]["chance"])
     w = probed[worst_label]
     excess = max(w["features"], w["pixels"]) - w["chance"]
     verdict = _worst(_verdict(excess, EXCESS_WARN, EXCESS_FAIL), mi_verdict)
-    return {**base, "verdict": verdict, "per_label": per_label, "worst_label": worst_label, "excess_over_chance": excess,
-            "features_balanced_accuracy": w["features"], "pixels_balanced_accuracy": w["pixels"], "chance": w["chance"],
-            "mutual_information_bits": mi, "mutual_information_share_of_label": mi_share,
-            "reading": (f"Among {worst_label} images, the source is predicted with balanced accuracy {w['features']:.2f} from "
-                        f"the model's features and {w['pixels']:.2f} from raw pixels (chance {w['chance']:.2f}): "
-                        + ("the images carry a source signature the disease does not explain."
-                           if excess >= EXCESS_WARN else "no source signature beyond the disease.")
-                        + f" The source alone gives away {mi_share:.0%} of the label's information.")}
+    return {
+        **base,
+        "verdict": verdict,
+        "per_label": per_label,
+        "worst_label": worst_label,
+        "excess_over_chance": excess,
+        "features_balanced_accuracy": w["features"],
+        "pixels_balanced_accuracy": w["pixels"],
+        "chance": w["chance"],
+        "mutual_information_bits": mi,
+        "mutual_information_share_of_label": mi_share,
+        "reading": (
+            f"Among {worst_label} images, the source is predicted with balanced accuracy {w['features']:.2f} from "
+            f"the model's features and {w['pixels']:.2f} from raw pixels (chance {w['chance']:.2f}): "
+            + (
+                "the images carry a source signature the disease does not explain."
+                if excess >= EXCESS_WARN
+                else "no source signature beyond the disease."
+            )
+            + f" The source alone gives away {mi_share:.0%} of the label's information."
+        ),
+    }
 
 
 # --- occlusion ----------------------------------------------------------------------------------------------
@@ -151,7 +187,7 @@ def occlude(images: np.ndarray, mode: str) -> np.ndarray:
         hide[y0:y1, x0:x1] = True
     else:
         b = round(BORDER * n)
-        hide[b:n - b, b:n - b] = True
+        hide[b : n - b, b : n - b] = True
     fill = out[:, ~hide].mean(axis=1).round().astype(np.uint8)
     out[:, hide] = fill[:, None]
     return out
@@ -164,8 +200,14 @@ def occlusion(lm: LoadedModel, images: np.ndarray, y: np.ndarray) -> dict:
     from sklearn.metrics import roc_auc_score
 
     k = len(lm.classes)
-    base = {"test": "occlusion", "chance": 0.5, "lung_box": LUNG_BOX, "border": BORDER, "metric": "macro one-vs-rest ROC-AUC",
-            "thresholds": {"above_chance_warning": OCCLUSION_WARN, "above_chance_fail": OCCLUSION_FAIL}}
+    base = {
+        "test": "occlusion",
+        "chance": 0.5,
+        "lung_box": LUNG_BOX,
+        "border": BORDER,
+        "metric": "macro one-vs-rest ROC-AUC",
+        "thresholds": {"above_chance_warning": OCCLUSION_WARN, "above_chance_fail": OCCLUSION_FAIL},
+    }
     present = [c for c in range(k) if 0 < (y == c).sum() < len(y)]
     if len(present) < 2:
         return {**base, "verdict": "skipped", "reason": "the evaluated images hold one class only"}
@@ -175,11 +217,21 @@ def occlusion(lm: LoadedModel, images: np.ndarray, y: np.ndarray) -> dict:
         scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
     worst = max(scores["lungs"], scores["border"]) - 0.5
     verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
-    return {**base, "verdict": verdict, "auc": scores, "n": int(len(y)),
-            "reading": (f"Macro AUC {scores['none']:.2f} on the images, {scores['lungs']:.2f} with the lungs hidden and "
-                        f"{scores['border']:.2f} with only the border kept (chance 0.50): "
-                        + ("the model still tells the classes apart without the lungs, so it uses something else."
-                           if verdict != "ok" else "without the lungs it is near chance, as it should be."))}
+    return {
+        **base,
+        "verdict": verdict,
+        "auc": scores,
+        "n": int(len(y)),
+        "reading": (
+            f"Macro AUC {scores['none']:.2f} on the images, {scores['lungs']:.2f} with the lungs hidden and "
+            f"{scores['border']:.2f} with only the border kept (chance 0.50): "
+            + (
+                "the model still tells the classes apart without the lungs, so it uses something else."
+                if verdict != "ok"
+                else "without the lungs it is near chance, as it should be."
+            )
+        ),
+    }
 
 
 # --- leave one source out ---------------------------------------------------------------------------------
@@ -197,8 +249,11 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     from .evaluate import predict_store
     from .train import TrainConfig, train
 
-    base = {"test": "leave-one-source-out", "epochs": epochs,
-            "thresholds": {"drop_warning": LOSO_WARN, "drop_fail": LOSO_FAIL, "metric": "balanced accuracy"}}
+    base = {
+        "test": "leave-one-source-out",
+        "epochs": epochs,
+        "thresholds": {"drop_warning": LOSO_WARN, "drop_fail": LOSO_FAIL, "metric": "balanced accuracy"},
+    }
     if epochs <= 0:
         return {**base, "verdict": "skipped", "reason": "retraining is optional: pass --loso-epochs N to run it"}
     store = open_store(data)
@@ -219,8 +274,16 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
                 results[s] = {"skipped": "the other sources have no train or val images"}
                 continue
             cfg = {k: v for k, v in checkpoint_meta["train_config"].items() if k in fields}
-            cfg.update(data=str(ds), out=str(Path(tmp) / f"run-{s}"), epochs=epochs, resume=False, progress=False,
-                       init="random", seed=seed, device=device)
+            cfg.update(
+                data=str(ds),
+                out=str(Path(tmp) / f"run-{s}"),
+                epochs=epochs,
+                resume=False,
+                progress=False,
+                init="random",
+                seed=seed,
+                device=device,
+            )
             train(TrainConfig(**cfg))
             lm = LoadedModel.open(Path(tmp) / f"run-{s}" / "best.pt", device, tasks=("classification",))
             scores = {}
@@ -229,16 +292,31 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
                     continue
                 p = predict_store(lm, str(ds), split)
                 scores[split] = float(balanced_accuracy_score(p.y, p.out.argmax(1)))
-            results[s] = {"internal_balanced_accuracy": scores.get("test"), "external_balanced_accuracy": scores["external"],
-                          "n_external": sum(r["source"] == s for r in store.index)}
-    drops = [r["internal_balanced_accuracy"] - r["external_balanced_accuracy"] for r in results.values()
-             if r.get("internal_balanced_accuracy") is not None]
+            results[s] = {
+                "internal_balanced_accuracy": scores.get("test"),
+                "external_balanced_accuracy": scores["external"],
+                "n_external": sum(r["source"] == s for r in store.index),
+            }
+    drops = [
+        r["internal_balanced_accuracy"] - r["external_balanced_accuracy"]
+        for r in results.values()
+        if r.get("internal_balanced_accuracy") is not None
+    ]
     worst = max(drops) if drops else float("nan")
     verdict = _verdict(worst, LOSO_WARN, LOSO_FAIL)
-    return {**base, "verdict": verdict, "per_source": results, "largest_drop": worst,
-            "reading": (f"Trained without a source and tested on it, balanced accuracy falls by up to {worst:.2f} against the "
-                        "other sources' test split" + (": performance does not carry to a new hospital." if verdict != "ok"
-                                                      else ", within the threshold.")) if drops else "no internal test split"}
+    return {
+        **base,
+        "verdict": verdict,
+        "per_source": results,
+        "largest_drop": worst,
+        "reading": (
+            f"Trained without a source and tested on it, balanced accuracy falls by up to {worst:.2f} against the "
+            "other sources' test split"
+            + (": performance does not carry to a new hospital." if verdict != "ok" else ", within the threshold.")
+        )
+        if drops
+        else "no internal test split",
+    }
 
 
 # --- leakage ------------------------------------------------------------------------------------------------
@@ -258,22 +336,39 @@ def leakage(index: list[dict], images: np.ndarray) -> dict:
     for i, d in enumerate(digest):
         by_digest[d].append(i)
     exact_cross = [g for g in by_digest.values() if len({index[i]["split"] for i in g}) > 1]
-    hashes = np.stack([np.frombuffer(perceptual_hash(np.asarray(im)), np.uint8) for im in images]) if len(images) \
+    hashes = (
+        np.stack([np.frombuffer(perceptual_hash(np.asarray(im)), np.uint8) for im in images])
+        if len(images)
         else np.zeros((0, 32), np.uint8)
+    )
     pairs = near_duplicate_pairs(hashes, NEAR_DUP_BITS)
     near_cross_split = [(i, j) for i, j in pairs if index[i]["split"] != index[j]["split"]]
     near_cross_source = [(i, j) for i, j in pairs if index[i]["source"] != index[j]["source"]]
-    verdict = "fail" if (patients_crossing or exact_cross or near_cross_split) else "warning" if near_cross_source else "ok"
+    verdict = (
+        "fail" if (patients_crossing or exact_cross or near_cross_split) else "warning" if near_cross_source else "ok"
+    )
     name = lambda i: f"{index[i]['source']}:{index[i]['filename']} ({index[i]['split']})"
-    return {"test": "leakage", "verdict": verdict, "patients_in_two_splits": len(patients_crossing),
-            "exact_duplicates_across_splits": len(exact_cross), "near_duplicates_across_splits": len(near_cross_split),
-            "near_duplicates_across_sources": len(near_cross_source),
-            "examples": [f"{name(i)} ~ {name(j)}" for i, j in (near_cross_split + near_cross_source)[:10]],
-            "thresholds": {"fail": "any patient or image across splits", "warning": "an image in two sources",
-                           "near_duplicate_bits": NEAR_DUP_BITS},
-            "reading": ("Patients or images are shared between splits: test figures are optimistic." if verdict == "fail"
-                        else "The same image appears in two sources." if verdict == "warning"
-                        else "No patient or image is shared between splits or sources.")}
+    return {
+        "test": "leakage",
+        "verdict": verdict,
+        "patients_in_two_splits": len(patients_crossing),
+        "exact_duplicates_across_splits": len(exact_cross),
+        "near_duplicates_across_splits": len(near_cross_split),
+        "near_duplicates_across_sources": len(near_cross_source),
+        "examples": [f"{name(i)} ~ {name(j)}" for i, j in (near_cross_split + near_cross_source)[:10]],
+        "thresholds": {
+            "fail": "any patient or image across splits",
+            "warning": "an image in two sources",
+            "near_duplicate_bits": NEAR_DUP_BITS,
+        },
+        "reading": (
+            "Patients or images are shared between splits: test figures are optimistic."
+            if verdict == "fail"
+            else "The same image appears in two sources."
+            if verdict == "warning"
+            else "No patient or image is shared between splits or sources."
+        ),
+    }
 
 
 # --- population ---------------------------------------------------------------------------------------------
@@ -302,20 +397,37 @@ def population(index: list[dict]) -> dict:
             if len(present) == 1 and len(labels) > 1 and sum(table[lab][v] for lab in labels) >= 5:
                 flags.append(f"every {name.replace('_', ' ')} '{v}' image is {present[0]}")
             if max(share.values()) - min(share.values()) >= 0.5:
-                flags.append(f"{name.replace('_', ' ')} '{v}' is {max(share, key=share.get)} {max(share.values()):.0%} "
-                             f"vs {min(share, key=share.get)} {min(share.values()):.0%}")
+                flags.append(
+                    f"{name.replace('_', ' ')} '{v}' is {max(share, key=share.get)} {max(share.values()):.0%} "
+                    f"vs {min(share, key=share.get)} {min(share.values()):.0%}"
+                )
     verdict = "fail" if any("every" in f for f in flags) else "warning" if flags else "ok"
-    return {"test": "population confounders", "verdict": verdict, "tables": tables, "flags": flags,
-            "thresholds": {"fail": "a group (e.g. paediatric, AP supine) present in one label only",
-                           "warning": "a group's share differs by >= 50 points between labels"},
-            "reading": ("; ".join(flags) if flags else "No age group or view is tied to a label.")}
+    return {
+        "test": "population confounders",
+        "verdict": verdict,
+        "tables": tables,
+        "flags": flags,
+        "thresholds": {
+            "fail": "a group (e.g. paediatric, AP supine) present in one label only",
+            "warning": "a group's share differs by >= 50 points between labels",
+        },
+        "reading": ("; ".join(flags) if flags else "No age group or view is tied to a label."),
+    }
 
 
 # --- the audit ----------------------------------------------------------------------------------------------
 
 
-def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "auto", max_images: int = 0,
-              seed: int = 0, report: str | None = None, loso_epochs: int = 0) -> dict:
+def run_audit(
+    checkpoint: str,
+    data: str,
+    split: str = "test",
+    device: str = "auto",
+    max_images: int = 0,
+    seed: int = 0,
+    report: str | None = None,
+    loso_epochs: int = 0,
+) -> dict:
     """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the occlusion
     test on ``split``); an HTML page in ``report`` when given."""
     lm = LoadedModel.open(checkpoint, device, tasks=("classification",))
@@ -335,7 +447,9 @@ def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "au
     feats = lm.features(images)
     small = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(16, 16), mode="area")
     pixels = small.flatten(1).numpy()
-    eval_rows = np.array([i for i, r in enumerate(index) if r["split"] == split]) if split != "all" else np.arange(len(index))
+    eval_rows = (
+        np.array([i for i, r in enumerate(index) if r["split"] == split]) if split != "all" else np.arange(len(index))
+    )
     if len(eval_rows) == 0:
         raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
     tests = {
@@ -345,10 +459,19 @@ def run_audit(checkpoint: str, data: str, split: str = "test", device: str = "au
         "leakage": leakage(index, images),
         "population": population(index),
     }
-    out = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": int(len(rows)),
-           "classes": list(classes), "version": __version__, "tests": tests,
-           "summary": [{"test": t["test"], "verdict": t["verdict"], "reading": t.get("reading", t.get("reason", ""))}
-                       for t in tests.values()]}
+    out = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "n_images": int(len(rows)),
+        "classes": list(classes),
+        "version": __version__,
+        "tests": tests,
+        "summary": [
+            {"test": t["test"], "verdict": t["verdict"], "reading": t.get("reading", t.get("reason", ""))}
+            for t in tests.values()
+        ],
+    }
     if report:
         from .report import write_audit_report
 

@@ -49,10 +49,13 @@ def augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     p = params.to(x.device, torch.float32)
     angle, zoom, tx, ty, flip, bright = p.unbind(1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # zoom > 1 enlarges: sample a smaller area
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, tx], 1),
-        torch.stack([sin * flip, cos, ty], 1),
-    ], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, tx], 1),
+            torch.stack([sin * flip, cos, ty], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     return (out * bright.view(-1, 1, 1, 1).to(x.dtype)).clamp_(0, 1)

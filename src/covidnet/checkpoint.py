@@ -1,7 +1,8 @@
 """Checkpoints that describe themselves: architecture and its arguments, class names, the
 preprocessing contract, training config and code version travel with the weights, so loading one
 never needs flags that restate them; so does the ``task`` (classification when absent, severity,
-risk) with what its head needs (score names and scale, risk bin edges). Written atomically (temporary file, then rename)."""
+risk) with what its head needs (score names and scale, risk bin edges). Written atomically (temporary file,
+then rename)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,19 @@ def read_checkpoint(path: Path | str) -> dict:
     return ckpt
 
 
-def load_model(path: Path | str, device: str | torch.device = "cpu",
-               tasks: tuple[str, ...] | None = ("classification",)) -> tuple[torch.nn.Module, dict]:
+def load_model(
+    path: Path | str, device: str | torch.device = "cpu", tasks: tuple[str, ...] | None = ("classification",)
+) -> tuple[torch.nn.Module, dict]:
     """The model a checkpoint describes, with its weights, in eval mode; and the checkpoint's metadata.
     ``tasks``: the tasks the caller handles (``task`` in the checkpoint, classification when absent);
     None for any."""
     ckpt = read_checkpoint(path)
     task = ckpt.get("task", "classification")
     if tasks is not None and task not in tasks:
-        raise ConfigError(f"{path}: a {task} checkpoint, but this takes {' or '.join(tasks)} checkpoints "
-                          "(covidnet eval and predict take every task; calibrate, audit, export and serve only classification)")
+        raise ConfigError(
+            f"{path}: a {task} checkpoint, but this takes {' or '.join(tasks)} checkpoints "
+            "(covidnet eval and predict take every task; calibrate, audit, export and serve only classification)"
+        )
     model = create_model(ckpt["arch"], **ckpt["arch_args"])
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}

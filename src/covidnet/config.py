@@ -12,12 +12,20 @@ Neither argparse nor torch is imported here, so every API module can declare its
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *,
-           default_factory: Callable[[], Any] = dataclasses.MISSING, choices: Sequence | None = None,
-           metavar: str | None = None, flag: str | None = None, negate: bool = False) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    default_factory: Callable[[], Any] = dataclasses.MISSING,
+    choices: Sequence | None = None,
+    metavar: str | None = None,
+    flag: str | None = None,
+    negate: bool = False,
+) -> Any:
     """A ``dataclasses.field`` that is also a command-line flag; its metadata holds the rest.
 
     default, default_factory: as for ``dataclasses.field``; with neither, the flag is required.

@@ -82,18 +82,21 @@ class Contract:
 
     # --- from the store to the model ----------------------------------------------------------------
 
-    def for_model(self, size: int | None, in_channels: int, mean, std) -> "Contract":
+    def for_model(self, size: int | None, in_channels: int, mean, std) -> Contract:
         """This store's contract with a model's half filled in (what training writes)."""
-        return replace(self, size=int(size or self.stored_size), in_channels=int(in_channels), mean=tuple(mean),
-                       std=tuple(std))
+        return replace(
+            self, size=int(size or self.stored_size), in_channels=int(in_channels), mean=tuple(mean), std=tuple(std)
+        )
 
     def check_store(self, store, where: str) -> None:
         """A checkpoint's contract against a store it is asked to read: same stored pixels, or a clear error."""
         theirs = store.contract
         for name in ("stored_size", "top_crop"):
             if getattr(theirs, name) != getattr(self, name):
-                raise CovidnetError(f"{where}: built with {name} {getattr(theirs, name)}, but the model was trained on "
-                                    f"a build with {name} {getattr(self, name)}; rebuild it with the model's settings")
+                raise CovidnetError(
+                    f"{where}: built with {name} {getattr(theirs, name)}, but the model was trained on "
+                    f"a build with {name} {getattr(self, name)}; rebuild it with the model's settings"
+                )
 
     # --- serialised ---------------------------------------------------------------------------------
 
@@ -103,7 +106,7 @@ class Contract:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Contract":
+    def from_dict(cls, d: dict) -> Contract:
         """From a checkpoint's, an export's or a store's dict. A checkpoint written before the contract
         was a class has ``size, stored_size, in_channels, mean, std`` and no ``top_crop``: those builds
         all used the reference's 0.08 (the only value that could reach a checkpoint then)."""
@@ -117,7 +120,7 @@ class Contract:
         (Path(folder) / CONTRACT_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def read(cls, folder: Path) -> "Contract | None":
+    def read(cls, folder: Path) -> Contract | None:
         path = Path(folder) / CONTRACT_FILE
         if not path.is_file():
             return None

@@ -10,9 +10,9 @@ metrics, so they agree exactly on the same data and checkpoint.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,9 +48,15 @@ def predict_store(lm: LoadedModel, data: str, split: str) -> Predictions:
     rows = lm.task.rows(store, split)
     if len(rows) == 0:
         raise ConfigError(f"{data}: no {lm.task.needs} in split {split!r}")
-    return Predictions(names=store.names(rows), y=lm.task.targets(store, rows), out=lm.logits(store.images, rows),
-                       patients=store.patients(rows), sources=store.sources(rows),
-                       load=lambda i: np.asarray(store.images[rows[i]]), failed=[])
+    return Predictions(
+        names=store.names(rows),
+        y=lm.task.targets(store, rows),
+        out=lm.logits(store.images, rows),
+        patients=store.patients(rows),
+        sources=store.sources(rows),
+        load=lambda i: np.asarray(store.images[rows[i]]),
+        failed=[],
+    )
 
 
 def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool = False) -> Predictions:
@@ -61,8 +67,9 @@ def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool
     from .predict import load_input
 
     if not isinstance(lm.task, ClassificationTask):
-        raise UsageError(f"--labels evaluates classification checkpoints; this one is a {lm.task.name} checkpoint: "
-                         "use --data DIR")
+        raise UsageError(
+            f"--labels evaluates classification checkpoints; this one is a {lm.task.name} checkpoint: use --data DIR"
+        )
     classes = lm.classes
     rows = read_label_file(labels, classes)
     folder = Path(images)
@@ -82,9 +89,15 @@ def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool
     if not ok_rows:
         raise CovidnetError(f"{labels}: none of its {len(rows)} images could be read (first: {failed[0]['error']})")
     stack = np.stack(pixels)
-    return Predictions(names=[r.filename for r in ok_rows], y=np.array([classes.index(r.label) for r in ok_rows]),
-                       out=lm.logits(stack), patients=[patient_uid(r.source, r.patient_id) for r in ok_rows],
-                       sources=[r.source or "(none)" for r in ok_rows], load=lambda i: stack[i], failed=failed)
+    return Predictions(
+        names=[r.filename for r in ok_rows],
+        y=np.array([classes.index(r.label) for r in ok_rows]),
+        out=lm.logits(stack),
+        patients=[patient_uid(r.source, r.patient_id) for r in ok_rows],
+        sources=[r.source or "(none)" for r in ok_rows],
+        load=lambda i: stack[i],
+        failed=failed,
+    )
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -95,10 +108,20 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
-def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "test", labels: str | None = None,
-                        images: str | None = None, resamples: int = 1000, seed: int = 0, device: str = "auto",
-                        report: str | None = None, cam_method: str = "gradcam", errors_shown: int = 12,
-                        progress: bool = False) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str | None = None,
+    split: str = "test",
+    labels: str | None = None,
+    images: str | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    report: str | None = None,
+    cam_method: str = "gradcam",
+    errors_shown: int = 12,
+    progress: bool = False,
+) -> dict:
     """Evaluate ``checkpoint`` (any task) on a built dataset's ``split`` (``data``) or, for
     classification, on the raw ``images`` named in a COVIDx ``labels`` file; write an HTML report to
     ``report`` when given. Returns the metrics JSON."""
@@ -111,22 +134,49 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str = "
     metrics = lm.task.evaluate(pred.y, pred.out, pred.patients, pred.sources, lm.meta, resamples, seed)
     for entry, name, patient in zip(metrics.get("predictions", ()), pred.names, pred.patients):
         entry.update(name=name, patient=patient)
-    metrics.update({
-        "task": lm.task.name, "task_meta": lm.task.meta(), "checkpoint": str(checkpoint), "arch": lm.meta["arch"],
-        "data": str(data) if data else None, "split": split if data else None,
-        "labels": str(labels) if labels else None, "images": str(images) if images else None,
-        "processed": len(pred.y), "failed_count": len(pred.failed), "failed": pred.failed, "version": __version__,
-    })
+    metrics.update(
+        {
+            "task": lm.task.name,
+            "task_meta": lm.task.meta(),
+            "checkpoint": str(checkpoint),
+            "arch": lm.meta["arch"],
+            "data": str(data) if data else None,
+            "split": split if data else None,
+            "labels": str(labels) if labels else None,
+            "images": str(images) if images else None,
+            "processed": len(pred.y),
+            "failed_count": len(pred.failed),
+            "failed": pred.failed,
+            "version": __version__,
+        }
+    )
     if report:
         _write_report(report, lm, metrics, pred, cam_method, errors_shown)
     return metrics
 
 
-def evaluate_task_checkpoint(checkpoint: str, data: str, split: str = "test", resamples: int = 1000, seed: int = 0,
-                             device: str = "auto", report: str | None = None, cam_method: str = "gradcam") -> dict:
+def evaluate_task_checkpoint(
+    checkpoint: str,
+    data: str,
+    split: str = "test",
+    resamples: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    report: str | None = None,
+    cam_method: str = "gradcam",
+) -> dict:
     """``evaluate_checkpoint`` for a built dataset (the name the severity and risk heads had)."""
-    return evaluate_checkpoint(checkpoint, data=data, split=split, resamples=resamples, seed=seed, device=device,
-                               report=report, cam_method=cam_method, errors_shown=8)
+    return evaluate_checkpoint(
+        checkpoint,
+        data=data,
+        split=split,
+        resamples=resamples,
+        seed=seed,
+        device=device,
+        report=report,
+        cam_method=cam_method,
+        errors_shown=8,
+    )
 
 
 def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, cam_method: str, k: int) -> None:
@@ -147,8 +197,9 @@ def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, ca
 # --- calibration: temperature and operating point ----------------------------------------------------
 
 
-def calibrate_checkpoint(checkpoint: str, data: str, temperature: bool = True, operating_point: str | None = None,
-                         device: str = "auto") -> dict:
+def calibrate_checkpoint(
+    checkpoint: str, data: str, temperature: bool = True, operating_point: str | None = None, device: str = "auto"
+) -> dict:
     """Fit a temperature and/or choose an operating point on the **validation** split of ``data`` and
     store them in ``checkpoint`` (rewritten atomically). ``operating_point``: 'sensitivity=0.95' or
     'specificity=0.9' for the positive class (COVID-19, or 'positive' for binary checkpoints)."""

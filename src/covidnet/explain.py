@@ -82,7 +82,7 @@ def _normalise(cam: torch.Tensor) -> torch.Tensor:
     cam = torch.nan_to_num(cam.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
     flat = cam.flatten(1)
     lo = flat.min(1).values.view(-1, 1, 1, 1)
-    span = (flat.max(1).values.view(-1, 1, 1, 1) - lo)
+    span = flat.max(1).values.view(-1, 1, 1, 1) - lo
     out = torch.where(span > 0, (cam - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
     return out.clamp_(0.0, 1.0)
 

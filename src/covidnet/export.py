@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import DISCLAIMER
-from .contract import Contract
 from .config import option
+from .contract import Contract
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
 from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
@@ -43,11 +43,16 @@ class ExportConfig:
     checkpoint: str = option(help="a checkpoint written by `covidnet train` (best.pt)")
     out: str = option(help="the ONNX model to write", metavar="MODEL.onnx")
     format: str = option("onnx", "model format", choices=("onnx",))
-    int8: bool = option(False, "post-training int8 quantisation (needs --data); the fp32 model is kept as "
-                        "MODEL.fp32.onnx")
+    int8: bool = option(
+        False, "post-training int8 quantisation (needs --data); the fp32 model is kept as MODEL.fp32.onnx"
+    )
     opset: int | None = option(None, "ONNX opset (default: the exporter's)")
-    data: str | None = option(None, "the built dataset: parity on its validation images, int8 calibration on its "
-                              "training images (default parity: phantoms)", metavar="DIR")
+    data: str | None = option(
+        None,
+        "the built dataset: parity on its validation images, int8 calibration on its "
+        "training images (default parity: phantoms)",
+        metavar="DIR",
+    )
     calibration_images: int = option(64, "training images the int8 model is calibrated on", metavar="N")
     quiet: bool = option(False, "no progress lines")
 
@@ -74,7 +79,9 @@ def _parity_images(cfg: ExportConfig, contract: Contract) -> tuple[np.ndarray, s
         store = _store(cfg.data, contract)
         rows = store.rows("val")
         rows = rows if len(rows) else store.rows()
-        return np.asarray(store.images[rows[:PARITY_IMAGES]]), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
+        return np.asarray(
+            store.images[rows[:PARITY_IMAGES]]
+        ), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
     from .data.synth import draw_radiograph
 
     rng = np.random.default_rng(0)
@@ -118,7 +125,7 @@ class _Calibration:
 
 
 def _accuracy(backend: OnnxBackend, images: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
-    pred = np.concatenate([backend.logits(images[k:k + batch]).argmax(1) for k in range(0, len(images), batch)])
+    pred = np.concatenate([backend.logits(images[k : k + batch]).argmax(1) for k in range(0, len(images), batch)])
     return float((pred == y).mean())
 
 
@@ -132,8 +139,10 @@ def export_model(cfg: ExportConfig) -> dict:
     if cfg.format != "onnx":
         raise ConfigError(f"--format {cfg.format}: only onnx is supported")
     if cfg.int8 and not cfg.data:
-        raise ConfigError("--int8 needs --data DIR (a built dataset): its training images calibrate the quantisation "
-                          "and its validation split measures the accuracy change")
+        raise ConfigError(
+            "--int8 needs --data DIR (a built dataset): its training images calibrate the quantisation "
+            "and its validation split measures the accuracy change"
+        )
     if cfg.calibration_images < 1:
         raise ConfigError(f"--calibration-images must be >= 1, not {cfg.calibration_images}")
     out = Path(cfg.out)
@@ -143,7 +152,9 @@ def export_model(cfg: ExportConfig) -> dict:
         for module in ("onnx", "onnxruntime", "onnxscript"):
             __import__(module)
     except ModuleNotFoundError as e:
-        raise CovidnetError(f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'") from None
+        raise CovidnetError(
+            f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'"
+        ) from None
 
     lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
     meta = lm.meta
@@ -159,9 +170,16 @@ def export_model(cfg: ExportConfig) -> dict:
         example = torch.from_numpy(images[:2, None].copy())
         batch = torch.export.Dim("batch", min=1, max=4096)
         try:
-            program = torch.onnx.export(wrapper, (example,), input_names=["image"], output_names=["logits"],
-                                        dynamic_shapes={"image": {0: batch}}, opset_version=cfg.opset, dynamo=True,
-                                        verbose=False)
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes={"image": {0: batch}},
+                opset_version=cfg.opset,
+                dynamo=True,
+                verbose=False,
+            )
             program.save(str(fp32))
         except Exception as e:
             raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
@@ -170,12 +188,16 @@ def export_model(cfg: ExportConfig) -> dict:
         with torch.inference_mode():
             ref = softmax(wrapper(torch.from_numpy(images[:, None].copy())).numpy(), meta.get("temperature"))
         onnx_fp32 = OnnxBackend(fp32, device="cpu")
-        got = softmax(np.concatenate([onnx_fp32.logits(images[:1]), onnx_fp32.logits(images[1:])]), meta.get("temperature"))
+        got = softmax(
+            np.concatenate([onnx_fp32.logits(images[:1]), onnx_fp32.logits(images[1:])]), meta.get("temperature")
+        )
         diff = float(np.abs(got - ref).max())
         report["fp32"] = {"max_abs_prob_diff": diff, "tolerance": PARITY_TOLERANCE, "images": len(images)}
         if diff > PARITY_TOLERANCE:
-            raise CovidnetError(f"{cfg.checkpoint}: the ONNX model's probabilities differ from PyTorch's by {diff:.2e} "
-                                f"(> {PARITY_TOLERANCE:g}) on {where}; nothing written")
+            raise CovidnetError(
+                f"{cfg.checkpoint}: the ONNX model's probabilities differ from PyTorch's by {diff:.2e} "
+                f"(> {PARITY_TOLERANCE:g}) on {where}; nothing written"
+            )
 
         final = fp32
         if cfg.int8:
@@ -190,8 +212,9 @@ def export_model(cfg: ExportConfig) -> dict:
     return report
 
 
-def _quantise(cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: OnnxBackend, ref: np.ndarray,
-              images: np.ndarray) -> dict:
+def _quantise(
+    cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: OnnxBackend, ref: np.ndarray, images: np.ndarray
+) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -203,11 +226,23 @@ def _quantise(cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: 
     prepared = dest.with_name("prepared.onnx")
     _progress(cfg, f"calibrating int8 on {len(pick)} training images")
     quant_pre_process(str(fp32), str(prepared))
-    quantize_static(str(prepared), str(dest), _Calibration(np.asarray(store.images[np.sort(pick)]), onnx_fp32.input_name),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    _write_meta(dest, {**info, "int8": True, "int8_calibration": {"images": int(len(pick)), "split": "train",
-                                                                  "method": "MinMax, QDQ, per-channel"}})
+    quantize_static(
+        str(prepared),
+        str(dest),
+        _Calibration(np.asarray(store.images[np.sort(pick)]), onnx_fp32.input_name),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    _write_meta(
+        dest,
+        {
+            **info,
+            "int8": True,
+            "int8_calibration": {"images": int(len(pick)), "split": "train", "method": "MinMax, QDQ, per-channel"},
+        },
+    )
     onnx_int8 = OnnxBackend(dest, device="cpu")
     got = softmax(onnx_int8.logits(images), info.get("temperature"))
     out = {"max_abs_prob_diff": float(np.abs(got - ref).max()), "calibration_images": int(len(pick))}

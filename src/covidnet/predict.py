@@ -16,8 +16,9 @@ This module imports no torch at import time: ``pip install 'covidnet[onnx]'`` (n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -59,7 +60,9 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ModuleNotFoundError:
-            raise CovidnetError("--onnx needs ONNX Runtime, which is not installed: pip install 'covidnet[onnx]'") from None
+            raise CovidnetError(
+                "--onnx needs ONNX Runtime, which is not installed: pip install 'covidnet[onnx]'"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise CovidnetError(f"{path}: ONNX model not found")
@@ -69,7 +72,9 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
         if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise ConfigError(f"--device {device}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)")
+            raise ConfigError(
+                f"--device {device}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)"
+            )
         providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in available else []
         try:
             self.session = ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
@@ -78,8 +83,10 @@ class OnnxBackend:
         raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
         meta = json.loads(raw) if raw else {}
         if meta.get("format") != ONNX_FORMAT:
-            raise CovidnetError(f"{path}: not a covidnet export (no {ONNX_FORMAT!r} metadata); write one with "
-                                "covidnet export --checkpoint CKPT --out MODEL.onnx")
+            raise CovidnetError(
+                f"{path}: not a covidnet export (no {ONNX_FORMAT!r} metadata); write one with "
+                "covidnet export --checkpoint CKPT --out MODEL.onnx"
+            )
         self.meta = meta
         self.contract = contract_of(meta)
         self.task = task_from_meta(meta)
@@ -94,16 +101,27 @@ class OnnxBackend:
         raise UsageError("heat maps need the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")
 
 
-def TorchBackend(checkpoint: str | Path, device: str = "auto", batch_size: int = 16, threads: int | None = None,
-                 tasks: tuple[str, ...] | None = None) -> Backend:
+def TorchBackend(
+    checkpoint: str | Path,
+    device: str = "auto",
+    batch_size: int = 16,
+    threads: int | None = None,
+    tasks: tuple[str, ...] | None = None,
+) -> Backend:
     """A checkpoint in PyTorch (``covidnet.runtime.LoadedModel``). ``device``: auto, cpu, cuda."""
     from .runtime import LoadedModel
 
     return LoadedModel.open(checkpoint, device, tasks=tasks, batch_size=batch_size, threads=threads)
 
 
-def open_backend(checkpoint: str | None = None, onnx: str | None = None, device: str = "auto",
-                 batch_size: int = 16, threads: int | None = None, tasks: tuple[str, ...] | None = None) -> Backend:
+def open_backend(
+    checkpoint: str | None = None,
+    onnx: str | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    threads: int | None = None,
+    tasks: tuple[str, ...] | None = None,
+) -> Backend:
     """The backend for exactly one of a checkpoint or an exported ONNX model; ``threads``: the CPU
     threads a forward pass uses (default: the runtime's, all cores); ``tasks``: the tasks the caller
     handles (None: any)."""
@@ -111,8 +129,11 @@ def open_backend(checkpoint: str | None = None, onnx: str | None = None, device:
         raise UsageError("give exactly one of --checkpoint CKPT or --onnx MODEL")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, not {threads}")
-    backend = TorchBackend(checkpoint, device, batch_size, threads, tasks) if checkpoint else OnnxBackend(
-        onnx, device, threads)
+    backend = (
+        TorchBackend(checkpoint, device, batch_size, threads, tasks)
+        if checkpoint
+        else OnnxBackend(onnx, device, threads)
+    )
     if tasks is not None and backend.task.name not in tasks:
         raise ConfigError(f"{onnx}: a {backend.task.name} model, but this takes {' or '.join(tasks)} models")
     return backend
@@ -122,10 +143,18 @@ def describe(backend: Backend) -> dict:
     """What a client needs to know about the model: id, architecture, classes, the input contract,
     calibration and operating point."""
     m = backend.meta
-    return {"model_id": backend.model_id, "runtime": backend.kind, "arch": m["arch"], "classes": m["classes"],
-            "task": backend.task.name, "input": backend.contract.to_dict(), "temperature": m.get("temperature"),
-            "operating_point": m.get("operating_point"), "int8": bool(m.get("int8", False)),
-            "covidnet_version": m.get("version")}
+    return {
+        "model_id": backend.model_id,
+        "runtime": backend.kind,
+        "arch": m["arch"],
+        "classes": m["classes"],
+        "task": backend.task.name,
+        "input": backend.contract.to_dict(),
+        "temperature": m.get("temperature"),
+        "operating_point": m.get("operating_point"),
+        "int8": bool(m.get("int8", False)),
+        "covidnet_version": m.get("version"),
+    }
 
 
 # --- streaming prediction -----------------------------------------------------------------------------
@@ -191,9 +220,17 @@ class CamFiles:
         return self.folder / name
 
 
-def predict_paths(checkpoint: str | None, inputs: Iterable[str], batch_size: int = 16, device: str = "auto",
-                  threshold: str | None = None, cam_dir: str | None = None, cam_method: str = "gradcam",
-                  operating_point: str | None = None, onnx: str | None = None) -> Iterator[dict]:
+def predict_paths(
+    checkpoint: str | None,
+    inputs: Iterable[str],
+    batch_size: int = 16,
+    device: str = "auto",
+    threshold: str | None = None,
+    cam_dir: str | None = None,
+    cam_method: str = "gradcam",
+    operating_point: str | None = None,
+    onnx: str | None = None,
+) -> Iterator[dict]:
     """One result per input image, in order: ``{"path", "status": "ok", …the task's fields, "cam"}``
     or ``{"path", "status": "failed", "error"}``. ``checkpoint`` or ``onnx`` names the model.
     Classification: ``label``, ``probabilities``, ``triage``; severity: ``scores`` and ``scale``; risk:
@@ -218,17 +255,39 @@ def predict_paths(checkpoint: str | None, inputs: Iterable[str], batch_size: int
                 continue
             r = {"path": str(path), "status": "ok", **next(results)}
             if cams:
-                files = {tag: str(save_overlay(cams.path(path.stem, tag), img, backend.cam(img, output, cam_method)))
-                         for output, tag in task.cam_outputs(r)}
+                files = {
+                    tag: str(save_overlay(cams.path(path.stem, tag), img, backend.cam(img, output, cam_method)))
+                    for output, tag in task.cam_outputs(r)
+                }
                 r["cam"] = next(iter(files.values())) if len(files) == 1 else files
             yield r
 
 
-def predict_task_paths(checkpoint: str, inputs: Iterable[str], batch_size: int = 16, device: str = "auto",
-                       cam_dir: str | None = None, cam_method: str = "gradcam") -> Iterator[dict]:
+def predict_task_paths(
+    checkpoint: str,
+    inputs: Iterable[str],
+    batch_size: int = 16,
+    device: str = "auto",
+    cam_dir: str | None = None,
+    cam_method: str = "gradcam",
+) -> Iterator[dict]:
     """``predict_paths`` for a checkpoint (the name the severity and risk heads had)."""
     return predict_paths(checkpoint, inputs, batch_size, device, cam_dir=cam_dir, cam_method=cam_method)
 
 
-__all__ = ["Backend", "CamFiles", "OnnxBackend", "TorchBackend", "decide", "describe", "iter_inputs", "load_input",
-           "open_backend", "predict_paths", "predict_task_paths", "read_batches", "softmax", "triage_rule"]
+__all__ = [
+    "Backend",
+    "CamFiles",
+    "OnnxBackend",
+    "TorchBackend",
+    "decide",
+    "describe",
+    "iter_inputs",
+    "load_input",
+    "open_backend",
+    "predict_paths",
+    "predict_task_paths",
+    "read_batches",
+    "softmax",
+    "triage_rule",
+]

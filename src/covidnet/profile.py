@@ -115,9 +115,18 @@ def profile_model(
         latency = _latency_ms(model, x, runs, warmup)
         peak = _peak_memory_mb(model, x)
     return Profile(
-        arch=arch, size=size, in_channels=in_channels, num_classes=num_classes, params=params, macs=macs,
-        device=device, latency_ms=latency, latency_runs=runs, threads=torch.get_num_threads(),
-        peak_mem_mb=peak, torch_version=torch.__version__,
+        arch=arch,
+        size=size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        params=params,
+        macs=macs,
+        device=device,
+        latency_ms=latency,
+        latency_runs=runs,
+        threads=torch.get_num_threads(),
+        peak_mem_mb=peak,
+        torch_version=torch.__version__,
     )
 
 
@@ -135,13 +144,17 @@ PAPER_TABLE: list[dict] = [
 ]
 
 
-def paper_comparison(runs: int = 10, warmup: int = 3, device: str = "cpu", threads: int | None = None, progress=None) -> list[dict]:
+def paper_comparison(
+    runs: int = 10, warmup: int = 3, device: str = "cpu", threads: int | None = None, progress=None
+) -> list[dict]:
     """Each row of ``PAPER_TABLE`` with what this project measures for the same configuration
     (``ours``: a ``Profile`` dict, or None where no preset reproduces the row)."""
     rows = []
-    for row in (progress(PAPER_TABLE) if progress else PAPER_TABLE):
+    for row in progress(PAPER_TABLE) if progress else PAPER_TABLE:
         ours = None
         if row["arch"]:
-            ours = profile_model(row["arch"], row["size"], runs=runs, warmup=warmup, device=device, threads=threads).to_dict()
+            ours = profile_model(
+                row["arch"], row["size"], runs=runs, warmup=warmup, device=device, threads=threads
+            ).to_dict()
         rows.append({**row, "ours": ours})
     return rows

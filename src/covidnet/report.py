@@ -12,9 +12,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,12 +22,19 @@ from .files import atomic_write, jsonable, write_json
 from .metrics.bootstrap import DASH, finite, format_ci, format_value
 from .metrics.calibration import reliability_bins
 
-METRICS = (("sensitivity", "Sensitivity"), ("ppv", "PPV"), ("npv", "NPV"), ("specificity", "Specificity"), ("f1", "F1"),
-           ("auc", "AUC"))
+METRICS = (
+    ("sensitivity", "Sensitivity"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+    ("specificity", "Specificity"),
+    ("f1", "F1"),
+    ("auc", "AUC"),
+)
 DPI = 110
 
 
 # --------------------------------------------------------------------------------------------- files
+
 
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
@@ -41,6 +45,7 @@ def _save(fig, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ numbers
 
+
 def _mpl(s) -> str:
     """Text for matplotlib: a ``$`` in a file name would otherwise start mathtext (and may fail to parse)."""
     return str(s).replace("$", r"\$")
@@ -48,7 +53,7 @@ def _mpl(s) -> str:
 
 def _short(s: str, n: int) -> str:
     """Ellipsis in the middle: file names differ at the start (patient) and at the end (view, extension)."""
-    return s if len(s) <= n else s[: (n - 1) // 2] + "…" + s[len(s) - (n - 1 - (n - 1) // 2):]
+    return s if len(s) <= n else s[: (n - 1) // 2] + "…" + s[len(s) - (n - 1 - (n - 1) // 2) :]
 
 
 def _confusion(metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
@@ -62,6 +67,7 @@ def _confusion(metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Se
 
 
 # ---------------------------------------------------------------------------------------- figures
+
 
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
@@ -83,8 +89,15 @@ def plot_confusion(labels: Sequence[str], matrix: np.ndarray):
         for j in range(k):
             pct = DASH if np.isnan(share[i, j]) else f"{100 * share[i, j]:.1f} %"
             dark = not np.isnan(share[i, j]) and share[i, j] > 0.55
-            ax.text(j, i, f"{matrix[i, j]:d}\n{pct}", ha="center", va="center", fontsize=11 if k <= 4 else 9,
-                    color="white" if dark else "#1a1a1a")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:d}\n{pct}",
+                ha="center",
+                va="center",
+                fontsize=11 if k <= 4 else 9,
+                color="white" if dark else "#1a1a1a",
+            )
     ticks = [_mpl(c) for c in labels]
     crowded = k > 3 or max(map(len, ticks), default=0) > 12
     ax.set_xticks(range(k), ticks, **(dict(rotation=30, ha="right", rotation_mode="anchor") if crowded else {}))
@@ -133,8 +146,17 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float | None = 
     full = count > 0
     if full.any():
         top.bar(centre[full], acc[full], width=width * 0.95, color="C0", edgecolor="C0", alpha=0.8, label="accuracy")
-        top.bar(centre[full], np.abs(mean_conf - acc)[full], bottom=np.minimum(acc, mean_conf)[full], width=width * 0.95,
-                color="none", edgecolor="C3", hatch="//", lw=0, label="gap to mean confidence")
+        top.bar(
+            centre[full],
+            np.abs(mean_conf - acc)[full],
+            bottom=np.minimum(acc, mean_conf)[full],
+            width=width * 0.95,
+            color="none",
+            edgecolor="C3",
+            hatch="//",
+            lw=0,
+            label="gap to mean confidence",
+        )
     else:
         top.text(0.5, 0.6, "no predictions", ha="center", va="center", color="0.4", transform=top.transAxes)
     top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
@@ -187,9 +209,14 @@ def plot_severity_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Sequenc
         ax.scatter(t, p, s=14, alpha=0.7, color="#1f5fa8", edgecolor="none")
         ss = float(((t - t.mean()) ** 2).sum()) if len(t) else 0.0
         r2 = 1 - float(((t - p) ** 2).sum()) / ss if ss > 0 else float("nan")
-        ax.set(xlim=(-0.2, top + 0.2), ylim=(-0.2, top + 0.2), aspect="equal",
-               xlabel=f"annotated {name} extent", ylabel=f"predicted {name} extent",
-               title=f"{name} extent (R² {format_value(r2, 2)}, n = {len(t)})")
+        ax.set(
+            xlim=(-0.2, top + 0.2),
+            ylim=(-0.2, top + 0.2),
+            aspect="equal",
+            xlabel=f"annotated {name} extent",
+            ylabel=f"predicted {name} extent",
+            title=f"{name} extent (R² {format_value(r2, 2)}, n = {len(t)})",
+        )
         ax.grid(alpha=0.3)
     return fig
 
@@ -235,14 +262,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], id: str | None 
     """Cells arrive escaped; columns from ``numeric_from`` on are right-aligned numbers."""
     attrs = f' id="{id}"' if id else ""
     th = "".join(f'<th{" class=num" if i >= numeric_from else ""} scope="col">{h}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<th scope="row">{c}</th>' if i == 0 else
-                                    f'<td{" class=num" if i >= numeric_from else ""}>{c}</td>'
-                                    for i, c in enumerate(r)) + "</tr>\n" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<th scope="row">{c}</th>' if i == 0 else f"<td{' class=num' if i >= numeric_from else ''}>{c}</td>"
+            for i, c in enumerate(r)
+        )
+        + "</tr>\n"
+        for r in rows
+    )
     return f"<table{attrs}>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
 def _support(m: dict, classes: Sequence[str]) -> list[str]:
-    cm = (m.get("confusion_matrix") or {})
+    cm = m.get("confusion_matrix") or {}
     if cm.get("matrix") is None:
         return [DASH] * len(classes)
     labels = list(cm.get("labels") or classes)
@@ -253,19 +286,26 @@ def _support(m: dict, classes: Sequence[str]) -> list[str]:
 def _summary_rows(m: dict) -> list[list[str]]:
     macro = m.get("macro") or {}
     n, p = m.get("n"), m.get("n_patients")
-    return [["Images", _e(n) if n is not None else DASH], ["Patients", _e(p) if p is not None else DASH],
-            ["Accuracy", _e(format_ci(m.get("accuracy")))],
-            *[[f"Macro {label if label.isupper() or label == 'F1' else label.lower()}", _e(format_ci(macro.get(key)))]
-              for key, label in METRICS],
-            ["ECE (10 bins)", _e(format_value(m.get("ece")))],
-            ["Temperature", _e(format_value(m.get("temperature"), 3))]]
+    return [
+        ["Images", _e(n) if n is not None else DASH],
+        ["Patients", _e(p) if p is not None else DASH],
+        ["Accuracy", _e(format_ci(m.get("accuracy")))],
+        *[
+            [f"Macro {label if label.isupper() or label == 'F1' else label.lower()}", _e(format_ci(macro.get(key)))]
+            for key, label in METRICS
+        ],
+        ["ECE (10 bins)", _e(format_value(m.get("ece")))],
+        ["Temperature", _e(format_value(m.get("temperature"), 3))],
+    ]
 
 
 def _per_class_table(m: dict, classes: Sequence[str], id: str | None = None, support: list[str] | None = None) -> str:
     per = m.get("per_class") or {}
     support = support or _support(m, classes)
-    rows = [[_e(c), _e(s), *(_e(format_ci((per.get(c) or {}).get(key))) for key, _ in METRICS)]
-            for c, s in zip(classes, support)]
+    rows = [
+        [_e(c), _e(s), *(_e(format_ci((per.get(c) or {}).get(key))) for key, _ in METRICS)]
+        for c, s in zip(classes, support)
+    ]
     return _table(["class", "images", *(label for _, label in METRICS)], rows, id=id)
 
 
@@ -274,8 +314,10 @@ def _bootstrap_note(m: dict) -> str:
     if not b:
         return '<p class="note">In brackets: 95 % confidence intervals.</p>'
     unit = b.get("unit", "image")
-    return (f'<p class="note">In brackets: 95 % confidence intervals, bootstrap over {_e(unit)}s '
-            f"({_e(b.get('resamples', DASH))} resamples).</p>")
+    return (
+        f'<p class="note">In brackets: 95 % confidence intervals, bootstrap over {_e(unit)}s '
+        f"({_e(b.get('resamples', DASH))} resamples).</p>"
+    )
 
 
 def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
@@ -283,10 +325,21 @@ def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
     for i, (src, m) in enumerate(per_source.items()):
         m = m or {}
         macro = m.get("macro") or {}
-        rows.append([_e(src), _e(m.get("n", DASH)), _e(m.get("n_patients", DASH)), _e(format_ci(m.get("accuracy"))),
-                     _e(format_ci(macro.get("sensitivity"))), _e(format_ci(macro.get("auc"))), _e(format_value(m.get("ece")))])
-        details.append(f"<details><summary>{_e(src)}: per class</summary>\n"
-                       f"{_per_class_table(m, classes, id=f'per-class-source-{i}')}\n</details>")
+        rows.append(
+            [
+                _e(src),
+                _e(m.get("n", DASH)),
+                _e(m.get("n_patients", DASH)),
+                _e(format_ci(m.get("accuracy"))),
+                _e(format_ci(macro.get("sensitivity"))),
+                _e(format_ci(macro.get("auc"))),
+                _e(format_value(m.get("ece"))),
+            ]
+        )
+        details.append(
+            f"<details><summary>{_e(src)}: per class</summary>\n"
+            f"{_per_class_table(m, classes, id=f'per-class-source-{i}')}\n</details>"
+        )
     head = ["source", "images", "patients", "accuracy", "macro sensitivity", "macro AUC", "ECE"]
     return _table(head, rows, id="per-source") + "\n" + "\n".join(details)
 
@@ -294,18 +347,28 @@ def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
 def _errors_html(errors: Sequence[dict]) -> str:
     if not errors:
         return '<p id="no-errors">No misclassified images to show.</p>'
-    rows = [[str(i + 1), _e(e.get("name", "")), _e(e.get("true", "")), _e(e.get("pred", "")),
-             _e(format_value(e.get("confidence"), 3))] for i, e in enumerate(errors)]
-    return ('<figure class="wide"><img id="errors" src="errors.png" alt="Most confident errors: thumbnails with '
-            'name, truth, prediction and confidence"><figcaption>The heat map over an image, where there is one, '
-            "shows the regions that drove the prediction.</figcaption></figure>\n"
-            "<details><summary>The same errors as a list</summary>\n"
-            + _table(["#", "image", "truth", "prediction", "confidence"], rows, id="errors-table", numeric_from=4)
-            + "\n</details>")
+    rows = [
+        [
+            str(i + 1),
+            _e(e.get("name", "")),
+            _e(e.get("true", "")),
+            _e(e.get("pred", "")),
+            _e(format_value(e.get("confidence"), 3)),
+        ]
+        for i, e in enumerate(errors)
+    ]
+    return (
+        '<figure class="wide"><img id="errors" src="errors.png" alt="Most confident errors: thumbnails with '
+        'name, truth, prediction and confidence"><figcaption>The heat map over an image, where there is one, '
+        "shows the regions that drove the prediction.</figcaption></figure>\n"
+        "<details><summary>The same errors as a list</summary>\n"
+        + _table(["#", "image", "truth", "prediction", "confidence"], rows, id="errors-table", numeric_from=4)
+        + "\n</details>"
+    )
 
 
 def _context_html(context: dict | None) -> str:
-    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in (context or {}).items())
+    rows = "".join(f'<tr><th scope="row">{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in (context or {}).items())
     return f'<section><h2>Run</h2>\n<table id="context" class="context">{rows}</table></section>'
 
 
@@ -313,13 +376,21 @@ def _figures_html(figures: Sequence[tuple[str, object, str, str | None]]) -> str
     figs = ""
     for name, _, caption, fid in figures:
         ident = f' id="{_e(fid)}"' if fid else ""
-        figs += f'<figure><img{ident} src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>\n'
+        figs += f'<figure><img{ident} src="{_e(name)}" alt="{_e(caption)}">'
+        figs += f"<figcaption>{_e(caption)}</figcaption></figure>\n"
     return f'<section>\n<h2>Figures</h2>\n<div class="figures">\n{figs}</div>\n</section>'
 
 
-def write_page(out_dir: str | Path, title: str, summary_html: str,
-               figures: Sequence[tuple[str, object, str, str | None]] = (), context: dict | None = None,
-               before: Sequence[str] = (), after: Sequence[str] = (), errors: Sequence[dict] | None = None) -> Path:
+def write_page(
+    out_dir: str | Path,
+    title: str,
+    summary_html: str,
+    figures: Sequence[tuple[str, object, str, str | None]] = (),
+    context: dict | None = None,
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+    errors: Sequence[dict] | None = None,
+) -> Path:
     """THE report writer (evaluation of every task, the audit): ``out_dir/index.html`` under the
     disclaimer, with a summary, the run's context, ``figures`` (``(file name, matplotlib Figure or PNG
     bytes, caption, element id)``), HTML sections ``before`` and ``after`` the figures and, when given,
@@ -370,16 +441,31 @@ def write_page(out_dir: str | Path, title: str, summary_html: str,
 
 
 CLASSIFICATION_FIGURES = (
-    ("confusion_matrix.png", "Rows: truth; columns: prediction. Each cell: count and share of its row.",
-     "confusion-matrix"),
+    (
+        "confusion_matrix.png",
+        "Rows: truth; columns: prediction. Each cell: count and share of its row.",
+        "confusion-matrix",
+    ),
     ("roc.png", "One-vs-rest ROC curves from the predicted probabilities.", "roc"),
-    ("reliability.png", "Accuracy of the predictions in each confidence bin; bars on the diagonal are perfectly "
-     "calibrated. Underneath: images per bin.", "reliability"),
+    (
+        "reliability.png",
+        "Accuracy of the predictions in each confidence bin; bars on the diagonal are perfectly "
+        "calibrated. Underneath: images per bin.",
+        "reliability",
+    ),
 )
 
 
-def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                 errors: Sequence[dict] = (), title: str = "covidnet evaluation", context: dict | None = None) -> Path:
+def write_report(
+    out_dir: str | Path,
+    metrics: dict,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    errors: Sequence[dict] = (),
+    title: str = "covidnet evaluation",
+    context: dict | None = None,
+) -> Path:
     """A classification evaluation: summary, per-class table, confusion matrix, ROC and reliability
     figures, per source, the most confident errors. Returns the path of ``index.html``; files of an
     earlier report are replaced, other files in the folder are left alone."""
@@ -387,19 +473,26 @@ def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: 
     probs = np.asarray(probs, dtype=np.float64)
     classes = [str(c) for c in classes]
     if probs.ndim != 2 or probs.shape != (len(y_true), len(classes)):
-        raise ValueError(f"probs has shape {probs.shape}; expected ({len(y_true)}, {len(classes)}) "
-                         "(one row per label, one column per class)")
+        raise ValueError(
+            f"probs has shape {probs.shape}; expected ({len(y_true)}, {len(classes)}) "
+            "(one row per label, one column per class)"
+        )
     if len(y_true) and (y_true.min() < 0 or y_true.max() >= len(classes)):
         raise ValueError(f"y_true holds class indices outside 0..{len(classes) - 1}")
     labels, matrix = _confusion(metrics, y_true, probs, classes)
-    drawn = (plot_confusion(labels, matrix), plot_roc(y_true, probs, classes),
-             plot_reliability(y_true, probs, metrics.get("ece")))
+    drawn = (
+        plot_confusion(labels, matrix),
+        plot_roc(y_true, probs, classes),
+        plot_reliability(y_true, probs, metrics.get("ece")),
+    )
     figures = [(name, fig, caption, fid) for (name, caption, fid), fig in zip(CLASSIFICATION_FIGURES, drawn)]
-    per_class = (f"<section>\n<h2>Per class</h2>\n{_per_class_table(metrics, classes, id='per-class')}\n"
-                 f"{_bootstrap_note(metrics)}\n<p class=\"note\">Sensitivity: share of a class found. PPV: share of the "
-                 "predictions of a class that are right. NPV: share of the images called not of a class that are not. "
-                 "Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class "
-                 "confidence.</p>\n</section>")
+    per_class = (
+        f"<section>\n<h2>Per class</h2>\n{_per_class_table(metrics, classes, id='per-class')}\n"
+        f'{_bootstrap_note(metrics)}\n<p class="note">Sensitivity: share of a class found. PPV: share of the '
+        "predictions of a class that are right. NPV: share of the images called not of a class that are not. "
+        "Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class "
+        "confidence.</p>\n</section>"
+    )
     per_source = metrics.get("per_source") or {}
     after = [f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>"] if per_source else []
     after.append(f"<section>\n<h2>Most confident errors</h2>\n{_errors_html(errors)}\n</section>")
@@ -407,35 +500,67 @@ def write_report(out_dir: str | Path, metrics: dict, y_true: np.ndarray, probs: 
     return write_page(out_dir, title, summary, figures, context, [per_class], after, list(errors))
 
 
-def write_task_report(out_dir: str | Path, title: str, table: tuple[Sequence[str], Sequence[Sequence[str]]],
-                      figures: Sequence[tuple[str, object, str]], context: dict | None = None,
-                      errors: Sequence[dict] = ()) -> Path:
+def write_task_report(
+    out_dir: str | Path,
+    title: str,
+    table: tuple[Sequence[str], Sequence[Sequence[str]]],
+    figures: Sequence[tuple[str, object, str]],
+    context: dict | None = None,
+    errors: Sequence[dict] = (),
+) -> Path:
     """The report of a severity or risk evaluation: a summary table (``(header, rows)``, plain strings),
     figures (``(file name, matplotlib Figure, caption)``) and, optionally, images with their heat maps."""
     header, rows = table
     summary = _table([_e(h) for h in header], [[_e(c) for c in r] for r in rows], id="summary")
-    shown = ('<section><h2>Largest disagreements</h2><figure class="wide"><img id="errors" src="errors.png" '
-             'alt="Images with the largest disagreement, with Grad-CAM of the first output"><figcaption>Grad-CAM of '
-             "the head's first output over each image.</figcaption></figure></section>") if errors else ""
-    return write_page(out_dir, title, summary, [(*f, None) for f in figures], context, after=[shown], errors=list(errors))
+    shown = (
+        (
+            '<section><h2>Largest disagreements</h2><figure class="wide"><img id="errors" src="errors.png" '
+            'alt="Images with the largest disagreement, with Grad-CAM of the first output"><figcaption>Grad-CAM of '
+            "the head's first output over each image.</figcaption></figure></section>"
+        )
+        if errors
+        else ""
+    )
+    return write_page(
+        out_dir, title, summary, [(*f, None) for f in figures], context, after=[shown], errors=list(errors)
+    )
 
 
-def write_evaluation_report(out_dir: str | Path, task, metrics: dict, y: np.ndarray, out: np.ndarray, meta: dict,
-                            shown: Sequence[dict], context: dict | None) -> Path:
+def write_evaluation_report(
+    out_dir: str | Path,
+    task,
+    metrics: dict,
+    y: np.ndarray,
+    out: np.ndarray,
+    meta: dict,
+    shown: Sequence[dict],
+    context: dict | None,
+) -> Path:
     """The report of ``covidnet eval`` for any task: what differs comes from the task (its summary
     table, its probabilities or decoded outputs), the page from ``write_page``."""
     from .tasks import ClassificationTask, SeverityTask
 
     if isinstance(task, ClassificationTask):
-        return write_report(out_dir, metrics, y, task.probabilities(out, meta), task.outputs, errors=shown,
-                            context=context)
+        return write_report(
+            out_dir, metrics, y, task.probabilities(out, meta), task.outputs, errors=shown, context=context
+        )
     if isinstance(task, SeverityTask):
-        figures = [("severity_scatter.png", plot_severity_scatter(y, task.decode(out), task.outputs),
-                    "Predicted against annotated score, one point per image; the diagonal is perfect agreement.")]
+        figures = [
+            (
+                "severity_scatter.png",
+                plot_severity_scatter(y, task.decode(out), task.outputs),
+                "Predicted against annotated score, one point per image; the diagonal is perfect agreement.",
+            )
+        ]
     else:
         cm = metrics["confusion_matrix"]
-        figures = [("confusion_matrix.png", plot_confusion(cm["labels"], np.array(cm["matrix"])),
-                    "Rows: true bin of days since onset; columns: predicted bin.")]
+        figures = [
+            (
+                "confusion_matrix.png",
+                plot_confusion(cm["labels"], np.array(cm["matrix"])),
+                "Rows: true bin of days since onset; columns: predicted bin.",
+            )
+        ]
     return write_task_report(out_dir, task.title, task.summary(metrics), figures, context, errors=shown)
 
 
@@ -467,15 +592,33 @@ def plot_audit(tests: dict):
 def write_audit_report(out_dir: str | Path, audit: dict) -> Path:
     """``audit.json`` and ``index.html``: the one-screen summary of verdicts first, then the figure, then
     each test's details and thresholds."""
-    rows = "".join(f"<tr><td>{_e(s['test'])}</td><td style='color:{VERDICT_COLOUR[s['verdict']]};font-weight:bold'>"
-                   f"{_e(s['verdict'])}</td><td>{_e(s['reading'])}</td></tr>" for s in audit["summary"])
-    summary = (f'<table id="summary"><thead><tr><th>test</th><th>verdict</th><th>what it means</th></tr></thead>'
-               f"<tbody>{rows}</tbody></table>")
-    details = "".join(f"<h3>{_e(v['test'])}</h3><pre>{_e(json.dumps(jsonable(v), indent=2))}</pre>"
-                      for v in audit["tests"].values())
-    figures = [("audit.png", plot_audit(audit["tests"]), "Balanced accuracies of the probes and occlusion tests",
-                "audit-figure")]
+    rows = "".join(
+        f"<tr><td>{_e(s['test'])}</td><td style='color:{VERDICT_COLOUR[s['verdict']]};font-weight:bold'>"
+        f"{_e(s['verdict'])}</td><td>{_e(s['reading'])}</td></tr>"
+        for s in audit["summary"]
+    )
+    summary = (
+        f'<table id="summary"><thead><tr><th>test</th><th>verdict</th><th>what it means</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+    details = "".join(
+        f"<h3>{_e(v['test'])}</h3><pre>{_e(json.dumps(jsonable(v), indent=2))}</pre>" for v in audit["tests"].values()
+    )
+    figures = [
+        (
+            "audit.png",
+            plot_audit(audit["tests"]),
+            "Balanced accuracies of the probes and occlusion tests",
+            "audit-figure",
+        )
+    ]
     context = {"checkpoint": audit["checkpoint"], "data": audit["data"], "images": audit["n_images"]}
     write_json(Path(out_dir) / "audit.json", audit)
-    return write_page(out_dir, "Shortcut audit", summary, figures, context,
-                      after=[f"<section><h2>Details and thresholds</h2>{details}</section>"])
+    return write_page(
+        out_dir,
+        "Shortcut audit",
+        summary,
+        figures,
+        context,
+        after=[f"<section><h2>Details and thresholds</h2>{details}</section>"],
+    )

@@ -6,8 +6,8 @@ validation all call it, so they feed a model exactly alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
 def rows_reader(images, rows: np.ndarray | None = None) -> Callable[[np.ndarray], torch.Tensor]:
     """``get_batch`` for ``predict_logits`` over an (N, S, S) uint8 array (a memory-mapped store
     included): only the rows a batch asks for are read, so a store is never read whole."""
+
     def get(pos: np.ndarray) -> torch.Tensor:
         which = pos if rows is None else rows[pos]
         return torch.from_numpy(np.ascontiguousarray(images[which]))
@@ -51,9 +52,16 @@ def rows_reader(images, rows: np.ndarray | None = None) -> Callable[[np.ndarray]
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, get_batch: Callable[[np.ndarray], torch.Tensor], positions: np.ndarray,
-                   batch_size: int, contract: Contract, device: torch.device,
-                   memory_format=torch.contiguous_format, forward: Callable | None = None) -> torch.Tensor:
+def predict_logits(
+    model: torch.nn.Module,
+    get_batch: Callable[[np.ndarray], torch.Tensor],
+    positions: np.ndarray,
+    batch_size: int,
+    contract: Contract,
+    device: torch.device,
+    memory_format=torch.contiguous_format,
+    forward: Callable | None = None,
+) -> torch.Tensor:
     """Outputs (N, K) float32 on the CPU for ``positions``; ``get_batch(pos)`` gives their stored uint8
     pixels (B, H, W). bf16 autocast on GPU, as in training. ``forward`` replaces ``model`` (e.g. a
     model's pooled features)."""
@@ -63,7 +71,7 @@ def predict_logits(model: torch.nn.Module, get_batch: Callable[[np.ndarray], tor
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     out = []
     for k in range(0, len(positions), batch_size):
-        x = uint8_to_unit(get_batch(positions[k:k + batch_size]).to(device, non_blocking=True))
+        x = uint8_to_unit(get_batch(positions[k : k + batch_size]).to(device, non_blocking=True))
         with amp:
             out.append(run(contract.model_input(x, memory_format)).float().cpu())
     model.train(was_training)
@@ -80,8 +88,14 @@ class LoadedModel:
 
     kind = "torch"
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device, batch_size: int | None = None,
-                 model_id: str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict,
+        device: torch.device,
+        batch_size: int | None = None,
+        model_id: str | None = None,
+    ):
         self.model, self.meta, self.device = model, meta, device
         self.contract: Contract = contract_of(meta)
         self.task: Task = task_from_meta(meta)
@@ -92,10 +106,16 @@ class LoadedModel:
         self._explainers: dict = {}
 
     @classmethod
-    def open(cls, checkpoint: str | Path, device: str = "auto", tasks: tuple[str, ...] | None = None,
-             batch_size: int | None = None, threads: int | None = None) -> "LoadedModel":
+    def open(
+        cls,
+        checkpoint: str | Path,
+        device: str = "auto",
+        tasks: tuple[str, ...] | None = None,
+        batch_size: int | None = None,
+        threads: int | None = None,
+    ) -> LoadedModel:
         """The model of ``checkpoint``; ``tasks`` the tasks the caller handles (None: any)."""
-        from .predict import file_id
+        from .files import file_id
 
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
@@ -110,8 +130,15 @@ class LoadedModel:
     def outputs(self, images, rows: np.ndarray | None = None) -> torch.Tensor:
         """The network's outputs (N, K) for ``images`` (or its ``rows``), float32 on the CPU."""
         n = len(images) if rows is None else len(rows)
-        return predict_logits(self.model, rows_reader(images, rows), np.arange(n), self.batch_size, self.contract,
-                              self.device, self.memory_format)
+        return predict_logits(
+            self.model,
+            rows_reader(images, rows),
+            np.arange(n),
+            self.batch_size,
+            self.contract,
+            self.device,
+            self.memory_format,
+        )
 
     def logits(self, images, rows: np.ndarray | None = None) -> np.ndarray:
         """As ``outputs``, as a NumPy array (the interface the ONNX backend shares)."""
@@ -120,9 +147,16 @@ class LoadedModel:
     def features(self, images, rows: np.ndarray | None = None) -> np.ndarray:
         """Frozen features: the last feature map averaged over space, (N, C)."""
         n = len(images) if rows is None else len(rows)
-        pooled = predict_logits(self.model, rows_reader(images, rows), np.arange(n), self.batch_size, self.contract,
-                                self.device, self.memory_format,
-                                forward=lambda x: self.model.forward_features(x).float().mean((2, 3)))
+        pooled = predict_logits(
+            self.model,
+            rows_reader(images, rows),
+            np.arange(n),
+            self.batch_size,
+            self.contract,
+            self.device,
+            self.memory_format,
+            forward=lambda x: self.model.forward_features(x).float().mean((2, 3)),
+        )
         return pooled.numpy()
 
     def cam(self, image: np.ndarray, output: int, method: str = "gradcam") -> np.ndarray:

@@ -21,7 +21,7 @@ here too. This module imports no torch at import time: ``covidnet predict --onnx
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,8 +41,10 @@ def parse_bins(text: str) -> tuple[float, ...]:
     except ValueError:
         edges = ()
     if not edges or any(e <= 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ConfigError(f"--risk-bins {text!r}: give increasing positive day counts, e.g. 3,5,10 for "
-                          "[0-3), [3-5), [5-10), >=10 days")
+        raise ConfigError(
+            f"--risk-bins {text!r}: give increasing positive day counts, e.g. 3,5,10 for "
+            "[0-3), [3-5), [5-10), >=10 days"
+        )
     return edges
 
 
@@ -78,8 +80,10 @@ def triage_rule(meta: dict, threshold: str | None, operating_point: str | None =
     stored = meta.get("operating_point")
     if operating_point and (not stored or stored["target"] != operating_point):
         have = f"it has {stored['target']}" if stored else "it has none"
-        raise ConfigError(f"the checkpoint has no operating point {operating_point} ({have}); choose it on validation "
-                          f"data first: covidnet calibrate --checkpoint CKPT --data DIR --operating-point {operating_point}")
+        raise ConfigError(
+            f"the checkpoint has no operating point {operating_point} ({have}); choose it on validation "
+            f"data first: covidnet calibrate --checkpoint CKPT --data DIR --operating-point {operating_point}"
+        )
     if threshold:
         name, _, value = threshold.rpartition("=")
         try:
@@ -87,12 +91,16 @@ def triage_rule(meta: dict, threshold: str | None, operating_point: str | None =
         except ValueError:
             t = -1.0
         if name not in classes or not 0 <= t <= 1:
-            raise ConfigError(f"--threshold {threshold!r}: write CLASS=P with CLASS one of {', '.join(classes)} "
-                              "and 0 <= P <= 1")
+            raise ConfigError(
+                f"--threshold {threshold!r}: write CLASS=P with CLASS one of {', '.join(classes)} and 0 <= P <= 1"
+            )
         return {"class": name, "threshold": t, "rule": f"--threshold {threshold}"}
     if stored:
-        return {"class": stored["class"], "threshold": stored["threshold"],
-                "rule": f"operating point {stored['target']} (validation)"}
+        return {
+            "class": stored["class"],
+            "threshold": stored["threshold"],
+            "rule": f"operating point {stored['target']} (validation)",
+        }
     return None
 
 
@@ -139,12 +147,16 @@ class Task:
     def log(self, val: dict) -> tuple[dict, str]:
         """The validation figures as log columns, and as the per-epoch line shows them."""
         row = {f"val_{k.replace('.', '_')}": v for k, v in val.items() if k != "loss"}
-        shown = " ".join(f"{k} {v:.3f}" for k, v in val.items()
-                         if k != "loss" and k.split(".")[-1] in ("r2", "spearman", "accuracy", "macro_f1"))
+        shown = " ".join(
+            f"{k} {v:.3f}"
+            for k, v in val.items()
+            if k != "loss" and k.split(".")[-1] in ("r2", "spearman", "accuracy", "macro_f1")
+        )
         return row, shown
 
-    def evaluate(self, y: np.ndarray, out: np.ndarray, patients, sources, meta: dict, resamples: int,
-                 seed: int) -> dict:
+    def evaluate(
+        self, y: np.ndarray, out: np.ndarray, patients, sources, meta: dict, resamples: int, seed: int
+    ) -> dict:
         """The evaluation JSON of outputs ``out`` (N, K) against targets ``y``."""
         raise NotImplementedError
 
@@ -205,8 +217,11 @@ class ClassificationTask(Task):
         return training_metrics(y, _torch(out), self.outputs)
 
     def log(self, val):
-        row = {"val_acc": val["accuracy"], **{f"val_sens_{c}": val["sensitivity"][c] for c in self.outputs},
-               **{f"val_ppv_{c}": val["ppv"][c] for c in self.outputs}}
+        row = {
+            "val_acc": val["accuracy"],
+            **{f"val_sens_{c}": val["sensitivity"][c] for c in self.outputs},
+            **{f"val_ppv_{c}": val["ppv"][c] for c in self.outputs},
+        }
         return row, f"acc {val['accuracy']:.3f}"
 
     def probabilities(self, out: np.ndarray, meta: dict) -> np.ndarray:
@@ -227,8 +242,9 @@ class ClassificationTask(Task):
 
     def headline(self, metrics):
         t = metrics.get("temperature")
-        return (f"accuracy {format_ci(metrics['accuracy'])}   ECE {metrics['ece']:.3f}"
-                + (f"   temperature {t:.3f}" if t else ""))
+        return f"accuracy {format_ci(metrics['accuracy'])}   ECE {metrics['ece']:.3f}" + (
+            f"   temperature {t:.3f}" if t else ""
+        )
 
     @staticmethod
     def line(result):
@@ -236,8 +252,10 @@ class ClassificationTask(Task):
         tri = ""
         if "triage" in result:
             t = result["triage"]
-            tri = (f"  triage: {'FLAG' if t['flag'] else 'no flag'} ({t['class']} {t['probability']:.3f} "
-                   f"vs {t['threshold']:.3f})")
+            tri = (
+                f"  triage: {'FLAG' if t['flag'] else 'no flag'} ({t['class']} {t['probability']:.3f} "
+                f"vs {t['threshold']:.3f})"
+            )
         return f"{result['label']}  [{probs}]{tri}"
 
     def summary(self, metrics):
@@ -252,8 +270,16 @@ class ClassificationTask(Task):
         pred = probs.argmax(1)
         wrong = np.flatnonzero(pred != y)
         worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:k]
-        return [{"index": int(i), "output": int(pred[i]), "true": self.outputs[y[i]], "pred": self.outputs[pred[i]],
-                 "confidence": float(probs[i, pred[i]])} for i in worst]
+        return [
+            {
+                "index": int(i),
+                "output": int(pred[i]),
+                "true": self.outputs[y[i]],
+                "pred": self.outputs[pred[i]],
+                "confidence": float(probs[i, pred[i]]),
+            }
+            for i in worst
+        ]
 
 
 class SeverityTask(Task):
@@ -289,8 +315,12 @@ class SeverityTask(Task):
         return (1.0 / (1.0 + np.exp(-np.asarray(out, dtype=np.float64))) * self.scale).astype(np.float32)
 
     def meta(self):
-        return {"task": self.name, "scores": list(SCORES), "score_range": [0.0, self.scale],
-                "head": "8 * sigmoid(z), fractional-logit (BCE) loss on score / 8"}
+        return {
+            "task": self.name,
+            "scores": list(SCORES),
+            "score_range": [0.0, self.scale],
+            "head": "8 * sigmoid(z), fractional-logit (BCE) loss on score / 8",
+        }
 
     def validation(self, y, out):
         from .metrics.regression import severity_point_metrics
@@ -307,8 +337,10 @@ class SeverityTask(Task):
         return metrics
 
     def results(self, out, meta, rule):
-        return [{"task": "severity", "scores": {s: float(v) for s, v in zip(SCORES, row)}, "scale": [0.0, self.scale]}
-                for row in self.decode(out)]
+        return [
+            {"task": "severity", "scores": {s: float(v) for s, v in zip(SCORES, row)}, "scale": [0.0, self.scale]}
+            for row in self.decode(out)
+        ]
 
     def cam_outputs(self, result):
         return list(enumerate(SCORES))
@@ -327,8 +359,16 @@ class SeverityTask(Task):
     def disagreements(self, y, out, meta, k):
         pred = self.decode(out)
         worst = np.argsort(-np.abs(pred - y).sum(1))[:k]  # the largest disagreements, with where the head looked
-        return [{"index": int(i), "output": 0, "true": f"G {y[i, 0]:.1f} O {y[i, 1]:.1f}",
-                 "pred": f"G {pred[i, 0]:.1f} O {pred[i, 1]:.1f}", "confidence": None} for i in worst]
+        return [
+            {
+                "index": int(i),
+                "output": 0,
+                "true": f"G {y[i, 0]:.1f} O {y[i, 1]:.1f}",
+                "pred": f"G {pred[i, 0]:.1f} O {pred[i, 1]:.1f}",
+                "confidence": None,
+            }
+            for i in worst
+        ]
 
 
 class RiskTask(Task):
@@ -371,8 +411,12 @@ class RiskTask(Task):
         return (np.asarray(out) > 0).sum(1).astype(np.int64)  # sigmoid(z) > 0.5
 
     def meta(self):
-        return {"task": self.name, "classes": self.classes, "risk_bins": list(self.edges),
-                "head": "ordinal: K-1 logits of P(bin > k)"}
+        return {
+            "task": self.name,
+            "classes": self.classes,
+            "risk_bins": list(self.edges),
+            "head": "ordinal: K-1 logits of P(bin > k)",
+        }
 
     def validation(self, y, out):
         from .metrics.ordinal import risk_point_metrics
@@ -389,9 +433,15 @@ class RiskTask(Task):
         return metrics
 
     def results(self, out, meta, rule):
-        return [{"task": "risk", "bin": self.classes[b], "bin_index": int(b),
-                 "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
-                for b, p in zip(self.decode(out), self.probabilities(out))]
+        return [
+            {
+                "task": "risk",
+                "bin": self.classes[b],
+                "bin_index": int(b),
+                "probabilities": {c: float(v) for c, v in zip(self.classes, p)},
+            }
+            for b, p in zip(self.decode(out), self.probabilities(out))
+        ]
 
     def cam_outputs(self, result):
         return [(max(result["bin_index"] - 1, 0), "risk")]  # the last bin edge it is predicted beyond
@@ -402,9 +452,11 @@ class RiskTask(Task):
         return f"days since onset {result['bin']}  [{probs}]"
 
     def summary(self, metrics):
-        return ["", "value (95 % CI)"], [["accuracy", format_ci(metrics["accuracy"])],
-                                         ["macro F1", format_ci(metrics["macro_f1"])],
-                                         ["mean absolute bin error", format_ci(metrics["mean_abs_bin_error"])]]
+        return ["", "value (95 % CI)"], [
+            ["accuracy", format_ci(metrics["accuracy"])],
+            ["macro F1", format_ci(metrics["macro_f1"])],
+            ["mean absolute bin error", format_ci(metrics["mean_abs_bin_error"])],
+        ]
 
 
 def result_line(result: dict) -> str:

@@ -34,16 +34,14 @@ from . import __version__
 from .augment import AugmentConfig, augment, sample_params
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import option
-from .data.records import BINARY_CLASSES, CLASSES
+from .contract import Contract
+from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
 from .files import write_json
-from .contract import Contract
-from .data.records import positive_class
 from .models import create_model, get_spec
 from .runtime import predict_logits, resolve_device, uint8_to_unit
 from .tasks import TASKS, ClassificationTask, RiskTask, SeverityTask, Task, parse_bins
-
 
 HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every model has both)
 
@@ -70,33 +68,41 @@ class TrainConfig:
     in_channels: int = option(1, "1 (grey) or 3 (grey repeated)")  # 3: e.g. ImageNet weights without adaptation
     binary: bool = option(False, "negative/positive instead of normal/pneumonia/COVID-19")
     covid_percent: float = option(0.3, "share of each batch drawn from COVID-19, in [0, 1); 0 turns rebalancing off")
-    class_weights: str = option("reference", "loss weights: reference (COVID-19 x4), none, balanced, or one number "
-                                "per class (e.g. 1,1,4)")
+    class_weights: str = option(
+        "reference", "loss weights: reference (COVID-19 x4), none, balanced, or one number per class (e.g. 1,1,4)"
+    )
     translate: float = option(0.10, "augmentation: max shift, fraction of the side")
     rotate: float = option(10.0, "augmentation: max rotation, degrees")
     hflip: float = option(0.5, "augmentation: horizontal flip probability")
     brightness: float = option(0.10, "augmentation: max brightness change, fraction")
     zoom_min: float = option(0.85, "augmentation: smallest zoom")
     zoom_max: float = option(1.15, "augmentation: largest zoom")
-    init: str = option("random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier "
-                       "re-initialised)")
+    init: str = option(
+        "random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier re-initialised)"
+    )
     seed: int = option(0, "seed of every random choice")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
     amp: bool = option(True, "bf16 autocast on GPU")  # never on CPU
     channels_last: bool = option(True, "channels-last memory format")
     compile: str = option("auto", "torch.compile: auto (GPU only), on, off")
     eval_batch_size: int = option(64, "batch size for validation")
-    precise_bn: int = option(512, "training images (unaugmented) that recompute BatchNorm statistics before each "
-                             "validation; 0: off")
+    precise_bn: int = option(
+        512, "training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off"
+    )
     resume: bool = option(False, "continue the run in --out from its last.pt")
     progress: bool = option(True, "progress bars and per-epoch lines")
-    task: str = option("classification", "classification; severity (COVIDNet-S geographic and opacity extent, "
-                       "0-8; needs a build with --severity); risk (COVID-RiskNet: COVID-19 images in bins of days "
-                       "since symptom onset)")
-    freeze_backbone: bool = option(False, "train only the head on the frozen features of --init (COVIDNet-S's "
-                                   "setting)")  # the head: pooling, hidden layers, last layer
-    risk_bins: str = option("3,5,10", "--task risk: inner bin edges in days, e.g. 3,5,10 for [0-3), [3-5), [5-10), "
-                            ">=10")
+    task: str = option(
+        "classification",
+        "classification; severity (COVIDNet-S geographic and opacity extent, "
+        "0-8; needs a build with --severity); risk (COVID-RiskNet: COVID-19 images in bins of days "
+        "since symptom onset)",
+    )
+    freeze_backbone: bool = option(
+        False, "train only the head on the frozen features of --init (COVIDNet-S's setting)"
+    )  # the head: pooling, hidden layers, last layer
+    risk_bins: str = option(
+        "3,5,10", "--task risk: inner bin edges in days, e.g. 3,5,10 for [0-3), [3-5), [5-10), >=10"
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,7 +140,7 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls) -> Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -160,8 +166,9 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
 
 
-def epoch_batches(labels: np.ndarray, epoch: int, seed: int, batch_size: int, covid_class: int | None,
-                  covid_percent: float) -> list[np.ndarray]:
+def epoch_batches(
+    labels: np.ndarray, epoch: int, seed: int, batch_size: int, covid_class: int | None, covid_percent: float
+) -> list[np.ndarray]:
     """The global batches of one epoch, as positions into ``labels`` (the training rows).
 
     Without rebalancing: a permutation cut into batches, so every image is seen exactly once per
@@ -177,12 +184,14 @@ def epoch_batches(labels: np.ndarray, epoch: int, seed: int, batch_size: int, co
     other = np.flatnonzero(labels != covid_class)
     k = max(1, round(covid_percent * batch_size))
     if len(covid) == 0 or len(other) == 0:
-        raise ConfigError("--covid-percent needs COVID-19 and other images in the training split; pass --covid-percent 0")
+        raise ConfigError(
+            "--covid-percent needs COVID-19 and other images in the training split; pass --covid-percent 0"
+        )
     other = rng.permutation(other)
     chunks = np.array_split(other, max(1, len(other) // (batch_size - k)))
     need = k * len(chunks)
     cycle = np.concatenate([rng.permutation(covid) for _ in range(math.ceil(need / len(covid)))])[:need]
-    return [np.concatenate([c, cycle[i * k:(i + 1) * k]]) for i, c in enumerate(chunks)]
+    return [np.concatenate([c, cycle[i * k : (i + 1) * k]]) for i, c in enumerate(chunks)]
 
 
 def shard(batch: np.ndarray, dist: Dist) -> np.ndarray:
@@ -206,7 +215,9 @@ def _class_weights(spec: str, labels: np.ndarray, classes: tuple[str, ...]) -> t
     except ValueError:
         w = []
     if len(w) != k or min(w, default=0) <= 0:
-        raise ConfigError(f"--class-weights {spec!r}: give reference, none, balanced, or {k} positive numbers ({', '.join(classes)})")
+        raise ConfigError(
+            f"--class-weights {spec!r}: give reference, none, balanced, or {k} positive numbers ({', '.join(classes)})"
+        )
     return torch.tensor(w, dtype=torch.float32)
 
 
@@ -226,8 +237,10 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.task != "classification" and cfg.binary:
         raise ConfigError(f"--binary is for classification, not --task {cfg.task}")
     if cfg.freeze_backbone and cfg.init == "random":
-        raise ConfigError("--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
-                          "torchvision baselines)")
+        raise ConfigError(
+            "--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
+            "torchvision baselines)"
+        )
     cfg.make_task()  # a malformed --risk-bins fails here, before anything is read
     get_spec(cfg.arch)
 
@@ -248,12 +261,18 @@ def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
     if ckpt["arch"] != cfg.arch:
         raise ConfigError(f"{cfg.init}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
     if ckpt["arch_args"].get("in_channels") != cfg.in_channels:
-        raise ConfigError(f"{cfg.init}: made for {ckpt['arch_args'].get('in_channels')}-channel input, not --in-channels {cfg.in_channels}")
+        raise ConfigError(
+            f"{cfg.init}: made for {ckpt['arch_args'].get('in_channels')}-channel input, "
+            f"not --in-channels {cfg.in_channels}"
+        )
     head = {f"classifier.{k}" for k in model.get_classifier().state_dict()}
     state = {k: v for k, v in ckpt["model"].items() if k not in head}  # the classifier starts afresh
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - head or unexpected:
-        raise ConfigError(f"{cfg.init}: weights do not fit {cfg.arch} (missing {sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]})")
+        raise ConfigError(
+            f"{cfg.init}: weights do not fit {cfg.arch} (missing {sorted(set(missing) - head)[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
 
 
 def _create(cfg: TrainConfig) -> torch.nn.Module:
@@ -261,7 +280,9 @@ def _create(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.init != "imagenet":
         return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels)
     if get_spec(cfg.arch).family != "torchvision":
-        raise ConfigError(f"--init imagenet is for the torchvision baselines, not {cfg.arch}; use --init random or a checkpoint")
+        raise ConfigError(
+            f"--init imagenet is for the torchvision baselines, not {cfg.arch}; use --init random or a checkpoint"
+        )
     import socket
 
     import torchvision
@@ -274,8 +295,10 @@ def _create(cfg: TrainConfig) -> torch.nn.Module:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # torch.hub chatter
             return create_model(cfg.arch, num_classes=num_classes, in_channels=cfg.in_channels, weights="imagenet")
     except Exception as e:
-        raise CovidnetError(f"ImageNet weights for {cfg.arch} are not cached and could not be downloaded "
-                            f"({type(e).__name__}); download {weights.url} and place it at {cached}") from None
+        raise CovidnetError(
+            f"ImageNet weights for {cfg.arch} are not cached and could not be downloaded "
+            f"({type(e).__name__}); download {weights.url} and place it at {cached}"
+        ) from None
     finally:
         socket.setdefaulttimeout(old)
 
@@ -344,8 +367,10 @@ def _check_run(cfg: TrainConfig) -> Path:
         for f in fields(TrainConfig):
             was = saved.get(f.name, f.default)  # a field newer than the run had its default then
             if f.name not in ("resume", "progress", "epochs", "out") and was != getattr(cfg, f.name):
-                raise ConfigError(f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
-                                  f"not {getattr(cfg, f.name)!r}; resume with the run's own settings")
+                raise ConfigError(
+                    f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
+                    f"not {getattr(cfg, f.name)!r}; resume with the run's own settings"
+                )
     elif (run / "last.pt").exists() or (run / "best.pt").exists():
         raise ConfigError(f"{run}: holds a run already; pass --resume to continue it or choose another --out")
     elif run.exists() and not run.is_dir():
@@ -360,7 +385,9 @@ def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
         run.mkdir(parents=True, exist_ok=True)
         for stale in ("log.csv",) if not cfg.resume else ():
             (run / stale).unlink(missing_ok=True)
-        (run / "config.json").write_text(json.dumps({"command": "train", "version": __version__, **cfg.to_dict()}, indent=2))
+        (run / "config.json").write_text(
+            json.dumps({"command": "train", "version": __version__, **cfg.to_dict()}, indent=2)
+        )
     if dist.world > 1:
         torch.distributed.barrier()
 
@@ -409,10 +436,18 @@ class _Run:
     def payload(self, epoch: int, step: int, accumulators=None) -> dict:
         cfg = self.cfg
         return {
-            "arch": cfg.arch, "arch_args": self.model.arch_args, **self.task.meta(),
-            "preprocess": self.contract.to_dict(), "memory_format": "channels_last" if cfg.channels_last else "contiguous",
-            "train_config": cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "epoch": epoch, "step": step, "best_val_loss": self.best,
+            "arch": cfg.arch,
+            "arch_args": self.model.arch_args,
+            **self.task.meta(),
+            "preprocess": self.contract.to_dict(),
+            "memory_format": "channels_last" if cfg.channels_last else "contiguous",
+            "train_config": cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best_val_loss": self.best,
             "accumulators": accumulators,
         }
 
@@ -425,8 +460,10 @@ def _stage_data(r: _Run) -> None:
     r.task = task = cfg.make_task()
     train_rows, val_rows = task.rows(store, "train"), task.rows(store, "val")
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ConfigError(f"{cfg.data}: --task {task.name} needs train and val {task.needs}; "
-                          f"it has {len(train_rows)} and {len(val_rows)}")
+        raise ConfigError(
+            f"{cfg.data}: --task {task.name} needs train and val {task.needs}; "
+            f"it has {len(train_rows)} and {len(val_rows)}"
+        )
     if cfg.batch_size > len(train_rows):
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
     if cfg.batch_size < r.dist.world:
@@ -458,10 +495,12 @@ def _build(r: _Run) -> None:
         for name, child in model.named_children():
             child.requires_grad_(name in HEAD_MODULES)
     r.model = model = model.to(r.device, memory_format=r.mem_format)
-    r.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(),
-                             weight_decay=cfg.weight_decay)
-    r.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(r.opt, mode="min", factor=cfg.plateau_factor,
-                                                         patience=cfg.plateau_patience)
+    r.opt = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(), weight_decay=cfg.weight_decay
+    )
+    r.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        r.opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
     if cfg.resume:
         ckpt = read_checkpoint(r.path / "last.pt")
         if ckpt["arch"] != cfg.arch:
@@ -477,7 +516,9 @@ def _build(r: _Run) -> None:
         on_gpu = r.device.type == "cuda"
         r.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[r.device.index] if on_gpu else None)
     if cfg.compile == "on" or (cfg.compile == "auto" and r.device.type == "cuda"):
-        r.net = torch.compile(r.net, dynamic=False)  # a few static shapes (batch sizes differ by one) beat dynamic kernels
+        r.net = torch.compile(
+            r.net, dynamic=False
+        )  # a few static shapes (batch sizes differ by one) beat dynamic kernels
 
 
 def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
@@ -505,9 +546,16 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         for s, h in handlers.items():
             signal.signal(s, h)
     rates = [h["images_per_s"] for h in r.history[1:]] or [h["images_per_s"] for h in r.history]
-    summary = {"epochs": cfg.epochs, "best_val_loss": r.best, "final": r.history[-1] if r.history else None,
-               "images_per_s": float(np.median(rates)) if rates else None, "world_size": dist.world,
-               "device": str(device), "best": str(r.path / "best.pt"), "last": str(r.path / "last.pt")}
+    summary = {
+        "epochs": cfg.epochs,
+        "best_val_loss": r.best,
+        "final": r.history[-1] if r.history else None,
+        "images_per_s": float(np.median(rates)) if rates else None,
+        "world_size": dist.world,
+        "device": str(device),
+        "best": str(r.path / "best.pt"),
+        "last": str(r.path / "last.pt"),
+    }
     _status(r.path, dist, "complete", **summary)
     return summary
 
@@ -518,8 +566,11 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     cfg, dist, device = r.cfg, r.dist, r.device
     batches = epoch_batches(r.y_train, epoch, cfg.seed, cfg.batch_size, r.covid_class, r.covid_percent)
     first = r.start_step if epoch == r.start_epoch else 0
-    a = r.accumulators if (r.accumulators and epoch == r.start_epoch) else {"loss": 0.0, "correct": 0.0, "n": 0.0,
-                                                                           "seconds": 0.0}
+    a = (
+        r.accumulators
+        if (r.accumulators and epoch == r.start_epoch)
+        else {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
+    )
     loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
     correct_acc = torch.zeros((), device=device, dtype=torch.float64)  # correct images, or summed errors
     t_epoch = time.perf_counter()
@@ -532,7 +583,9 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
         pos = r.train_pos[shard(batches[step], dist)]
         seed = step_seed(cfg.seed, epoch, step)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
-        params = None if cfg.augment.identity else sample_params(len(pos), cfg.augment, torch.Generator().manual_seed(seed))
+        params = (
+            None if cfg.augment.identity else sample_params(len(pos), cfg.augment, torch.Generator().manual_seed(seed))
+        )
         x, y = r.batch_input(pos, params), r.labels[torch.from_numpy(pos).to(device)]
         try:
             with r.amp:
@@ -542,8 +595,10 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
             loss.backward()
             r.opt.step()
         except torch.OutOfMemoryError:
-            raise CovidnetError(f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
-                                f"--batch-size {cfg.batch_size}; lower --batch-size or --size") from None
+            raise CovidnetError(
+                f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
+                f"--batch-size {cfg.batch_size}; lower --batch-size or --size"
+            ) from None
         loss_acc += loss.detach() * len(pos)
         correct_acc += r.task.agreement(logits.detach(), y)
         a["n"] += len(pos)
@@ -554,52 +609,82 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{a['n'] * dist.world / max(elapsed, 1e-9):.0f}")
         if _stop_requested(stop, dist, device):
             if dist.main:
-                save_checkpoint(r.path / "last.pt", r.payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch)))
+                save_checkpoint(
+                    r.path / "last.pt", r.payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch))
+                )
             _status(r.path, dist, "interrupted", epoch=epoch, step=step + 1)
-            raise TrainingInterrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
-                                      f"in {r.path / 'last.pt'}: run the same command with --resume")
+            raise TrainingInterrupted(
+                f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
+                f"in {r.path / 'last.pt'}: run the same command with --resume"
+            )
     if bar is not None:
         bar.close()
     return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches)  # one device sync per epoch
 
 
-def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: "_Log") -> None:
+def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> None:
     """Precise BN, validation, the scheduler's step, the log row and line, and the checkpoints."""
     cfg, dist, task = r.cfg, r.dist, r.task
     loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], r.device)
     if cfg.precise_bn and not cfg.freeze_backbone:
         recalibrate_bn(r.model, r.batch_input, r.train_pos, cfg, epoch, r.amp)
-    val = evaluate_split(r.model, r.images, r.val_pos, r.labels, cfg.eval_batch_size, dist, r.device, r.contract,
-                         r.mem_format, task)
+    val = evaluate_split(
+        r.model, r.images, r.val_pos, r.labels, cfg.eval_batch_size, dist, r.device, r.contract, r.mem_format, task
+    )
     r.sched.step(val["loss"])
     fields_, shown = task.log(val)
-    row = {"epoch": epoch + 1, "lr": r.opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
-           f"train_{task.agreement_name}": correct / n, "val_loss": val["loss"], **fields_}
+    row = {
+        "epoch": epoch + 1,
+        "lr": r.opt.param_groups[0]["lr"],
+        "train_loss": loss_sum / n,
+        f"train_{task.agreement_name}": correct / n,
+        "val_loss": val["loss"],
+        **fields_,
+    }
     if isinstance(task, ClassificationTask):
         mix = np.bincount(r.y_train[seen], minlength=len(task.outputs)) / len(seen)
         row.update({f"mix_{c}": float(m) for c, m in zip(task.outputs, mix)})
         shown += " | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(task.outputs, mix))
-    row.update({"images_seen": int(len(seen)), "unique_images": int(len(np.unique(seen))),
-                "images_per_s": n / max(seconds / dist.world, 1e-9)})
+    row.update(
+        {
+            "images_seen": int(len(seen)),
+            "unique_images": int(len(np.unique(seen))),
+            "images_per_s": n / max(seconds / dist.world, 1e-9),
+        }
+    )
     r.history.append(row)
     log.write(row)
     if dist.main and cfg.progress:
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} {task.agreement_name} "
-              f"{correct / n:.3f} | val loss {val['loss']:.4f} {shown} | {row['images_per_s']:.0f} img/s", file=sys.stderr)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} {task.agreement_name} "
+            f"{correct / n:.3f} | val loss {val['loss']:.4f} {shown} | {row['images_per_s']:.0f} img/s",
+            file=sys.stderr,
+        )
     improved = val["loss"] < r.best
     r.best = min(r.best, val["loss"])
     if dist.main:
         p = r.payload(epoch + 1, 0)
         save_checkpoint(r.path / "last.pt", p)
         if improved:
-            save_checkpoint(r.path / "best.pt", {**p, "optimizer": None, "scheduler": None,
-                                                 "val_metrics": {k: v for k, v in val.items() if k != "confusion"}})
+            save_checkpoint(
+                r.path / "best.pt",
+                {
+                    **p,
+                    "optimizer": None,
+                    "scheduler": None,
+                    "val_metrics": {k: v for k, v in val.items() if k != "confusion"},
+                },
+            )
 
 
 def _fold(a: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, t_epoch: float) -> dict:
     """The epoch's accumulators as plain numbers (a resumed epoch starts from those saved)."""
-    return {"loss": a["loss"] + float(loss_acc), "correct": a["correct"] + float(correct_acc), "n": a["n"],
-            "seconds": a["seconds"] + time.perf_counter() - t_epoch}
+    return {
+        "loss": a["loss"] + float(loss_acc),
+        "correct": a["correct"] + float(correct_acc),
+        "n": a["n"],
+        "seconds": a["seconds"] + time.perf_counter() - t_epoch,
+    }
 
 
 def _main_thread() -> bool:
@@ -620,7 +705,9 @@ def _bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr, leave=False)
+    return tqdm(
+        total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr, leave=False
+    )
 
 
 def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, epoch: int, amp) -> None:
@@ -633,20 +720,37 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
 
     rng = np.random.default_rng([cfg.seed, epoch, 0xB4])
     pos = train_pos[rng.permutation(len(train_pos))[: cfg.precise_bn]]
-    batches = (batch_input(pos[k:k + cfg.eval_batch_size], None) for k in range(0, len(pos), cfg.eval_batch_size))
+    batches = (batch_input(pos[k : k + cfg.eval_batch_size], None) for k in range(0, len(pos), cfg.eval_batch_size))
     with amp:
         update_bn(batches, model)
 
 
-def evaluate_split(model, images: torch.Tensor, positions: np.ndarray, labels: torch.Tensor, batch_size: int, dist: Dist,
-                   device, contract: Contract, memory_format, task: Task) -> dict:
+def evaluate_split(
+    model,
+    images: torch.Tensor,
+    positions: np.ndarray,
+    labels: torch.Tensor,
+    batch_size: int,
+    dist: Dist,
+    device,
+    contract: Contract,
+    memory_format,
+    task: Task,
+) -> dict:
     """The task's validation figures over ``positions``, each image counted exactly once however many
     processes share the work (no padding duplicates), through the same ``predict_logits`` and metrics
     as ``covidnet eval``. ``model`` is the plain module, not the DDP wrapper: shards differ in length,
     and DDP's per-forward collectives would wait for each other."""
-    mine = positions[dist.rank::dist.world]
-    logits = predict_logits(model, lambda pos: images[torch.from_numpy(pos).to(images.device)], mine, batch_size,
-                            contract, device, memory_format)
+    mine = positions[dist.rank :: dist.world]
+    logits = predict_logits(
+        model,
+        lambda pos: images[torch.from_numpy(pos).to(images.device)],
+        mine,
+        batch_size,
+        contract,
+        device,
+        memory_format,
+    )
     parts = dist.gather((mine, logits if len(mine) else torch.zeros(0, len(task.outputs))))
     pos = np.concatenate([p for p, _ in parts])
     logits = torch.cat([lg for _, lg in parts])

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import covidnet
 
 from covidnet.audit import LUNG_BOX, leakage, occlude, population, run_audit
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.train import TrainConfig, train
-from test_cli import covidnet
 
 
 def hospitals(root: Path, shortcut: str | None) -> Path:
@@ -24,8 +24,13 @@ def hospitals(root: Path, shortcut: str | None) -> Path:
     model must use it — the known answer the audit has to find. Without, A's COVID-19 images show the
     disease and carry nothing else."""
     if shortcut:
-        a = write_phantom_dataset(root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1, class_mix={"normal": 1.0},
-                                                           shortcut=shortcut, shortcut_label=None), progress=False)
+        a = write_phantom_dataset(
+            root / "a",
+            SynthConfig(
+                n=150, seed=11, size=128, hospitals=1, class_mix={"normal": 1.0}, shortcut=shortcut, shortcut_label=None
+            ),
+            progress=False,
+        )
         rows = list(csv.DictReader(open(a / "metadata.csv")))
         for r in rows:
             r["finding"] = "Pneumonia/Viral/COVID-19"
@@ -34,12 +39,27 @@ def hospitals(root: Path, shortcut: str | None) -> Path:
             w.writeheader()
             w.writerows(rows)
     else:
-        a = write_phantom_dataset(root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1,
-                                                           class_mix={"COVID-19": 1.0}), progress=False)
-    b = write_phantom_dataset(root / "b", SynthConfig(n=150, seed=12, size=128, hospitals=1,
-                                                       class_mix={"COVID-19": .1, "normal": .45, "pneumonia": .45}), progress=False)
-    build_dataset(BuildConfig(sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")], out=root / "ds",
-                              size=64, val_fraction=.15, test_fraction=.25, workers=1, progress=False))
+        a = write_phantom_dataset(
+            root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1, class_mix={"COVID-19": 1.0}), progress=False
+        )
+    b = write_phantom_dataset(
+        root / "b",
+        SynthConfig(
+            n=150, seed=12, size=128, hospitals=1, class_mix={"COVID-19": 0.1, "normal": 0.45, "pneumonia": 0.45}
+        ),
+        progress=False,
+    )
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")],
+            out=root / "ds",
+            size=64,
+            val_fraction=0.15,
+            test_fraction=0.25,
+            workers=1,
+            progress=False,
+        )
+    )
     train(TrainConfig(data=str(root / "ds"), out=str(root / "run"), epochs=8, lr=3e-4, progress=False))
     return root
 
@@ -72,14 +92,28 @@ def test_without_a_signature_source_predictability_does_not_fail(without):
     assert sp["mutual_information_share_of_label"] > 0.3  # the dataset itself is confounded: said, as a warning
     oc = a["tests"]["occlusion"]
     assert oc["verdict"] == "ok" and oc["auc"]["none"] > 0.8  # the model reads the lungs
-    assert [t["test"] for t in a["summary"]] == ["source predictability", "leave-one-source-out", "occlusion",
-                                                 "leakage", "population confounders"]
+    assert [t["test"] for t in a["summary"]] == [
+        "source predictability",
+        "leave-one-source-out",
+        "occlusion",
+        "leakage",
+        "population confounders",
+    ]
 
 
 @pytest.mark.slow
 def test_cli_writes_report_with_summary_first_and_json(without, tmp_path):
-    r = covidnet("audit", "--checkpoint", str(without / "run" / "best.pt"), "--data", str(without / "ds"),
-                 "--report", str(tmp_path / "rep"), "--json", str(tmp_path / "a.json"))
+    r = covidnet(
+        "audit",
+        "--checkpoint",
+        str(without / "run" / "best.pt"),
+        "--data",
+        str(without / "ds"),
+        "--report",
+        str(tmp_path / "rep"),
+        "--json",
+        str(tmp_path / "a.json"),
+    )
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.index('id="summary"') < page.index("audit.png") and "not for diagnostic use" in page
@@ -104,14 +138,18 @@ def test_leakage_finds_a_patient_in_two_splits_and_a_repeated_image():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (4, 32, 32), dtype=np.uint8)
     images[3] = images[0]
-    index = [{"source": "s", "patient_id": p, "filename": f"{i}.png", "split": sp}
-             for i, (p, sp) in enumerate([("1", "train"), ("1", "test"), ("2", "train"), ("3", "test")])]
+    index = [
+        {"source": "s", "patient_id": p, "filename": f"{i}.png", "split": sp}
+        for i, (p, sp) in enumerate([("1", "train"), ("1", "test"), ("2", "train"), ("3", "test")])
+    ]
     r = leakage(index, images)
     assert r["verdict"] == "fail" and r["patients_in_two_splits"] == 1 and r["exact_duplicates_across_splits"] == 1
 
 
 def test_population_flags_a_label_that_is_all_children():
-    index = ([{"label": "normal", "age": "6", "view": "PA"}] * 10 + [{"label": "COVID-19", "age": "60", "view": "PA"}] * 10)
+    index = [{"label": "normal", "age": "6", "view": "PA"}] * 10 + [
+        {"label": "COVID-19", "age": "60", "view": "PA"}
+    ] * 10
     r = population(index)
     assert r["verdict"] == "fail" and any("paediatric" in f and "normal" in f for f in r["flags"])
 
@@ -126,10 +164,25 @@ def test_audit_of_something_that_is_not_a_dataset_is_one_line(tmp_path):
 def test_leave_one_source_out_retrains_without_each_mixed_source(tmp_path):
     a = write_phantom_dataset(tmp_path / "a", SynthConfig(n=60, seed=21, size=64, hospitals=1), progress=False)
     b = write_phantom_dataset(tmp_path / "b", SynthConfig(n=60, seed=22, size=64, hospitals=1), progress=False)
-    build_dataset(BuildConfig(sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")],
-                              out=tmp_path / "ds", size=32, val_fraction=.2, test_fraction=.2, workers=1, progress=False))
-    train(TrainConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "run"), epochs=1, lr=3e-4, progress=False, precise_bn=32))
-    r = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), loso_epochs=1)["tests"]["leave_one_source_out"]
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")],
+            out=tmp_path / "ds",
+            size=32,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            workers=1,
+            progress=False,
+        )
+    )
+    train(
+        TrainConfig(
+            data=str(tmp_path / "ds"), out=str(tmp_path / "run"), epochs=1, lr=3e-4, progress=False, precise_bn=32
+        )
+    )
+    r = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), loso_epochs=1)["tests"][
+        "leave_one_source_out"
+    ]
     assert set(r["per_source"]) == {"hosp-a", "hosp-b"} and r["verdict"] in ("ok", "warning", "fail")
     for s in r["per_source"].values():
         assert 0 <= s["external_balanced_accuracy"] <= 1 and 0 <= s["internal_balanced_accuracy"] <= 1

@@ -21,7 +21,9 @@ from covidnet.errors import ConfigError, CovidnetError, SourceError
 
 @pytest.fixture(scope="module")
 def phantom_source(tmp_path_factory) -> Path:
-    return write_phantom_dataset(tmp_path_factory.mktemp("ph") / "cohen", SynthConfig(n=36, seed=1, size=96), progress=False)
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("ph") / "cohen", SynthConfig(n=36, seed=1, size=96), progress=False
+    )
 
 
 @pytest.fixture
@@ -60,8 +62,17 @@ def rewrite_metadata(src: Path, edit) -> None:
 def test_phantom_build_writes_label_files_store_and_report(phantom_source, tmp_path):
     report = build(tmp_path, f"cohen={phantom_source}", val_fraction=0.2, test_fraction=0.2)
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"train.txt", "val.txt", "test.txt", "records.csv", "report.json",
-                                                 "config.json", "contract.json", "images.npy", "index.csv"}
+    assert {p.name for p in out.iterdir()} == {
+        "train.txt",
+        "val.txt",
+        "test.txt",
+        "records.csv",
+        "report.json",
+        "config.json",
+        "contract.json",
+        "images.npy",
+        "index.csv",
+    }
     store = open_store(out)
     assert store.images.shape == (report["n_images"], 64, 64) and store.images.dtype == np.uint8
     n_listed = 0
@@ -139,6 +150,7 @@ def test_bad_rows_are_excluded_with_reasons_and_the_rest_builds(source_copy, tmp
 
     def edit(rows):
         rows[3]["finding"] = "Alien invasion"  # unknown label
+
     rewrite_metadata(source_copy, edit)
     report = build(tmp_path, f"cohen={source_copy}")
     by_reason = report["excluded"]["by_reason"]
@@ -199,8 +211,13 @@ def real_build(tmp_path_factory):
         pytest.skip(f"real data not found at {SHARED_DATA}")
     src = SHARED_DATA / "sources"
     out = tmp_path_factory.mktemp("real") / "covidx"
-    cfg = BuildConfig(sources=[SourceSpec(r, src / r, r) for r in ("cohen", "figure1", "nih", "kermany")],
-                      out=out, size=128, workers=2, progress=False)
+    cfg = BuildConfig(
+        sources=[SourceSpec(r, src / r, r) for r in ("cohen", "figure1", "nih", "kermany")],
+        out=out,
+        size=128,
+        workers=2,
+        progress=False,
+    )
     return build_dataset(cfg), out
 
 
@@ -217,8 +234,12 @@ def test_real_build_no_duplicate_pair_crosses_splits(real_build):
     """Recomputed independently of the build: perceptual hashes of the stored images, and file hashes."""
     report, out = real_build
     store = open_store(out)
-    hashes = np.stack([np.packbits(imagehash.phash(Image.fromarray(np.asarray(im)), hash_size=PHASH_SIZE).hash.flatten())
-                       for im in store.images])
+    hashes = np.stack(
+        [
+            np.packbits(imagehash.phash(Image.fromarray(np.asarray(im)), hash_size=PHASH_SIZE).hash.flatten())
+            for im in store.images
+        ]
+    )
     splits = [r["split"] for r in store.index]
     crossing = [(i, j) for i, j in near_duplicate_pairs(hashes, NEAR_DUP_BITS) if splits[i] != splits[j]]
     assert crossing == []
@@ -239,12 +260,19 @@ def test_real_build_report_says_what_was_excluded(real_build):
 @pytest.mark.realdata
 def test_official_covidx3_test_images_land_in_test(shared_data, tmp_path):
     src, covidx = shared_data / "sources", shared_data / "covidx"
-    report = build(tmp_path, f"cohen={src / 'cohen'}", f"figure1={src / 'figure1'}",
-                   split_files=[("train", covidx / "train_COVIDx3.txt"), ("test", covidx / "test_COVIDx3.txt")],
-                   workers=2)
+    report = build(
+        tmp_path,
+        f"cohen={src / 'cohen'}",
+        f"figure1={src / 'figure1'}",
+        split_files=[("train", covidx / "train_COVIDx3.txt"), ("test", covidx / "test_COVIDx3.txt")],
+        workers=2,
+    )
     have = {p.stem for s in ("cohen", "figure1") for p in (src / s / "images").iterdir()}
-    wanted = [l.split()[1] for l in (covidx / "test_COVIDx3.txt").read_text().splitlines()
-              if len(l.split()) > 3 and l.split()[3] in ("cohen", "fig1")]
+    wanted = [
+        l.split()[1]
+        for l in (covidx / "test_COVIDx3.txt").read_text().splitlines()
+        if len(l.split()) > 3 and l.split()[3] in ("cohen", "fig1")
+    ]
     wanted = {Path(f).stem for f in wanted if Path(f).stem in have}
     test = {Path(l.split()[1]).stem for l in (tmp_path / "out" / "test.txt").read_text().splitlines()}
     assert len(wanted) > 40 and wanted <= test

@@ -26,7 +26,14 @@ ROWS = [
     ("covid-hier-eurorad.png", "Pneumonia/Viral/COVID-19", "PA", "https://www.eurorad.org/case/2", "COVID-19", None),
     ("covid-hier.png", "Pneumonia/Viral/COVID-19", "PA", "https://pubs.rsna.org/x", "COVID-19", "COVID-19"),
     ("covid-ards.png", "COVID-19, ARDS", "PA", "https://pubs.rsna.org/y", "COVID-19", None),  # not a key of its mapping
-    ("sars-eurorad.png", "SARS", "PA", "https://www.eurorad.org/case/3", "pneumonia", "pneumonia"),  # URL rule: COVID-19 only
+    (
+        "sars-eurorad.png",
+        "SARS",
+        "PA",
+        "https://www.eurorad.org/case/3",
+        "pneumonia",
+        "pneumonia",
+    ),  # URL rule: COVID-19 only
     ("strep-hier.png", "Pneumonia/Bacterial/Streptococcus", "PA", "https://x.org", "pneumonia", "pneumonia"),
     ("pcp.png", "Pneumocystis", "PA", "https://x.org", "pneumonia", None),
     ("no-finding.png", "No Finding", "PA", "https://x.org", "normal", None),  # the reference maps only 'Normal'
@@ -61,8 +68,13 @@ def test_each_rule_keeps_its_rows_with_its_labels(cohen_root, rules, column):
 def test_reference_says_why_each_row_is_left_out(cohen_root):
     data = read_source("cohen", cohen_root, rules="reference")
     reasons = Counter(e.reason for e in data.exclusions)
-    assert reasons == {"reaches COVIDx through another source": 4, "finding not in COVIDx classes": 3,
-                       "view not frontal or unknown": 1, "lateral view": 1, "unlabelled": 1}
+    assert reasons == {
+        "reaches COVIDx through another source": 4,
+        "finding not in COVIDx classes": 3,
+        "view not frontal or unknown": 1,
+        "lateral view": 1,
+        "unlabelled": 1,
+    }
     other = [e for e in data.exclusions if e.reason == "reaches COVIDx through another source"]
     assert all("url" in e.detail and "Radiography Database" in e.detail for e in other)
 
@@ -73,8 +85,17 @@ def test_unknown_rules_are_a_usage_error(cohen_root):
 
 
 def test_build_passes_the_rules_to_cohen_and_strict_accepts_the_reference_filter(cohen_root, tmp_path):
-    cfg = BuildConfig(sources=[SourceSpec("cohen", cohen_root, "cohen")], out=tmp_path / "ds", size=32, workers=1,
-                      progress=False, strict=True, cohen_rules="reference", val_fraction=0.0, test_fraction=0.0)
+    cfg = BuildConfig(
+        sources=[SourceSpec("cohen", cohen_root, "cohen")],
+        out=tmp_path / "ds",
+        size=32,
+        workers=1,
+        progress=False,
+        strict=True,
+        cohen_rules="reference",
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     report = build_dataset(cfg)
     assert report["n_images"] == sum(1 for row in ROWS if row[5])
     assert report["excluded"]["by_reason"]["reaches COVIDx through another source"] == 4
@@ -84,11 +105,27 @@ def test_build_passes_the_rules_to_cohen_and_strict_accepts_the_reference_filter
 def test_cli_flag_maps_onto_the_config_field(cohen_root, tmp_path):
     args = build_parser().parse_args(["data", "build", "--source", f"cohen={cohen_root}", "--out", "x"])
     assert args.cohen_rules == "ours" == BuildConfig(sources=[], out=Path("x")).cohen_rules
-    r = covidnet("data", "build", "--source", f"cohen={cohen_root}", "--out", str(tmp_path / "ds"), "--size", "32",
-                 "--workers", "1", "--quiet", "--json", "--cohen-rules", "reference")
+    r = covidnet(
+        "data",
+        "build",
+        "--source",
+        f"cohen={cohen_root}",
+        "--out",
+        str(tmp_path / "ds"),
+        "--size",
+        "32",
+        "--workers",
+        "1",
+        "--quiet",
+        "--json",
+        "--cohen-rules",
+        "reference",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_images"] == 5
-    r = covidnet("data", "build", "--source", f"cohen={cohen_root}", "--out", str(tmp_path / "ds2"), "--cohen-rules", "covidx")
+    r = covidnet(
+        "data", "build", "--source", f"cohen={cohen_root}", "--out", str(tmp_path / "ds2"), "--cohen-rules", "covidx"
+    )
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
@@ -101,10 +138,23 @@ def test_real_cohen_counts_under_both_rules(shared_data):
         counts[rules] = Counter(r.label for r in data.records)
         counts[rules]["patients"] = len({r.patient_id for r in data.records})
         counts[rules].update(f"excluded: {e.reason}" for e in data.exclusions)
-    assert counts["ours"] == {"normal": 19, "pneumonia": 78, "COVID-19": 427, "patients": 305,
-                              "excluded: lateral view": 55, "excluded: view not frontal or unknown": 39,
-                              "excluded: unlabelled": 28, "excluded: finding not in COVIDx classes": 7}
-    assert counts["reference"] == {"pneumonia": 42, "COVID-19": 248, "patients": 171,
-                                   "excluded: reaches COVIDx through another source": 167,
-                                   "excluded: lateral view": 55, "excluded: view not frontal or unknown": 39,
-                                   "excluded: unlabelled": 28, "excluded: finding not in COVIDx classes": 74}
+    assert counts["ours"] == {
+        "normal": 19,
+        "pneumonia": 78,
+        "COVID-19": 427,
+        "patients": 305,
+        "excluded: lateral view": 55,
+        "excluded: view not frontal or unknown": 39,
+        "excluded: unlabelled": 28,
+        "excluded: finding not in COVIDx classes": 7,
+    }
+    assert counts["reference"] == {
+        "pneumonia": 42,
+        "COVID-19": 248,
+        "patients": 171,
+        "excluded: reaches COVIDx through another source": 167,
+        "excluded: lateral view": 55,
+        "excluded: view not frontal or unknown": 39,
+        "excluded: unlabelled": 28,
+        "excluded: finding not in COVIDx classes": 74,
+    }

@@ -21,7 +21,9 @@ from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import CovidnetError, SourceError
 
 
-def write_covidx_tree(root: Path, phantoms: Path, binary: bool = False, val: bool = True, origin: str = "cohen") -> dict:
+def write_covidx_tree(
+    root: Path, phantoms: Path, binary: bool = False, val: bool = True, origin: str = "cohen"
+) -> dict:
     """A COVIDx-layout folder from a phantom dataset: every 5th patient in test, the next in val (if ``val``),
     the rest in train. Returns {split: {filename: (patient, label)}} as written."""
     rows = list(csv.DictReader(open(phantoms / "metadata.csv")))
@@ -44,7 +46,9 @@ def write_covidx_tree(root: Path, phantoms: Path, binary: bool = False, val: boo
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
-    return write_phantom_dataset(tmp_path_factory.mktemp("ph") / "cohen", SynthConfig(n=36, seed=5, size=64), progress=False)
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("ph") / "cohen", SynthConfig(n=36, seed=5, size=64), progress=False
+    )
 
 
 @pytest.fixture
@@ -54,8 +58,9 @@ def tree(phantoms, tmp_path):
 
 
 def build(tmp_path, root, **kw) -> dict:
-    cfg = BuildConfig(sources=[SourceSpec("covidx", root, "covidx")], out=tmp_path / "out", size=64, workers=1,
-                      progress=False, **kw)
+    cfg = BuildConfig(
+        sources=[SourceSpec("covidx", root, "covidx")], out=tmp_path / "out", size=64, workers=1, progress=False, **kw
+    )
     return build_dataset(cfg)
 
 
@@ -79,7 +84,8 @@ def test_reader_takes_labels_patients_and_split_from_the_label_files(tree):
     assert got == want and len(got) == 36
     assert {r.source for r in data.records} == {"covidx/cohen"}  # the release's origin stays visible
     assert [r.extra["official_split"] for r in data.records] == sorted(
-        (r.extra["official_split"] for r in data.records), key=("test", "val", "train").index)  # test first
+        (r.extra["official_split"] for r in data.records), key=("test", "val", "train").index
+    )  # test first
     assert data.exclusions == [] and data.anomalies == []
 
 
@@ -141,7 +147,9 @@ def test_binary_release_keeps_negative_for_binary_use_only(phantoms, tmp_path):
     for split, names in written.items():
         for name, (_, label) in names.items():
             assert by_name[name]["label_binary"] == label and by_name[name]["split"] == split
-    assert sorted(store.labels(binary=True).tolist()).count(1) == sum(l == "positive" for n in written.values() for _, l in n.values())
+    assert sorted(store.labels(binary=True).tolist()).count(1) == sum(
+        l == "positive" for n in written.values() for _, l in n.values()
+    )
     with pytest.raises(CovidnetError, match="--binary"):
         store.labels()  # three-class targets do not exist for a negative image
     assert set(report["totals"]["train"]) == {"normal", "pneumonia", "COVID-19", "negative"}
@@ -151,11 +159,36 @@ def test_binary_release_keeps_negative_for_binary_use_only(phantoms, tmp_path):
 def test_binary_release_builds_and_trains_with_binary_through_the_cli(phantoms, tmp_path):
     root = tmp_path / "COVIDx-CXR4"
     write_covidx_tree(root, phantoms, binary=True)
-    r = covidnet("data", "build", "--source", f"covidx={root}", "--out", str(tmp_path / "ds"), "--size", "64",
-                 "--workers", "1", "--quiet", "--json")
+    r = covidnet(
+        "data",
+        "build",
+        "--source",
+        f"covidx={root}",
+        "--out",
+        str(tmp_path / "ds"),
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        "--quiet",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
-    r = covidnet("train", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--binary", "--epochs", "1",
-                 "--batch-size", "8", "--precise-bn", "0", "--no-progress")
+    r = covidnet(
+        "train",
+        "--data",
+        str(tmp_path / "ds"),
+        "--out",
+        str(tmp_path / "run"),
+        "--binary",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--precise-bn",
+        "0",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["state"] == "complete" and (tmp_path / "run" / "best.pt").is_file()
@@ -190,18 +223,27 @@ def test_known_defects_are_handled_and_each_reported_by_file_and_patient(tree, t
 
     data = read_source("covidx", root)
     ex = {(e.reason, Path(e.item).name): e for e in data.exclusions}
-    assert set(ex) == {("duplicate line", leak_name), ("image listed twice", train[2]),
-                       ("negative label in a three-class file", "neg-1.png"), ("image missing", "gone.png"),
-                       ("image not in the label files", "stray.png")}
+    assert set(ex) == {
+        ("duplicate line", leak_name),
+        ("image listed twice", train[2]),
+        ("negative label in a three-class file", "neg-1.png"),
+        ("image missing", "gone.png"),
+        ("image not in the label files", "stray.png"),
+    }
     assert "patient 'other-patient'" in ex[("image listed twice", train[2])].detail
-    assert "patient 'p-gone'" in ex[("image missing", "gone.png")].detail and "val.txt:" in ex[("image missing", "gone.png")].detail
+    assert (
+        "patient 'p-gone'" in ex[("image missing", "gone.png")].detail
+        and "val.txt:" in ex[("image missing", "gone.png")].detail
+    )
     an = {(a.reason, Path(a.item).name) for a in data.anomalies}
-    assert an == {("binary label in a three-class file", "COVID(7).png"),
-                  ("file name differs from the label file", "COVID-7.png"),
-                  ("file name differs from the label file", "scan-1.jpg"),
-                  ("patient id with a space", "COVID(70).png"),
-                  ("file name differs from the label file", "COVID (70).png"),
-                  ("patient in two official splits", f"patient {leak_pid}")}
+    assert an == {
+        ("binary label in a three-class file", "COVID(7).png"),
+        ("file name differs from the label file", "COVID-7.png"),
+        ("file name differs from the label file", "scan-1.jpg"),
+        ("patient id with a space", "COVID(70).png"),
+        ("file name differs from the label file", "COVID (70).png"),
+        ("patient in two official splits", f"patient {leak_pid}"),
+    }
     rec = {r.path.name: r for r in data.records}
     assert rec["COVID-7.png"].label == "COVID-19" and rec["COVID (70).png"].patient_id == "COVID 70"
     assert rec["COVID-7.png"].source == "covidx/sirm"
@@ -211,9 +253,15 @@ def test_known_defects_are_handled_and_each_reported_by_file_and_patient(tree, t
     assert report["official_split"]["leakage"]["patients"] == 1
     left = [e for e in report["excluded"]["items"] if e["reason"] == "patient also in the official test split"]
     assert {r["split"] for r in index_rows(tmp_path / "out") if r["patient_id"] == leak_pid} == {"test"}
-    assert len(left) == report["official_split"]["leakage"]["images_left_out"] == len(
-        [n for n, (p, _) in written["train"].items() if p == leak_pid])
-    assert report["anomalies"]["count"] == 6 and report["anomalies"]["by_reason"]["file name differs from the label file"] == 3
+    assert (
+        len(left)
+        == report["official_split"]["leakage"]["images_left_out"]
+        == len([n for n, (p, _) in written["train"].items() if p == leak_pid])
+    )
+    assert (
+        report["anomalies"]["count"] == 6
+        and report["anomalies"]["by_reason"]["file name differs from the label file"] == 3
+    )
     names = json.dumps(report["excluded"]["items"])
     assert "gone.png" in names and "stray.png" in names and "neg-1.png" in names
 
@@ -237,7 +285,9 @@ def test_an_image_in_two_label_files_stays_in_test(tree, tmp_path):
     data = read_source("covidx", root)
     kept = [r for r in data.records if r.path.name == name]
     assert [r.extra["official_split"] for r in kept] == ["test"]
-    assert [(e.reason, e.item) for e in data.exclusions] == [("image in two official splits", str(root / "train" / name))]
+    assert [(e.reason, e.item) for e in data.exclusions] == [
+        ("image in two official splits", str(root / "train" / name))
+    ]
 
 
 def test_conflicting_labels_for_one_image_leave_it_out(tree):
@@ -260,11 +310,14 @@ def test_a_folder_without_label_files_stops_with_one_line(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("p1 only-two-fields.png", r"train.txt:\d+: too few fields"),
-    ("p1 x.png level1 cohen", r"train.txt:\d+: unknown class 'level1' for x.png"),
-    ("p1 x.png COVID-19 cohen extra field", r"train.txt:\d+: 6 fields and no class"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("p1 only-two-fields.png", r"train.txt:\d+: too few fields"),
+        ("p1 x.png level1 cohen", r"train.txt:\d+: unknown class 'level1' for x.png"),
+        ("p1 x.png COVID-19 cohen extra field", r"train.txt:\d+: 6 fields and no class"),
+    ],
+)
 def test_a_malformed_line_stops_the_build_naming_file_and_line(tree, tmp_path, text, needle):
     root, _ = tree
     line(root, "train", text)
@@ -307,5 +360,7 @@ def test_real_cohen_images_in_a_covidx_layout_keep_the_official_split(shared_dat
     for name, split in want.items():  # every official image is in its split (val carved from train) or explained
         assert (got.get(name) == split or (split == "train" and got.get(name) == "val")) or name in left, name
     assert {n for n, s in got.items() if s == "test"} == {n for n, s in want.items() if s == "test"}  # test first
-    assert report["anomalies"]["by_reason"].get("file name differs from the label file", 0) > 0  # .png listed, .jpg shared
+    assert (
+        report["anomalies"]["by_reason"].get("file name differs from the label file", 0) > 0
+    )  # .png listed, .jpg shared
     assert all(v["passed"] for v in report["checks"].values())

@@ -32,8 +32,15 @@ def reasons(data) -> dict[str, str]:
 
 
 def build(tmp_path, *specs, **kw) -> dict:
-    cfg = BuildConfig(sources=[SourceSpec(*s) for s in specs], out=tmp_path / "out", size=64, workers=1, progress=False,
-                      val_fraction=0, **kw)
+    cfg = BuildConfig(
+        sources=[SourceSpec(*s) for s in specs],
+        out=tmp_path / "out",
+        size=64,
+        workers=1,
+        progress=False,
+        val_fraction=0,
+        **kw,
+    )
     return build_dataset(cfg)
 
 
@@ -45,7 +52,15 @@ def split_by_name(out: Path) -> dict[str, str]:
 
 SBU = [  # patient, study folder, series folder, modality, ViewPosition, SeriesDescription, what the reader makes of it
     ("A100001", "01-26-1901-NA-CHEST_AP_PORT-59725", "3.000000-AP-38183", "CR", "AP", "AP", "frontal"),
-    ("A100001", "01-28-1901-NA-CHEST_AP_PORT-11111", "2.000000-CHEST_AP_PORT-22222", "DX", "", "CHEST_AP_PORT", "frontal"),
+    (
+        "A100001",
+        "01-28-1901-NA-CHEST_AP_PORT-11111",
+        "2.000000-CHEST_AP_PORT-22222",
+        "DX",
+        "",
+        "CHEST_AP_PORT",
+        "frontal",
+    ),
     ("A100001", "01-28-1901-NA-CHEST_2V-33333", "4.000000-LATERAL-44444", "DX", "", "LATERAL", "lateral view"),
     ("A200002", "12-27-1900-NA-CHEST_PA_LAT-55555", "1.000000-PA-66666", "DX", "PA", "PA", "frontal"),
     ("A200002", "12-27-1900-NA-CHEST_PA_LAT-55555", "2.000000-LAT-77777", "DX", "LL", "LAT", "lateral view"),
@@ -65,8 +80,16 @@ def write_sbu(root: Path, rows=SBU) -> dict[str, str]:
         d = root / "COVID-19-NY-SBU" / pid / study / series
         d.mkdir(parents=True)
         for n in range(1, 4 if modality == "CT" else 2):  # a CT series has many slices, a radiograph series one file
-            ds = dicom(radiograph(10 * k + n), PatientID=pid, Modality=modality, ViewPosition=view, SeriesDescription=desc,
-                       PatientAge="061Y", PatientSex="M", StudyInstanceUID=f"1.2.3.{k}")
+            ds = dicom(
+                radiograph(10 * k + n),
+                PatientID=pid,
+                Modality=modality,
+                ViewPosition=view,
+                SeriesDescription=desc,
+                PatientAge="061Y",
+                PatientSex="M",
+                StudyInstanceUID=f"1.2.3.{k}",
+            )
             save_dicom(d / f"1-{n}.dcm", ds)
         out[f"{pid}-{study}-{series}-1-1"] = outcome
     return out
@@ -80,8 +103,12 @@ def test_stonybrook_keeps_frontal_radiographs_with_header_patients_and_covidx_na
     assert {r.patient_id for r in data.records} == {"A100001", "A200002"}
     assert all(r.label == "COVID-19" and r.age == 61 and r.sex == "M" for r in data.records)
     assert all(r.filename.endswith("-1-1.dcm") and r.path.name == "1-1.dcm" for r in data.records)
-    got = {"-".join(Path(e.item).parts[-4:])[:-4] if e.item.endswith(".dcm") else "-".join(Path(e.item).parts[-3:]) + "-1-1":
-           e.reason for e in data.exclusions}
+    got = {
+        "-".join(Path(e.item).parts[-4:])[:-4]
+        if e.item.endswith(".dcm")
+        else "-".join(Path(e.item).parts[-3:]) + "-1-1": e.reason
+        for e in data.exclusions
+    }
     assert got == {s: o for s, o in want.items() if o != "frontal"}
     ct = next(e for e in data.exclusions if e.reason == "not an X-ray")
     assert Path(ct.item).name == "5.000000-AXIAL-99999" and "3 files" in ct.detail  # one item for the series
@@ -92,16 +119,22 @@ def test_stonybrook_official_names_match_and_are_counted_per_source(tmp_path):
     write_sbu(root)
     names = [s for s, o in SBU_OUTCOMES.items() if o == "frontal"]
     (tmp_path / "train.txt").write_text("".join(f"{n.split('-')[0]} {n}.jpg COVID-19 stonybrook\n" for n in names[:2]))
-    (tmp_path / "test.txt").write_text(f"A200002 {names[2]}.jpg COVID-19 stonybrook\n"
-                                       "A999999 A999999-gone-1-1.jpg COVID-19 stonybrook\n")
-    report = build(tmp_path, ("stonybrook", root, "stonybrook"),
-                   split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")])
+    (tmp_path / "test.txt").write_text(
+        f"A200002 {names[2]}.jpg COVID-19 stonybrook\nA999999 A999999-gone-1-1.jpg COVID-19 stonybrook\n"
+    )
+    report = build(
+        tmp_path,
+        ("stonybrook", root, "stonybrook"),
+        split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")],
+    )
     got = split_by_name(tmp_path / "out")
     assert got == {f"{names[0]}.dcm": "train", f"{names[1]}.dcm": "train", f"{names[2]}.dcm": "test"}
     o = report["official_split"]
     assert o["matched_by_source"] == {"stonybrook": {"train": 2, "val": 0, "test": 1}}
     assert o["missing_by_source"] == {"stonybrook": 1} and o["missing"][0].endswith("A999999-gone-1-1.jpg")
-    assert (tmp_path / "out" / "train.txt").read_text().split()[1] == f"{names[0]}.dcm"  # our label files name them alike
+    assert (tmp_path / "out" / "train.txt").read_text().split()[
+        1
+    ] == f"{names[0]}.dcm"  # our label files name them alike
 
 
 def test_stonybrook_tree_without_frontal_images_stops(tmp_path):
@@ -133,17 +166,43 @@ def write_tsv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 BIMCV = [  # subject, session, rest of the file name, sidecar (None: none; str: written as is), outcome
-    ("S03097", "E26968", "run-1_bp-chest_vp-pa_dx", sidecar_json(ViewPosition="PA", SeriesDescription="TORAX PA",
-                                                                  Modality="DX", BodyPartExamined="CHEST"), "frontal"),
-    ("S03097", "E26968", "run-2_bp-chest_vp-ll_dx", sidecar_json(ViewPosition="LL", SeriesDescription="TORAX LAT",
-                                                                  Modality="DX"), "lateral view"),
-    ("S03097", "E27000", "run-1_bp-chest_vp-ap_cr", sidecar_json(SeriesDescription="Tórax AP portátil", Modality="CR"),
-     "frontal"),
+    (
+        "S03097",
+        "E26968",
+        "run-1_bp-chest_vp-pa_dx",
+        sidecar_json(ViewPosition="PA", SeriesDescription="TORAX PA", Modality="DX", BodyPartExamined="CHEST"),
+        "frontal",
+    ),
+    (
+        "S03097",
+        "E26968",
+        "run-2_bp-chest_vp-ll_dx",
+        sidecar_json(ViewPosition="LL", SeriesDescription="TORAX LAT", Modality="DX"),
+        "lateral view",
+    ),
+    (
+        "S03097",
+        "E27000",
+        "run-1_bp-chest_vp-ap_cr",
+        sidecar_json(SeriesDescription="Tórax AP portátil", Modality="CR"),
+        "frontal",
+    ),
     ("S03122", "E06219", "run-1_bp-chest_vp-pa_dx", None, "frontal"),  # no sidecar: the file name says PA
-    ("S03122", "E06219", "run-2_bp-chest_vp-pa_dx", {"ViewPosition": "PA", "Modality": "DX"}, "frontal"),  # keyword keys
+    (
+        "S03122",
+        "E06219",
+        "run-2_bp-chest_vp-pa_dx",
+        {"ViewPosition": "PA", "Modality": "DX"},
+        "frontal",
+    ),  # keyword keys
     ("S03122", "E06219", "run-3_bp-chest_vp-pa_dx", "{not json", "frontal"),  # unreadable: the file name says PA
-    ("S03122", "E06301", "run-1_bp-abdomen_vp-ap_dx", sidecar_json(Modality="DX", BodyPartExamined="ABDOMEN"),
-     "not a chest radiograph"),
+    (
+        "S03122",
+        "E06301",
+        "run-1_bp-abdomen_vp-ap_dx",
+        sidecar_json(Modality="DX", BodyPartExamined="ABDOMEN"),
+        "not a chest radiograph",
+    ),
 ]
 
 
@@ -157,12 +216,24 @@ def write_bimcv(root: Path, rows=BIMCV) -> dict[str, str]:
         if side is not None:
             (d / f"{stem}.json").write_text(side if isinstance(side, str) else json.dumps(side))
         out[stem] = outcome
-    write_tsv(root / "participants.tsv", ["participant", "modality_dicom", "body_parts", "age", "gender"],
-              [["sub-S03097", "['CR', 'DX']", "[['chest']]", "[80]", "M"], ["sub-S03122", "['DX']", "[['chest']]", "[45, 46]", "F"]])
-    write_tsv(root / "sub-S03097" / "sub-S03097_sessions.tsv", ["session_id", "study_date", "medical_evaluation"],
-              [["ses-E26968", "20200315", "Informe"], ["ses-E27000", "20200320", ""]])
-    write_tsv(root / "derivatives" / "labels" / "labels_covid_posi.tsv", ["ReportID", "PatientID", "Report", "Labels"],
-              [["ses-E26968", "sub-S03097", "opacidades", "['COVID 19', 'alveolar pattern']"]])
+    write_tsv(
+        root / "participants.tsv",
+        ["participant", "modality_dicom", "body_parts", "age", "gender"],
+        [
+            ["sub-S03097", "['CR', 'DX']", "[['chest']]", "[80]", "M"],
+            ["sub-S03122", "['DX']", "[['chest']]", "[45, 46]", "F"],
+        ],
+    )
+    write_tsv(
+        root / "sub-S03097" / "sub-S03097_sessions.tsv",
+        ["session_id", "study_date", "medical_evaluation"],
+        [["ses-E26968", "20200315", "Informe"], ["ses-E27000", "20200320", ""]],
+    )
+    write_tsv(
+        root / "derivatives" / "labels" / "labels_covid_posi.tsv",
+        ["ReportID", "PatientID", "Report", "Labels"],
+        [["ses-E26968", "sub-S03097", "opacidades", "['COVID 19', 'alveolar pattern']"]],
+    )
     return out
 
 
@@ -186,9 +257,15 @@ def test_bimcv_images_decode_and_match_covidx_corrected_names(tmp_path):
     kept = sorted(s for s, o in write_bimcv(root).items() if o == "frontal")
     (tmp_path / "train.txt").write_text("".join(f"S03122 {s}-corrected.png COVID-19 bimcv\n" for s in kept[2:]))
     (tmp_path / "test.txt").write_text("".join(f"S03097 {s}-corrected.png COVID-19 bimcv\n" for s in kept[:2]))
-    report = build(tmp_path, ("bimcv", root, "bimcv"), split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")])
+    report = build(
+        tmp_path,
+        ("bimcv", root, "bimcv"),
+        split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")],
+    )
     assert report["n_images"] == 5 and report["official_split"]["matched_by_normalised_name"] == 5
-    assert {n: s for n, s in split_by_name(tmp_path / "out").items()} == {f"{k}.png": "test" if "S03097" in k else "train" for k in kept}
+    assert {n: s for n, s in split_by_name(tmp_path / "out").items()} == {
+        f"{k}.png": "test" if "S03097" in k else "train" for k in kept
+    }
     assert all(v["passed"] for v in report["checks"].values())
     images = np.load(tmp_path / "out" / "images.npy")
     assert images.shape == (5, 64, 64) and images.std() > 10  # 16-bit pixels scaled, not clipped to black
@@ -217,28 +294,50 @@ def write_xlsx(path: Path, rows: list[list[str]]) -> Path:
         return strings.index(text)
 
     cells = "".join(
-        f'<row r="{i + 1}">' + "".join(f'<c r="{chr(65 + j)}{i + 1}" t="s"><v>{ref(v)}</v></c>' for j, v in enumerate(row)) + "</row>"
-        for i, row in enumerate(rows))
+        f'<row r="{i + 1}">'
+        + "".join(f'<c r="{chr(65 + j)}{i + 1}" t="s"><v>{ref(v)}</v></c>' for j, v in enumerate(row))
+        + "</row>"
+        for i, row in enumerate(rows)
+    )
     main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
     rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
     pkg = "http://schemas.openxmlformats.org/package/2006/relationships"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
-                   '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
-                   '<Default Extension="xml" ContentType="application/xml"/>'
-                   '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
-                   '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
-                   '<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>')
-        z.writestr("_rels/.rels", f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{pkg}"><Relationship Id="rId1" '
-                   f'Type="{rel}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
-        z.writestr("xl/workbook.xml", f'<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
-                   '<sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>')
-        z.writestr("xl/_rels/workbook.xml.rels", f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{pkg}">'
-                   f'<Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/>'
-                   f'<Relationship Id="rId2" Type="{rel}/sharedStrings" Target="sharedStrings.xml"/></Relationships>')
-        z.writestr("xl/worksheets/sheet1.xml", f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{main}"><sheetData>{cells}</sheetData></worksheet>')
-        z.writestr("xl/sharedStrings.xml", f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{main}" count="{len(strings)}" uniqueCount="{len(strings)}">'
-                   + "".join(f"<si><t>{escape(s)}</t></si>" for s in strings) + "</sst>")
+        z.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/>'
+            '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'  # noqa: E501
+            '<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'  # noqa: E501
+            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',  # noqa: E501
+        )
+        z.writestr(
+            "_rels/.rels",
+            f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{pkg}"><Relationship Id="rId1" '
+            f'Type="{rel}/officeDocument" Target="xl/workbook.xml"/></Relationships>',
+        )
+        z.writestr(
+            "xl/workbook.xml",
+            f'<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+            '<sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>',
+        )
+        z.writestr(
+            "xl/_rels/workbook.xml.rels",
+            f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{pkg}">'
+            f'<Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{rel}/sharedStrings" Target="sharedStrings.xml"/></Relationships>',
+        )
+        z.writestr(
+            "xl/worksheets/sheet1.xml",
+            f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{main}"><sheetData>{cells}</sheetData></worksheet>',  # noqa: E501
+        )
+        z.writestr(
+            "xl/sharedStrings.xml",
+            f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{main}" count="{len(strings)}" uniqueCount="{len(strings)}">'  # noqa: E501
+            + "".join(f"<si><t>{escape(s)}</t></si>" for s in strings)
+            + "</sst>",
+        )
     return path
 
 
@@ -252,12 +351,14 @@ def write_xlsx_openpyxl(path: Path, rows: list[list[str]]) -> Path:
 
 
 SIRM_URL = "https://sirm.org/category/senza-categoria/covid-19/"
-SHEET = [["FILE NAME", "FORMAT", "SIZE", "URL"],
-         ["COVID-1", "PNG", "256*256", SIRM_URL],
-         ["COVID-2", "PNG", "256*256", "https://www.sirm.org/2020/03/covid-19-caso-2/"],
-         ["COVID-3", "PNG", "256*256", "https://github.com/ieee8023/covid-chestxray-dataset"],
-         ["COVID-4", "PNG", "256*256", "https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/"],
-         ["COVID-5", "PNG", "256*256", SIRM_URL]]  # no such image
+SHEET = [
+    ["FILE NAME", "FORMAT", "SIZE", "URL"],
+    ["COVID-1", "PNG", "256*256", SIRM_URL],
+    ["COVID-2", "PNG", "256*256", "https://www.sirm.org/2020/03/covid-19-caso-2/"],
+    ["COVID-3", "PNG", "256*256", "https://github.com/ieee8023/covid-chestxray-dataset"],
+    ["COVID-4", "PNG", "256*256", "https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/"],
+    ["COVID-5", "PNG", "256*256", SIRM_URL],
+]  # no such image
 
 
 def write_radiography_db(root: Path, writer=write_xlsx, sheet=SHEET) -> Path:
@@ -277,7 +378,10 @@ def test_sirm_keeps_the_rows_whose_url_is_sirms(tmp_path, writer):
     assert all(r.label == "COVID-19" and r.patient_id == r.path.stem for r in data.records)
     sheet = root / "COVID.metadata.xlsx"
     assert {e.item: e.reason for e in data.exclusions} == {
-        f"{sheet}:4": "not from SIRM", f"{sheet}:5": "not from SIRM", f"{sheet}:6": "image missing"}
+        f"{sheet}:4": "not from SIRM",
+        f"{sheet}:5": "not from SIRM",
+        f"{sheet}:6": "image missing",
+    }
     assert "github.com" in data.exclusions[0].detail
     assert any("no patient ids" in n for n in data.notes)
 
@@ -291,24 +395,39 @@ def test_read_sheet_reads_text_numbers_and_gaps(tmp_path):
     wb.active.append(["COVID-2", 3.5, "https://sirm.org/x"])
     wb.save(tmp_path / "s.xlsx")
     assert read_sheet(tmp_path / "s.xlsx", "t", ("FILE NAME",)) == [
-        {"FILE NAME": "COVID-1", "SIZE": "256", "URL": ""}, {"FILE NAME": "COVID-2", "SIZE": "3.5", "URL": "https://sirm.org/x"}]
+        {"FILE NAME": "COVID-1", "SIZE": "256", "URL": ""},
+        {"FILE NAME": "COVID-2", "SIZE": "3.5", "URL": "https://sirm.org/x"},
+    ]
 
 
 def test_sirm_matches_covidx_numbering_and_builds(tmp_path):
     root = write_radiography_db(tmp_path / "db")
     (tmp_path / "train.txt").write_text("COVID 1 COVID(1).png COVID-19 sirm\n")  # COVIDx 8's five fields
     (tmp_path / "test.txt").write_text("COVID_2 COVID(2).png COVID-19 sirm\n")
-    report = build(tmp_path, ("sirm", root, "sirm"), split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")])
+    report = build(
+        tmp_path,
+        ("sirm", root, "sirm"),
+        split_files=[("train", tmp_path / "train.txt"), ("test", tmp_path / "test.txt")],
+    )
     assert split_by_name(tmp_path / "out") == {"COVID-1.png": "train", "COVID-2.png": "test"}
     assert report["official_split"]["matched_by_normalised_name"] == 2
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda root: (root / "COVID.metadata.xlsx").unlink(), "metadata sheet of source 'sirm' not found"),
-    (lambda root: (root / "COVID.metadata.xlsx").write_bytes(b"FILE NAME,URL\n"), "cannot be read as an Excel workbook"),
-    (lambda root: write_xlsx(root / "COVID.metadata.xlsx", [r[:3] for r in SHEET]), "missing column.*URL"),
-    (lambda root: write_xlsx(root / "COVID.metadata.xlsx", SHEET[:1] + SHEET[3:5]), "no image of source 'sirm' found"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda root: (root / "COVID.metadata.xlsx").unlink(), "metadata sheet of source 'sirm' not found"),
+        (
+            lambda root: (root / "COVID.metadata.xlsx").write_bytes(b"FILE NAME,URL\n"),
+            "cannot be read as an Excel workbook",
+        ),
+        (lambda root: write_xlsx(root / "COVID.metadata.xlsx", [r[:3] for r in SHEET]), "missing column.*URL"),
+        (
+            lambda root: write_xlsx(root / "COVID.metadata.xlsx", SHEET[:1] + SHEET[3:5]),
+            "no image of source 'sirm' found",
+        ),
+    ],
+)
 def test_sirm_bad_sheets_stop_with_the_file_named(tmp_path, change, needle):
     root = write_radiography_db(tmp_path / "db")
     change(root)
@@ -324,8 +443,15 @@ def write_ricord(root: Path) -> None:
     for k in range(2):  # one study, two series: COVIDx's k counts the study's files in order
         d = root / pid / "01-01-2020-CHEST-14760" / f"{k + 1}.000000-AP-1234{k}"
         d.mkdir(parents=True)
-        save_dicom(d / "1-1.dcm", dicom(radiograph(300 + k), PatientID=pid, ViewPosition="AP",
-                                        StudyInstanceUID="1.2.826.0.1.3680043.10.474.419639.3.14760"))
+        save_dicom(
+            d / "1-1.dcm",
+            dicom(
+                radiograph(300 + k),
+                PatientID=pid,
+                ViewPosition="AP",
+                StudyInstanceUID="1.2.826.0.1.3680043.10.474.419639.3.14760",
+            ),
+        )
 
 
 def test_ricord_records_carry_covidx_names(tmp_path):
@@ -346,21 +472,36 @@ def test_covidx9a_lists_reproduce_their_split_from_the_sources(tmp_path):
     write_ricord(tmp_path / "ricord")
     sbu = [s for s, o in SBU_OUTCOMES.items() if o == "frontal"]
     bim = sorted(s for s, o in BIMCV_OUTCOMES.items() if o == "frontal")
-    train = ([f"{s.split('-')[0]} {s}.jpg COVID-19 stonybrook" for s in sbu[:2]]
-             + [f"S03097 {s}-corrected.png COVID-19 bimcv" for s in bim[:2]] + ["COVID_1 COVID(1).png COVID-19 sirm"])
-    test = ([f"A200002 {sbu[2]}.jpg COVID-19 stonybrook"] + [f"S03122 {s}-corrected.png COVID-19 bimcv" for s in bim[2:]]
-            + ["COVID_2 COVID(2).png COVID-19 sirm"]
-            + [f"419639-000918 MIDRC-RICORD-1C-419639-000918-14760-{k}.png COVID-19 ricord" for k in range(2)]
-            + ["3f382606-c1bd-4742-82f8-36feafa7e643 3f382606-c1bd-4742-82f8-36feafa7e643.png normal rnsa"])
+    train = (
+        [f"{s.split('-')[0]} {s}.jpg COVID-19 stonybrook" for s in sbu[:2]]
+        + [f"S03097 {s}-corrected.png COVID-19 bimcv" for s in bim[:2]]
+        + ["COVID_1 COVID(1).png COVID-19 sirm"]
+    )
+    test = (
+        [f"A200002 {sbu[2]}.jpg COVID-19 stonybrook"]
+        + [f"S03122 {s}-corrected.png COVID-19 bimcv" for s in bim[2:]]
+        + ["COVID_2 COVID(2).png COVID-19 sirm"]
+        + [f"419639-000918 MIDRC-RICORD-1C-419639-000918-14760-{k}.png COVID-19 ricord" for k in range(2)]
+        + ["3f382606-c1bd-4742-82f8-36feafa7e643 3f382606-c1bd-4742-82f8-36feafa7e643.png normal rnsa"]
+    )
     (tmp_path / "train_COVIDx9A.txt").write_text("\n".join(train) + "\n")
     (tmp_path / "test_COVIDx9A.txt").write_text("\n".join(test) + "\n")
-    report = build(tmp_path, *[(r, tmp_path / d, r) for r, d in
-                               (("stonybrook", "sbu"), ("bimcv", "bimcv"), ("sirm", "db"), ("ricord", "ricord"))],
-                   split_files=[("train", tmp_path / "train_COVIDx9A.txt"), ("test", tmp_path / "test_COVIDx9A.txt")])
+    report = build(
+        tmp_path,
+        *[
+            (r, tmp_path / d, r)
+            for r, d in (("stonybrook", "sbu"), ("bimcv", "bimcv"), ("sirm", "db"), ("ricord", "ricord"))
+        ],
+        split_files=[("train", tmp_path / "train_COVIDx9A.txt"), ("test", tmp_path / "test_COVIDx9A.txt")],
+    )
     o = report["official_split"]
     # no patient is listed in two splits, so every image lands as listed
-    assert o["matched_by_source"] == {"bimcv": {"train": 2, "val": 0, "test": 3}, "ricord": {"train": 0, "val": 0, "test": 2},
-                                      "sirm": {"train": 1, "val": 0, "test": 1}, "stonybrook": {"train": 2, "val": 0, "test": 1}}
+    assert o["matched_by_source"] == {
+        "bimcv": {"train": 2, "val": 0, "test": 3},
+        "ricord": {"train": 0, "val": 0, "test": 2},
+        "sirm": {"train": 1, "val": 0, "test": 1},
+        "stonybrook": {"train": 2, "val": 0, "test": 1},
+    }
     assert o["matched"] == {"train": 5, "val": 0, "test": 7} and o["missing_by_source"] == {"rnsa": 1}
     assert o["leakage"] == {"patients": 0, "images_left_out": 0}
     got = split_by_name(tmp_path / "out")

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicomfiles import dicom, save_dicom
 from PIL import Image, ImageFile
 from pydicom import Dataset, uid
-
-from dicomfiles import dicom, save_dicom
 
 from covidnet.data.imageio import read_image, read_image_bytes
 from covidnet.errors import CovidnetError, ImageReadError
@@ -170,8 +169,9 @@ def test_monochrome1_is_inverted(tmp_path):
 def test_rescale_and_window_map_pixels_where_the_window_says(tmp_path):
     slope, intercept, center, width = 2.0, -1024.0, 40.0, 400.0  # CT-like: HU = 2 * stored - 1024
     stored = np.array([[100, 532, 582, 600, 1000]] * 4, dtype=np.uint16)
-    ds = dicom(stored, bits_stored=12, RescaleSlope=slope, RescaleIntercept=intercept,
-               WindowCenter=center, WindowWidth=width)
+    ds = dicom(
+        stored, bits_stored=12, RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=center, WindowWidth=width
+    )
     out = read_image(save_dicom(tmp_path / "win.dcm", ds))
     expected = [round(255 * window_linear(2 * int(s) - 1024, center, width)) for s in stored[0]]
     assert expected[0] == 0 and expected[-1] == 255 and 0 < expected[1] < expected[2] < expected[3] < 255
@@ -287,7 +287,9 @@ def test_truncated_jpeg_raises_instead_of_padding(tmp_path):
 
 
 def test_truncated_png_raises(tmp_path):
-    path = save_pil(tmp_path / "cut.png", Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)))
+    path = save_pil(
+        tmp_path / "cut.png", Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert_read_error(path, "cut.png", "truncated or corrupt image")

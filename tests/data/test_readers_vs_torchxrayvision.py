@@ -97,7 +97,9 @@ def compare_cohen(root: Path, views=("*",)):
     import torchxrayvision as xrv
 
     rows = _read_rows(root / "metadata.csv")
-    ds = xrv.datasets.COVID19_Dataset(imgpath=str(root / "images"), csvpath=str(root / "metadata.csv"), views=list(views))
+    ds = xrv.datasets.COVID19_Dataset(
+        imgpath=str(root / "images"), csvpath=str(root / "metadata.csv"), views=list(views)
+    )
     assert [str(f) for f in ds.csv["filename"]] == [rows[int(i)]["filename"] for i in ds.csv["index"]]
     ours = _ours_by_row(read_source("cohen", root), rows, "filename")
     theirs = _theirs_by_row(ds, len(rows), "finding", "/")
@@ -108,8 +110,9 @@ def compare_nih(root: Path):
     import torchxrayvision as xrv
 
     rows = _read_rows(root / "Data_Entry_2017.csv")
-    ds = xrv.datasets.NIH_Dataset(imgpath=str(root / "images"), csvpath=str(root / "Data_Entry_2017.csv"),
-                                  views=["*"], unique_patients=False)
+    ds = xrv.datasets.NIH_Dataset(
+        imgpath=str(root / "images"), csvpath=str(root / "Data_Entry_2017.csv"), views=["*"], unique_patients=False
+    )
     ours = _ours_by_row(read_source("nih", root), rows, "Image Index")
     theirs = _theirs_by_row(ds, len(rows), "Finding Labels", "|")
     return rows, ours, theirs
@@ -135,25 +138,38 @@ def read_fixture() -> list[tuple[str, str, str]]:
 # --- the rules of comparison, on rows written here --------------------------------------------------------
 
 
-@pytest.mark.parametrize("positives, cls", [
-    ({"COVID-19", "COVID-19, ARDS", "ARDS"}, "COVID-19"), ({"No Finding"}, "normal"), (set(), "normal"),
-    ({"Pneumonia", "Bacterial", "Mycoplasma Bacterial Pneumonia"}, "pneumonia"), ({"SARS"}, None), ({"Lipoid"}, None),
-])
+@pytest.mark.parametrize(
+    "positives, cls",
+    [
+        ({"COVID-19", "COVID-19, ARDS", "ARDS"}, "COVID-19"),
+        ({"No Finding"}, "normal"),
+        (set(), "normal"),
+        ({"Pneumonia", "Bacterial", "Mycoplasma Bacterial Pneumonia"}, "pneumonia"),
+        ({"SARS"}, None),
+        ({"Lipoid"}, None),
+    ],
+)
 def test_txv_labels_read_as_covidx_classes(positives, cls):
     assert txv_class(positives) == cls
 
 
-@pytest.mark.parametrize("ours, theirs, expected", [
-    (("kept", "COVID-19", "7"), ("kept", {"COVID-19"}, "7", {"COVID-19"}), None),
-    (("kept", "pneumonia", "7"), ("kept", {"Pneumonia", "Infiltration"}, "7", {"Pneumonia", "Infiltration"}), None),
-    (("excluded", "unlabelled"), None, None),  # 'todo': both leave it out
-    (("excluded", "lateral view"), ("kept", {"COVID-19"}, "7", {"COVID-19"}), "ours-excludes-lateral-view"),
-    (("kept", "pneumonia", "7"), ("kept", {"SARS"}, "7", {"SARS"}), "flat-pathogen-pneumonia-column-0"),
-    (("kept", "COVID-19", "7"), ("kept", {"COVID-19", "ARDS", "COVID-19, ARDS"}, "7", {"COVID-19, ARDS"}),
-     "same-class-substring-extra-columns"),
-    (("kept", "COVID-19", "7"), ("kept", {"COVID-19"}, "8", {"COVID-19"}), "patient-id"),
-    (("kept", "normal", "7"), None, "theirs-drops"),
-])
+@pytest.mark.parametrize(
+    "ours, theirs, expected",
+    [
+        (("kept", "COVID-19", "7"), ("kept", {"COVID-19"}, "7", {"COVID-19"}), None),
+        (("kept", "pneumonia", "7"), ("kept", {"Pneumonia", "Infiltration"}, "7", {"Pneumonia", "Infiltration"}), None),
+        (("excluded", "unlabelled"), None, None),  # 'todo': both leave it out
+        (("excluded", "lateral view"), ("kept", {"COVID-19"}, "7", {"COVID-19"}), "ours-excludes-lateral-view"),
+        (("kept", "pneumonia", "7"), ("kept", {"SARS"}, "7", {"SARS"}), "flat-pathogen-pneumonia-column-0"),
+        (
+            ("kept", "COVID-19", "7"),
+            ("kept", {"COVID-19", "ARDS", "COVID-19, ARDS"}, "7", {"COVID-19, ARDS"}),
+            "same-class-substring-extra-columns",
+        ),
+        (("kept", "COVID-19", "7"), ("kept", {"COVID-19"}, "8", {"COVID-19"}), "patient-id"),
+        (("kept", "normal", "7"), None, "theirs-drops"),
+    ],
+)
 def test_each_kind_of_difference_gets_its_category(ours, theirs, expected):
     assert category(ours, theirs) == expected
 

@@ -7,23 +7,34 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from test_build import rewrite_metadata
+from test_cli import covidnet
 
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset, write_severity_file
 from covidnet.errors import ConfigError, CovidnetError
-from test_build import rewrite_metadata
-from test_cli import covidnet
 
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
-    return write_phantom_dataset(tmp_path_factory.mktemp("sev") / "cohen", SynthConfig(n=36, seed=2, size=96), progress=False)
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("sev") / "cohen", SynthConfig(n=36, seed=2, size=96), progress=False
+    )
 
 
 def build(tmp_path, source: Path, severity: Path | None, **kw) -> dict:
-    return build_dataset(BuildConfig(sources=[SourceSpec("cohen", source, "cohen")], out=tmp_path / "out", size=64,
-                                     workers=1, progress=False, severity=severity, **kw))
+    return build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", source, "cohen")],
+            out=tmp_path / "out",
+            size=64,
+            workers=1,
+            progress=False,
+            severity=severity,
+            **kw,
+        )
+    )
 
 
 def index(out: Path) -> list[dict]:
@@ -38,8 +49,10 @@ def append_rows(path: Path, rows: list[list]) -> None:
 def test_phantom_severity_joins_every_image_with_the_generators_truth(phantoms, tmp_path):
     sev = write_severity_file(phantoms, tmp_path / "sev.csv", labels=("pneumonia", "COVID-19"))
     report = build(tmp_path, phantoms, sev)
-    truth = {r["filename"]: (float(r["phantom_geographic"]), float(r["phantom_opacity"]), r["finding"])
-             for r in csv.DictReader(open(phantoms / "metadata.csv"))}
+    truth = {
+        r["filename"]: (float(r["phantom_geographic"]), float(r["phantom_opacity"]), r["finding"])
+        for r in csv.DictReader(open(phantoms / "metadata.csv"))
+    }
     rows = index(tmp_path / "out")
     scored = [r for r in rows if r["geographic"]]
     assert len(scored) == sum(1 for g, o, f in truth.values() if "No Finding" not in f) > 10
@@ -67,7 +80,10 @@ def test_unmatched_rows_are_counted_and_fail_the_build_only_with_strict(phantoms
     assert report["severity"]["excluded"]["by_reason"] == {"severity row matches no image": 2}
     assert report["severity"]["rows"] - report["severity"]["rows_joined"] == 2
     items = report["severity"]["excluded"]["items"]
-    assert {i["item"].rsplit(":", 1)[1] for i in items} == {str(report["severity"]["rows"]), str(report["severity"]["rows"] + 1)}
+    assert {i["item"].rsplit(":", 1)[1] for i in items} == {
+        str(report["severity"]["rows"]),
+        str(report["severity"]["rows"] + 1),
+    }
     assert "nosuch-1" in items[0]["detail"]
     with pytest.raises(CovidnetError, match=r"--strict: 2 row\(s\) of the severity file left out .*nosuch-1"):
         build(tmp_path, phantoms, sev, strict=True, overwrite=True)
@@ -80,12 +96,21 @@ def test_out_of_range_and_missing_scores_are_excluded_with_reasons(phantoms, tmp
     with open(sev, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["filename", "Geographic", "Opacity", "Sum", "Product", "patientid", "dataset"])
-        w.writerows([[names[0], 9.5, 2, "", "", "", "cohen"], [names[1], "", "", "", "", "", "cohen"],
-                     [names[2], 2.3333333333333335, 1.5, "", "", "", "cohen"], [names[2], 4, 4, "", "", "", "cohen"]])
+        w.writerows(
+            [
+                [names[0], 9.5, 2, "", "", "", "cohen"],
+                [names[1], "", "", "", "", "", "cohen"],
+                [names[2], 2.3333333333333335, 1.5, "", "", "", "cohen"],
+                [names[2], 4, 4, "", "", "", "cohen"],
+            ]
+        )
     report = build(tmp_path, phantoms, sev)
     s = report["severity"]
-    assert s["excluded"]["by_reason"] == {"severity score out of range": 1, "severity score missing": 1,
-                                          "second severity row for one image": 1}
+    assert s["excluded"]["by_reason"] == {
+        "severity score out of range": 1,
+        "severity score missing": 1,
+        "second severity row for one image": 1,
+    }
     by_line = {i["item"].rsplit(":", 1)[1]: i for i in s["excluded"]["items"]}
     assert "geographic 9.5 outside 0-8" in by_line["2"]["detail"] and "geographic ''" in by_line["3"]["detail"]
     scored = {r["filename"]: r for r in index(tmp_path / "out") if r["geographic"]}
@@ -129,13 +154,40 @@ def test_missing_non_numeric_and_negative_offsets_are_explained(phantoms, tmp_pa
 def test_cli_reports_the_join_and_strict_is_one_line(phantoms, tmp_path):
     sev = write_severity_file(phantoms, tmp_path / "sev.csv")
     append_rows(sev, [["nosuch.png", 3, 2, 5, 6, "x", "cohen"]])
-    r = covidnet("data", "build", "--source", f"cohen={phantoms}", "--out", str(tmp_path / "a"), "--size", "64",
-                 "--severity", str(sev), "--quiet", "--workers", "1")
+    r = covidnet(
+        "data",
+        "build",
+        "--source",
+        f"cohen={phantoms}",
+        "--out",
+        str(tmp_path / "a"),
+        "--size",
+        "64",
+        "--severity",
+        str(sev),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert "severity row matches no image" in r.stderr and "nosuch" in r.stderr
     assert "severity: " in r.stdout and "1  severity row matches no image" in r.stdout and "risk: " in r.stdout
-    r = covidnet("data", "build", "--source", f"cohen={phantoms}", "--out", str(tmp_path / "b"), "--size", "64",
-                 "--severity", str(sev), "--quiet", "--workers", "1", "--strict")
+    r = covidnet(
+        "data",
+        "build",
+        "--source",
+        f"cohen={phantoms}",
+        "--out",
+        str(tmp_path / "b"),
+        "--size",
+        "64",
+        "--severity",
+        str(sev),
+        "--quiet",
+        "--workers",
+        "1",
+        "--strict",
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "--strict" in r.stderr and "nosuch" in r.stderr and not (tmp_path / "b").exists()
 
@@ -143,9 +195,15 @@ def test_cli_reports_the_join_and_strict_is_one_line(phantoms, tmp_path):
 @pytest.mark.realdata
 def test_real_severity_file_joins_335_images_and_explains_the_rest(shared_data, tmp_path):
     s = shared_data / "sources"
-    report = build_dataset(BuildConfig(
-        sources=[SourceSpec("cohen", s / "cohen", "cohen"), SourceSpec("figure1", s / "figure1", "figure1")],
-        out=tmp_path / "out", size=32, progress=False, severity=shared_data / "covidx" / "severity_annotations.csv"))
+    report = build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", s / "cohen", "cohen"), SourceSpec("figure1", s / "figure1", "figure1")],
+            out=tmp_path / "out",
+            size=32,
+            progress=False,
+            severity=shared_data / "covidx" / "severity_annotations.csv",
+        )
+    )
     sev = report["severity"]
     assert sev["rows"] == 479
     # 335 rows name an image under sources/ (323 cohen, 12 figure1); 3 of them have no scores
@@ -158,6 +216,8 @@ def test_real_severity_file_joins_335_images_and_explains_the_rest(shared_data, 
     splits = defaultdict(set)
     for r in rows:
         splits[(r["source"], r["patient_id"])].add(r["split"])
-    assert all(len(v) == 1 for v in splits.values()) and all(sev["in_dataset"]["images"][s] > 10 for s in ("train", "val", "test"))
+    assert all(len(v) == 1 for v in splits.values()) and all(
+        sev["in_dataset"]["images"][s] > 10 for s in ("train", "val", "test")
+    )
     assert report["risk"]["excluded"]["by_reason"].get("no offset", 0) > 0
     json.dumps(report)  # the report stays plain JSON

@@ -26,12 +26,24 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-@pytest.mark.parametrize("finding, label", [
-    ("COVID-19", "COVID-19"), ("COVID-19, ARDS", "COVID-19"), ("Pneumonia/Viral/COVID-19", "COVID-19"),
-    ("Pneumonia/Bacterial/Streptococcus", "pneumonia"), ("SARS", "pneumonia"), ("Pneumonia/Fungal/Pneumocystis", "pneumonia"),
-    ("Streptococcus", "pneumonia"), ("No Finding", "normal"), ("todo", None), ("ARDS", None),
-    ("Pneumonia/Lipoid", None), ("Tuberculosis", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "finding, label",
+    [
+        ("COVID-19", "COVID-19"),
+        ("COVID-19, ARDS", "COVID-19"),
+        ("Pneumonia/Viral/COVID-19", "COVID-19"),
+        ("Pneumonia/Bacterial/Streptococcus", "pneumonia"),
+        ("SARS", "pneumonia"),
+        ("Pneumonia/Fungal/Pneumocystis", "pneumonia"),
+        ("Streptococcus", "pneumonia"),
+        ("No Finding", "normal"),
+        ("todo", None),
+        ("ARDS", None),
+        ("Pneumonia/Lipoid", None),
+        ("Tuberculosis", None),
+        ("", None),
+    ],
+)
 def test_findings_flat_and_hierarchical_map_to_covidx_classes(finding, label):
     assert map_finding(finding) == label
 
@@ -43,14 +55,28 @@ def test_findings_flat_and_hierarchical_map_to_covidx_classes(finding, label):
 def rsna_root(tmp_path) -> Path:
     root = tmp_path / "rsna"
     (root / "stage_2_train_images").mkdir(parents=True)
-    patients = {"p-normal": "Normal", "p-opacity": "Lung Opacity", "p-other": "No Lung Opacity / Not Normal", "p-missing": "Normal"}
-    write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], [
-        ["p-normal", "", "", "", "", 0],
-        ["p-opacity", 10, 10, 20, 20, 1], ["p-opacity", 30, 10, 20, 20, 1],  # two boxes: one image
-        ["p-other", "", "", "", "", 0], ["p-missing", "", "", "", "", 0],
-    ])
-    write_csv(root / "stage_2_detailed_class_info.csv", ["patientId", "class"],
-              [[p, c] for p, c in patients.items()] + [["p-opacity", "Lung Opacity"]])
+    patients = {
+        "p-normal": "Normal",
+        "p-opacity": "Lung Opacity",
+        "p-other": "No Lung Opacity / Not Normal",
+        "p-missing": "Normal",
+    }
+    write_csv(
+        root / "stage_2_train_labels.csv",
+        ["patientId", "x", "y", "width", "height", "Target"],
+        [
+            ["p-normal", "", "", "", "", 0],
+            ["p-opacity", 10, 10, 20, 20, 1],
+            ["p-opacity", 30, 10, 20, 20, 1],  # two boxes: one image
+            ["p-other", "", "", "", "", 0],
+            ["p-missing", "", "", "", "", 0],
+        ],
+    )
+    write_csv(
+        root / "stage_2_detailed_class_info.csv",
+        ["patientId", "class"],
+        [[p, c] for p, c in patients.items()] + [["p-opacity", "Lung Opacity"]],
+    )
     for k, pid in enumerate(["p-normal", "p-opacity", "p-other"]):
         ds = dicom(radiograph(k), PatientID=pid, PatientAge="045Y", PatientSex="F", ViewPosition="PA")
         save_dicom(root / "stage_2_train_images" / f"{pid}.dcm", ds)
@@ -68,8 +94,15 @@ def test_rsna_labels_one_record_per_patient_and_header_metadata(rsna_root):
 
 
 def test_rsna_builds_end_to_end_through_dicom_decoding(rsna_root, tmp_path):
-    cfg = BuildConfig(sources=[SourceSpec("rsna", rsna_root, "rsna")], out=tmp_path / "out", size=32,
-                      val_fraction=0, test_fraction=0, workers=1, progress=False)
+    cfg = BuildConfig(
+        sources=[SourceSpec("rsna", rsna_root, "rsna")],
+        out=tmp_path / "out",
+        size=32,
+        val_fraction=0,
+        test_fraction=0,
+        workers=1,
+        progress=False,
+    )
     report = build_dataset(cfg)
     assert report["n_images"] == 2
     stored = np.load(tmp_path / "out" / "images.npy")
@@ -87,11 +120,18 @@ def test_rsna_without_its_tables_stops(tmp_path):
 
 def test_ricord_reads_tcia_tree_strips_collection_prefix_and_skips_ct(tmp_path):
     root = tmp_path / "MIDRC-RICORD-1C"
-    for k, (pid, modality) in enumerate([("MIDRC-RICORD-1C-419639-000918", "CR"), ("MIDRC-RICORD-1C-419639-000918", "DX"),
-                                         ("MIDRC-RICORD-1C-419639-003251", "CT")]):
+    for k, (pid, modality) in enumerate(
+        [
+            ("MIDRC-RICORD-1C-419639-000918", "CR"),
+            ("MIDRC-RICORD-1C-419639-000918", "DX"),
+            ("MIDRC-RICORD-1C-419639-003251", "CT"),
+        ]
+    ):
         d = root / pid / f"01-01-2020-study{k}" / f"{k}.000000-series"
         d.mkdir(parents=True)
-        save_dicom(d / "1-1.dcm", dicom(radiograph(k), PatientID=pid, Modality=modality, PatientAge="062Y", ViewPosition="AP"))
+        save_dicom(
+            d / "1-1.dcm", dicom(radiograph(k), PatientID=pid, Modality=modality, PatientAge="062Y", ViewPosition="AP")
+        )
     data = read_source("ricord", root)
     assert [r.patient_id for r in data.records] == ["419639-000918", "419639-000918"]
     assert all(r.label == "COVID-19" and r.age == 62 for r in data.records)
@@ -107,7 +147,9 @@ def test_radiography_db_reads_class_folders_and_excludes_lung_opacity(tmp_path):
         (root / cls / "images").mkdir(parents=True)
         (root / cls / "masks").mkdir()
         Image.fromarray(radiograph(k)).save(root / cls / "images" / f"{cls}-1.png")
-        Image.fromarray(radiograph(k + 9)).save(root / cls / "masks" / f"{cls}-1.png")  # masks are not images of patients
+        Image.fromarray(radiograph(k + 9)).save(
+            root / cls / "masks" / f"{cls}-1.png"
+        )  # masks are not images of patients
     data = read_source("radiography-db", root)
     assert sorted(r.label for r in data.records) == ["COVID-19", "normal", "pneumonia"]
     assert [e.reason for e in data.exclusions] == ["finding not in COVIDx classes"]
@@ -116,7 +158,10 @@ def test_radiography_db_reads_class_folders_and_excludes_lung_opacity(tmp_path):
 
 def test_kermany_records_are_paediatric_and_person_ids_are_patients(tmp_path):
     root = tmp_path / "chest_xray"
-    for cls, names in {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person12_virus_34.jpeg", "person12_bacteria_35.jpeg"]}.items():
+    for cls, names in {
+        "NORMAL": ["IM-0001-0001.jpeg"],
+        "PNEUMONIA": ["person12_virus_34.jpeg", "person12_bacteria_35.jpeg"],
+    }.items():
         (root / cls).mkdir(parents=True)
         for k, n in enumerate(names):
             Image.fromarray(radiograph(k)).save(root / cls / n)
@@ -140,8 +185,15 @@ def test_actualmed_finds_images_by_imagename(tmp_path):
     root = tmp_path / "actualmed"
     (root / "images").mkdir(parents=True)
     Image.fromarray(radiograph(0)).save(root / "images" / "img-1.png")
-    write_csv(root / "metadata.csv", ["patientid", "finding", "view", "imagename"],
-              [["A-1", "COVID-19", "AP", "img-1.png"], ["A-2", "", "AP", "img-2.png"], ["A-3", "No finding", "PA", "gone.png"]])
+    write_csv(
+        root / "metadata.csv",
+        ["patientid", "finding", "view", "imagename"],
+        [
+            ["A-1", "COVID-19", "AP", "img-1.png"],
+            ["A-2", "", "AP", "img-2.png"],
+            ["A-3", "No finding", "PA", "gone.png"],
+        ],
+    )
     data = read_source("actualmed", root)
     assert [(r.patient_id, r.label) for r in data.records] == [("A-1", "COVID-19")]
     assert sorted(e.reason for e in data.exclusions) == ["image missing", "unlabelled"]

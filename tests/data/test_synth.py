@@ -23,8 +23,11 @@ def rows_of(root: Path) -> list[dict]:
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def pixels(root: Path, row: dict) -> np.ndarray:
@@ -34,8 +37,9 @@ def pixels(root: Path, row: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def marked(tmp_path_factory) -> Path:
     """24 phantoms, 2 hospitals, a marker planted on hospital A's COVID-19 images."""
-    return write_phantom_dataset(tmp_path_factory.mktemp("ph") / "cohen",
-                                 SynthConfig(n=24, seed=2, size=SIZE, shortcut="marker"), progress=False)
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("ph") / "cohen", SynthConfig(n=24, seed=2, size=SIZE, shortcut="marker"), progress=False
+    )
 
 
 def pair(label: str, seed: int, severity: float | None = 0.7, **kw):
@@ -59,6 +63,7 @@ def zone(mask: np.ndarray, lower: bool, outer: bool, side: str) -> np.ndarray:
 
 # --- determinism and layout -------------------------------------------------------------------------
 
+
 def test_same_config_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     config = SynthConfig(n=8, seed=5, size=SIZE)
     a = digest(write_phantom_dataset(tmp_path / "a", config, progress=False))
@@ -80,14 +85,20 @@ def test_draw_is_a_function_of_its_rng():
 def test_metadata_has_the_cohen_columns_and_hierarchical_findings(marked):
     rows = rows_of(marked)
     assert len(rows) == 24
-    required = ("patientid offset sex age finding view modality date location folder filename doi url license "
-                "clinical_notes other_notes").split()
+    required = (
+        "patientid offset sex age finding view modality date location folder filename doi url license "
+        "clinical_notes other_notes"
+    ).split()
     assert set(required) | set(synth.PHANTOM_COLUMNS) <= set(rows[0])
     findings = {r["finding"] for r in rows}
     assert "Pneumonia/Viral/COVID-19" in findings and "No Finding" in findings
     assert any(f.startswith("Pneumonia/Bacterial/") for f in findings)
-    assert findings <= {"No Finding", "Pneumonia/Viral/COVID-19", "Pneumonia/Bacterial/Streptococcus",
-                        "Pneumonia/Bacterial/Klebsiella"}
+    assert findings <= {
+        "No Finding",
+        "Pneumonia/Viral/COVID-19",
+        "Pneumonia/Bacterial/Streptococcus",
+        "Pneumonia/Bacterial/Klebsiella",
+    }
     counts = defaultdict(int)
     for r in rows:
         counts[r["finding"].split("/")[-1] if r["finding"] != "No Finding" else "normal"] += 1
@@ -128,6 +139,7 @@ def test_the_cohen_reader_reads_it_like_a_download(marked):
 
 # --- anatomy -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(6))
 def test_lungs_are_darker_than_mediastinum_and_diaphragm(seed):
     img, t = draw_radiograph(np.random.default_rng(seed), SIZE, "normal")
@@ -137,16 +149,17 @@ def test_lungs_are_darker_than_mediastinum_and_diaphragm(seed):
     rows = rows[: len(rows) // 2]  # upper half: above the heart
     r_edge = max(np.nonzero(right[r])[0].max() for r in rows)
     l_edge = min(np.nonzero(left[r])[0].min() for r in rows)
-    mediastinum = img[rows.min():rows.max(), r_edge + 2:l_edge - 1].mean()
+    mediastinum = img[rows.min() : rows.max(), r_edge + 2 : l_edge - 1].mean()
     bottom = np.nonzero((right | left).any(axis=1))[0].max()
     cols = np.nonzero((right | left).any(axis=0))[0]
-    below = img[bottom + 3:bottom + 13, cols.min():cols.max()].mean()
+    below = img[bottom + 3 : bottom + 13, cols.min() : cols.max()].mean()
     assert lungs + 60 < mediastinum and lungs + 60 < below, (lungs, mediastinum, below)
     # the heart hides part of the patient's left lung (image right), so it is the smaller field
     assert left.sum() < right.sum()
 
 
 # --- disease -----------------------------------------------------------------------------------------
+
 
 def test_severity_truth_is_zero_for_normal_and_positive_for_covid(marked):
     for r in rows_of(marked):
@@ -179,8 +192,7 @@ def test_severity_truth_is_measured_on_the_drawn_masks(seed):
 def test_more_geographic_extent_means_more_opaque_lung():
     truths = [draw_radiograph(np.random.default_rng(s), SIZE, "COVID-19")[1] for s in range(12)]
     g = np.array([t["geographic"] for t in truths])
-    area = np.array([((t["opacity_map"] >= synth.INVOLVED) & (t["lung_right"] | t["lung_left"])).sum()
-                     for t in truths])
+    area = np.array([((t["opacity_map"] >= synth.INVOLVED) & (t["lung_right"] | t["lung_left"])).sum() for t in truths])
     assert np.corrcoef(g, area)[0, 1] > 0.8
 
 
@@ -222,9 +234,10 @@ def test_lobar_pneumonia_is_one_sided_and_dense(seed):
 
 # --- shortcuts ---------------------------------------------------------------------------------------
 
+
 def marker_seen(img: np.ndarray) -> bool:
     s = img.shape[0]
-    corner = img[: s // 6, -(s // 6):]
+    corner = img[: s // 6, -(s // 6) :]
     return (corner >= 245).mean() > 0.2
 
 
@@ -248,6 +261,7 @@ def test_offset_shortcut_brightens_every_pixel_by_25_levels():
 
 
 # --- refusals and atomicity ----------------------------------------------------------------------------
+
 
 def test_existing_non_empty_out_dir_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "cohen"
@@ -277,11 +291,22 @@ def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bad", [
-    dict(n=0), dict(size=32), dict(seed=-1), dict(shortcut="watermark"), dict(shortcut_label="flu"),
-    dict(hospitals=2, shortcut_hospital=2), dict(images_per_patient=(3, 1)), dict(class_mix={"SARS": 1.0}),
-    dict(class_mix={"normal": 0.0}), dict(ap_fraction=1.5), dict(hospitals=0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n=0),
+        dict(size=32),
+        dict(seed=-1),
+        dict(shortcut="watermark"),
+        dict(shortcut_label="flu"),
+        dict(hospitals=2, shortcut_hospital=2),
+        dict(images_per_patient=(3, 1)),
+        dict(class_mix={"SARS": 1.0}),
+        dict(class_mix={"normal": 0.0}),
+        dict(ap_fraction=1.5),
+        dict(hospitals=0),
+    ],
+)
 def test_bad_arguments_are_config_errors(tmp_path, bad):
     with pytest.raises(ConfigError) as e:
         write_phantom_dataset(tmp_path / "out", SynthConfig(**bad), progress=False)
@@ -296,6 +321,7 @@ def test_draw_refuses_unknown_label_shortcut_and_tiny_size():
 
 
 # --- contact sheet -------------------------------------------------------------------------------------
+
 
 def test_contact_sheet_is_a_grid_with_labels(tmp_path):
     images = [draw_radiograph(np.random.default_rng(s), 64, "normal")[0] for s in range(5)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from test_cli import covidnet as run_cli
 
 import covidnet
 from covidnet.checkpoint import read_checkpoint
@@ -18,7 +19,6 @@ from covidnet.data.store import open_store
 from covidnet.errors import CovidnetError
 from covidnet.export import ExportConfig, export_model
 from covidnet.predict import OnnxBackend, TorchBackend, predict_paths, softmax
-from test_cli import covidnet as run_cli
 
 
 def phantom_files(root: Path, k: int = 6) -> list[str]:
@@ -88,10 +88,16 @@ def test_predict_onnx_never_imports_torch(trained, exported):
     """The CLI with torch made unimportable in its process: predict --onnx still works."""
     root, _, _ = trained
     fp32, _ = exported
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
-            "from covidnet.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "predict", "--onnx", fp32["path"], "--json", *phantom_files(root, 3)],
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
+        "from covidnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "predict", "--onnx", fp32["path"], "--json", *phantom_files(root, 3)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 3 and all(row["status"] == "ok" for row in rows)
@@ -107,13 +113,22 @@ def test_pip_install_onnx_extra_runs_predict_without_torch(trained, exported, tm
     env_dir = tmp_path / "edge"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{repo}[onnx]"], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", f"{repo}[onnx]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
     assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0, "torch got installed"
     files = phantom_files(root, 4)
-    r = subprocess.run([str(env_dir / "bin" / "covidnet"), "predict", "--onnx", fp32["path"], "--json", *files],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(env_dir / "bin" / "covidnet"), "predict", "--onnx", fp32["path"], "--json", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     edge = [json.loads(line) for line in r.stdout.splitlines()]
     here = list(predict_paths(None, files, onnx=fp32["path"], device="cpu"))
@@ -121,8 +136,12 @@ def test_pip_install_onnx_extra_runs_predict_without_torch(trained, exported, tm
     for e, h in zip(edge, here):
         assert e["label"] == h["label"] and e["probabilities"] == pytest.approx(h["probabilities"], abs=1e-6)
     # and a command that needs torch says which extra to install, in one line
-    r = subprocess.run([str(env_dir / "bin" / "covidnet"), "predict", "--checkpoint", "x.pt", *files],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(env_dir / "bin" / "covidnet"), "predict", "--checkpoint", "x.pt", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "pip install 'covidnet[torch]'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -140,13 +159,16 @@ def test_export_without_data_checks_parity_on_phantoms(trained, tmp_path):
     assert "phantom" in r["parity_inputs"] and r["fp32"]["max_abs_prob_diff"] <= 1e-4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/no/such/dir/m.onnx"], "folder not found"),
-    (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--int8"], "--int8 needs --data"),
-    (["export", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/m.onnx"], "checkpoint not found"),
-    (["predict", "--onnx", "{ckpt}", "{img}"], "not a loadable ONNX model"),
-    (["predict", "--onnx", "{onnx}", "--cam", "{tmp}/cams", "{img}"], "use the PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/no/such/dir/m.onnx"], "folder not found"),
+        (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--int8"], "--int8 needs --data"),
+        (["export", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/m.onnx"], "checkpoint not found"),
+        (["predict", "--onnx", "{ckpt}", "{img}"], "not a loadable ONNX model"),
+        (["predict", "--onnx", "{onnx}", "--cam", "{tmp}/cams", "{img}"], "use the PyTorch checkpoint"),
+    ],
+)
 def test_bad_export_and_onnx_input_is_one_line_and_non_zero(trained, exported, tmp_path, args, message):
     root, _, ckpt = trained
     fmt = dict(ckpt=ckpt, tmp=tmp_path, img=phantom_files(root, 1)[0], onnx=exported[0]["path"])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from dicomfiles import dicom, save_dicom
 from PIL import Image
+from servefixtures import Server
 
 from covidnet.predict import predict_paths
-from servefixtures import Server
 
 AUTH = {"Authorization": "Bearer s3cret"}
 PHI = ["Doe^Jane", "PID-4711-XYZ", "19470312", "20200402", "ACC-99173", "St Elsewhere General"]
@@ -28,8 +28,19 @@ def files(trained, tmp_path_factory):
     out = {"png": tmp / "x.png", "jpeg": tmp / "x.jpg", "dicom": tmp / "x.dcm"}
     Image.fromarray(arr).save(out["png"])
     Image.fromarray(arr).save(out["jpeg"], quality=95)
-    save_dicom(out["dicom"], dicom(arr, ViewPosition="PA", PatientName=PHI[0], PatientID=PHI[1], PatientBirthDate=PHI[2],
-                                   StudyDate=PHI[3], AccessionNumber=PHI[4], InstitutionName=PHI[5]))
+    save_dicom(
+        out["dicom"],
+        dicom(
+            arr,
+            ViewPosition="PA",
+            PatientName=PHI[0],
+            PatientID=PHI[1],
+            PatientBirthDate=PHI[2],
+            StudyDate=PHI[3],
+            AccessionNumber=PHI[4],
+            InstitutionName=PHI[5],
+        ),
+    )
     out["empty"] = tmp / "empty.png"
     out["empty"].write_bytes(b"")
     out["text"] = tmp / "notes.png"
@@ -49,7 +60,11 @@ def post(server, path: Path, query: str = "", headers=AUTH, field=True):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         if field:
             return c.post("/v1/predict" + query, files={"file": (path.name, path.read_bytes())}, headers=headers)
-        return c.post("/v1/predict" + query, content=path.read_bytes(), headers={**headers, "Content-Type": "application/octet-stream"})
+        return c.post(
+            "/v1/predict" + query,
+            content=path.read_bytes(),
+            headers={**headers, "Content-Type": "application/octet-stream"},
+        )
 
 
 @pytest.mark.parametrize("kind", ["png", "jpeg", "dicom"])
@@ -62,7 +77,11 @@ def test_valid_images_get_the_predictions_of_covidnet_predict(server, trained, f
     assert body["label"] == expected["label"]
     assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
     assert body["triage"]["flag"] == expected["triage"]["flag"] and body["triage"]["class"] == "COVID-19"
-    assert body["model_id"].startswith("covidnet-cxr3b@") and body["model_version"] and "not a diagnosis" in body["disclaimer"]
+    assert (
+        body["model_id"].startswith("covidnet-cxr3b@")
+        and body["model_version"]
+        and "not a diagnosis" in body["disclaimer"]
+    )
 
 
 def test_raw_body_upload_works_like_multipart(server, files):
@@ -88,14 +107,17 @@ def test_no_dicom_header_field_is_echoed_or_logged(server, files):
         assert value not in text
 
 
-@pytest.mark.parametrize("name, status, code", [
-    ("empty", 400, "empty_file"),
-    ("text", 415, "unsupported_media_type"),
-    ("truncated", 422, "unreadable_image"),
-    ("bomb", 413, "image_too_large"),
-    ("big", 413, "payload_too_large"),
-    ("lateral", 422, "not_frontal"),
-])
+@pytest.mark.parametrize(
+    "name, status, code",
+    [
+        ("empty", 400, "empty_file"),
+        ("text", 415, "unsupported_media_type"),
+        ("truncated", 422, "unreadable_image"),
+        ("bomb", 413, "image_too_large"),
+        ("big", 413, "payload_too_large"),
+        ("lateral", 422, "not_frontal"),
+    ],
+)
 def test_bad_uploads_get_their_status_and_a_json_error_and_the_server_stays_up(server, files, name, status, code):
     r = post(server, files[name])
     assert r.status_code == status, r.text
@@ -135,7 +157,9 @@ def test_model_description_openapi_and_the_page(server):
         page = c.get("/")
         assert page.status_code == 200 and "Research tool, not a diagnosis" in page.text
         assert c.get("/nope").json()["error"]["status"] == 404
-        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+        assert (
+            "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+        )
 
 
 def test_onnx_service_predicts_like_the_checkpoint_and_refuses_heat_maps(trained, exported, files, tmp_path):
@@ -208,9 +232,11 @@ def test_a_port_in_use_or_a_bad_option_is_one_line_and_exit_1(trained, tmp_path)
         port = busy.getsockname()[1]
         r = covidnet("serve", "--checkpoint", str(trained[2]), "--port", str(port))
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
-    for args, message in ((["--max-batch", "0"], "--max-batch must be >= 1"),
-                          (["--keep-uploads", str(tmp_path / "nope")], "folder not found"),
-                          (["--threshold", "flu=0.3"], "--threshold 'flu=0.3'")):
+    for args, message in (
+        (["--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--keep-uploads", str(tmp_path / "nope")], "folder not found"),
+        (["--threshold", "flu=0.3"], "--threshold 'flu=0.3'"),
+    ):
         r = covidnet("serve", "--checkpoint", str(trained[2]), "--port", "0", *args)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = covidnet("serve", "--checkpoint", str(trained[2]), "--onnx", "m.onnx")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from covidnet.predict import predict_paths
 from servefixtures import Server
 from test_report import CHROMIUM, CHROMIUM_ARGS
+
+from covidnet.predict import predict_paths
 
 ARTIFACTS = Path(os.environ.get("COVIDNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
@@ -37,15 +37,19 @@ def test_upload_on_the_page_shows_probabilities_triage_and_the_heat_map(trained,
                 page.wait_for_selector("#tokenbox.show", timeout=10_000)  # the service asked for its token
                 page.fill("#token", "pagetoken")
                 page.dispatch_event("#token", "change")
-                page.wait_for_function("document.getElementById('model').textContent.includes('with heat maps')",
-                                       timeout=10_000)
+                page.wait_for_function(
+                    "document.getElementById('model').textContent.includes('with heat maps')", timeout=10_000
+                )
                 page.set_input_files("#file", str(xray))
                 page.wait_for_selector("#bars .bar", timeout=30_000)
-                page.wait_for_function("(() => { const i = document.getElementById('shown'); "
-                                       "return i.complete && i.naturalWidth > 0 && i.dataset.kind === 'heatmap'; })()",
-                                       timeout=30_000)
-                bars = page.eval_on_selector_all("#bars .bar", "rows => rows.map(r => [r.dataset.class, "
-                                                 "r.querySelector('.fill').style.width])")
+                page.wait_for_function(
+                    "(() => { const i = document.getElementById('shown'); "
+                    "return i.complete && i.naturalWidth > 0 && i.dataset.kind === 'heatmap'; })()",
+                    timeout=30_000,
+                )
+                bars = page.eval_on_selector_all(
+                    "#bars .bar", "rows => rows.map(r => [r.dataset.class, r.querySelector('.fill').style.width])"
+                )
                 shown = {c: float(w.rstrip("%")) / 100 for c, w in bars}
                 assert shown == pytest.approx(expected["probabilities"], abs=1e-3)
                 triage = page.inner_text("#triage")

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicomfiles import dicom, save_dicom
+from phantomdata import trained_checkpoint
 from PIL import Image
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+from test_cli import covidnet
 
 from covidnet.checkpoint import read_checkpoint
-from phantomdata import trained_checkpoint
-from test_cli import covidnet
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
 
@@ -85,21 +85,41 @@ def label_file_of_raw_images(root: Path, tmp: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("images_from", ["phantoms", pytest.param("real", marks=pytest.mark.realdata)])
-def test_eval_on_raw_mixed_format_images_matches_scikit_learn_on_predict_output(trained, tmp_path, images_from, request):
+def test_eval_on_raw_mixed_format_images_matches_scikit_learn_on_predict_output(
+    trained, tmp_path, images_from, request
+):
     root, _, ckpt = trained
     if images_from == "real":
         labels, images = real_label_file(request.getfixturevalue("shared_data"), tmp_path)
     else:
         labels, images = label_file_of_raw_images(root, tmp_path)
-    r = covidnet("eval", "--checkpoint", str(ckpt), "--labels", str(labels), "--images", str(images),
-                 "--json", str(tmp_path / "m.json"), "--resamples", "100", "--quiet")
+    r = covidnet(
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--labels",
+        str(labels),
+        "--images",
+        str(images),
+        "--json",
+        str(tmp_path / "m.json"),
+        "--resamples",
+        "100",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "m.json").read_text())
     assert {"n", "accuracy", "per_class", "confusion_matrix", "ece", "per_source"} <= set(m)
     assert set(m["per_class"]) == set(CLASSES) and m["failed_count"] == 0
     assert {".png", ".jpg", ".webp", ".dcm"} == {Path(l.split()[1]).suffix for l in labels.read_text().splitlines()}
     # the same images through `covidnet predict`: sklearn on its probabilities gives eval's numbers
-    p = covidnet("predict", "--checkpoint", str(ckpt), "--json", *[str(images / l.split()[1]) for l in labels.read_text().splitlines()])
+    p = covidnet(
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        "--json",
+        *[str(images / l.split()[1]) for l in labels.read_text().splitlines()],
+    )
     preds = [json.loads(line) for line in p.stdout.splitlines()]
     truth = np.array([CLASSES.index(l.split()[2]) for l in labels.read_text().splitlines()])
     probs = np.array([[r["probabilities"][c] for c in CLASSES] for r in preds])
@@ -115,8 +135,20 @@ def test_eval_on_raw_mixed_format_images_matches_scikit_learn_on_predict_output(
 
 def test_eval_and_training_validation_agree_exactly(trained, tmp_path):
     _, ds, ckpt = trained
-    r = covidnet("eval", "--checkpoint", str(ckpt), "--data", str(ds), "--split", "val", "--json", str(tmp_path / "v.json"),
-                 "--resamples", "0", "--quiet")
+    r = covidnet(
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(ds),
+        "--split",
+        "val",
+        "--json",
+        str(tmp_path / "v.json"),
+        "--resamples",
+        "0",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "v.json").read_text())
     logged = read_checkpoint(ckpt)["val_metrics"]
@@ -133,14 +165,35 @@ def test_report_opens_in_a_real_browser(trained, tmp_path):
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     _, ds, ckpt = trained
-    r = covidnet("eval", "--checkpoint", str(ckpt), "--data", str(ds), "--report", str(tmp_path / "rep"), "--resamples", "50", "--quiet")
+    r = covidnet(
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(ds),
+        "--report",
+        str(tmp_path / "rep"),
+        "--resamples",
+        "50",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         page.goto((tmp_path / "rep" / "index.html").as_uri())
         assert page.eval_on_selector("#confusion-matrix", "img => img.complete && img.naturalWidth") > 0
@@ -148,17 +201,22 @@ def test_report_opens_in_a_real_browser(trained, tmp_path):
         browser.close()
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("p1 a.png normal cohen extra\n", "3 or 4 columns"),
-    ("p1 a.png influenza\n", "unknown label"),
-    ("", "empty"),
-    ("patient one a.png normal cohen\n", "3 or 4 columns"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("p1 a.png normal cohen extra\n", "3 or 4 columns"),
+        ("p1 a.png influenza\n", "unknown label"),
+        ("", "empty"),
+        ("patient one a.png normal cohen\n", "3 or 4 columns"),
+    ],
+)
 def test_bad_label_files_stop_with_file_and_line(trained, tmp_path, content, needle):
     _, _, ckpt = trained
     (tmp_path / "l.txt").write_text(content)
     (tmp_path / "img").mkdir()
-    r = covidnet("eval", "--checkpoint", str(ckpt), "--labels", str(tmp_path / "l.txt"), "--images", str(tmp_path / "img"))
+    r = covidnet(
+        "eval", "--checkpoint", str(ckpt), "--labels", str(tmp_path / "l.txt"), "--images", str(tmp_path / "img")
+    )
     assert r.returncode == 1 and needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -172,8 +230,20 @@ def test_unreadable_missing_and_lateral_images_are_reported_and_the_rest_evaluat
     (images / lines[1].split()[1]).unlink()  # missing
     dcm = next(l.split()[1] for l in lines if l.split()[1].endswith(".dcm"))
     save_dicom(images / dcm, dicom(np.zeros((32, 32), np.uint8), ViewPosition="LL"))  # a lateral view
-    r = covidnet("eval", "--checkpoint", str(ckpt), "--labels", str(labels), "--images", str(images), "--json",
-                 str(tmp_path / "m.json"), "--resamples", "0", "--quiet")
+    r = covidnet(
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--labels",
+        str(labels),
+        "--images",
+        str(images),
+        "--json",
+        str(tmp_path / "m.json"),
+        "--resamples",
+        "0",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["failed_count"] == 3 and m["processed"] == len(lines) - 3
@@ -189,8 +259,17 @@ def test_predict_walks_folders_reports_failures_and_writes_heat_maps(trained, tm
     (folder / "broken.png").write_bytes(b"")
     (folder / "notes.png").write_text("not an image")
     n_images = len(list((root / "phantoms" / "images").iterdir()))
-    r = covidnet("predict", "--checkpoint", str(ckpt), str(folder), "--json", "--cam", str(tmp_path / "cams"),
-                 "--threshold", "COVID-19=0.2")
+    r = covidnet(
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        str(folder),
+        "--json",
+        "--cam",
+        str(tmp_path / "cams"),
+        "--threshold",
+        "COVID-19=0.2",
+    )
     assert r.returncode == 0, r.stderr
     out = [json.loads(l) for l in r.stdout.splitlines()]
     ok = [o for o in out if o["status"] == "ok"]
@@ -206,14 +285,25 @@ def test_calibrate_stores_temperature_and_operating_point_that_predict_uses(trai
     _, ds, ckpt = trained
     own = tmp_path / "best.pt"
     shutil.copy(ckpt, own)
-    r = covidnet("calibrate", "--checkpoint", str(own), "--data", str(ds), "--temperature", "--operating-point", "sensitivity=0.9")
+    r = covidnet(
+        "calibrate",
+        "--checkpoint",
+        str(own),
+        "--data",
+        str(ds),
+        "--temperature",
+        "--operating-point",
+        "sensitivity=0.9",
+    )
     assert r.returncode == 0, r.stderr
     c = read_checkpoint(own)
     assert c["temperature"] > 0 and c["operating_point"]["class"] == "COVID-19"
     img = next((ds.parent / "phantoms" / "images").iterdir())
     p = json.loads(covidnet("predict", "--checkpoint", str(own), "--json", str(img)).stdout)
     assert p["triage"]["threshold"] == c["operating_point"]["threshold"] and "operating point" in p["triage"]["rule"]
-    named = json.loads(covidnet("predict", "--checkpoint", str(own), "--json", "--operating-point", "sensitivity=0.9", str(img)).stdout)
+    named = json.loads(
+        covidnet("predict", "--checkpoint", str(own), "--json", "--operating-point", "sensitivity=0.9", str(img)).stdout
+    )
     assert named["triage"]["threshold"] == c["operating_point"]["threshold"]
     other = covidnet("predict", "--checkpoint", str(own), "--operating-point", "sensitivity=0.99", str(img))
     assert other.returncode == 1 and "covidnet calibrate" in other.stderr

@@ -10,8 +10,13 @@ ALL = list_models()
 
 def test_registry_holds_the_three_presets_and_four_baselines():
     assert set(ALL) == {
-        "covidnet-cxr-small", "covidnet-cxr-large", "covidnet-cxr3b",
-        "resnet50", "vgg19", "densenet121", "mobilenet_v3_large",
+        "covidnet-cxr-small",
+        "covidnet-cxr-large",
+        "covidnet-cxr3b",
+        "resnet50",
+        "vgg19",
+        "densenet121",
+        "mobilenet_v3_large",
     }
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from phantomdata import make_dataset
 from scipy.stats import spearmanr
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+from test_cli import covidnet
 
 from covidnet.checkpoint import load_model, read_checkpoint
 from covidnet.errors import ConfigError
@@ -17,8 +19,6 @@ from covidnet.metrics.ordinal import risk_metrics
 from covidnet.metrics.regression import severity_metrics
 from covidnet.tasks import RiskTask, SeverityTask, bin_names, parse_bins
 from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
-from test_cli import covidnet
 
 FAST = dict(epochs=1, batch_size=8, lr=3e-4, progress=False, precise_bn=32, device="cpu")
 
@@ -96,11 +96,15 @@ def test_severity_head_stays_on_the_0_to_8_scale_and_its_loss_is_least_at_the_tr
 
 def test_severity_checkpoint_describes_its_task_and_eval_matches_sklearn(sev_ckpt, sev_ds, tmp_path):
     ckpt = read_checkpoint(sev_ckpt)
-    assert ckpt["task"] == "severity" and ckpt["scores"] == ["geographic", "opacity"] and ckpt["score_range"] == [0.0, 8.0]
+    assert (
+        ckpt["task"] == "severity" and ckpt["scores"] == ["geographic", "opacity"] and ckpt["score_range"] == [0.0, 8.0]
+    )
     assert "classes" not in ckpt
     model, _ = load_model(sev_ckpt, tasks=None)
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
-    m = evaluate_task_checkpoint(str(sev_ckpt), str(sev_ds), "test", resamples=50, device="cpu", report=str(tmp_path / "rep"))
+    m = evaluate_task_checkpoint(
+        str(sev_ckpt), str(sev_ds), "test", resamples=50, device="cpu", report=str(tmp_path / "rep")
+    )
     y = np.array([p["true"] for p in m["predictions"]])
     pred = np.array([p["pred"] for p in m["predictions"]])
     assert len(y) == m["n"] > 5 and pred.min() >= 0 and pred.max() <= 8
@@ -114,7 +118,15 @@ def test_severity_checkpoint_describes_its_task_and_eval_matches_sklearn(sev_ckp
 
 def test_predict_on_a_severity_checkpoint_prints_both_scores_and_writes_a_cam_per_score(sev_ckpt, sev_ds, tmp_path):
     image = next((sev_ds.parent / "phantoms" / "images").glob("*.png"))
-    r = covidnet("predict", "--checkpoint", str(sev_ckpt), str(image), str(tmp_path / "missing.png"), "--cam", str(tmp_path / "cams"))
+    r = covidnet(
+        "predict",
+        "--checkpoint",
+        str(sev_ckpt),
+        str(image),
+        str(tmp_path / "missing.png"),
+        "--cam",
+        str(tmp_path / "cams"),
+    )
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith(str(image)))
     assert "geographic extent" in line and "/8" in line and "opacity extent" in line
@@ -129,7 +141,9 @@ def test_predict_on_a_severity_checkpoint_prints_both_scores_and_writes_a_cam_pe
 
 def test_freeze_backbone_trains_only_the_head(sev_ds, sev_ckpt, tmp_path):
     run = tmp_path / "frozen"
-    train(TrainConfig(data=str(sev_ds), out=str(run), task="severity", init=str(sev_ckpt), freeze_backbone=True, **FAST))
+    train(
+        TrainConfig(data=str(sev_ds), out=str(run), task="severity", init=str(sev_ckpt), freeze_backbone=True, **FAST)
+    )
     before, after = read_checkpoint(sev_ckpt)["model"], read_checkpoint(run / "last.pt")["model"]
     backbone = [k for k in after if not k.startswith(("head.", "classifier."))]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # BatchNorm statistics included
@@ -142,8 +156,21 @@ def test_risk_trains_and_eval_agrees_with_sklearn(sev_ds, tmp_path):
     ckpt = read_checkpoint(run / "best.pt")
     assert ckpt["task"] == "risk" and ckpt["risk_bins"] == [2.0, 6.0] and ckpt["classes"] == ["0-2 d", "2-6 d", ">=6 d"]
     out = tmp_path / "m.json"
-    r = covidnet("eval", "--checkpoint", str(run / "best.pt"), "--data", str(sev_ds), "--split", "val", "--json", str(out),
-                 "--resamples", "50", "--report", str(tmp_path / "rep"))
+    r = covidnet(
+        "eval",
+        "--checkpoint",
+        str(run / "best.pt"),
+        "--data",
+        str(sev_ds),
+        "--split",
+        "val",
+        "--json",
+        str(out),
+        "--resamples",
+        "50",
+        "--report",
+        str(tmp_path / "rep"),
+    )
     assert r.returncode == 0, r.stderr
     assert "macro F1" in r.stdout and "mean absolute bin error" in r.stdout
     m = json.loads(out.read_text())
@@ -160,8 +187,19 @@ def test_severity_head_learns_the_phantoms_true_extent_far_better_than_the_mean(
     """The known answer: phantoms drawn with a known geographic and opacity extent (normal ones 0/8).
     Predicting the training mean gives R² <= 0 and no rank correlation on the test split."""
     ds = make_dataset(tmp_path, n=240, size=64, seed=3, severity=True)
-    train(TrainConfig(data=str(ds), out=str(tmp_path / "run"), task="severity", epochs=6, batch_size=8, lr=3e-4,
-                      precise_bn=64, progress=False, device="cpu"))
+    train(
+        TrainConfig(
+            data=str(ds),
+            out=str(tmp_path / "run"),
+            task="severity",
+            epochs=6,
+            batch_size=8,
+            lr=3e-4,
+            precise_bn=64,
+            progress=False,
+            device="cpu",
+        )
+    )
     m = evaluate_task_checkpoint(str(tmp_path / "run" / "best.pt"), str(ds), "test", resamples=200, device="cpu")
     y = np.array([p["true"] for p in m["predictions"]])
     baseline = r2_score(y, np.broadcast_to(y.mean(0), y.shape) + 0.0, multioutput="raw_values")
@@ -181,7 +219,9 @@ def test_bad_severity_and_risk_input_is_one_line(sev_ds, sev_ckpt, tmp_path):
     r = covidnet("train", "--data", str(plain), "--out", str(tmp_path / "r1"), "--task", "severity", "--device", "cpu")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "--severity FILE" in r.stderr and not (tmp_path / "r1").exists()
-    r = covidnet("train", "--data", str(sev_ds), "--out", str(tmp_path / "r2"), "--task", "severity", "--freeze-backbone")
+    r = covidnet(
+        "train", "--data", str(sev_ds), "--out", str(tmp_path / "r2"), "--task", "severity", "--freeze-backbone"
+    )
     assert r.returncode == 1 and "--freeze-backbone needs" in r.stderr and "Traceback" not in r.stderr
     r = covidnet("train", "--data", str(sev_ds), "--out", str(tmp_path / "r3"), "--task", "risk", "--risk-bins", "5,3")
     assert r.returncode == 1 and "--risk-bins '5,3'" in r.stderr and "Traceback" not in r.stderr

@@ -45,5 +45,8 @@ def test_rotation_by_ninety_degrees_moves_a_corner():
     p = sample_params(1, NONE, torch.Generator())
     p[0, 0] = math.pi / 2
     y = augment(x, p)
-    corners = {k: float(v) for k, v in {"tl": y[0, 0, 0, 0], "tr": y[0, 0, 0, -1], "bl": y[0, 0, -1, 0], "br": y[0, 0, -1, -1]}.items()}
+    corners = {
+        k: float(v)
+        for k, v in {"tl": y[0, 0, 0, 0], "tr": y[0, 0, 0, -1], "bl": y[0, 0, -1, 0], "br": y[0, 0, -1, -1]}.items()
+    }
     assert max(corners, key=corners.get) in ("tr", "bl") and corners["tl"] < 0.1

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from phantomdata import make_dataset
+from test_cli import covidnet
 
 from covidnet.checkpoint import load_model, read_checkpoint
 from covidnet.errors import ConfigError, CovidnetError
 from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
-from test_cli import covidnet
 
 FAST = dict(epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64)
 
@@ -37,12 +37,16 @@ def weights(path: Path) -> dict:
 @pytest.mark.slow
 def test_a_few_epochs_on_phantoms_beat_chance_on_validation(tmp_path):
     ds = make_dataset(tmp_path, n=240, size=64, seed=3)
-    summary = train(TrainConfig(data=str(ds), out=str(tmp_path / "run"), epochs=8, batch_size=8, lr=3e-4, progress=False))
+    summary = train(
+        TrainConfig(data=str(ds), out=str(tmp_path / "run"), epochs=8, batch_size=8, lr=3e-4, progress=False)
+    )
     best = read_checkpoint(tmp_path / "run" / "best.pt")
     assert best["val_metrics"]["accuracy"] >= 0.6  # chance is 1/3
     log = read_log(tmp_path / "run")
     assert len(log) == 8 and float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
-    assert abs(float(log[0]["mix_COVID-19"]) - 2 / 8) < 0.03  # --covid-percent 0.3 of batch 8: 2 per batch, stated per epoch
+    assert (
+        abs(float(log[0]["mix_COVID-19"]) - 2 / 8) < 0.03
+    )  # --covid-percent 0.3 of batch 8: 2 per batch, stated per epoch
     assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "complete"
     model, meta = load_model(tmp_path / "run" / "best.pt")  # self-describing: no flags needed
     assert meta["classes"] == ["normal", "pneumonia", "COVID-19"] and meta["preprocess"]["size"] == 64
@@ -68,8 +72,20 @@ def test_same_seed_same_weights(small_ds, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(small_ds, tmp_path):
-    args = ["train", "--data", str(small_ds), "--epochs", "4", "--batch-size", "4", "--lr", "3e-4",
-            "--precise-bn", "64", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(small_ds),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-4",
+        "--precise-bn",
+        "64",
+        "--no-progress",
+    ]
     assert covidnet(*args, "--out", str(tmp_path / "whole")).returncode == 0
     exe = Path(sys.executable).parent / "covidnet"
     proc = subprocess.Popen([str(exe), *args, "--out", str(tmp_path / "killed")], stderr=subprocess.PIPE, text=True)
@@ -87,24 +103,58 @@ def test_killed_run_resumes_to_the_same_weights(small_ds, tmp_path):
     whole, resumed = weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "killed" / "last.pt")
     for k in whole:
         assert torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-5), k
-    assert [r["train_loss"] for r in read_log(tmp_path / "whole")] == [r["train_loss"] for r in read_log(tmp_path / "killed")]
+    assert [r["train_loss"] for r in read_log(tmp_path / "whole")] == [
+        r["train_loss"] for r in read_log(tmp_path / "killed")
+    ]
 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_agrees_with_single_process(small_ds, tmp_path):
-    common = ["--data", str(small_ds), "--epochs", "3", "--batch-size", "8", "--lr", "3e-4", "--covid-percent", "0",
-              "--precise-bn", "64", "--no-progress"]
+    common = [
+        "--data",
+        str(small_ds),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-4",
+        "--covid-percent",
+        "0",
+        "--precise-bn",
+        "64",
+        "--no-progress",
+    ]
     single = covidnet("train", *common, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "covidnet", "train", *common, "--out", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, timeout=600, env=env)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "covidnet",
+            "train",
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     n_train = sum(1 for _ in open(small_ds / "train.txt"))
     one, two = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
     for a, b in zip(one, two):
-        assert int(b["images_seen"]) == int(b["unique_images"]) == n_train  # every image once per epoch, over both ranks
+        assert (
+            int(b["images_seen"]) == int(b["unique_images"]) == n_train
+        )  # every image once per epoch, over both ranks
         # the same global batches and steps; BatchNorm sees half a batch per rank, hence the tolerance
         assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.15)
         assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=0.15)
@@ -120,14 +170,17 @@ def test_not_a_built_dataset_is_one_line(tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "covidnet data build" in r.stderr
 
 
-@pytest.mark.parametrize("override, needle", [
-    ({"covid_percent": 1.0}, "--covid-percent"),
-    ({"covid_percent": -0.1}, "--covid-percent"),
-    ({"batch_size": 10_000}, "larger than the training split"),
-    ({"class_weights": "1,2"}, "--class-weights"),
-    ({"arch": "nosuchnet"}, "unknown architecture"),
-    ({"init": "imagenet"}, "torchvision baselines"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ({"covid_percent": 1.0}, "--covid-percent"),
+        ({"covid_percent": -0.1}, "--covid-percent"),
+        ({"batch_size": 10_000}, "larger than the training split"),
+        ({"class_weights": "1,2"}, "--class-weights"),
+        ({"arch": "nosuchnet"}, "unknown architecture"),
+        ({"init": "imagenet"}, "torchvision baselines"),
+    ],
+)
 def test_bad_options_are_refused_before_anything_is_written(small_ds, tmp_path, override, needle):
     with pytest.raises(CovidnetError, match=needle):
         train(TrainConfig(data=str(small_ds), out=str(tmp_path / "run"), **{**FAST, **override}))
@@ -137,14 +190,28 @@ def test_bad_options_are_refused_before_anything_is_written(small_ds, tmp_path, 
 def test_init_from_a_checkpoint_of_another_architecture_is_refused(small_ds, tmp_path):
     train(TrainConfig(data=str(small_ds), out=str(tmp_path / "a"), **{**FAST, "epochs": 1}))
     with pytest.raises(ConfigError, match="a checkpoint of covidnet-cxr3b"):
-        train(TrainConfig(data=str(small_ds), out=str(tmp_path / "b"), arch="mobilenet_v3_large",
-                          init=str(tmp_path / "a" / "best.pt"), **{**FAST, "epochs": 1}))
+        train(
+            TrainConfig(
+                data=str(small_ds),
+                out=str(tmp_path / "b"),
+                arch="mobilenet_v3_large",
+                init=str(tmp_path / "a" / "best.pt"),
+                **{**FAST, "epochs": 1},
+            )
+        )
 
 
 def test_init_from_a_checkpoint_keeps_the_trunk_and_resets_the_head(small_ds, tmp_path):
     train(TrainConfig(data=str(small_ds), out=str(tmp_path / "a"), **{**FAST, "epochs": 1}))
-    train(TrainConfig(data=str(small_ds), out=str(tmp_path / "b"), init=str(tmp_path / "a" / "best.pt"), binary=True,
-                      **{**FAST, "epochs": 1, "lr": 1e-12}))
+    train(
+        TrainConfig(
+            data=str(small_ds),
+            out=str(tmp_path / "b"),
+            init=str(tmp_path / "a" / "best.pt"),
+            binary=True,
+            **{**FAST, "epochs": 1, "lr": 1e-12},
+        )
+    )
     a, b = weights(tmp_path / "a" / "best.pt"), weights(tmp_path / "b" / "last.pt")
     assert b["classifier.weight"].shape == (2, a["classifier.weight"].shape[1])
     assert torch.allclose(a["stem.0.0.weight"], b["stem.0.0.weight"], atol=1e-6)
@@ -163,9 +230,27 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_settings(small_ds, 
 
 def test_imagenet_init_without_cached_weights_says_which_file_to_place_where(small_ds, tmp_path):
     env_home = tmp_path / "torch_home"  # an empty cache: offline, the weights cannot be had
-    r = subprocess.run([str(Path(sys.executable).parent / "covidnet"), "train", "--data", str(small_ds), "--out",
-                        str(tmp_path / "run"), "--arch", "mobilenet_v3_large", "--init", "imagenet", "--epochs", "1",
-                        "--no-progress"], capture_output=True, text=True, timeout=300, env={**os.environ, "TORCH_HOME": str(env_home)})
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "covidnet"),
+            "train",
+            "--data",
+            str(small_ds),
+            "--out",
+            str(tmp_path / "run"),
+            "--arch",
+            "mobilenet_v3_large",
+            "--init",
+            "imagenet",
+            "--epochs",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TORCH_HOME": str(env_home)},
+    )
     if r.returncode == 0:  # a machine with internet access downloaded them: the run must then be complete
         assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "complete"
         return

@@ -19,9 +19,22 @@ from ..errors import CovidnetError
 COMMANDS = ("models", "profile", "train", "eval", "predict", "export", "serve", "calibrate", "audit", "demo", "data")
 
 # optional dependencies (pyproject's extras): the one line to print when a command needs one that is absent
-EXTRAS = {"torch": "torch", "torchvision": "torch", "sklearn": "torch", "monai": "torch", "matplotlib": "torch",
-          "imagehash": "torch", "onnx": "export", "onnxscript": "export", "onnxruntime": "onnx", "fastapi": "serve",
-          "uvicorn": "serve", "python_multipart": "serve", "multipart": "serve", "starlette": "serve"}
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "sklearn": "torch",
+    "monai": "torch",
+    "matplotlib": "torch",
+    "imagehash": "torch",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "onnx",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "multipart": "serve",
+    "starlette": "serve",
+}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -54,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRAS.get((e.name or "").split(".")[0])
         if extra is None:
             raise  # a bug, not a missing optional dependency
-        print(f"covidnet: error: `covidnet {args.command}` needs {e.name}, which is not installed: "
-              f"pip install 'covidnet[{extra}]'", file=sys.stderr)
+        print(
+            f"covidnet: error: `covidnet {args.command}` needs {e.name}, which is not installed: "
+            f"pip install 'covidnet[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("covidnet: interrupted", file=sys.stderr)

@@ -8,21 +8,28 @@ from .common import table
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("audit", help="does the model see the disease or the hospital? source, occlusion, leakage "
-                                     "tests",
-                       description="Shortcut audit of a checkpoint on a built dataset: source predictability, "
-                                   "occlusion, leakage and population confounders, each with a figure, a threshold "
-                                   "and a verdict.")
+    p = sub.add_parser(
+        "audit",
+        help="does the model see the disease or the hospital? source, occlusion, leakage tests",
+        description="Shortcut audit of a checkpoint on a built dataset: source predictability, "
+        "occlusion, leakage and population confounders, each with a figure, a threshold "
+        "and a verdict.",
+    )
     p.set_defaults(func=run)
     if not flags:
         return
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
-    p.add_argument("--split", default="test",
-                   help="split for the occlusion test (train, val, test or all; default test)")
+    p.add_argument(
+        "--split", default="test", help="split for the occlusion test (train, val, test or all; default test)"
+    )
     p.add_argument("--max-images", type=int, default=0, help="audit a random subset of this many images (0: all)")
-    p.add_argument("--loso-epochs", type=int, default=0,
-                   help="leave-one-source-out: retrain without each source for this many epochs (0: skip; optional)")
+    p.add_argument(
+        "--loso-epochs",
+        type=int,
+        default=0,
+        help="leave-one-source-out: retrain without each source for this many epochs (0: skip; optional)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="OUT_DIR", help="write an HTML report (summary table first) to OUT_DIR")
     p.add_argument("--json", metavar="OUT", help="write the audit as JSON to OUT")
@@ -33,13 +40,20 @@ def run(args) -> int:
     from ..audit import run_audit
     from ..files import write_json
 
-    a = run_audit(args.checkpoint, args.data, args.split, args.device, args.max_images, args.seed, args.report,
-                  args.loso_epochs)
+    a = run_audit(
+        args.checkpoint, args.data, args.split, args.device, args.max_images, args.seed, args.report, args.loso_epochs
+    )
     if args.json:
         write_json(args.json, a)
-    print(table(["test", "verdict", "what it means"],
-                [[s["test"], s["verdict"].upper() if s["verdict"] == "fail" else s["verdict"], s["reading"]]
-                 for s in a["summary"]]))
+    print(
+        table(
+            ["test", "verdict", "what it means"],
+            [
+                [s["test"], s["verdict"].upper() if s["verdict"] == "fail" else s["verdict"], s["reading"]]
+                for s in a["summary"]
+            ],
+        )
+    )
     if args.report:
         print(f"report: {Path(args.report) / 'index.html'}")
     return 0

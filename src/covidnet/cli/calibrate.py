@@ -6,9 +6,12 @@ from ..errors import UsageError
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("calibrate", help="fit a temperature and/or an operating point on validation data",
-                       description="Fit temperature scaling and/or choose an operating point on the validation split "
-                                   "of a built dataset, and store them in the checkpoint.")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a temperature and/or an operating point on validation data",
+        description="Fit temperature scaling and/or choose an operating point on the validation split "
+        "of a built dataset, and store them in the checkpoint.",
+    )
     p.set_defaults(func=run)
     if not flags:
         return
@@ -29,7 +32,9 @@ def run(args) -> int:
         print(f"temperature {out['temperature']:.3f}: validation ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f}")
     if out.get("operating_point"):
         op = out["operating_point"]
-        print(f"operating point {op['target']}: {op['class']} threshold {op['threshold']:.4f} "
-              f"(validation sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f})")
+        print(
+            f"operating point {op['target']}: {op['class']} threshold {op['threshold']:.4f} "
+            f"(validation sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f})"
+        )
     print(f"stored in {args.checkpoint}")
     return 0

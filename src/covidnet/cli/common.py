@@ -17,8 +17,10 @@ def print_evaluation(m: dict) -> None:
     from ..tasks import task_from_meta
 
     task = task_from_meta(m["task_meta"])
-    print(f"{m['task']}: {m['n']} images of {m['n_patients']} patients; 95 % CIs from {m['bootstrap']['resamples']} "
-          "bootstrap resamples of patients")
+    print(
+        f"{m['task']}: {m['n']} images of {m['n_patients']} patients; 95 % CIs from {m['bootstrap']['resamples']} "
+        "bootstrap resamples of patients"
+    )
     if task.headline(m):
         print(task.headline(m))
     print(table(*task.summary(m)))
@@ -27,5 +29,7 @@ def print_evaluation(m: dict) -> None:
         print("confusion matrix (rows: truth, columns: prediction)")
         print(table(["", *cm["labels"]], [[c, *map(str, row)] for c, row in zip(cm["labels"], cm["matrix"])]))
     for source, sm in (m.get("per_source") or {}).items():
-        print(f"source {source}: {sm['n']} images, accuracy {format_ci(sm['accuracy'])}, "
-              + ", ".join(f"{c} sensitivity {format_ci(sm['per_class'][c]['sensitivity'])}" for c in sm["per_class"]))
+        print(
+            f"source {source}: {sm['n']} images, accuracy {format_ci(sm['accuracy'])}, "
+            + ", ".join(f"{c} sensitivity {format_ci(sm['per_class'][c]['sensitivity'])}" for c in sm["per_class"])
+        )

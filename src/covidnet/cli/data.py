@@ -13,17 +13,23 @@ from .flags import add_config_flags, config_from_args
 def register(sub, flags: bool = True) -> None:
     data = sub.add_parser("data", help="build COVIDx-style datasets from public sources; phantom data")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    p = dsub.add_parser("build", help="merge sources, deduplicate, split by patient, preprocess into a store",
-                        description="Merge public sources into a dataset: patient-level splits, duplicates removed, "
-                                    "images preprocessed once into a memory-mappable store, a report of what was "
-                                    "excluded and why.")
+    p = dsub.add_parser(
+        "build",
+        help="merge sources, deduplicate, split by patient, preprocess into a store",
+        description="Merge public sources into a dataset: patient-level splits, duplicates removed, "
+        "images preprocessed once into a memory-mappable store, a report of what was "
+        "excluded and why.",
+    )
     p.set_defaults(func=run_build)
     if flags:
         _build_flags(p)
-    p = dsub.add_parser("synth", help="write phantom chest radiographs in the cohen layout",
-                        description="Deterministic procedurally drawn chest radiographs (normal, pneumonia, "
-                                    "COVID-19), in the layout of the ieee8023 covid-chestxray-dataset, optionally "
-                                    "with a planted shortcut.")
+    p = dsub.add_parser(
+        "synth",
+        help="write phantom chest radiographs in the cohen layout",
+        description="Deterministic procedurally drawn chest radiographs (normal, pneumonia, "
+        "COVID-19), in the layout of the ieee8023 covid-chestxray-dataset, optionally "
+        "with a planted shortcut.",
+    )
     p.set_defaults(func=run_synth)
     if flags:
         _synth_flags(p)
@@ -47,8 +53,12 @@ def _synth_flags(p) -> None:
 def run_build(args) -> int:
     from ..data.build import BuildConfig, SourceSpec, build_dataset, parse_split_file_arg
 
-    cfg = config_from_args(BuildConfig, args, sources=[SourceSpec.parse(s) for s in args.sources],
-                           split_files=[parse_split_file_arg(s) for s in args.split_files])
+    cfg = config_from_args(
+        BuildConfig,
+        args,
+        sources=[SourceSpec.parse(s) for s in args.sources],
+        split_files=[parse_split_file_arg(s) for s in args.split_files],
+    )
     report = build_dataset(cfg)
     _warn_exclusions(report)
     if args.json:
@@ -60,8 +70,10 @@ def run_build(args) -> int:
         rows.append([split, *(str(t[c]) for c in t), str(sum(t.values()))])
     print(table(["split", *report["totals"]["train"].keys(), "total"], rows))
     ex = report["excluded"]
-    print(f"{report['n_images']} images of {report['n_patients']} patients in {cfg.out} "
-          f"({report['images_per_s']:.0f} images/s); {ex['count']} excluded:")
+    print(
+        f"{report['n_images']} images of {report['n_patients']} patients in {cfg.out} "
+        f"({report['images_per_s']:.0f} images/s); {ex['count']} excluded:"
+    )
     for reason, n in sorted(ex["by_reason"].items(), key=lambda kv: -kv[1]):
         print(f"  {n:6d}  {reason}")
     if report["official_split"]:
@@ -80,13 +92,17 @@ def _print_targets(report: dict) -> None:
     if sev:
         d = sev["in_dataset"]
         left_out = d["scored_images_left_out_by_the_build"]
-        print(f"severity: {sev['rows_joined']} of {sev['rows']} rows of {sev['file']} joined; scored images per split "
-              + ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
-              + (f"; {left_out} scored images left out by the build" if left_out else ""))
+        print(
+            f"severity: {sev['rows_joined']} of {sev['rows']} rows of {sev['file']} joined; scored images per split "
+            + ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
+            + (f"; {left_out} scored images left out by the build" if left_out else "")
+        )
         for reason, n in sev["excluded"]["by_reason"].items():
             print(f"  {n:6d}  {reason}")
-    print(f"risk: {risk['with_offset']} of {risk['covid_images']} COVID-19 images have days since onset (offset)"
-          + "".join(f"; {n} {reason}" for reason, n in risk["excluded"]["by_reason"].items()))
+    print(
+        f"risk: {risk['with_offset']} of {risk['covid_images']} COVID-19 images have days since onset (offset)"
+        + "".join(f"; {n} {reason}" for reason, n in risk["excluded"]["by_reason"].items())
+    )
 
 
 def _warn_exclusions(report: dict, limit: int = 20) -> None:
@@ -97,8 +113,10 @@ def _warn_exclusions(report: dict, limit: int = 20) -> None:
     errors = [e for e in report["excluded"]["items"] if e["reason"] not in FILTER_REASONS]
     errors += (report.get("severity") or {}).get("excluded", {}).get("items", [])
     for e in errors[:limit]:
-        print(f"covidnet: warning: {e['item']}: {e['reason']}" + (f" ({e['detail']})" if e["detail"] else ""),
-              file=sys.stderr)
+        print(
+            f"covidnet: warning: {e['item']}: {e['reason']}" + (f" ({e['detail']})" if e["detail"] else ""),
+            file=sys.stderr,
+        )
     if len(errors) > limit:
         print(f"covidnet: warning: … and {len(errors) - limit} more; every one is in report.json", file=sys.stderr)
 

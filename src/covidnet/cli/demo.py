@@ -7,9 +7,12 @@ from .flags import add_config_flags, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("demo", help="the whole chain on phantom data (or --data): build, train, evaluate, report",
-                       description="Generate phantom radiographs (or read --data), build a dataset, train a COVID-Net "
-                                   "on the CPU for a short schedule, evaluate it with an HTML report.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole chain on phantom data (or --data): build, train, evaluate, report",
+        description="Generate phantom radiographs (or read --data), build a dataset, train a COVID-Net "
+        "on the CPU for a short schedule, evaluate it with an HTML report.",
+    )
     p.set_defaults(func=run)
     if not flags:
         return

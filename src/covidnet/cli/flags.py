@@ -26,8 +26,9 @@ def _raise(e: BaseException):
     raise e
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls, *, defaults: dict | None = None,
-                     one_of: tuple[str, ...] = ()) -> None:
+def add_config_flags(
+    p: argparse.ArgumentParser, cls, *, defaults: dict | None = None, one_of: tuple[str, ...] = ()
+) -> None:
     """One flag per ``option`` field of the dataclass ``cls``, in field order, its value stored under the
     field's name.
 

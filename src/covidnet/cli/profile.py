@@ -10,9 +10,11 @@ from .common import table
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("profile", help="parameters, MACs, CPU latency and peak memory of architectures",
-                       description="Parameters, MACs (FLOPs/2), batch-1 latency (median after warm-up) and peak "
-                                   "memory.")
+    p = sub.add_parser(
+        "profile",
+        help="parameters, MACs, CPU latency and peak memory of architectures",
+        description="Parameters, MACs (FLOPs/2), batch-1 latency (median after warm-up) and peak memory.",
+    )
     p.set_defaults(func=run)
     if not flags:
         return
@@ -61,19 +63,33 @@ def run(args) -> int:
     for n in names:
         get_spec(n)  # fail on a wrong name before profiling anything
     progress = _progress(args.quiet or len(names) == 1)
-    profiles = [profile_model(n, args.size, in_channels=args.in_channels, **common).to_dict()
-                for n in (progress(names) if progress else names)]
+    profiles = [
+        profile_model(n, args.size, in_channels=args.in_channels, **common).to_dict()
+        for n in (progress(names) if progress else names)
+    ]
     if args.json:
         print(json.dumps(profiles[0] if len(profiles) == 1 else profiles, indent=2))
         return 0
     dev = args.device.split(":")[0]
-    rows = [[p["arch"], f"{p['in_channels']}×{p['size']}×{p['size']}", _fmt(p["params"], "M", 1e6),
-             _fmt(p["macs"], "G", 1e9), _fmt(p[f"latency_ms_{dev}"], "ms", 1, 1), _fmt(p["peak_mem_mb"], "MiB", 1, 0)]
-            for p in profiles]
+    rows = [
+        [
+            p["arch"],
+            f"{p['in_channels']}×{p['size']}×{p['size']}",
+            _fmt(p["params"], "M", 1e6),
+            _fmt(p["macs"], "G", 1e9),
+            _fmt(p[f"latency_ms_{dev}"], "ms", 1, 1),
+            _fmt(p["peak_mem_mb"], "MiB", 1, 0),
+        ]
+        for p in profiles
+    ]
     print(table(["arch", "input", "params", "MACs", f"latency {dev} b=1", "peak memory"], rows))
     p = profiles[0]
-    print(f"(median of {p['latency_runs']} runs after {args.warmup} warm-up, {p['threads']} threads, "
-          f"torch {p['torch_version']})" if p["latency_runs"] else "(latency not measured: --runs 0)")
+    print(
+        f"(median of {p['latency_runs']} runs after {args.warmup} warm-up, {p['threads']} threads, "
+        f"torch {p['torch_version']})"
+        if p["latency_runs"]
+        else "(latency not measured: --runs 0)"
+    )
     return 0
 
 
@@ -92,12 +108,38 @@ def _paper(args, common: dict) -> int:
         pub_p = f"{r['params_m']} M" if r["params_m"] else "—"
         pub_m = f"{r['macs_g']:.2f} G" if r["macs_g"] else "—"
         if o:
-            out.append([r["model"], f"{r['size']}", pub_p, pub_m, o["arch"], _fmt(o["params"], "M", 1e6),
-                        _fmt(o["macs"], "G", 1e9), _pct(o["params"] / 1e6, r["params_m"]),
-                        _pct(o["macs"] / 1e9, r["macs_g"]), _fmt(lat, "ms", 1, 1)])
+            out.append(
+                [
+                    r["model"],
+                    f"{r['size']}",
+                    pub_p,
+                    pub_m,
+                    o["arch"],
+                    _fmt(o["params"], "M", 1e6),
+                    _fmt(o["macs"], "G", 1e9),
+                    _pct(o["params"] / 1e6, r["params_m"]),
+                    _pct(o["macs"] / 1e9, r["macs_g"]),
+                    _fmt(lat, "ms", 1, 1),
+                ]
+            )
         else:
             out.append([r["model"], f"{r['size']}", pub_p, pub_m, "(no preset)", "", "", "", "", ""])
     print("COVID-Net model table: published (reference docs/models.md, Sci. Rep. 2020) beside measured here")
-    print(table(["configuration", "input", "pub. params", "pub. MACs", "ours", "params", "MACs",
-                 "Δ params", "Δ MACs", f"latency {args.device} b=1"], out))
+    print(
+        table(
+            [
+                "configuration",
+                "input",
+                "pub. params",
+                "pub. MACs",
+                "ours",
+                "params",
+                "MACs",
+                "Δ params",
+                "Δ MACs",
+                f"latency {args.device} b=1",
+            ],
+            out,
+        )
+    )
     return 0

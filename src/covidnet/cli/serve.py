@@ -8,11 +8,14 @@ from .flags import add_config_flags, config_class, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("serve", help="HTTP triage service with a web page (research tool, not a diagnosis)",
-                       description="Serve a checkpoint or an exported ONNX model over HTTP: POST /v1/predict (an "
-                                   "image or DICOM; ?cam=1 adds a heat map), GET /v1/model, GET /healthz, /docs, and "
-                                   "a web page at /. Uploads stay in memory; DICOM header fields are never echoed or "
-                                   "logged.")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP triage service with a web page (research tool, not a diagnosis)",
+        description="Serve a checkpoint or an exported ONNX model over HTTP: POST /v1/predict (an "
+        "image or DICOM; ?cam=1 adds a heat map), GET /v1/model, GET /healthz, /docs, and "
+        "a web page at /. Uploads stay in memory; DICOM header fields are never echoed or "
+        "logged.",
+    )
     p.set_defaults(func=run)
     if not flags:
         return

@@ -8,9 +8,12 @@ from .flags import add_config_flags, config_class, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
-    p = sub.add_parser("train", help="train a model on a built dataset (the paper's recipe by default)",
-                       description="Train on a dataset built by `covidnet data build`. Defaults are the published "
-                                   "recipe; the same command runs under torchrun for several GPUs or machines.")
+    p = sub.add_parser(
+        "train",
+        help="train a model on a built dataset (the paper's recipe by default)",
+        description="Train on a dataset built by `covidnet data build`. Defaults are the published "
+        "recipe; the same command runs under torchrun for several GPUs or machines.",
+    )
     p.set_defaults(func=run)
     if flags and (cls := config_class(p, "train", "TrainConfig")):  # None without the [torch] extra
         add_config_flags(p, cls)
@@ -23,9 +26,14 @@ def run(args) -> int:
     summary = train(cfg)
     if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
         f = summary["final"]
-        last = {"classification": ("val accuracy", "val_acc"), "risk": ("val accuracy", "val_accuracy"),
-                "severity": ("val R² geographic / opacity", ("val_geographic_r2", "val_opacity_r2"))}[cfg.task]
+        last = {
+            "classification": ("val accuracy", "val_acc"),
+            "risk": ("val accuracy", "val_accuracy"),
+            "severity": ("val R² geographic / opacity", ("val_geographic_r2", "val_opacity_r2")),
+        }[cfg.task]
         value = " / ".join(f"{f[k]:.3f}" for k in ((last[1],) if isinstance(last[1], str) else last[1]))
-        print(f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {last[0]} "
-              f"{value}; {summary['images_per_s']:.0f} images/s on {summary['device']}")
+        print(
+            f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {last[0]} "
+            f"{value}; {summary['images_per_s']:.0f} images/s on {summary['device']}"
+        )
     return 0

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..contract import Contract
 from ..config import option
+from ..contract import Contract
 from ..errors import ConfigError, CovidnetError, UsageError
 from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, READERS, official_key, read_source
-from .store import INDEX_FILE, IMAGES_FILE, write_index
+from .store import IMAGES_FILE, INDEX_FILE, write_index
 
 SPLITS = ("train", "val", "test")
 PAEDIATRIC_AGE = 18  # years; below it a record is paediatric
@@ -41,13 +41,27 @@ PHASH_SIZE = 16  # 256-bit perceptual hash: on the real sources the closest dist
 NEAR_DUP_BITS = 24  # 76 bits apart and true re-publications are <= 4 apart, so 24 leaves a wide margin
 # Exclusions that are documented filters (what the user asked for); any other one fails --strict
 FILTER_REASONS = {
-    "lateral view", "view not frontal or unknown", "not an X-ray", "unlabelled", "finding not in COVIDx classes",
-    "not normal, no opacity (excluded as in COVIDx)", "paediatric", "exact duplicate", "near duplicate",
-    "not in the official split files", "patient also in the official test split", "patient also in another official split",
+    "lateral view",
+    "view not frontal or unknown",
+    "not an X-ray",
+    "unlabelled",
+    "finding not in COVIDx classes",
+    "not normal, no opacity (excluded as in COVIDx)",
+    "paediatric",
+    "exact duplicate",
+    "near duplicate",
+    "not in the official split files",
+    "patient also in the official test split",
+    "patient also in another official split",
     "reaches COVIDx through another source",  # --cohen-rules reference
     # how the covidx, sirm and bimcv readers handle what a release or a sheet holds (see their docstrings)
-    "negative label in a three-class file", "duplicate line", "image listed twice", "image in two official splits",
-    "image not in the label files", "not from SIRM", "not a chest radiograph",
+    "negative label in a three-class file",
+    "duplicate line",
+    "image listed twice",
+    "image in two official splits",
+    "image not in the label files",
+    "not from SIRM",
+    "not a chest radiograph",
 }
 
 
@@ -58,7 +72,7 @@ class SourceSpec:
     name: str
 
     @classmethod
-    def parse(cls, text: str) -> "SourceSpec":
+    def parse(cls, text: str) -> SourceSpec:
         """``READER=PATH`` or ``READER:NAME=PATH`` (two folders of one layout under different names)."""
         if "=" not in text:
             raise UsageError(f"--source {text!r}: expected READER=PATH, e.g. cohen=/data/covid-chestxray-dataset")
@@ -69,9 +83,11 @@ class SourceSpec:
 
 @dataclass
 class BuildConfig:
-    sources: list[SourceSpec] = option(help="a source folder in its own layout; READER is one of: "
-                                       + ", ".join(READERS) + " (repeatable)", flag="--source",
-                                       metavar="READER[:NAME]=PATH")
+    sources: list[SourceSpec] = option(
+        help="a source folder in its own layout; READER is one of: " + ", ".join(READERS) + " (repeatable)",
+        flag="--source",
+        metavar="READER[:NAME]=PATH",
+    )
     out: Path = option(help="output folder (must not exist or be empty)")
     size: int = option(DEFAULT_SIZE, "side of the stored square images")
     top_crop: float = option(TOP_CROP, "fraction of rows removed at the top")
@@ -80,21 +96,39 @@ class BuildConfig:
     seed: int = option(0, "seed of the patient-level split")
     split_files: list[tuple[str, Path]] = option(  # (split, COVIDx label file)
         help="reproduce an official COVIDx split from its label file (repeatable; the split is read from the file "
-             "name unless given)", default_factory=list, flag="--split-file", metavar="[SPLIT=]FILE")
-    paediatric: str = option("exclude", "children (age < 18, or a paediatric source such as kermany): exclude "
-                             "(default) or include", choices=("exclude", "include"))
+        "name unless given)",
+        default_factory=list,
+        flag="--split-file",
+        metavar="[SPLIT=]FILE",
+    )
+    paediatric: str = option(
+        "exclude",
+        "children (age < 18, or a paediatric source such as kermany): exclude (default) or include",
+        choices=("exclude", "include"),
+    )
     workers: int = option(0, "processes for the images (default: every core)")
-    strict: bool = option(False, "fail if any record is excluded for an error (not a filter), or any row of "
-                          "--severity is left out")
+    strict: bool = option(
+        False, "fail if any record is excluded for an error (not a filter), or any row of --severity is left out"
+    )
     overwrite: bool = option(False, "replace --out if it exists")
     progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
-    severity: Path | None = option(None, "join COVIDNet-S lung severity scores (filename, Geographic, Opacity; 0-8) "
-                                   "to the images by file-name stem", metavar="FILE")
-    cohen_rules: str = option("ours", "which cohen rows to keep: ours or reference (lindawangg/COVID-Net's "
-                              "create_COVIDx selection; see docs/readers-vs-torchxrayvision.md)",
-                              choices=("ours", "reference"))
-    split: str = option("official", "covidx sources: keep the release's own train/val/test split (official) or "
-                        "draw one by patient as for any other source (patient)", choices=("official", "patient"))
+    severity: Path | None = option(
+        None,
+        "join COVIDNet-S lung severity scores (filename, Geographic, Opacity; 0-8) to the images by file-name stem",
+        metavar="FILE",
+    )
+    cohen_rules: str = option(
+        "ours",
+        "which cohen rows to keep: ours or reference (lindawangg/COVID-Net's "
+        "create_COVIDx selection; see docs/readers-vs-torchxrayvision.md)",
+        choices=("ours", "reference"),
+    )
+    split: str = option(
+        "official",
+        "covidx sources: keep the release's own train/val/test split (official) or "
+        "draw one by patient as for any other source (patient)",
+        choices=("official", "patient"),
+    )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -119,7 +153,9 @@ def parse_split_file_arg(text: str) -> tuple[str, Path]:
     for split in ("train", "val", "test"):
         if re.search(rf"(^|[^a-z]){split}", name):
             return split, Path(text)
-    raise UsageError(f"--split-file {text}: cannot tell the split from the file name; write train=FILE, val=FILE or test=FILE")
+    raise UsageError(
+        f"--split-file {text}: cannot tell the split from the file name; write train=FILE, val=FILE or test=FILE"
+    )
 
 
 # --- image stage (runs in worker processes) -----------------------------------------------------------
@@ -179,9 +215,9 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS, bloc
     pairs = []
     n = len(hashes)
     for a in range(0, n, block):
-        x = hashes[a:a + block]
+        x = hashes[a : a + block]
         for b in range(a, n, block):
-            y = hashes[b:b + block]
+            y = hashes[b : b + block]
             d = np.bitwise_count(x[:, None, :] ^ y[None, :, :]).sum(-1)
             ii, jj = np.nonzero(d <= max_bits)
             for i, j in zip(ii + a, jj + b):
@@ -201,7 +237,7 @@ def _stratified_split(groups: dict[int, list[int]], labels: list[str], cfg: Buil
     for g, members in sorted(groups.items()):
         by_label[min((labels[m] for m in members), key=rank.get)].append(g)
     assign = {}
-    for label, gs in sorted(by_label.items()):
+    for _label, gs in sorted(by_label.items()):
         gs = [gs[k] for k in rng.permutation(len(gs))]
         total = sum(len(groups[g]) for g in gs)
         quota = {"test": cfg.test_fraction * total, "val": cfg.val_fraction * total}
@@ -223,12 +259,23 @@ def _read_split_files(split_files: list[tuple[str, Path]]) -> dict[str, list[dic
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) > 4 and parts[-2] in (*LABELS, "positive"):  # COVIDx 7/8: 'COVID 70 COVID(70).png COVID-19 sirm'
+            if len(parts) > 4 and parts[-2] in (
+                *LABELS,
+                "positive",
+            ):  # COVIDx 7/8: 'COVID 70 COVID(70).png COVID-19 sirm'
                 parts = [" ".join(parts[:-3]), *parts[-3:]]
             if len(parts) < 3:
                 raise ConfigError(f"{path}:{n}: expected 'patientid filename label [source]', got {line!r}")
-            rows[split].append({"patient_id": parts[0], "filename": parts[1], "label": parts[2],
-                                "source": parts[3] if len(parts) > 3 else "", "file": str(path), "line": n})
+            rows[split].append(
+                {
+                    "patient_id": parts[0],
+                    "filename": parts[1],
+                    "label": parts[2],
+                    "source": parts[3] if len(parts) > 3 else "",
+                    "file": str(path),
+                    "line": n,
+                }
+            )
     return rows
 
 
@@ -247,7 +294,9 @@ def build_dataset(cfg: BuildConfig) -> dict:
     anomalies: list[Exclusion] = []
     for spec in cfg.sources:
         options = {"rules": cfg.cohen_rules} if spec.reader == "cohen" else {}
-        data = read_source(spec.reader, spec.path.expanduser().absolute(), spec.name, **options)  # records.csv stays valid from anywhere
+        data = read_source(
+            spec.reader, spec.path.expanduser().absolute(), spec.name, **options
+        )  # records.csv stays valid from anywhere
         records += data.records
         exclusions += data.exclusions
         notes += data.notes
@@ -257,8 +306,10 @@ def build_dataset(cfg: BuildConfig) -> dict:
         severity, rejected = join_severity(Path(cfg.severity), records, {s.name: s.reader for s in cfg.sources})
         if cfg.strict and rejected:
             e = rejected[0]
-            raise CovidnetError(f"--strict: {len(rejected)} row(s) of the severity file left out "
-                                f"({_reasons(severity)}); first: {e.item}: {e.reason} ({e.detail})")
+            raise CovidnetError(
+                f"--strict: {len(rejected)} row(s) of the severity file left out "
+                f"({_reasons(severity)}); first: {e.item}: {e.reason} ({e.detail})"
+            )
 
     def drop(i: int, reason: str, detail: str) -> None:
         r = records[i]
@@ -270,8 +321,11 @@ def build_dataset(cfg: BuildConfig) -> dict:
     if cfg.paediatric == "exclude":
         for i, r in enumerate(records):
             if r.extra.get("population") == "paediatric" or (r.age is not None and r.age < PAEDIATRIC_AGE):
-                drop(i, "paediatric", f"{'source is paediatric' if r.age is None else f'age {r.age:g}'}; "
-                                      "--paediatric include keeps it")
+                drop(
+                    i,
+                    "paediatric",
+                    f"{'source is paediatric' if r.age is None else f'age {r.age:g}'}; --paediatric include keeps it",
+                )
 
     # 3. the same (non-numeric) patient id in two sources with different labels
     by_pid: dict[str, set[int]] = defaultdict(set)
@@ -285,8 +339,12 @@ def build_dataset(cfg: BuildConfig) -> dict:
             labels = {to_binary(x) for x in labels}
         if len(srcs) > 1 and len(labels) > 1:
             for i in idx:
-                drop(i, "patient in two sources with different labels",
-                     f"patient {pid!r} is {', '.join(sorted(f'{records[j].label} in {records[j].source}' for j in idx))}")
+                drop(
+                    i,
+                    "patient in two sources with different labels",
+                    f"patient {pid!r} is "
+                    + ", ".join(sorted(f"{records[j].label} in {records[j].source}" for j in idx)),
+                )
 
     # 4. read, hash and preprocess every image once, in parallel, into a store in a temporary folder
     out = cfg.out
@@ -315,7 +373,7 @@ def _check_config(cfg: BuildConfig) -> None:
         raise ConfigError(f"--size must be at least 32, not {cfg.size}")
     if not (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
         raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
-    cfg.contract  # a bad --top-crop fails here, before any work
+    _ = cfg.contract  # a bad --top-crop fails here, before any work
     if cfg.paediatric not in ("exclude", "include"):
         raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
     if cfg.split not in ("official", "patient"):
@@ -367,17 +425,29 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
         j = first_by_digest.setdefault(digests[i], i)
         if j != i:
             same = records[j].path == records[i].path
-            drop(i, "exact duplicate", "the same file, listed again" if same else f"identical file to {records[j].source}:{records[j].path}")
+            drop(
+                i,
+                "exact duplicate",
+                "the same file, listed again" if same else f"identical file to {records[j].source}:{records[j].path}",
+            )
             links.append((j, i))
     kept = [i for i in kept if alive[i]]
-    hashes = np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1) if kept else np.zeros((0, 32), np.uint8)
+    hashes = (
+        np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1)
+        if kept
+        else np.zeros((0, 32), np.uint8)
+    )
     uf = _UnionFind(len(records))
     for a, b in near_duplicate_pairs(hashes):
         i, j = kept[a], kept[b]
         if not (alive[i] and alive[j]):
             continue
         if records[i].source != records[j].source:
-            drop(j, "near duplicate", f"perceptual hash within {NEAR_DUP_BITS}/{PHASH_SIZE**2} bits of {records[i].source}:{records[i].path}")
+            drop(
+                j,
+                "near duplicate",
+                f"perceptual hash within {NEAR_DUP_BITS}/{PHASH_SIZE**2} bits of {records[i].source}:{records[i].path}",
+            )
             links.append((i, j))
         else:
             uf.union(i, j)  # same source, e.g. one image under two patient ids: keep both, never split them
@@ -389,7 +459,9 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     # 6. groups that must share a split: same patient (per source), same non-numeric id across sources
     first_of: dict[str, int] = {}
     for i in kept:
-        for key in (records[i].uid,) + ((f"id:{records[i].patient_id}",) if not records[i].patient_id.isdigit() else ()):
+        for key in (records[i].uid,) + (
+            (f"id:{records[i].patient_id}",) if not records[i].patient_id.isdigit() else ()
+        ):
             uf.union(i, first_of.setdefault(key, i))
     for i, j in links:  # one image in two places means one person: keep their other images together
         if records[j].uid in first_of:
@@ -405,11 +477,15 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     strict_failures = [e for e in exclusions if e.reason not in FILTER_REASONS]
     if cfg.strict and strict_failures:
         e = strict_failures[0]
-        raise CovidnetError(f"--strict: {len(strict_failures)} record(s) excluded for errors; first: {e.item}: {e.reason} ({e.detail})")
+        raise CovidnetError(
+            f"--strict: {len(strict_failures)} record(s) excluded for errors; first: {e.item}: {e.reason} ({e.detail})"
+        )
 
     order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
     scratch_arr = np.load(scratch, mmap_mode="r")
-    images = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(order), cfg.size, cfg.size))
+    images = np.lib.format.open_memmap(
+        tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(order), cfg.size, cfg.size)
+    )
     for row, i in enumerate(order):
         images[row] = scratch_arr[slot[i]]
     images.flush()
@@ -427,21 +503,30 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
     report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
     report["risk"] = risk
-    report["anomalies"] = {"count": len(anomalies), "by_reason": dict(Counter(a.reason for a in anomalies)),
-                           "items": [asdict(a) for a in anomalies]}  # kept, though the source gets them wrong
+    report["anomalies"] = {
+        "count": len(anomalies),
+        "by_reason": dict(Counter(a.reason for a in anomalies)),
+        "items": [asdict(a) for a in anomalies],
+    }  # kept, though the source gets them wrong
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     cfg.contract.write(tmp)  # what training reads back, and every checkpoint and export carries
-    (tmp / "config.json").write_text(json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2))
+    (tmp / "config.json").write_text(
+        json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2)
+    )
     return report
 
 
 def _severity_in_splits(section: dict, records, order, split_of) -> dict:
     """The severity section with what reached the dataset: scored images and patients per split."""
     scored = [i for i in order if "geographic" in records[i].extra]
-    return {**section, "in_dataset": {
-        "images": {s: sum(1 for i in scored if split_of[i] == s) for s in SPLITS},
-        "patients": {s: len({records[i].uid for i in scored if split_of[i] == s}) for s in SPLITS},
-        "scored_images_left_out_by_the_build": section["images_scored"] - len(scored)}}
+    return {
+        **section,
+        "in_dataset": {
+            "images": {s: sum(1 for i in scored if split_of[i] == s) for s in SPLITS},
+            "patients": {s: len({records[i].uid for i in scored if split_of[i] == s}) for s in SPLITS},
+            "scored_images_left_out_by_the_build": section["images_scored"] - len(scored),
+        },
+    }
 
 
 def _consume(iterator, total: int, progress: bool) -> list:
@@ -461,8 +546,11 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
     labels = [r.label for r in records]
     official: dict = {}
     # a released COVIDx folder names its own split (the covidx reader puts it on each record)
-    own = {i: records[i].extra["official_split"] for i in kept
-           if cfg.split == "official" and records[i].extra.get("official_split") in SPLITS}
+    own = {
+        i: records[i].extra["official_split"]
+        for i in kept
+        if cfg.split == "official" and records[i].extra.get("official_split") in SPLITS
+    }
     if not cfg.split_files and not own:
         by_group = _stratified_split(groups, labels, cfg)
         return {i: by_group[uf.find(i)] for i in kept}, official
@@ -490,7 +578,9 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
                 named.setdefault(i, split)
                 ours = records[i].label if row["label"] in CLASSES else to_binary(records[i].label)
                 if ours != row["label"]:
-                    disagree.append(f"{row['file']}:{row['line']}: {row['filename']} is {row['label']} there, {ours} here")
+                    disagree.append(
+                        f"{row['file']}:{row['line']}: {row['filename']} is {row['label']} there, {ours} here"
+                    )
     for i, split in own.items():  # the release's own split, test first as well
         if i not in named or SPLITS.index(split) > SPLITS.index(named[i]):
             named[i] = split
@@ -506,8 +596,13 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
     for i in kept:
         g = uf.find(i)
         if i in named and named[i] != group_split[g]:
-            drop(i, "patient also in the official test split" if group_split[g] == "test" else "patient also in another official split",
-                 f"listed in {named[i]}, but its patient is in {group_split[g]}: kept out so no patient crosses splits")
+            drop(
+                i,
+                "patient also in the official test split"
+                if group_split[g] == "test"
+                else "patient also in another official split",
+                f"listed in {named[i]}, but its patient is in {group_split[g]}: kept out so no patient crosses splits",
+            )
             leaked.append(i)
         elif i in named or (g in group_split and not cfg.split_files):  # unlisted: follows its patient's split
             split_of[i] = group_split[g]
@@ -518,7 +613,9 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
     if cfg.val_fraction and not val_given:
         train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items() if g in group_split}
         train_groups = {g: m for g, m in train_groups.items() if m}
-        sub = BuildConfig(sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed)
+        sub = BuildConfig(
+            sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed
+        )
         for g, split in _stratified_split(train_groups, labels, sub).items():
             for i in train_groups[g]:
                 split_of[i] = split
@@ -532,7 +629,9 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
     by_source: dict[str, Counter] = defaultdict(Counter)
     for i, split in named.items():
         by_source[records[i].source][split] += 1
-    release_files = sorted({records[i].extra["label_file"].rsplit(":", 1)[0] for i in own if records[i].extra.get("label_file")})
+    release_files = sorted(
+        {records[i].extra["label_file"].rsplit(":", 1)[0] for i in own if records[i].extra.get("label_file")}
+    )
     official = {
         "files": [[s, str(p)] for s, p in cfg.split_files],
         "release_label_files": release_files,  # a covidx source's own train/val/test.txt
@@ -545,7 +644,9 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
         "missing": [f"{m['file']}:{m['line']}: {m['filename']}" for m in missing],
         "label_disagreements": disagree,  # the official list's label differs from what the source says
         "leakage": {"patients": len({records[i].uid for i in leaked}), "images_left_out": len(leaked)},
-        "val": "from the official lists" if val_given else ("carved from train by patient" if cfg.val_fraction else "none"),
+        "val": "from the official lists"
+        if val_given
+        else ("carved from train by patient" if cfg.val_fraction else "none"),
     }
     return split_of, official
 
@@ -559,13 +660,23 @@ def _checks(records, kept, split_of, phash, digests) -> dict:
     for i in kept:
         digest_splits[digests[i]].add(split_of[i])
     crossing_exact = sum(1 for s in digest_splits.values() if len(s) > 1)
-    hashes = np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1) if kept else np.zeros((0, 32), np.uint8)
-    crossing_near = [(kept[a], kept[b]) for a, b in near_duplicate_pairs(hashes) if split_of[kept[a]] != split_of[kept[b]]]
+    hashes = (
+        np.frombuffer(b"".join(phash[i] for i in kept), dtype=np.uint8).reshape(len(kept), -1)
+        if kept
+        else np.zeros((0, 32), np.uint8)
+    )
+    crossing_near = [
+        (kept[a], kept[b]) for a, b in near_duplicate_pairs(hashes) if split_of[kept[a]] != split_of[kept[b]]
+    ]
     return {
         "no_patient_in_two_splits": {"passed": not crossing_patients, "violations": crossing_patients[:20]},
         "no_exact_duplicate_across_splits": {"passed": crossing_exact == 0, "violations": crossing_exact},
-        "no_near_duplicate_across_splits": {"passed": not crossing_near, "violations": len(crossing_near),
-                                            "threshold_bits": NEAR_DUP_BITS, "hash_bits": PHASH_SIZE**2},
+        "no_near_duplicate_across_splits": {
+            "passed": not crossing_near,
+            "violations": len(crossing_near),
+            "threshold_bits": NEAR_DUP_BITS,
+            "hash_bits": PHASH_SIZE**2,
+        },
         "every_record_accounted_for": {"passed": all(i in split_of for i in kept), "violations": 0},
     }
 
@@ -574,12 +685,38 @@ def _write_records_table(path: Path, records, alive, split_of, exclusions) -> No
     reason = {e.item: e for e in exclusions}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["patient_id", "filename", "path", "label", "source", "view", "age", "sex", "split", "excluded_reason", "excluded_detail"])
+        w.writerow(
+            [
+                "patient_id",
+                "filename",
+                "path",
+                "label",
+                "source",
+                "view",
+                "age",
+                "sex",
+                "split",
+                "excluded_reason",
+                "excluded_detail",
+            ]
+        )
         for i, r in enumerate(records):
             e = reason.get(str(r.path)) if not alive[i] else None
-            w.writerow([r.patient_id, r.filename, str(r.path), r.label, r.source, r.view or "",
-                        "" if r.age is None else f"{r.age:g}", r.sex or "", split_of.get(i, "") if alive[i] else "",
-                        e.reason if e else "", e.detail if e else ""])
+            w.writerow(
+                [
+                    r.patient_id,
+                    r.filename,
+                    str(r.path),
+                    r.label,
+                    r.source,
+                    r.view or "",
+                    "" if r.age is None else f"{r.age:g}",
+                    r.sex or "",
+                    split_of.get(i, "") if alive[i] else "",
+                    e.reason if e else "",
+                    e.detail if e else "",
+                ]
+            )
 
 
 def _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0) -> dict:
@@ -598,9 +735,12 @@ def _report(cfg, records, order, split_of, exclusions, notes, checks, official, 
         "size": cfg.size,
         "counts": counts,
         "totals": totals,
-        "excluded": {"count": len(exclusions), "by_reason": dict(Counter(e.reason for e in exclusions)),
-                     "by_source": dict(Counter(e.source for e in exclusions)),
-                     "items": [asdict(e) for e in exclusions]},
+        "excluded": {
+            "count": len(exclusions),
+            "by_reason": dict(Counter(e.reason for e in exclusions)),
+            "by_source": dict(Counter(e.source for e in exclusions)),
+            "items": [asdict(e) for e in exclusions],
+        },
         "checks": checks,
         "official_split": official or None,
         "notes": notes,

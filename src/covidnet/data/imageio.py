@@ -53,7 +53,9 @@ def read_image(path: str | os.PathLike[str], min_side: int | None = None) -> np.
 
 
 def read_image_bytes(
-    data: bytes | bytearray | memoryview, name: str = "<upload>", min_side: int | None = None,
+    data: bytes | bytearray | memoryview,
+    name: str = "<upload>",
+    min_side: int | None = None,
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """As ``read_image``, for bytes already in memory (an upload); ``name`` is used in messages and its
@@ -111,8 +113,9 @@ def _read(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int | None 
 
 def _too_large(name: str, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"{name}: image too large ({width} x {height} = {width * height:,} pixels; "
-                                 f"the limit is {max_pixels:,})")
+        raise ImageTooLargeError(
+            f"{name}: image too large ({width} x {height} = {width * height:,} pixels; the limit is {max_pixels:,})"
+        )
 
 
 def _read_pil(fp: BinaryIO, name: str, min_side: int | None, max_pixels: int | None = None) -> np.ndarray:

@@ -3,9 +3,9 @@ line names, as ``covidnet eval --labels FILE --images DIR`` reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import CovidnetError
 from .imageio import IMAGE_SUFFIXES
@@ -32,10 +32,14 @@ def read_label_file(path: Path | str, classes: Sequence[str]) -> list[LabelRow]:
             continue
         parts = line.split()
         if len(parts) not in (3, 4):
-            raise CovidnetError(f"{path}:{n}: expected 'patientid filename label [source]' (3 or 4 columns), got "
-                                f"{len(parts)}: {line.strip()!r} (a patient id or file name containing spaces?)")
+            raise CovidnetError(
+                f"{path}:{n}: expected 'patientid filename label [source]' (3 or 4 columns), got "
+                f"{len(parts)}: {line.strip()!r} (a patient id or file name containing spaces?)"
+            )
         if parts[2] not in classes:
-            raise CovidnetError(f"{path}:{n}: unknown label {parts[2]!r}; this checkpoint's classes are {', '.join(classes)}")
+            raise CovidnetError(
+                f"{path}:{n}: unknown label {parts[2]!r}; this checkpoint's classes are {', '.join(classes)}"
+            )
         rows.append(LabelRow(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else "", n))
     if not rows:
         raise CovidnetError(f"{path}: the label file is empty")
@@ -52,5 +56,3 @@ def find_image(images: Path, filename: str) -> Path | None:
         if q.is_file():
             return q
     return None
-
-

@@ -60,8 +60,13 @@ def load_image(path: str | os.PathLike[str], size: int = DEFAULT_SIZE, top_crop:
     return preprocess(read_image(path, min_side=_min_side(size, top_crop)), size=size, top_crop=top_crop)
 
 
-def load_image_bytes(data: bytes, name: str = "<upload>", size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP,
-                     max_pixels: int | None = None) -> np.ndarray:
+def load_image_bytes(
+    data: bytes,
+    name: str = "<upload>",
+    size: int = DEFAULT_SIZE,
+    top_crop: float = TOP_CROP,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """As ``load_image``, for a file's bytes already in memory (the HTTP service's uploads); ``name``
     is used in messages, ``max_pixels`` refuses larger images before decoding them."""
     image = read_image_bytes(data, name, min_side=_min_side(size, top_crop), max_pixels=max_pixels)

@@ -28,8 +28,13 @@ from .records import Exclusion, Record
 
 SCORES = ("geographic", "opacity")
 SCORE_MAX = 8.0  # each score: 0-4 per lung, summed over both lungs
-DATASET_ALIASES = {"actmed": "actualmed", "fig1": "figure1", "cohen": "cohen", "actualmed": "actualmed",
-                   "figure1": "figure1"}
+DATASET_ALIASES = {
+    "actmed": "actualmed",
+    "fig1": "figure1",
+    "cohen": "cohen",
+    "actualmed": "actualmed",
+    "figure1": "figure1",
+}
 
 
 def _number(text: str | None) -> float | None:
@@ -52,12 +57,19 @@ def read_severity_file(path: Path) -> tuple[list[dict], list[str]]:
         lower = {h.lower(): raw for h, raw in zip(header, reader.fieldnames or [])}
         missing = [c for c in ("filename", *SCORES) if c not in lower]
         if missing:
-            raise ConfigError(f"{path}: a severity file needs the columns filename, Geographic and Opacity; "
-                              f"missing {', '.join(missing)} (header: {', '.join(header) or 'none'})")
-        rows = [{"filename": (r.get(lower["filename"]) or "").strip(),
-                 **{s: r.get(lower[s]) for s in SCORES},
-                 "dataset": (r.get(lower["dataset"]) or "").strip() if "dataset" in lower else "",
-                 "line": n} for n, r in enumerate(reader, start=2)]
+            raise ConfigError(
+                f"{path}: a severity file needs the columns filename, Geographic and Opacity; "
+                f"missing {', '.join(missing)} (header: {', '.join(header) or 'none'})"
+            )
+        rows = [
+            {
+                "filename": (r.get(lower["filename"]) or "").strip(),
+                **{s: r.get(lower[s]) for s in SCORES},
+                "dataset": (r.get(lower["dataset"]) or "").strip() if "dataset" in lower else "",
+                "line": n,
+            }
+            for n, r in enumerate(reader, start=2)
+        ]
     return rows, header
 
 
@@ -108,10 +120,15 @@ def join_severity(path: Path, records: list[Record], readers: dict[str, str]) ->
                 r.extra.update(values)
                 joined[id(r)] = row["line"]
     section = {
-        "file": str(path), "rows": len(rows), "rows_joined": len(rows) - len(excluded),
+        "file": str(path),
+        "rows": len(rows),
+        "rows_joined": len(rows) - len(excluded),
         "images_scored": len(joined),
-        "excluded": {"count": len(excluded), "by_reason": dict(Counter(e.reason for e in excluded)),
-                     "items": [asdict(e) for e in excluded]},
+        "excluded": {
+            "count": len(excluded),
+            "by_reason": dict(Counter(e.reason for e in excluded)),
+            "items": [asdict(e) for e in excluded],
+        },
     }
     return section, excluded
 
@@ -127,16 +144,27 @@ def check_offsets(records: list[Record]) -> tuple[dict, list[Exclusion]]:
         text = str(r.extra.get("offset", "")).strip()
         days = _number(text)
         if not text:
-            excluded.append(Exclusion(r.source, str(r.path), "no offset", "the source gives no days since symptom onset"))
+            excluded.append(
+                Exclusion(r.source, str(r.path), "no offset", "the source gives no days since symptom onset")
+            )
         elif days is None:
             excluded.append(Exclusion(r.source, str(r.path), "offset not a number", f"offset {text!r}"))
         elif days < 0:
-            excluded.append(Exclusion(r.source, str(r.path), "negative offset",
-                                      f"offset {days:g} days: imaged before the recorded onset"))
+            excluded.append(
+                Exclusion(
+                    r.source, str(r.path), "negative offset", f"offset {days:g} days: imaged before the recorded onset"
+                )
+            )
         else:
             r.extra["offset_days"] = days
             usable += 1
-    section = {"covid_images": usable + len(excluded), "with_offset": usable,
-               "excluded": {"count": len(excluded), "by_reason": dict(Counter(e.reason for e in excluded)),
-                            "items": [asdict(e) for e in excluded]}}
+    section = {
+        "covid_images": usable + len(excluded),
+        "with_offset": usable,
+        "excluded": {
+            "count": len(excluded),
+            "by_reason": dict(Counter(e.reason for e in excluded)),
+            "items": [asdict(e) for e in excluded],
+        },
+    }
     return section, excluded

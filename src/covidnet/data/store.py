@@ -18,8 +18,21 @@ from .records import BINARY_CLASSES, CLASSES, NEGATIVE_ONLY, Record, patient_uid
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
-INDEX_COLUMNS = ("row", "patient_id", "filename", "label", "label_binary", "source", "split", "view", "age", "sex",
-                 "geographic", "opacity", "offset")  # the last three: severity scores (0-8) and days since onset, or empty
+INDEX_COLUMNS = (
+    "row",
+    "patient_id",
+    "filename",
+    "label",
+    "label_binary",
+    "source",
+    "split",
+    "view",
+    "age",
+    "sex",
+    "geographic",
+    "opacity",
+    "offset",
+)  # the last three: severity scores (0-8) and days since onset, or empty
 
 
 def _num(v) -> str:
@@ -31,9 +44,23 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
         w = csv.writer(f)
         w.writerow(INDEX_COLUMNS)
         for n, (r, split) in enumerate(rows):
-            w.writerow([n, r.patient_id, r.filename, r.label, to_binary(r.label), r.source, split, r.view or "",
-                        _num(r.age), r.sex or "", _num(r.extra.get("geographic")), _num(r.extra.get("opacity")),
-                        _num(r.extra.get("offset_days"))])
+            w.writerow(
+                [
+                    n,
+                    r.patient_id,
+                    r.filename,
+                    r.label,
+                    to_binary(r.label),
+                    r.source,
+                    split,
+                    r.view or "",
+                    _num(r.age),
+                    r.sex or "",
+                    _num(r.extra.get("geographic")),
+                    _num(r.extra.get("opacity")),
+                    _num(r.extra.get("offset_days")),
+                ]
+            )
 
 
 @dataclass
@@ -58,8 +85,10 @@ class Store:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
         names = [self.index[i]["label"] for i in rows]
         if NEGATIVE_ONLY in names:  # a binary release says negative, not whether normal or pneumonia
-            raise CovidnetError(f"{self.root}: {names.count(NEGATIVE_ONLY)} of these {len(names)} images are labelled only "
-                                f"{NEGATIVE_ONLY!r} (a binary COVIDx release); train or evaluate them with --binary")
+            raise CovidnetError(
+                f"{self.root}: {names.count(NEGATIVE_ONLY)} of these {len(names)} images are labelled only "
+                f"{NEGATIVE_ONLY!r} (a binary COVIDx release); train or evaluate them with --binary"
+            )
         return np.array([CLASSES.index(n) for n in names], dtype=np.int64)
 
     def names(self, rows: np.ndarray) -> list[str]:
@@ -79,8 +108,7 @@ class Store:
         rows = self.rows() if rows is None else rows
         return np.array([float(self.index[i].get(name) or "nan") for i in rows], dtype=np.float64)
 
-
-    def derive(self, folder: Path | str, splits: list[str]) -> "Store":
+    def derive(self, folder: Path | str, splits: list[str]) -> Store:
         """A dataset in ``folder`` with these images (linked, not copied), this contract, and the split
         column replaced by ``splits`` (one per row): how the audit and studies hold a source out."""
         import os
@@ -107,7 +135,9 @@ def open_store(root: Path | str) -> Store:
     with open(index_path, newline="") as f:
         index = list(csv.DictReader(f))
     if len(index) != len(images):
-        raise CovidnetError(f"{root}: index.csv has {len(index)} rows but images.npy {len(images)}; the dataset is damaged")
+        raise CovidnetError(
+            f"{root}: index.csv has {len(index)} rows but images.npy {len(images)}; the dataset is damaged"
+        )
     return Store(root, images, index, _read_contract(root, int(images.shape[-1])))
 
 
@@ -121,6 +151,8 @@ def _read_contract(root: Path, stored: int) -> Contract:
         build = json.loads(config.read_text())
         contract = Contract(stored_size=int(build["size"]), top_crop=float(build["top_crop"]))
     if contract.stored_size != stored:
-        raise CovidnetError(f"{root}: images.npy holds {stored}-px images but its contract says {contract.stored_size}; "
-                            "the dataset is damaged")
+        raise CovidnetError(
+            f"{root}: images.npy holds {stored}-px images but its contract says {contract.stored_size}; "
+            "the dataset is damaged"
+        )
     return contract

@@ -65,14 +65,43 @@ OFFSET_GREY_LEVELS = 25  # the "offset" shortcut: every pixel this much brighter
 
 # The columns of the real metadata.csv, in its order (its trailing unnamed column left out).
 COHEN_COLUMNS = (
-    "patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated",
-    "intubation_present", "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature",
-    "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date",
-    "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "RT_PCR_positive",
+    "survival",
+    "intubated",
+    "intubation_present",
+    "went_icu",
+    "in_icu",
+    "needed_supplemental_O2",
+    "extubated",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
 )
 PHANTOM_COLUMNS = (
-    "phantom_geographic", "phantom_opacity", "phantom_extent_right", "phantom_extent_left",
-    "phantom_shortcut", "phantom_hospital",
+    "phantom_geographic",
+    "phantom_opacity",
+    "phantom_extent_right",
+    "phantom_extent_left",
+    "phantom_shortcut",
+    "phantom_hospital",
 )
 # The hierarchical findings of the current cohen release; bacteria as in its rows.
 FINDINGS = {
@@ -97,8 +126,9 @@ class SynthConfig:
     class_mix: dict[str, float] = field(default_factory=lambda: {c: 1 / 3 for c in CLASSES})
     hospitals: int = 2  # "Phantom Hospital A", "Phantom Hospital B", ...
     ap_fraction: float = 0.25  # share of patients imaged AP (portable) instead of PA
-    shortcut: str | None = option(None, "plant a shortcut on one hospital's COVID-19 images (for audit tests)",
-                                  choices=("marker", "offset"))
+    shortcut: str | None = option(
+        None, "plant a shortcut on one hospital's COVID-19 images (for audit tests)", choices=("marker", "offset")
+    )
     shortcut_label: str | None = "COVID-19"  # the shortcut is planted on this class (None: every class) ...
     shortcut_hospital: int = 0  # ... and only on images from this hospital
 
@@ -112,17 +142,27 @@ class SynthConfig:
             (1 <= lo <= hi, f"images_per_patient must be a range (lo, hi) with 1 <= lo <= hi, not {(lo, hi)}"),
             (self.hospitals >= 1, f"hospitals must be at least 1, not {self.hospitals}"),
             (0.0 <= self.ap_fraction <= 1.0, f"ap_fraction must lie in [0, 1], not {self.ap_fraction}"),
-            (self.shortcut is None or self.shortcut in SHORTCUTS,
-             f"unknown shortcut {self.shortcut!r}; expected None or one of {', '.join(SHORTCUTS)}"),
-            (self.shortcut_label is None or self.shortcut_label in CLASSES,
-             f"unknown shortcut_label {self.shortcut_label!r}; expected one of {', '.join(CLASSES)}"),
-            (0 <= self.shortcut_hospital < self.hospitals,
-             f"shortcut_hospital must be in 0..{self.hospitals - 1}, not {self.shortcut_hospital}"),
-            (set(self.class_mix) <= set(CLASSES),
-             f"class_mix has unknown classes {sorted(set(self.class_mix) - set(CLASSES))}; "
-             f"expected {', '.join(CLASSES)}"),
-            (all(w >= 0 for w in self.class_mix.values()) and sum(self.class_mix.values()) > 0,
-             "class_mix weights must be non-negative and not all zero"),
+            (
+                self.shortcut is None or self.shortcut in SHORTCUTS,
+                f"unknown shortcut {self.shortcut!r}; expected None or one of {', '.join(SHORTCUTS)}",
+            ),
+            (
+                self.shortcut_label is None or self.shortcut_label in CLASSES,
+                f"unknown shortcut_label {self.shortcut_label!r}; expected one of {', '.join(CLASSES)}",
+            ),
+            (
+                0 <= self.shortcut_hospital < self.hospitals,
+                f"shortcut_hospital must be in 0..{self.hospitals - 1}, not {self.shortcut_hospital}",
+            ),
+            (
+                set(self.class_mix) <= set(CLASSES),
+                f"class_mix has unknown classes {sorted(set(self.class_mix) - set(CLASSES))}; "
+                f"expected {', '.join(CLASSES)}",
+            ),
+            (
+                all(w >= 0 for w in self.class_mix.values()) and sum(self.class_mix.values()) > 0,
+                "class_mix weights must be non-negative and not all zero",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -137,6 +177,7 @@ def hospital_name(i: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Anatomy and pose
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Anatomy:
@@ -169,12 +210,24 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     u = rng.uniform
     body_width = u(0.84, 0.92)
     return Anatomy(
-        scale=u(0.9, 1.0), dx=u(-0.04, 0.04), dy=u(-0.02, 0.05), rotation=math.radians(u(-3, 3)),
-        body_width=body_width, lung_lateral=body_width - u(0.09, 0.13), lung_medial=u(0.11, 0.15),
-        apex_y=u(-0.76, -0.66), base_y=u(0.5, 0.62), dome=u(0.16, 0.24),
-        heart_x=u(0.1, 0.16), heart_y=u(0.2, 0.27), heart_size=u(0.9, 1.08),
-        rib_top=u(-0.92, -0.86), rib_gap=u(0.108, 0.12),
-        exposure=u(0.93, 1.05), gamma=u(0.85, 1.15), gastric_bubble=bool(rng.random() < 0.7),
+        scale=u(0.9, 1.0),
+        dx=u(-0.04, 0.04),
+        dy=u(-0.02, 0.05),
+        rotation=math.radians(u(-3, 3)),
+        body_width=body_width,
+        lung_lateral=body_width - u(0.09, 0.13),
+        lung_medial=u(0.11, 0.15),
+        apex_y=u(-0.76, -0.66),
+        base_y=u(0.5, 0.62),
+        dome=u(0.16, 0.24),
+        heart_x=u(0.1, 0.16),
+        heart_y=u(0.2, 0.27),
+        heart_size=u(0.9, 1.08),
+        rib_top=u(-0.92, -0.86),
+        rib_gap=u(0.108, 0.12),
+        exposure=u(0.93, 1.05),
+        gamma=u(0.85, 1.15),
+        gastric_bubble=bool(rng.random() < 0.7),
         seed=int(rng.integers(2**32)),
     )
 
@@ -187,7 +240,7 @@ class _Frame:
         self.scale = an.scale * (1 + jitter[0])
         self.shift = (an.dx + jitter[1], an.dy + jitter[2])
         self.angle = an.rotation + jitter[3]
-        c = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1)
+        c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
         X, Y = np.meshgrid(c - np.float32(self.shift[0]), c - np.float32(self.shift[1]))
         cos, sin = np.float32(math.cos(self.angle) / self.scale), np.float32(math.sin(self.angle) / self.scale)
         self.x = cos * X + sin * Y
@@ -222,14 +275,14 @@ class _Frame:
         ok = (cr >= 0).all(axis=1) & (cr < self.size).all(axis=1)
         sig_px = max(sigma / self.px, 0.6)
         w = segs[seg, 4][ok] * 0.5 * math.sqrt(2 * math.pi) * sig_px
-        img = np.bincount(cr[ok, 1] * self.size + cr[ok, 0], weights=w, minlength=self.size ** 2)
+        img = np.bincount(cr[ok, 1] * self.size + cr[ok, 0], weights=w, minlength=self.size**2)
         return _blur(img.reshape(self.size, self.size).astype(np.float32), sig_px)
 
 
 @lru_cache(maxsize=32)
 def _gaussian_transfer(n: int, sigma: float) -> np.ndarray:
     fy, fx = np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]
-    return np.exp(-2 * (np.pi * sigma) ** 2 * (fx ** 2 + fy ** 2)).astype(np.float32)
+    return np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2)).astype(np.float32)
 
 
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -238,7 +291,7 @@ def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     pad = min(img.shape[0] - 1, math.ceil(3 * sigma_px))
     p = np.pad(img, pad, mode="reflect")
     out = np.fft.irfft2(np.fft.rfft2(p) * _gaussian_transfer(p.shape[0], round(float(sigma_px), 2)), s=p.shape)
-    return out[pad:pad + img.shape[0], pad:pad + img.shape[1]].astype(np.float32)
+    return out[pad : pad + img.shape[0], pad : pad + img.shape[1]].astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
@@ -249,6 +302,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.nd
 # --------------------------------------------------------------------------------------------------
 # Anatomy drawn (as X-ray attenuation: more is brighter on the film)
 # --------------------------------------------------------------------------------------------------
+
 
 def _body(f: _Frame, an: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     """(soft-tissue thickness 0-1, body mask): neck, trapezius slopes, shoulders, chest wall, and
@@ -262,7 +316,7 @@ def _body(f: _Frame, an: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     arm = 0.6 * np.sqrt(np.clip(1 - ((a - arm_c) / arm_r) ** 2, 0, 1))
     thick = np.maximum(torso, arm) * top
     body = np.maximum(f.soft(width - a, 0.02), f.soft(arm_r - np.abs(a - arm_c), 0.02)) * top
-    return 0.15 * body + 0.85 * thick ** 1.2, body
+    return 0.15 * body + 0.85 * thick**1.2, body
 
 
 def _lung(f: _Frame, an: Anatomy, side: int, inspiration: float, ap: bool) -> dict[str, np.ndarray]:
@@ -293,7 +347,10 @@ def _lung(f: _Frame, an: Anatomy, side: int, inspiration: float, ap: bool) -> di
     over_apex = apex_a + 0.08 - (apex_a + 0.03) * np.clip((top - f.y) / 0.16, 0, 1) ** 2
     cage = np.where(f.y < top, over_apex, lateral + 0.08)
     return {
-        "mask": f.soft(d, 0.012), "depth": np.clip(d / 0.18, 0, 1) ** 0.6, "t": t, "u": u,
+        "mask": f.soft(d, 0.012),
+        "depth": np.clip(d / 0.18, 0, 1) ** 0.6,
+        "t": t,
+        "u": u,
         "diaphragm": diaphragm,
         "cage": f.soft(cage - A, 0.03) * f.soft(A + 0.1, 0.01) * f.soft(cp + 0.12 - f.y, 0.05),
     }
@@ -320,17 +377,16 @@ def _ribs(f: _Frame, an: Anatomy, cage: np.ndarray) -> np.ndarray:
     def nearest(raw: np.ndarray, slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kc = (np.sqrt(np.maximum(1 + 4 * a * raw, 0)) - 1) / (2 * a)  # raw = k + a k^2, solved for k
         k = np.round(kc)
-        return k, np.abs(kc - k) * gap * (1 + 2 * a * k) / np.sqrt(1 + slope ** 2)
+        return k, np.abs(kc - k) * gap * (1 + 2 * a * k) / np.sqrt(1 + slope**2)
 
-    k, dist = nearest((y - an.rib_top - (-0.12 * A + 0.5 * A ** 2)) / gap, A - 0.12)
+    k, dist = nearest((y - an.rib_top - (-0.12 * A + 0.5 * A**2)) / gap, A - 0.12)
     half = 0.02 + 0.012 * A
     ribs = 0.5 * f.soft(half - dist, 0.008) + 0.45 * np.exp(-(((dist - 0.85 * half) / (0.22 * half)) ** 2))
     ribs *= f.soft(A - 0.07, 0.01) * ((k >= 1) & (k <= 10))
     # anterior ribs: from where the posterior rib meets the chest wall, down and in, fading medially
     lat = an.body_width - 0.05
     run = lat - A
-    k, dist = nearest((y - an.rib_top - (-0.12 * lat + 0.5 * lat ** 2) - 0.5 * run - 0.2 * run ** 2) / gap,
-                      0.5 + 0.4 * run)
+    k, dist = nearest((y - an.rib_top - (-0.12 * lat + 0.5 * lat**2) - 0.5 * run - 0.2 * run**2) / gap, 0.5 + 0.4 * run)
     fade = np.clip((A - 0.3) / 0.3, 0, 1)
     ribs += 0.45 * f.soft(0.017 - dist, 0.01) * fade * ((k >= 1) & (k <= 7))
     return ribs * cage
@@ -376,14 +432,23 @@ def _vessel_tree(rng: np.random.Generator, an: Anatomy, max_depth: int = 5) -> n
                 segs.append((x0, y0, x1, y1, w))
                 if depth < max_depth:
                     for turn in (-1, 1):
-                        stack.append((x1, y1, ang + turn * math.radians(rng.uniform(15, 35)),
-                                      ln * rng.uniform(0.65, 0.85), w * 0.66, depth + 1))
+                        stack.append(
+                            (
+                                x1,
+                                y1,
+                                ang + turn * math.radians(rng.uniform(15, 35)),
+                                ln * rng.uniform(0.65, 0.85),
+                                w * 0.66,
+                                depth + 1,
+                            )
+                        )
     return np.array(segs, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
 # Disease drawn (as a map 0-1 of how much of the air space is filled)
 # --------------------------------------------------------------------------------------------------
+
 
 def _covid_opacity(f: _Frame, lungs: list[dict], an: Anatomy, severity: float, rng: np.random.Generator) -> np.ndarray:
     """Ground glass: bilateral, peripheral, lower-zone predominant, hazy and multifocal.
@@ -405,8 +470,9 @@ def _covid_opacity(f: _Frame, lungs: list[dict], an: Anatomy, severity: float, r
     return peak * np.tanh(1.6 * field * patchy)
 
 
-def _lobar_opacity(f: _Frame, lungs: list[dict], an: Anatomy, severity: float, rng: np.random.Generator,
-                   airways: np.ndarray) -> tuple[np.ndarray, str]:
+def _lobar_opacity(
+    f: _Frame, lungs: list[dict], an: Anatomy, severity: float, rng: np.random.Generator, airways: np.ndarray
+) -> tuple[np.ndarray, str]:
     """Lobar consolidation: one lobe of one lung, dense, sharp where it meets a fissure and less so
     elsewhere, with air bronchograms (airways stay dark inside the filled lobe)."""
     sites = np.random.default_rng([an.seed, 2])
@@ -439,6 +505,7 @@ def _lobar_opacity(f: _Frame, lungs: list[dict], an: Anatomy, severity: float, r
 # The radiograph
 # --------------------------------------------------------------------------------------------------
 
+
 def _score(o: np.ndarray, lung: np.ndarray) -> tuple[int, int, float]:
     """(geographic 0-4, opacity 0-4, fraction involved) of one lung, measured on the drawn maps."""
     area = max(int(lung.sum()), 1)
@@ -464,10 +531,10 @@ def _burn_marker(img: np.ndarray) -> None:
     s = img.shape[0]
     m = max(8, s // 11)
     r0, c0 = s // 25, s - s // 25 - m
-    img[r0:r0 + m, c0:c0 + m] = 250
+    img[r0 : r0 + m, c0 : c0 + m] = 250
     b = max(2, m // 5)
-    img[r0 + b:r0 + m - b, c0 + b:c0 + 2 * b] = 30  # the stem of the L
-    img[r0 + m - 2 * b:r0 + m - b, c0 + b:c0 + m - b] = 30  # its foot
+    img[r0 + b : r0 + m - b, c0 + b : c0 + 2 * b] = 30  # the stem of the L
+    img[r0 + m - 2 * b : r0 + m - b, c0 + b : c0 + m - b] = 30  # its foot
 
 
 def draw_radiograph(
@@ -543,7 +610,7 @@ def draw_radiograph(
     film = 1 - np.exp(-np.maximum(att, 0))
 
     # the film: exposure and contrast, mottle and grain, slight vignetting
-    film = film ** an.gamma * an.exposure * float(rng.uniform(0.97, 1.03))
+    film = film**an.gamma * an.exposure * float(rng.uniform(0.97, 1.03))
     film += 0.015 * _smooth_noise(rng, size, size / 24) + 0.005 * rng.standard_normal((size, size), dtype=np.float32)
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     film *= 1 - 0.08 * (c[None, :] ** 2 + c[:, None] ** 2)
@@ -558,11 +625,19 @@ def draw_radiograph(
     g_r, o_r, e_r = _score(o, right)
     g_l, o_l, e_l = _score(o, left)
     truth = {
-        "label": label, "severity": severity, "view": "AP" if ap else "PA",
-        "geographic": g_r + g_l, "opacity": o_r + o_l,
-        "geographic_per_lung": {"right": g_r, "left": g_l}, "opacity_per_lung": {"right": o_r, "left": o_l},
-        "extent": {"right": e_r, "left": e_l}, "lobe": lobe, "shortcut": shortcut,
-        "lung_right": right, "lung_left": left, "opacity_map": o,
+        "label": label,
+        "severity": severity,
+        "view": "AP" if ap else "PA",
+        "geographic": g_r + g_l,
+        "opacity": o_r + o_l,
+        "geographic_per_lung": {"right": g_r, "left": g_l},
+        "opacity_per_lung": {"right": o_r, "left": o_l},
+        "extent": {"right": e_r, "left": e_l},
+        "lobe": lobe,
+        "shortcut": shortcut,
+        "lung_right": right,
+        "lung_left": left,
+        "opacity_map": o,
     }
     return img, truth
 
@@ -570,6 +645,7 @@ def draw_radiograph(
 # --------------------------------------------------------------------------------------------------
 # The dataset: cohen layout, follow-ups, planted shortcut
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -622,8 +698,11 @@ def _plan(config: SynthConfig) -> tuple[list[dict], list[_Job]]:
         # sources takes a non-numeric id for an identity (plain integers are per-source counters)
         pid = f"phantom-s{config.seed}-p{patient:04d}"
         severity, offset = (float(rng.uniform(0.3, 0.8)) if label != "normal" else 0.0), 0
-        planted = config.shortcut if (hospital == config.shortcut_hospital
-                                      and config.shortcut_label in (None, label)) else None
+        planted = (
+            config.shortcut
+            if (hospital == config.shortcut_hospital and config.shortcut_label in (None, label))
+            else None
+        )
         for k in range(count):
             if k:  # a follow-up: days later, the disease grown or regressed
                 offset += int(rng.integers(2, 9))
@@ -632,16 +711,28 @@ def _plan(config: SynthConfig) -> tuple[list[dict], list[_Job]]:
             index = len(rows)
             date = first + dt.timedelta(days=offset)
             filename = f"{pid}-{k + 1}.png"
-            rows.append({
-                **{c: "" for c in COHEN_COLUMNS},
-                "patientid": pid, "offset": str(offset), "sex": sex, "age": str(age), "finding": finding,
-                "RT_PCR_positive": "Y" if label == "COVID-19" else "", "view": view, "modality": "X-ray",
-                "date": f"{date:%B} {date.day}, {date.year}", "location": hospital_name(hospital),
-                "folder": "images", "filename": filename, "license": "CC0",
-                "other_notes": f"Synthetic phantom (covidnet.data.synth, seed {config.seed}, image {index}); "
-                               "not a patient.",
-                "phantom_shortcut": planted or "none", "phantom_hospital": str(hospital),
-            })
+            rows.append(
+                {
+                    **{c: "" for c in COHEN_COLUMNS},
+                    "patientid": pid,
+                    "offset": str(offset),
+                    "sex": sex,
+                    "age": str(age),
+                    "finding": finding,
+                    "RT_PCR_positive": "Y" if label == "COVID-19" else "",
+                    "view": view,
+                    "modality": "X-ray",
+                    "date": f"{date:%B} {date.day}, {date.year}",
+                    "location": hospital_name(hospital),
+                    "folder": "images",
+                    "filename": filename,
+                    "license": "CC0",
+                    "other_notes": f"Synthetic phantom (covidnet.data.synth, seed {config.seed}, image {index}); "
+                    "not a patient.",
+                    "phantom_shortcut": planted or "none",
+                    "phantom_hospital": str(hospital),
+                }
+            )
             jobs.append(_Job(config.seed, index, patient, label, severity, view, planted, config.size, filename))
     return rows, jobs
 
@@ -652,12 +743,21 @@ def _notes(truth: dict) -> str:
     if truth["label"] == "normal":
         return "Phantom. Clear lungs; normal heart size; no effusion."
     if truth["label"] == "COVID-19":
-        return (f"Phantom. Bilateral peripheral ground-glass opacities, lower-zone predominant; "
-                f"geographic extent {g}/8, opacity {o}/8.")
-    lobe = {"RUL": "right upper", "RML": "right middle", "RLL": "right lower", "LUL": "left upper",
-            "LLL": "left lower"}[truth["lobe"]]
-    return (f"Phantom. Lobar consolidation of the {lobe} lobe with air bronchograms; "
-            f"geographic extent {g}/8, opacity {o}/8.")
+        return (
+            f"Phantom. Bilateral peripheral ground-glass opacities, lower-zone predominant; "
+            f"geographic extent {g}/8, opacity {o}/8."
+        )
+    lobe = {
+        "RUL": "right upper",
+        "RML": "right middle",
+        "RLL": "right lower",
+        "LUL": "left upper",
+        "LLL": "left lower",
+    }[truth["lobe"]]
+    return (
+        f"Phantom. Lobar consolidation of the {lobe} lobe with air bronchograms; "
+        f"geographic extent {g}/8, opacity {o}/8."
+    )
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:
@@ -671,11 +771,13 @@ def _render(job_and_dir: tuple[_Job, str]) -> dict:
     job, folder = job_and_dir
     anatomy = sample_anatomy(np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(0, job.patient))))
     rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(1, job.index)))
-    img, truth = draw_radiograph(rng, job.size, job.label, anatomy=anatomy, severity=job.severity,
-                                 view=job.view, shortcut=job.shortcut)
+    img, truth = draw_radiograph(
+        rng, job.size, job.label, anatomy=anatomy, severity=job.severity, view=job.view, shortcut=job.shortcut
+    )
     _save_png(img, Path(folder) / job.path)
     return {
-        "phantom_geographic": str(truth["geographic"]), "phantom_opacity": str(truth["opacity"]),
+        "phantom_geographic": str(truth["geographic"]),
+        "phantom_opacity": str(truth["opacity"]),
         "phantom_extent_right": f"{truth['extent']['right']:.3f}",
         "phantom_extent_left": f"{truth['extent']['left']:.3f}",
         "clinical_notes": _notes(truth),
@@ -683,7 +785,11 @@ def _render(job_and_dir: tuple[_Job, str]) -> dict:
 
 
 def write_phantom_dataset(
-    out_dir: str | os.PathLike, config: SynthConfig | None = None, *, progress: bool = True, workers: int | None = None,
+    out_dir: str | os.PathLike,
+    config: SynthConfig | None = None,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write ``config.n`` phantoms as a cohen dataset: ``out_dir/metadata.csv`` and ``out_dir/images/``.
 
@@ -731,8 +837,9 @@ def write_phantom_dataset(
     return out
 
 
-def write_severity_file(phantom_dir: str | os.PathLike, path: str | os.PathLike,
-                        labels: tuple[str, ...] = ("COVID-19",)) -> Path:
+def write_severity_file(
+    phantom_dir: str | os.PathLike, path: str | os.PathLike, labels: tuple[str, ...] = ("COVID-19",)
+) -> Path:
     """The true severity of a phantom dataset's images of ``labels`` as a severity file in the layout of
     COVIDNet-S's ``severity_annotations.csv`` (``filename, Geographic, Opacity, Sum, Product, patientid,
     dataset``): the known answer for ``covidnet data build --severity``. Written atomically."""
@@ -757,8 +864,10 @@ def contact_sheet(images: list[np.ndarray], labels: list[str], path: str | os.Pa
     from PIL import Image, ImageDraw, ImageFont
 
     if not images or len(images) != len(labels):
-        raise ConfigError(f"contact_sheet needs one label per image and at least one image "
-                          f"(got {len(images)} images, {len(labels)} labels)")
+        raise ConfigError(
+            f"contact_sheet needs one label per image and at least one image "
+            f"(got {len(images)} images, {len(labels)} labels)"
+        )
     cell = max(max(im.shape[:2]) for im in images)
     try:
         font = ImageFont.load_default(size=max(10, cell // 18))

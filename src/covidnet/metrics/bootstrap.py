@@ -4,15 +4,16 @@ would understate the uncertainty; each drawn patient brings all of its images.""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 DASH = "—"
 
 
-def patient_bootstrap(flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int,
-                      seed: int) -> dict[str, dict]:
+def patient_bootstrap(
+    flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int, seed: int
+) -> dict[str, dict]:
     """``{key: {"value", "ci95"}}`` for every number ``flat_metrics(idx)`` returns: the value on all
     rows, and the 2.5th and 97.5th percentiles over ``resamples`` bootstrap samples of **patients**
     (each drawn patient brings all of its rows); NaN resamples are ignored, no CI when none is left."""
@@ -30,8 +31,10 @@ def patient_bootstrap(flat_metrics: Callable[[np.ndarray], dict[str, float]], pa
     for key, value in flat.items():
         vals = np.array([b[key] for b in boots], dtype=float) if boots else np.array([])
         vals = vals[~np.isnan(vals)]
-        out[key] = {"value": value, "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
-                    if len(vals) else None}
+        out[key] = {
+            "value": value,
+            "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else None,
+        }
     return out
 
 

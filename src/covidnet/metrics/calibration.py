@@ -4,7 +4,7 @@ meets a sensitivity or specificity target on validation data. Never on test data
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,6 +73,12 @@ def choose_operating_point(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
         sens = float((p[pos] >= t).mean())
         spec_ = float((p[~pos] < t).mean())
         if (kind == "sensitivity" and sens >= target) or (kind == "specificity" and spec_ >= target):
-            return {"class": classes[c], "threshold": float(t), "target": spec, "sensitivity": sens,
-                    "specificity": spec_, "n_val": int(len(y))}
+            return {
+                "class": classes[c],
+                "threshold": float(t),
+                "target": spec,
+                "sensitivity": sens,
+                "specificity": spec_,
+                "n_val": int(len(y)),
+            }
     return None

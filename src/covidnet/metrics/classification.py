@@ -9,7 +9,7 @@ NPV = TN / (TN + FN), where FN are images of class c predicted as another class.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,15 +63,20 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> d
         positives = y == c
         if 0 < positives.sum() < len(y):
             auc[c] = roc_auc_score(positives, probs[:, c])
-    per_class = {name: {"sensitivity": sens[c], "ppv": ppv[c], "npv": npv[c], "specificity": spec[c], "f1": f1[c],
-                        "auc": auc[c]} for c, name in enumerate(classes)}
+    per_class = {
+        name: {"sensitivity": sens[c], "ppv": ppv[c], "npv": npv[c], "specificity": spec[c], "f1": f1[c], "auc": auc[c]}
+        for c, name in enumerate(classes)
+    }
     macro = {}
     for m in METRICS:
         vals = [per_class[c][m] for c in classes if not np.isnan(per_class[c][m])]
         macro[m] = float(np.mean(vals)) if vals else float("nan")
-    return {"accuracy": float((pred == y).mean()) if len(y) else float("nan"), "macro": macro,
-            "per_class": {c: {m: float(v) for m, v in d.items()} for c, d in per_class.items()},
-            "confusion_matrix": {"labels": list(classes), "matrix": cm.tolist()}}
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "macro": macro,
+        "per_class": {c: {m: float(v) for m, v in d.items()} for c, d in per_class.items()},
+        "confusion_matrix": {"labels": list(classes), "matrix": cm.tolist()},
+    }
 
 
 def flatten(point: dict, classes: Sequence[str]) -> dict[str, float]:
@@ -82,14 +87,17 @@ def flatten(point: dict, classes: Sequence[str]) -> dict[str, float]:
     return flat
 
 
-def metrics_with_ci(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], patients, resamples: int,
-                    seed: int) -> dict:
+def metrics_with_ci(
+    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], patients, resamples: int, seed: int
+) -> dict:
     """Every metric of ``point_metrics`` as ``{"value", "ci95"}`` (patient bootstrap); ECE; counts."""
     point = point_metrics(y, probs, classes)
-    cis = patient_bootstrap(lambda idx: flatten(point_metrics(y[idx], probs[idx], classes), classes), patients,
-                            resamples, seed)
+    cis = patient_bootstrap(
+        lambda idx: flatten(point_metrics(y[idx], probs[idx], classes), classes), patients, resamples, seed
+    )
     return {
-        "n": int(len(y)), "n_patients": int(len(np.unique(patients))),
+        "n": int(len(y)),
+        "n_patients": int(len(np.unique(patients))),
         "accuracy": cis["accuracy"],
         "macro": {m: cis[f"macro.{m}"] for m in METRICS},
         "per_class": {c: {m: cis[f"{c}.{m}"] for m in METRICS} for c in classes},
@@ -99,8 +107,15 @@ def metrics_with_ci(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], pa
     }
 
 
-def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], patients: Sequence[str] | None = None,
-                    sources: Sequence[str] | None = None, resamples: int = 1000, seed: int = 0) -> dict:
+def compute_metrics(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    patients: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The classification evaluation JSON: every metric with a 95 % CI from a bootstrap over patients;
     ECE; the same per source (when there are several)."""
     y = np.asarray(y)
@@ -109,6 +124,8 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], pa
     out["per_source"] = {}
     if sources is not None and len(set(sources)) > 1:
         sources = np.asarray(sources)
-        out["per_source"] = {s: metrics_with_ci(y[sources == s], probs[sources == s], classes, patients[sources == s],
-                                                resamples, seed) for s in sorted(set(sources))}
+        out["per_source"] = {
+            s: metrics_with_ci(y[sources == s], probs[sources == s], classes, patients[sources == s], resamples, seed)
+            for s in sorted(set(sources))
+        }
     return out

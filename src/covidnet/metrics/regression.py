@@ -5,7 +5,7 @@ error, root mean squared error, R² (scikit-learn) and Spearman's rank correlati
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,11 +36,15 @@ def severity_point_metrics(y: np.ndarray, pred: np.ndarray, scores: Sequence[str
     return out
 
 
-def severity_metrics(y: np.ndarray, pred: np.ndarray, patients, resamples: int = 1000, seed: int = 0,
-                     scores: Sequence[str] = SCORES) -> dict:
+def severity_metrics(
+    y: np.ndarray, pred: np.ndarray, patients, resamples: int = 1000, seed: int = 0, scores: Sequence[str] = SCORES
+) -> dict:
     """The severity evaluation JSON: ``{"n", "n_patients", "geographic": {"mae": {"value", "ci95"}, …},
     "opacity": {…}, "bootstrap"}``."""
     cis = patient_bootstrap(lambda idx: severity_point_metrics(y[idx], pred[idx], scores), patients, resamples, seed)
-    return {"n": int(len(y)), "n_patients": int(len(set(patients))),
-            **{s: {m: cis[f"{s}.{m}"] for m in SEVERITY_METRICS} for s in scores},
-            "bootstrap": bootstrap_info(resamples, seed)}
+    return {
+        "n": int(len(y)),
+        "n_patients": int(len(set(patients))),
+        **{s: {m: cis[f"{s}.{m}"] for m in SEVERITY_METRICS} for s in scores},
+        "bootstrap": bootstrap_info(resamples, seed),
+    }

@@ -9,8 +9,8 @@ published complexity it is held to (``Published``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -73,9 +73,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown architecture {name!r}; available: {', '.join(list_models())}"
-        ) from None
+        raise UnknownModelError(f"unknown architecture {name!r}; available: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, num_classes: int = 3, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -106,12 +104,27 @@ def _covidnet(config: CovidNetConfig):
 
 _PUB = "Wang et al. 2020, Table 1; reference docs/models.md"
 for _name, _config, _size, _published, _desc in [
-    ("covidnet-cxr-small", CXR_SMALL, 224, Published(117.4, 2.26, 224, _PUB),
-     "COVIDNet-CXR Small: PEPX stages 3-4-6-3, flatten + FC head"),
-    ("covidnet-cxr-large", CXR_LARGE, 224, Published(127.4, 3.59, 224, _PUB),
-     "COVIDNet-CXR Large: as Small, with wider PEPX expansions"),
-    ("covidnet-cxr3b", CXR3B, 480, Published(11.75, 7.50, 480, "Wang et al., Sci. Rep. 10:19549 (2020)"),
-     "COVIDNet-CXR3-B: the Scientific Reports configuration, 480 px, pooled head"),
+    (
+        "covidnet-cxr-small",
+        CXR_SMALL,
+        224,
+        Published(117.4, 2.26, 224, _PUB),
+        "COVIDNet-CXR Small: PEPX stages 3-4-6-3, flatten + FC head",
+    ),
+    (
+        "covidnet-cxr-large",
+        CXR_LARGE,
+        224,
+        Published(127.4, 3.59, 224, _PUB),
+        "COVIDNet-CXR Large: as Small, with wider PEPX expansions",
+    ),
+    (
+        "covidnet-cxr3b",
+        CXR3B,
+        480,
+        Published(11.75, 7.50, 480, "Wang et al., Sci. Rep. 10:19549 (2020)"),
+        "COVIDNet-CXR3-B: the Scientific Reports configuration, 480 px, pooled head",
+    ),
 ]:
     register_model(_name, description=_desc, input_size=_size, published=_published)(_covidnet(_config))
 

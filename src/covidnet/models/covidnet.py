@@ -88,9 +88,7 @@ class Stage(nn.Module):
         super().__init__()
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
         self.path = ConvBNReLU(c_in, c_out, 1)
-        self.blocks = nn.ModuleList(
-            PEPX(c_in if i == 0 else c_out, c_out, c_proj, c_expand) for i in range(depth)
-        )
+        self.blocks = nn.ModuleList(PEPX(c_in if i == 0 else c_out, c_out, c_proj, c_expand) for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
@@ -122,7 +120,7 @@ class CovidNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CovidNetConfig":
+    def from_dict(cls, d: dict) -> CovidNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

@@ -24,8 +24,15 @@ def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if in_channels != 1 or conv.in_channels != 3:
         raise ValueError(f"can only adapt a 3-channel convolution to 1 channel, not {conv.in_channels}->{in_channels}")
     new = nn.Conv2d(
-        1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        1,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     )
     with torch.no_grad():
         new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
@@ -38,8 +45,15 @@ class TorchvisionNet(Classifier):
     """A torchvision classifier split into ``features`` (to the last feature map), ``head`` (pooling
     and every layer before the last linear one) and ``classifier`` (the last linear layer)."""
 
-    def __init__(self, features: nn.Module, head: nn.Sequential, classifier: nn.Linear, num_features: int,
-                 num_classes: int, in_channels: int):
+    def __init__(
+        self,
+        features: nn.Module,
+        head: nn.Sequential,
+        classifier: nn.Linear,
+        num_features: int,
+        num_classes: int,
+        in_channels: int,
+    ):
         super().__init__()
         self.num_features = num_features  # channels of the feature map (timm's meaning), not of the pre-logits
         self.features = features

@@ -65,28 +65,41 @@ class ServeConfig:
     max_upload_mb: float = option(32.0, "larger request bodies get 413")
     # a 7000 x 8500 radiograph; far above any chest X-ray detector
     max_pixels: int = option(60_000_000, "larger images get 413 before decoding (default 60 million)")
-    max_batch: int | None = option(None, "dynamic batching: up to this many waiting requests share a forward pass; "
-                                   "1 turns it off (default: 16 on a GPU, 1 on a CPU, where batches are slower per "
-                                   "image)")  # None: see create_app
+    max_batch: int | None = option(
+        None,
+        "dynamic batching: up to this many waiting requests share a forward pass; "
+        "1 turns it off (default: 16 on a GPU, 1 on a CPU, where batches are slower per "
+        "image)",
+    )  # None: see create_app
     batch_wait_ms: float = option(2.0, "how long a batch waits for more requests")
     queue_size: int = option(64, "requests in flight before 503")
     timeout_s: float = option(60.0, "per-request limit, 504 past it")
     threshold: str | None = option(None, "triage rule, as for predict", metavar="CLASS=P")
-    operating_point: str | None = option(None, "triage by the checkpoint's stored operating point",
-                                         metavar="sensitivity=0.95")
-    cors_origin: list[str] = option(help="allow this browser origin (repeatable; CORS is off by default)",
-                                    default_factory=list, metavar="ORIGIN")
-    keep_uploads: str | None = option(None, "write each upload to DIR, named by request id (default: uploads are "
-                                      "never written to disk)", metavar="DIR")
-    threads: int | None = option(None, "CPU threads of a forward pass (default: all cores; fewer leaves cores to "
-                                 "decoding uploads)")
+    operating_point: str | None = option(
+        None, "triage by the checkpoint's stored operating point", metavar="sensitivity=0.95"
+    )
+    cors_origin: list[str] = option(
+        help="allow this browser origin (repeatable; CORS is off by default)", default_factory=list, metavar="ORIGIN"
+    )
+    keep_uploads: str | None = option(
+        None,
+        "write each upload to DIR, named by request id (default: uploads are never written to disk)",
+        metavar="DIR",
+    )
+    threads: int | None = option(
+        None, "CPU threads of a forward pass (default: all cores; fewer leaves cores to decoding uploads)"
+    )
 
     def validate(self) -> ServeConfig:
-        checks = [(self.max_upload_mb > 0, "--max-upload-mb must be > 0"), (self.max_pixels > 0, "--max-pixels must be > 0"),
-                  (self.max_batch is None or self.max_batch >= 1, "--max-batch must be >= 1"),
-                  (self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
-                  (self.queue_size >= 1, "--queue-size must be >= 1"), (self.timeout_s > 0, "--timeout-s must be > 0"),
-                  (0 <= self.port <= 65535, f"--port {self.port}: not a port number")]
+        checks = [
+            (self.max_upload_mb > 0, "--max-upload-mb must be > 0"),
+            (self.max_pixels > 0, "--max-pixels must be > 0"),
+            (self.max_batch is None or self.max_batch >= 1, "--max-batch must be >= 1"),
+            (self.batch_wait_ms >= 0, "--batch-wait-ms must be >= 0"),
+            (self.queue_size >= 1, "--queue-size must be >= 1"),
+            (self.timeout_s > 0, "--timeout-s must be > 0"),
+            (0 <= self.port <= 65535, f"--port {self.port}: not a port number"),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -117,7 +130,9 @@ def sniff(data: bytes, declared_type: str = "", filename: str = "") -> str | Non
         return "webp"
     if data[128:132] == b"DICM":
         return "dicom"
-    declared_dicom = declared_type.split(";")[0].strip().lower() in _DICOM_TYPES or filename.lower().endswith((".dcm", ".dicom"))
+    declared_dicom = declared_type.split(";")[0].strip().lower() in _DICOM_TYPES or filename.lower().endswith(
+        (".dcm", ".dicom")
+    )
     if declared_dicom and data[:2] in (b"\x02\x00", b"\x08\x00"):  # the first tag of group 0002 or 0008
         return "dicom"
     return None
@@ -149,8 +164,9 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
 
     found: list = []
     # in memory only: the parser would spill files above MAX_MEMORY_FILE_SIZE to disk, and none is that large
-    parser = create_form_parser({"Content-Type": content_type.encode("latin-1")}, None, found.append,
-                                config={"MAX_MEMORY_FILE_SIZE": limit + 1})
+    parser = create_form_parser(
+        {"Content-Type": content_type.encode("latin-1")}, None, found.append, config={"MAX_MEMORY_FILE_SIZE": limit + 1}
+    )
     try:
         parser.write(body)
         parser.finalize()
@@ -168,11 +184,24 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
 # --- the app ----------------------------------------------------------------------------------------
 
 
-UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    **{t: {"schema": {"type": "string", "format": "binary"}} for t in
-       ("image/png", "image/jpeg", "image/webp", "application/dicom")}}}}
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            **{
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in ("image/png", "image/jpeg", "image/webp", "application/dicom")
+            },
+        },
+    }
+}
 
 
 class Service:
@@ -196,25 +225,48 @@ class Service:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.cfg.token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong token: send 'Authorization: Bearer TOKEN'",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong token: send 'Authorization: Bearer TOKEN'",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     def health(self) -> dict:
-        return {"status": "ok", "model_id": self.backend.model_id, "in_flight": self.state["in_flight"],
-                "requests": self.state["requests"], "batches": dict(self.batcher.stats),
-                "uptime_s": round(time.time() - self.state["started"], 1)}
+        return {
+            "status": "ok",
+            "model_id": self.backend.model_id,
+            "in_flight": self.state["in_flight"],
+            "requests": self.state["requests"],
+            "batches": dict(self.batcher.stats),
+            "uptime_s": round(time.time() - self.state["started"], 1),
+        }
 
     def model_info(self) -> dict:
         cfg = self.cfg
-        return {**describe(self.backend), "triage_rule": self.rule, "disclaimer": DISCLAIMER,
-                "limits": {"max_upload_bytes": self.limit, "max_pixels": cfg.max_pixels, "max_batch": self.max_batch,
-                           "queue_size": cfg.queue_size, "timeout_s": cfg.timeout_s},
-                "cam": self.backend.kind == "torch", "token_required": cfg.token is not None}
+        return {
+            **describe(self.backend),
+            "triage_rule": self.rule,
+            "disclaimer": DISCLAIMER,
+            "limits": {
+                "max_upload_bytes": self.limit,
+                "max_pixels": cfg.max_pixels,
+                "max_batch": self.max_batch,
+                "queue_size": cfg.queue_size,
+                "timeout_s": cfg.timeout_s,
+            },
+            "cam": self.backend.kind == "torch",
+            "token_required": cfg.token is not None,
+        }
 
     async def predict(self, request: Request, cam: bool, preview: bool) -> dict:
         if self.state["in_flight"] >= self.cfg.queue_size:
-            raise ApiError(503, "busy", f"{self.state['in_flight']} requests in flight (the limit); retry shortly",
-                           {"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "busy",
+                f"{self.state['in_flight']} requests in flight (the limit); retry shortly",
+                {"Retry-After": "1"},
+            )
         self.state["in_flight"] += 1
         self.state["requests"] += 1
         try:
@@ -228,7 +280,9 @@ class Service:
         t0 = time.perf_counter()
         backend = self.backend
         if cam and backend.kind != "torch":
-            raise ApiError(400, "cam_unavailable", "heat maps need the PyTorch checkpoint; this service runs an ONNX model")
+            raise ApiError(
+                400, "cam_unavailable", "heat maps need the PyTorch checkpoint; this service runs an ONNX model"
+            )
         body = await read_body(request, self.limit)
         data, declared, filename = parse_upload(body, request.headers.get("content-type", ""), self.limit)
         if not data:
@@ -238,13 +292,21 @@ class Service:
             raise ApiError(415, "unsupported_media_type", "not a PNG, JPEG, WebP or DICOM image (by its content)")
         if self.cfg.keep_uploads:
             ext = {"jpeg": "jpg"}.get(kind, kind)
-            await run_in_threadpool((Path(self.cfg.keep_uploads) / f"{request.state.request_id}.{ext}").write_bytes, data)
+            await run_in_threadpool(
+                (Path(self.cfg.keep_uploads) / f"{request.state.request_id}.{ext}").write_bytes, data
+            )
         image = await run_in_threadpool(self.decode, data, kind)
         logits = await self.batcher.submit(image)
         probs = softmax(logits[None], self.meta.get("temperature"))[0]
-        out = {**decide(probs, self.meta["classes"], self.rule), "model_id": backend.model_id,
-               "model_version": self.meta.get("version"), "covidnet_version": __version__, "runtime": backend.kind,
-               "request_id": request.state.request_id, "disclaimer": DISCLAIMER}
+        out = {
+            **decide(probs, self.meta["classes"], self.rule),
+            "model_id": backend.model_id,
+            "model_version": self.meta.get("version"),
+            "covidnet_version": __version__,
+            "runtime": backend.kind,
+            "request_id": request.state.request_id,
+            "disclaimer": DISCLAIMER,
+        }
         if cam:
             heat = await self.batcher.call(backend.cam, image, int(np.argmax(probs)))
             out["cam_png"] = await run_in_threadpool(_overlay_png, image, heat)
@@ -270,8 +332,10 @@ class Service:
 
 
 def _error(status: int, code: str, message: str, request, headers: dict | None = None):
-    body = {"error": {"status": status, "code": code, "message": message},
-            "request_id": getattr(request.state, "request_id", None)}
+    body = {
+        "error": {"status": status, "code": code, "message": message},
+        "request_id": getattr(request.state, "request_id", None),
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -301,8 +365,14 @@ def _install_errors(app: FastAPI) -> None:
         response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
         # method, path and status only: never a file name, a header value or a DICOM field
-        log.info("%s %s %s %d %.0f ms", request.state.request_id, request.method, request.url.path,
-                 response.status_code, 1000 * (time.perf_counter() - t0))
+        log.info(
+            "%s %s %s %d %.0f ms",
+            request.state.request_id,
+            request.method,
+            request.url.path,
+            response.status_code,
+            1000 * (time.perf_counter() - t0),
+        )
         return response
 
 
@@ -318,13 +388,21 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
         yield
         await service.batcher.stop()
 
-    app = FastAPI(title="covidnet", version=__version__, lifespan=lifespan,
-                  description=f"COVID-Net chest X-ray triage service. {DISCLAIMER}")
+    app = FastAPI(
+        title="covidnet",
+        version=__version__,
+        lifespan=lifespan,
+        description=f"COVID-Net chest X-ray triage service. {DISCLAIMER}",
+    )
     if cfg.cors_origin:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origin, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origin,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     _install_errors(app)
     auth = [Depends(service.authorised)]
 
@@ -341,8 +419,12 @@ def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
     async def model_info():
         return service.model_info()
 
-    @app.post("/v1/predict", dependencies=auth, openapi_extra=UPLOAD_SCHEMA,
-              summary="classify one chest X-ray (PNG, JPEG, WebP or DICOM)")
+    @app.post(
+        "/v1/predict",
+        dependencies=auth,
+        openapi_extra=UPLOAD_SCHEMA,
+        summary="classify one chest X-ray (PNG, JPEG, WebP or DICOM)",
+    )
     async def predict(request: Request, cam: bool = False, preview: bool = False):
         return await service.predict(request, cam, preview)
 
@@ -391,6 +473,7 @@ def serve(cfg: ServeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
         log.warning("listening on %s without --token: anyone who can reach it can use it", cfg.host)
-    log.info("covidnet serve: %s (%s) on http://%s:%d/ . %s", backend.model_id, backend.kind, cfg.host, cfg.port, DISCLAIMER)
+    log.info(
+        "covidnet serve: %s (%s) on http://%s:%d/ . %s", backend.model_id, backend.kind, cfg.host, cfg.port, DISCLAIMER
+    )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False, timeout_graceful_shutdown=5)
-

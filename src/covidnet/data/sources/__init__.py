@@ -6,8 +6,8 @@ accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ...errors import UsageError
 from . import agchung, bimcv, cohen, covidx, folder, nih, ricord, rsna, sirm, stonybrook
@@ -30,14 +30,25 @@ READERS: dict[str, Callable[..., SourceData]] = {
 }
 
 # the names COVIDx label files write in their source column (train_COVIDx9A.txt also writes 'rnsa' for 199 RSNA rows)
-COVIDX_SOURCE_ALIASES = {"fig1": "figure1", "actmed": "actualmed", "rsna": "rsna", "rnsa": "rsna", "cohen": "cohen",
-                         "ricord": "ricord", "sirm": "sirm", "stonybrook": "stonybrook", "bimcv": "bimcv"}
+COVIDX_SOURCE_ALIASES = {
+    "fig1": "figure1",
+    "actmed": "actualmed",
+    "rsna": "rsna",
+    "rnsa": "rsna",
+    "cohen": "cohen",
+    "ricord": "ricord",
+    "sirm": "sirm",
+    "stonybrook": "stonybrook",
+    "bimcv": "bimcv",
+}
 
 
 def read_source(reader: str, path: Path, name: str | None = None, **options) -> SourceData:
     if reader not in READERS:
         raise UsageError(f"unknown source reader {reader!r}; available: {', '.join(READERS)}")
-    return READERS[reader](Path(path), source=name or reader, **options)  # options: the reader's own, e.g. cohen's rules
+    return READERS[reader](
+        Path(path), source=name or reader, **options
+    )  # options: the reader's own, e.g. cohen's rules
 
 
 __all__ = ["COVIDX_SOURCE_ALIASES", "READERS", "SourceData", "map_finding", "official_key", "read_source"]

@@ -16,7 +16,6 @@ from ..imageio import IMAGE_SUFFIXES
 from ..records import Exclusion, Record
 
 
-
 @dataclass
 class SourceData:
     """What a reader returns: the records it kept and the rows it left out, with reasons."""
@@ -69,7 +68,9 @@ class ImageIndex:
         self._by_key: dict[str, Path] | None = None  # by official_key, built on first use
         if folder.is_dir():
             with os.scandir(folder) as entries:
-                names = sorted(e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+                names = sorted(
+                    e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                )
             for name in names:
                 p = folder / name
                 self.by_name[name] = p
@@ -112,6 +113,7 @@ LATERAL_WORDS = {"LL", "RL", "LAT", "LATERAL", "L"}
 def view_kind(view_position: str | None, description: str | None = None) -> str | None:
     """'frontal', 'lateral' or None (unknown, or the two disagree) from a DICOM-like ViewPosition and a
     series description ('CHEST_AP_PORT', 'TORAX PA', 'LATERAL'), each read word by word."""
+
     def kind(text: str | None) -> str | None:
         words = set(re.split(r"[^A-Z]+", str(text or "").upper())) - {""}
         frontal, lateral = bool(words & FRONTAL_WORDS), bool(words & LATERAL_WORDS)
@@ -129,8 +131,10 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
     package is needed; stops the build if the file or a required column is missing."""
     if not path.is_file():
         raise SourceError(f"{path}: metadata sheet of source {source!r} not found")
-    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
-          "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships"}
+    ns = {
+        "m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+        "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+    }
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
@@ -173,8 +177,11 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
     missing = [c for c in required if c not in header]
     if missing:
         raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(h for h in header if h)})")
-    return [{h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
-            for r in table[1:] if any(x.strip() for x in r)]
+    return [
+        {h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
+        for r in table[1:]
+        if any(x.strip() for x in r)
+    ]
 
 
 def _column_number(letters: str) -> int:
@@ -205,9 +212,28 @@ def parse_sex(text: str | None) -> str | None:
 # Chlamydophila, Legionella, E.Coli); we add the other infectious pneumonias the sources now name.
 # Non-infectious findings (ARDS alone, lipoid or aspiration pneumonia, tuberculosis) are excluded.
 PNEUMONIA_FINDINGS = {
-    "pneumonia", "viral", "bacterial", "fungal", "sars", "mers", "mers-cov", "influenza", "varicella", "herpes",
-    "streptococcus", "klebsiella", "chlamydophila", "legionella", "e.coli", "staphylococcus", "mycoplasma",
-    "mycoplasma bacterial pneumonia", "pneumocystis", "aspergillosis", "nocardia", "lung opacity",
+    "pneumonia",
+    "viral",
+    "bacterial",
+    "fungal",
+    "sars",
+    "mers",
+    "mers-cov",
+    "influenza",
+    "varicella",
+    "herpes",
+    "streptococcus",
+    "klebsiella",
+    "chlamydophila",
+    "legionella",
+    "e.coli",
+    "staphylococcus",
+    "mycoplasma",
+    "mycoplasma bacterial pneumonia",
+    "pneumocystis",
+    "aspergillosis",
+    "nocardia",
+    "lung opacity",
 }
 NORMAL_FINDINGS = {"no finding", "normal"}
 

@@ -37,17 +37,27 @@ def _read(root: Path, source: str, image_column: str | None) -> SourceData:
         finding = row["finding"].strip()
         label = LABELS.get(finding.lower())
         if label is None:
-            out.exclude(source, item, "unlabelled" if not finding else "finding not in COVIDx classes", f"finding {finding!r}")
+            out.exclude(
+                source, item, "unlabelled" if not finding else "finding not in COVIDx classes", f"finding {finding!r}"
+            )
             continue
         name = row[image_column].strip() if image_column else row["patientid"].strip()
         path = index.find(name)
         if path is None:
             out.exclude(source, item, "image missing", f"{root / 'images' / name}.* not found")
             continue
-        out.records.append(Record(
-            patient_id=_patient(row["patientid"]), path=path, label=label, source=source, view=view or None,
-            age=parse_age(row.get("age")), sex=parse_sex(row.get("sex")), extra={"finding": finding},
-        ))
+        out.records.append(
+            Record(
+                patient_id=_patient(row["patientid"]),
+                path=path,
+                label=label,
+                source=source,
+                view=view or None,
+                age=parse_age(row.get("age")),
+                sex=parse_sex(row.get("sex")),
+                extra={"finding": finding},
+            )
+        )
     return out
 
 

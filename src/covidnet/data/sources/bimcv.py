@@ -95,7 +95,9 @@ def read(root: Path, source: str = NAME) -> SourceData:
         for r in _tsv(table):
             findings[r.get("ReportID", "").strip()] = r.get("Labels", "").strip()
     if not findings:
-        out.notes.append(f"{source}: no findings table (derivatives/labels/labels_covid*posi*.tsv); findings left empty")
+        out.notes.append(
+            f"{source}: no findings table (derivatives/labels/labels_covid*posi*.tsv); findings left empty"
+        )
     no_sidecar = 0
     for path in images:
         ent = entities(path.stem)
@@ -105,8 +107,12 @@ def read(root: Path, source: str = NAME) -> SourceData:
             try:
                 side = read_sidecar(sidecar)
             except (ValueError, UnicodeDecodeError) as e:
-                out.anomaly(source, str(sidecar), "sidecar unreadable",
-                            f"{type(e).__name__}: {e}; the view is taken from the file name")
+                out.anomaly(
+                    source,
+                    str(sidecar),
+                    "sidecar unreadable",
+                    f"{type(e).__name__}: {e}; the view is taken from the file name",
+                )
         else:
             no_sidecar += 1
         body = (side.get("BodyPartExamined") or ent.get("bp", "")).strip().lower()
@@ -123,20 +129,38 @@ def read(root: Path, source: str = NAME) -> SourceData:
             kind = view_kind(ent.get("vp", ""))
         if kind != "frontal":
             reason = "lateral view" if kind == "lateral" else "view not frontal or unknown"
-            out.exclude(source, str(path), reason,
-                        f"ViewPosition {view!r}, series description {series!r}, file name vp-{ent.get('vp', '?')}")
+            out.exclude(
+                source,
+                str(path),
+                reason,
+                f"ViewPosition {view!r}, series description {series!r}, file name vp-{ent.get('vp', '?')}",
+            )
             continue
         subject, session = f"sub-{ent.get('sub', '')}", f"ses-{ent.get('ses', '')}"
         who = participants.get(subject, {})
-        out.records.append(Record(
-            patient_id=ent.get("sub", path.parts[-4]), path=path, label="COVID-19", source=source,
-            view=view or ent.get("vp", "").upper() or None, age=_age(who.get("age", "")),
-            sex=parse_sex(who.get("gender") or side.get("PatientSex")),
-            extra={"session": session, "study_date": sessions.get(session, {}).get("study_date", ""),
-                   "findings": findings.get(session, ""), "series_description": series},
-        ))
+        out.records.append(
+            Record(
+                patient_id=ent.get("sub", path.parts[-4]),
+                path=path,
+                label="COVID-19",
+                source=source,
+                view=view or ent.get("vp", "").upper() or None,
+                age=_age(who.get("age", "")),
+                sex=parse_sex(who.get("gender") or side.get("PatientSex")),
+                extra={
+                    "session": session,
+                    "study_date": sessions.get(session, {}).get("study_date", ""),
+                    "findings": findings.get(session, ""),
+                    "series_description": series,
+                },
+            )
+        )
     if not out.records:
-        raise SourceError(f"{root}: no frontal chest CR/DX radiographs among {len(images)} image(s) of source {source!r}")
+        raise SourceError(
+            f"{root}: no frontal chest CR/DX radiographs among {len(images)} image(s) of source {source!r}"
+        )
     if no_sidecar:
-        out.notes.append(f"{source}: {no_sidecar} image(s) without a JSON sidecar; their view is taken from the file name")
+        out.notes.append(
+            f"{source}: {no_sidecar} image(s) without a JSON sidecar; their view is taken from the file name"
+        )
     return out

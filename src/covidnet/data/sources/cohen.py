@@ -25,9 +25,17 @@ FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
 RULES = ("ours", "reference")
 # the reference's ``mapping``, whole ('Lung Opacity' and '1' are there for RSNA's labels)
 REFERENCE_MAPPING = {
-    "COVID-19": "COVID-19", "SARS": "pneumonia", "MERS": "pneumonia", "Streptococcus": "pneumonia",
-    "Klebsiella": "pneumonia", "Chlamydophila": "pneumonia", "Legionella": "pneumonia", "E.Coli": "pneumonia",
-    "Normal": "normal", "Lung Opacity": "pneumonia", "1": "pneumonia",
+    "COVID-19": "COVID-19",
+    "SARS": "pneumonia",
+    "MERS": "pneumonia",
+    "Streptococcus": "pneumonia",
+    "Klebsiella": "pneumonia",
+    "Chlamydophila": "pneumonia",
+    "Legionella": "pneumonia",
+    "E.Coli": "pneumonia",
+    "Normal": "normal",
+    "Lung Opacity": "pneumonia",
+    "1": "pneumonia",
 }
 REFERENCE_OTHER_SOURCE_URLS = ("eurorad.org", "ml-workgroup", "sirm.org")  # COVID-19 rows only, as there
 OTHER_SOURCE = "reaches COVIDx through another source"
@@ -59,8 +67,12 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
             label = REFERENCE_MAPPING.get(last)
             url = row.get("url") or ""
             if label == "COVID-19" and any(u in url for u in REFERENCE_OTHER_SOURCE_URLS):
-                out.exclude(source, item, OTHER_SOURCE, f"url {url!r}: the reference takes these from the "
-                                                        "COVID-19 Radiography Database")
+                out.exclude(
+                    source,
+                    item,
+                    OTHER_SOURCE,
+                    f"url {url!r}: the reference takes these from the COVID-19 Radiography Database",
+                )
                 continue
         else:
             label = map_finding(finding)
@@ -79,8 +91,16 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
             continue
         extra = {k: row[k] for k in ("finding", "offset", "date", "location", "url", "license") if row.get(k)}
         extra.update({k: v for k, v in row.items() if k.startswith("phantom_") and v})
-        out.records.append(Record(
-            patient_id=row["patientid"].strip(), path=path, label=label, source=source, view=view,
-            age=parse_age(row.get("age")), sex=parse_sex(row.get("sex")), extra=extra,
-        ))
+        out.records.append(
+            Record(
+                patient_id=row["patientid"].strip(),
+                path=path,
+                label=label,
+                source=source,
+                view=view,
+                age=parse_age(row.get("age")),
+                sex=parse_sex(row.get("sex")),
+                extra=extra,
+            )
+        )
     return out

@@ -68,8 +68,10 @@ def label_files(root: Path) -> dict[str, Path]:
             continue
         others = sorted(p for p in root.glob(f"{split}_*.txt") if p.is_file())
         if len(others) > 1:
-            raise SourceError(f"{root}: several label files for {split} ({', '.join(p.name for p in others)}); "
-                              f"keep one, or name it {split}.txt")
+            raise SourceError(
+                f"{root}: several label files for {split} ({', '.join(p.name for p in others)}); "
+                f"keep one, or name it {split}.txt"
+            )
         if others:
             found[split] = others[0]
     return found
@@ -88,8 +90,10 @@ def _parse(path: Path, source: str) -> list[dict]:
             continue
         where = f"{path}:{n}"
         if len(fields) < 3:
-            raise SourceError(f"{where}: too few fields ({len(fields)}); expected 'patient_id filename class "
-                              f"data_source', got {line.strip()!r}")
+            raise SourceError(
+                f"{where}: too few fields ({len(fields)}); expected 'patient_id filename class "
+                f"data_source', got {line.strip()!r}"
+            )
         spaced = False
         if len(fields) <= 4:
             pid, name, label = fields[:3]
@@ -97,13 +101,26 @@ def _parse(path: Path, source: str) -> list[dict]:
         elif fields[-2].lower() in KNOWN:  # 'COVID 70 COVID(70).png COVID-19 sirm': a space in the id
             pid, name, label, origin, spaced = " ".join(fields[:-3]), fields[-3], fields[-2], fields[-1], True
         else:
-            raise SourceError(f"{where}: {len(fields)} fields and no class among the last two; expected "
-                              f"'patient_id filename class data_source', got {line.strip()!r}")
+            raise SourceError(
+                f"{where}: {len(fields)} fields and no class among the last two; expected "
+                f"'patient_id filename class data_source', got {line.strip()!r}"
+            )
         if label.lower() not in KNOWN:
-            raise SourceError(f"{where}: unknown class {label!r} for {name}; expected normal, pneumonia, COVID-19 "
-                              "(three-class releases) or positive, negative (binary ones)")
-        rows.append({"patient_id": pid, "filename": name, "label": label, "origin": origin, "where": where,
-                     "file": path, "spaced": spaced})
+            raise SourceError(
+                f"{where}: unknown class {label!r} for {name}; expected normal, pneumonia, COVID-19 "
+                "(three-class releases) or positive, negative (binary ones)"
+            )
+        rows.append(
+            {
+                "patient_id": pid,
+                "filename": name,
+                "label": label,
+                "origin": origin,
+                "where": where,
+                "file": path,
+                "spaced": spaced,
+            }
+        )
     return rows
 
 
@@ -111,8 +128,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
     root = require_dir(root, source)
     files = label_files(root)
     if not files:
-        raise SourceError(f"{root}: no COVIDx label files (train.txt, val.txt, test.txt, or train_*.txt ...) for "
-                          f"source {source!r}; is this a released COVIDx folder?")
+        raise SourceError(
+            f"{root}: no COVIDx label files (train.txt, val.txt, test.txt, or train_*.txt ...) for "
+            f"source {source!r}; is this a released COVIDx folder?"
+        )
     out = SourceData()
     lines = {split: _parse(path, source) for split, path in files.items()}
     names_listed = {split: {r["filename"] for r in rows} for split, rows in lines.items()}
@@ -134,16 +153,25 @@ def read(root: Path, source: str = NAME) -> SourceData:
         for r in rows:
             r["record_label"] = KNOWN[r["label"].lower()]
             if three and r["label"].lower() == "negative":
-                out.exclude(src(r), item(split, r), "negative label in a three-class file",
-                            f"{said(r)}: 'negative' says neither normal nor pneumonia")
+                out.exclude(
+                    src(r),
+                    item(split, r),
+                    "negative label in a three-class file",
+                    f"{said(r)}: 'negative' says neither normal nor pneumonia",
+                )
                 continue
             if three and r["label"].lower() == "positive":
-                out.anomaly(src(r), item(split, r), "binary label in a three-class file",
-                            f"{said(r)}; read as COVID-19")
+                out.anomaly(
+                    src(r), item(split, r), "binary label in a three-class file", f"{said(r)}; read as COVID-19"
+                )
                 counts["binary label in a three-class file"] += 1
             if r["spaced"]:
-                out.anomaly(src(r), item(split, r), "patient id with a space",
-                            f"{said(r)}; the id is everything before the file name")
+                out.anomaly(
+                    src(r),
+                    item(split, r),
+                    "patient id with a space",
+                    f"{said(r)}; the id is everything before the file name",
+                )
                 counts["patient id with a space"] += 1
             kept.append(r)
         lines[split] = kept
@@ -154,11 +182,15 @@ def read(root: Path, source: str = NAME) -> SourceData:
         for r in lines.get(split, []):
             by_name[r["filename"]].append((split, r))
     chosen: dict[str, list[tuple[str, dict]]] = {s: [] for s in SPLITS}
-    for name, entries in by_name.items():
+    for entries in by_name.values():
         if len({r["record_label"] for _, r in entries}) > 1:
             for split, r in entries:
-                out.exclude(src(r), item(split, r), "conflicting labels for one image",
-                            f"{said(r)}; also " + "; ".join(f"{x['label']} at {x['where']}" for _, x in entries if x is not r))
+                out.exclude(
+                    src(r),
+                    item(split, r),
+                    "conflicting labels for one image",
+                    f"{said(r)}; also " + "; ".join(f"{x['label']} at {x['where']}" for _, x in entries if x is not r),
+                )
             continue
         first_split, first = entries[0]  # test first: an image in two splits stays in the later one
         chosen[first_split].append((first_split, first))
@@ -179,31 +211,54 @@ def read(root: Path, source: str = NAME) -> SourceData:
             continue
         folder = root / split
         if not folder.is_dir():
-            out.notes.append(f"{source}: {files[split].name} lists {len(chosen[split])} images but {folder} does not exist")
+            out.notes.append(
+                f"{source}: {files[split].name} lists {len(chosen[split])} images but {folder} does not exist"
+            )
         for _, r in sorted(chosen[split], key=lambda e: (e[1]["file"].name, int(e[1]["where"].rsplit(":", 1)[1]))):
             path, how = indexes[split].find_loose(r["filename"])
             if path is None:
-                out.exclude(src(r), item(split, r), "image missing",
-                            f"{said(r)}; no file of that name, stem or numbering in {folder}")
+                out.exclude(
+                    src(r),
+                    item(split, r),
+                    "image missing",
+                    f"{said(r)}; no file of that name, stem or numbering in {folder}",
+                )
                 continue
             if path in listed_paths:  # two listed names resolved to one file
-                out.exclude(src(r), str(path), "image listed twice", f"{said(r)}; {path.name} is listed under another name too")
+                out.exclude(
+                    src(r), str(path), "image listed twice", f"{said(r)}; {path.name} is listed under another name too"
+                )
                 continue
             listed_paths.add(path)
             if how != "name":
                 what = "extension" if how == "stem" else "numbering ('(n)' versus '-n')"
-                out.anomaly(src(r), str(path), "file name differs from the label file",
-                            f"{said(r)} as {r['filename']!r}; on disk {path.name!r} (differs by {what}); used")
+                out.anomaly(
+                    src(r),
+                    str(path),
+                    "file name differs from the label file",
+                    f"{said(r)} as {r['filename']!r}; on disk {path.name!r} (differs by {what}); used",
+                )
                 counts["file name differs from the label file"] += 1
-            out.records.append(Record(
-                patient_id=r["patient_id"], path=path, label=r["record_label"], source=src(r),
-                extra={"official_split": split, "covidx_label": r["label"], "data_source": r["origin"],
-                       "label_file": r["where"]},
-            ))
+            out.records.append(
+                Record(
+                    patient_id=r["patient_id"],
+                    path=path,
+                    label=r["record_label"],
+                    source=src(r),
+                    extra={
+                        "official_split": split,
+                        "covidx_label": r["label"],
+                        "data_source": r["origin"],
+                        "label_file": r["where"],
+                    },
+                )
+            )
     for split, index in indexes.items():
         named = {index.find_loose(n)[0] for n in names_listed[split]}  # lines left out above still name their file
         for path in sorted(set(index.by_name.values()) - listed_paths - named):
-            out.exclude(source, str(path), "image not in the label files", f"in {split}/ but in no line of {files[split].name}")
+            out.exclude(
+                source, str(path), "image not in the label files", f"in {split}/ but in no line of {files[split].name}"
+            )
 
     # 4. leakage in the release: a patient whose images the label files put in two splits
     splits_of: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -212,15 +267,25 @@ def read(root: Path, source: str = NAME) -> SourceData:
     leaking = {k: c for k, c in splits_of.items() if len(c) > 1}
     for (src_name, pid), c in sorted(leaking.items()):
         where = ", ".join(f"{n} in {s}" for s, n in sorted(c.items(), key=lambda kv: SPLITS.index(kv[0])))
-        out.anomaly(src_name, f"patient {pid}", "patient in two official splits",
-                    f"patient {pid!r} has images {where} (leakage in the release); the build keeps the patient in "
-                    "one split, test first, and lists the images it leaves out")
+        out.anomaly(
+            src_name,
+            f"patient {pid}",
+            "patient in two official splits",
+            f"patient {pid!r} has images {where} (leakage in the release); the build keeps the patient in "
+            "one split, test first, and lists the images it leaves out",
+        )
     if leaking:
-        out.notes.append(f"{source}: {len(leaking)} patient(s) in two official splits (leakage in the release); "
-                         "each is kept in one split, test first")
+        out.notes.append(
+            f"{source}: {len(leaking)} patient(s) in two official splits (leakage in the release); "
+            "each is kept in one split, test first"
+        )
     for reason, n in counts.items():
-        out.notes.append(f"{source}: {n} line(s) with '{reason}' handled; each is listed under anomalies in report.json")
+        out.notes.append(
+            f"{source}: {n} line(s) with '{reason}' handled; each is listed under anomalies in report.json"
+        )
     n_negative = sum(r.label == NEGATIVE_ONLY for r in out.records)
     if n_negative:
-        out.notes.append(f"{source}: {n_negative} image(s) labelled only negative (binary release): for --binary training")
+        out.notes.append(
+            f"{source}: {n_negative} image(s) labelled only negative (binary release): for --binary training"
+        )
     return out

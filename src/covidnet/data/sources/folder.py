@@ -12,14 +12,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ...errors import SourceError
 from ..records import Record
 from ._common import IMAGE_SUFFIXES, SourceData, require_dir
-from ...errors import SourceError
 
 CLASS_FOLDERS = {
-    "normal": "normal", "no finding": "normal",
-    "pneumonia": "pneumonia", "viral pneumonia": "pneumonia", "bacterial pneumonia": "pneumonia",
-    "covid": "COVID-19", "covid-19": "COVID-19", "covid19": "COVID-19",
+    "normal": "normal",
+    "no finding": "normal",
+    "pneumonia": "pneumonia",
+    "viral pneumonia": "pneumonia",
+    "bacterial pneumonia": "pneumonia",
+    "covid": "COVID-19",
+    "covid-19": "COVID-19",
+    "covid19": "COVID-19",
 }
 # folders a source may have that are not COVIDx classes: excluded with their reason
 OTHER_FOLDERS = {"lung_opacity": "finding not in COVIDx classes", "lung opacity": "finding not in COVIDx classes"}
@@ -62,8 +67,10 @@ def read(root: Path, source: str = "folder", population: str | None = None) -> S
                 extra["population"] = population
             out.records.append(Record(patient_id=pid, path=p, label=CLASS_FOLDERS[key], source=source, extra=extra))
     if any_unknown_patient:
-        out.notes.append(f"{source}: no patient ids in this layout; each image counts as its own patient, so "
-                         "images of one patient may fall in different splits")
+        out.notes.append(
+            f"{source}: no patient ids in this layout; each image counts as its own patient, so "
+            "images of one patient may fall in different splits"
+        )
     if population:
         out.notes.append(f"{source}: every record is {population}")
     return out

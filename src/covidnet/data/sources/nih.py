@@ -38,10 +38,18 @@ def read(root: Path, source: str = NAME) -> SourceData:
         if path is None:
             out.exclude(source, item, "image missing", f"{root / 'images' / row['Image Index'].strip()} not found")
             continue
-        out.records.append(Record(
-            patient_id=str(int(row["Patient ID"])) if row["Patient ID"].strip().isdigit() else row["Patient ID"].strip(),
-            path=path, label=label, source=source, view=(row.get("View Position") or "").strip() or None,
-            age=parse_age(row.get("Patient Age")), sex=parse_sex(row.get("Patient Gender")),
-            extra={"finding": row["Finding Labels"], "follow_up": row.get("Follow-up #", "")},
-        ))
+        out.records.append(
+            Record(
+                patient_id=str(int(row["Patient ID"]))
+                if row["Patient ID"].strip().isdigit()
+                else row["Patient ID"].strip(),
+                path=path,
+                label=label,
+                source=source,
+                view=(row.get("View Position") or "").strip() or None,
+                age=parse_age(row.get("Patient Age")),
+                sex=parse_sex(row.get("Patient Gender")),
+                extra={"finding": row["Finding Labels"], "follow_up": row.get("Follow-up #", "")},
+            )
+        )
     return out

@@ -44,11 +44,19 @@ def read(root: Path, source: str = NAME) -> SourceData:
             out.exclude(source, str(path), "not an X-ray", f"modality {modality!r}")
             continue
         pid = str(ds.get("PatientID", "")).strip() or path.relative_to(root).parts[0]
-        pid = pid[len(PREFIX):] if pid.upper().startswith(PREFIX) else pid
+        pid = pid[len(PREFIX) :] if pid.upper().startswith(PREFIX) else pid
         study_uid = str(ds.get("StudyInstanceUID", ""))
-        out.records.append(Record(
-            patient_id=pid, path=path, label="COVID-19", source=source, view=ds.get("ViewPosition") or None,
-            age=parse_age(ds.get("PatientAge")), sex=parse_sex(ds.get("PatientSex")),
-            extra={"study_uid": study_uid}, name=f"{PREFIX}{pid}-{study_uid[-5:]}-{k}.dcm" if study_uid else None,
-        ))
+        out.records.append(
+            Record(
+                patient_id=pid,
+                path=path,
+                label="COVID-19",
+                source=source,
+                view=ds.get("ViewPosition") or None,
+                age=parse_age(ds.get("PatientAge")),
+                sex=parse_sex(ds.get("PatientSex")),
+                extra={"study_uid": study_uid},
+                name=f"{PREFIX}{pid}-{study_uid[-5:]}-{k}.dcm" if study_uid else None,
+            )
+        )
     return out

@@ -40,7 +40,9 @@ def read(root: Path, source: str = NAME) -> SourceData:
             out.exclude(source, item, "not normal, no opacity (excluded as in COVIDx)", f"class {sorted(cls)}")
             continue
         else:
-            out.exclude(source, item, "unknown label", f"class {sorted(cls) or 'missing'}, Target {sorted(tgt) or 'missing'}")
+            out.exclude(
+                source, item, "unknown label", f"class {sorted(cls) or 'missing'}, Target {sorted(tgt) or 'missing'}"
+            )
             continue
         path = image_dir / f"{pid}.dcm"
         if not path.is_file():
@@ -48,10 +50,26 @@ def read(root: Path, source: str = NAME) -> SourceData:
             continue
         age = sex = view = None
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientAge", "PatientSex", "ViewPosition"])
-            age, sex, view = parse_age(ds.get("PatientAge")), parse_sex(ds.get("PatientSex")), ds.get("ViewPosition") or None
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["PatientAge", "PatientSex", "ViewPosition"]
+            )
+            age, sex, view = (
+                parse_age(ds.get("PatientAge")),
+                parse_sex(ds.get("PatientSex")),
+                ds.get("ViewPosition") or None,
+            )
         except Exception as e:  # the image itself is checked when it is decoded; here only metadata is lost
             out.notes.append(f"{path}: DICOM header unreadable ({type(e).__name__}); age, sex and view unknown")
-        out.records.append(Record(patient_id=pid, path=path, label=label, source=source, view=view, age=age, sex=sex,
-                                  extra={"rsna_class": "|".join(sorted(cls))}))
+        out.records.append(
+            Record(
+                patient_id=pid,
+                path=path,
+                label=label,
+                source=source,
+                view=view,
+                age=age,
+                sex=sex,
+                extra={"rsna_class": "|".join(sorted(cls))},
+            )
+        )
     return out

@@ -36,8 +36,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
     root = require_dir(root, source)
     folder = root / "COVID"
     if not folder.is_dir():
-        raise SourceError(f"{root}: no COVID folder for source {source!r}; expected the COVID-19 Radiography "
-                          "Database's folder holding COVID/ and COVID.metadata.xlsx")
+        raise SourceError(
+            f"{root}: no COVID folder for source {source!r}; expected the COVID-19 Radiography "
+            "Database's folder holding COVID/ and COVID.metadata.xlsx"
+        )
     sheet = next((p for p in (root / SHEET, folder / SHEET) if p.is_file()), root / SHEET)
     rows = read_sheet(sheet, source, ("FILE NAME", "FORMAT", "URL"))
     images = folder / "images" if (folder / "images").is_dir() else folder
@@ -52,15 +54,26 @@ def read(root: Path, source: str = NAME) -> SourceData:
         listed = name if Path(name).suffix else f"{name}.{row['FORMAT'].strip().lower() or 'png'}"
         path, how = index.find_loose(listed)
         if path is None:
-            out.exclude(source, item, "image missing", f"{images / listed} not found (nor another extension or numbering)")
+            out.exclude(
+                source, item, "image missing", f"{images / listed} not found (nor another extension or numbering)"
+            )
             continue
         if how == "key":
-            out.anomaly(source, str(path), "file name differs from the sheet", f"{item} lists {listed!r}; on disk {path.name!r}")
-        out.records.append(Record(patient_id=path.stem, path=path, label="COVID-19", source=source,
-                                  extra={"url": url, "sheet_row": item}))
+            out.anomaly(
+                source, str(path), "file name differs from the sheet", f"{item} lists {listed!r}; on disk {path.name!r}"
+            )
+        out.records.append(
+            Record(
+                patient_id=path.stem, path=path, label="COVID-19", source=source, extra={"url": url, "sheet_row": item}
+            )
+        )
     if not out.records:
-        raise SourceError(f"{sheet}: no image of source {source!r} found: {len(rows)} row(s), "
-                          f"{sum(is_sirm(r['URL']) for r in rows)} with a sirm.org URL")
-    out.notes.append(f"{source}: no patient ids in this layout; each image counts as its own patient, so images of "
-                     "one patient may fall in different splits")
+        raise SourceError(
+            f"{sheet}: no image of source {source!r} found: {len(rows)} row(s), "
+            f"{sum(is_sirm(r['URL']) for r in rows)} with a sirm.org URL"
+        )
+    out.notes.append(
+        f"{source}: no patient ids in this layout; each image counts as its own patient, so images of "
+        "one patient may fall in different splits"
+    )
     return out

@@ -32,8 +32,19 @@ from ..records import Record
 from ._common import SourceData, parse_age, parse_sex, require_dir, view_kind
 
 NAME = "stonybrook"
-TAGS = ["PatientID", "Modality", "ViewPosition", "SeriesDescription", "StudyDescription", "PatientAge", "PatientSex",
-        "StudyDate", "StudyInstanceUID", "SeriesInstanceUID", "BodyPartExamined"]
+TAGS = [
+    "PatientID",
+    "Modality",
+    "ViewPosition",
+    "SeriesDescription",
+    "StudyDescription",
+    "PatientAge",
+    "PatientSex",
+    "StudyDate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "BodyPartExamined",
+]
 
 
 def covidx_name(path: Path) -> str:
@@ -45,8 +56,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
     root = require_dir(root, source)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom"))
     if not files:
-        raise SourceError(f"{root}: no DICOM files (.dcm) for source {source!r}; expected TCIA's COVID-19-NY-SBU tree "
-                          "<PatientID>/<study>/<series>/1-1.dcm")
+        raise SourceError(
+            f"{root}: no DICOM files (.dcm) for source {source!r}; expected TCIA's COVID-19-NY-SBU tree "
+            "<PatientID>/<study>/<series>/1-1.dcm"
+        )
     out = SourceData()
     no_pid = 0
     series: dict[Path, list[Path]] = defaultdict(list)
@@ -60,13 +73,20 @@ def read(root: Path, source: str = NAME) -> SourceData:
             continue  # each file is tried, and reported, below
         modality = str(first.get("Modality", "") or "").upper()
         if modality not in ("CR", "DX") and len(members) > 1:  # a CT or MR series: one item, not one per slice
-            out.exclude(source, str(folder), "not an X-ray", f"modality {modality or 'missing'!r}; the series' {len(members)} files")
+            out.exclude(
+                source,
+                str(folder),
+                "not an X-ray",
+                f"modality {modality or 'missing'!r}; the series' {len(members)} files",
+            )
             members.clear()
             continue
         headers[members[0]] = first
     for path in (p for members in series.values() for p in members):
         try:
-            ds = headers[path] if path in headers else pydicom.dcmread(path, stop_before_pixels=True, specific_tags=TAGS)
+            ds = (
+                headers[path] if path in headers else pydicom.dcmread(path, stop_before_pixels=True, specific_tags=TAGS)
+            )
         except Exception as e:
             out.exclude(source, str(path), "unreadable image", f"DICOM header unreadable: {type(e).__name__}: {e}")
             continue
@@ -85,16 +105,31 @@ def read(root: Path, source: str = NAME) -> SourceData:
             no_pid += 1
             rel = path.relative_to(root).parts
             pid = rel[-4] if len(rel) >= 4 else rel[0]
-        out.records.append(Record(
-            patient_id=pid, path=path, label="COVID-19", source=source, view=view or desc or None,
-            age=parse_age(ds.get("PatientAge")), sex=parse_sex(ds.get("PatientSex")), name=covidx_name(path),
-            extra={"study_uid": str(ds.get("StudyInstanceUID", "")), "study_date": str(ds.get("StudyDate", "")),
-                   "study_description": str(ds.get("StudyDescription", "") or ""), "series_description": desc},
-        ))
+        out.records.append(
+            Record(
+                patient_id=pid,
+                path=path,
+                label="COVID-19",
+                source=source,
+                view=view or desc or None,
+                age=parse_age(ds.get("PatientAge")),
+                sex=parse_sex(ds.get("PatientSex")),
+                name=covidx_name(path),
+                extra={
+                    "study_uid": str(ds.get("StudyInstanceUID", "")),
+                    "study_date": str(ds.get("StudyDate", "")),
+                    "study_description": str(ds.get("StudyDescription", "") or ""),
+                    "series_description": desc,
+                },
+            )
+        )
     if not out.records:
         why = ", ".join(f"{n} {r}" for r, n in Counter(e.reason for e in out.exclusions).most_common())
-        raise SourceError(f"{root}: no frontal CR/DX images among {len(files)} DICOM file(s) of source {source!r} ({why})")
+        raise SourceError(
+            f"{root}: no frontal CR/DX images among {len(files)} DICOM file(s) of source {source!r} ({why})"
+        )
     if no_pid:
-        out.notes.append(f"{source}: {no_pid} image(s) without a PatientID in the header; their patient is the "
-                         "patient folder's name")
+        out.notes.append(
+            f"{source}: {no_pid} image(s) without a PatientID in the header; their patient is the patient folder's name"
+        )
     return out
