@@ -87,6 +87,25 @@ def mutual_information(sources: np.ndarray, labels: np.ndarray) -> tuple[float, 
     return float(mi), float(mi / h) if h > 0 else float("nan")
 
 
+def _probe_per_label(features, pixels, sources, labels, groups, classes, seed: int) -> dict:
+    """The probes' balanced accuracies among the images of each label that comes from several sources."""
+    per_label = {}
+    for c in np.unique(labels):
+        m = labels == c
+        src, cnt = np.unique(sources[m], return_counts=True)
+        name = classes[c]
+        if len(src) < 2 or cnt.min() < 5 or len(np.unique(groups[m])) < 4:
+            per_label[name] = {"skipped": f"{name} images come from {len(src)} source(s), smallest {cnt.min()} images"}
+            continue
+        per_label[name] = {
+            "chance": 1 / len(src),
+            "features": probe(features[m], sources[m], groups[m], seed),
+            "pixels": probe(pixels[m], sources[m], groups[m], seed),
+            "n": int(m.sum()),
+        }
+    return per_label
+
+
 def source_predictability(
     features: np.ndarray,
     pixels: np.ndarray,
@@ -113,20 +132,7 @@ def source_predictability(
     if len(uniq) < 2:
         return {**base, "verdict": "skipped", "reason": "one source only: nothing to confound with"}
     mi, mi_share = mutual_information(sources, labels)
-    per_label = {}
-    for c in np.unique(labels):
-        m = labels == c
-        src, cnt = np.unique(sources[m], return_counts=True)
-        name = classes[c]
-        if len(src) < 2 or cnt.min() < 5 or len(np.unique(groups[m])) < 4:
-            per_label[name] = {"skipped": f"{name} images come from {len(src)} source(s), smallest {cnt.min()} images"}
-            continue
-        per_label[name] = {
-            "chance": 1 / len(src),
-            "features": probe(features[m], sources[m], groups[m], seed),
-            "pixels": probe(pixels[m], sources[m], groups[m], seed),
-            "n": int(m.sum()),
-        }
+    per_label = _probe_per_label(features, pixels, sources, labels, groups, classes, seed)
     probed = {k: v for k, v in per_label.items() if "skipped" not in v}
     mi_verdict = "warning" if mi_share >= MI_WARN else "ok"
     if not probed:

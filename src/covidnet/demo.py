@@ -41,6 +41,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, SourceSpec, build_dataset
     from .data.synth import SynthConfig, write_phantom_dataset, write_severity_file
     from .evaluate import evaluate_checkpoint
+    from .files import write_json
     from .train import TrainConfig, train
 
     out = Path(cfg.out)
@@ -92,41 +93,46 @@ def run_demo(cfg: DemoConfig) -> dict:
     metrics = evaluate_checkpoint(
         str(out / "run" / "best.pt"), data=str(out / "dataset"), split="test", resamples=500, report=str(out / "report")
     )
-    from .files import write_json
-
     write_json(out / "report" / "metrics.json", metrics)
     result = {"metrics": metrics, "report": str(out / "report" / "index.html")}
     if steps == 5:
-        from .evaluate import evaluate_task_checkpoint
-
-        _say(
-            cfg,
-            f"5/{steps} severity (COVIDNet-S): fine-tuning the classifier to score the extent of the "
-            f"opacities for {cfg.severity_epochs} epochs, evaluated against the phantoms' known truth",
-        )
-        train(
-            TrainConfig(
-                data=str(out / "dataset"),
-                out=str(out / "severity_run"),
-                arch="covidnet-cxr3b",
-                task="severity",
-                init=str(out / "run" / "best.pt"),
-                epochs=cfg.severity_epochs,
-                batch_size=8,
-                lr=3e-4,
-                seed=cfg.seed,
-                device="cpu",
-                progress=cfg.progress,
-            )
-        )
-        sev = evaluate_task_checkpoint(
-            str(out / "severity_run" / "best.pt"),
-            str(out / "dataset"),
-            "test",
-            resamples=500,
-            device="cpu",
-            report=str(out / "severity_report"),
-        )
-        write_json(out / "severity_report" / "metrics.json", sev)
-        result.update({"severity": sev, "severity_report": str(out / "severity_report" / "index.html")})
+        result.update(_severity_step(cfg, out, steps))
     return result
+
+
+def _severity_step(cfg: DemoConfig, out: Path, steps: int) -> dict:
+    """Step 5: fine-tune the classifier into a severity head, scored against the phantoms' known extent."""
+    from .evaluate import evaluate_task_checkpoint
+    from .files import write_json
+    from .train import TrainConfig, train
+
+    _say(
+        cfg,
+        f"5/{steps} severity (COVIDNet-S): fine-tuning the classifier to score the extent of the "
+        f"opacities for {cfg.severity_epochs} epochs, evaluated against the phantoms' known truth",
+    )
+    train(
+        TrainConfig(
+            data=str(out / "dataset"),
+            out=str(out / "severity_run"),
+            arch="covidnet-cxr3b",
+            task="severity",
+            init=str(out / "run" / "best.pt"),
+            epochs=cfg.severity_epochs,
+            batch_size=8,
+            lr=3e-4,
+            seed=cfg.seed,
+            device="cpu",
+            progress=cfg.progress,
+        )
+    )
+    sev = evaluate_task_checkpoint(
+        str(out / "severity_run" / "best.pt"),
+        str(out / "dataset"),
+        "test",
+        resamples=500,
+        device="cpu",
+        report=str(out / "severity_report"),
+    )
+    write_json(out / "severity_report" / "metrics.json", sev)
+    return {"severity": sev, "severity_report": str(out / "severity_report" / "index.html")}

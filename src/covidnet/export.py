@@ -129,13 +129,7 @@ def _accuracy(backend: OnnxBackend, images: np.ndarray, y: np.ndarray, batch: in
     return float((pred == y).mean())
 
 
-def export_model(cfg: ExportConfig) -> dict:
-    """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change."""
-    import torch
-
-    from . import __version__
-    from .runtime import LoadedModel
-
+def _check_config(cfg: ExportConfig) -> None:
     if cfg.format != "onnx":
         raise ConfigError(f"--format {cfg.format}: only onnx is supported")
     if cfg.int8 and not cfg.data:
@@ -145,9 +139,8 @@ def export_model(cfg: ExportConfig) -> dict:
         )
     if cfg.calibration_images < 1:
         raise ConfigError(f"--calibration-images must be >= 1, not {cfg.calibration_images}")
-    out = Path(cfg.out)
-    if not out.parent.is_dir():
-        raise CovidnetError(f"{out.parent}: folder not found for --out")
+    if not Path(cfg.out).parent.is_dir():
+        raise CovidnetError(f"{Path(cfg.out).parent}: folder not found for --out")
     try:  # the exporter, the metadata writer and the parity check need all three
         for module in ("onnx", "onnxruntime", "onnxscript"):
             __import__(module)
@@ -156,6 +149,38 @@ def export_model(cfg: ExportConfig) -> dict:
             f"covidnet export needs {e.name}, which is not installed: pip install 'covidnet[export]'"
         ) from None
 
+
+def _to_onnx(cfg: ExportConfig, wrapper, images: np.ndarray, dest: Path) -> None:
+    """The dynamo exporter, with a dynamic batch dimension; a failure is one line naming the checkpoint."""
+    import torch
+
+    example = torch.from_numpy(images[:2, None].copy())
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=cfg.opset,
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(dest))
+    except Exception as e:
+        raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def export_model(cfg: ExportConfig) -> dict:
+    """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change."""
+    import torch
+
+    from . import __version__
+    from .runtime import LoadedModel
+
+    _check_config(cfg)
+    out = Path(cfg.out)
     lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
     meta = lm.meta
     wrapper = _wrapper(lm)
@@ -167,22 +192,7 @@ def export_model(cfg: ExportConfig) -> dict:
 
     with tempfile.TemporaryDirectory(prefix=".covidnet-export-", dir=out.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        example = torch.from_numpy(images[:2, None].copy())
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        try:
-            program = torch.onnx.export(
-                wrapper,
-                (example,),
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_shapes={"image": {0: batch}},
-                opset_version=cfg.opset,
-                dynamo=True,
-                verbose=False,
-            )
-            program.save(str(fp32))
-        except Exception as e:
-            raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
+        _to_onnx(cfg, wrapper, images, fp32)
         _write_meta(fp32, info)
 
         with torch.inference_mode():
