@@ -25,6 +25,7 @@ import numpy as np
 
 from .data.preprocess import DEFAULT_SIZE, TOP_CROP, check_options, load_image, load_image_bytes, preprocess
 from .errors import CovidnetError
+from .files import write_json
 
 CONTRACT_FILE = "contract.json"  # in a built dataset's folder
 
@@ -117,7 +118,7 @@ class Contract:
         return cls(**args)
 
     def write(self, folder: Path) -> None:
-        (Path(folder) / CONTRACT_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(Path(folder) / CONTRACT_FILE, self.to_dict())
 
     @classmethod
     def read(cls, folder: Path) -> Contract | None:

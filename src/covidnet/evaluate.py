@@ -24,7 +24,7 @@ from .data.store import open_store
 from .errors import ConfigError, CovidnetError, UsageError
 from .metrics.calibration import choose_operating_point, expected_calibration_error, fit_temperature
 from .runtime import LoadedModel
-from .tasks import ClassificationTask, softmax
+from .tasks import softmax
 
 
 @dataclass
@@ -66,7 +66,7 @@ def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool
     from .data.records import patient_uid
     from .predict import load_input
 
-    if not isinstance(lm.task, ClassificationTask):
+    if not lm.task.reads_label_files:
         raise UsageError(
             f"--labels evaluates classification checkpoints; this one is a {lm.task.name} checkpoint: use --data DIR"
         )
@@ -181,7 +181,6 @@ def evaluate_task_checkpoint(
 
 def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, cam_method: str, k: int) -> None:
     from .explain import overlay
-    from .report import write_evaluation_report
 
     shown = []
     for d in lm.task.disagreements(pred.y, pred.out, lm.meta, k):
@@ -191,7 +190,7 @@ def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, ca
     keys = ("task", "checkpoint", "arch", "data", "split", "labels", "images", "version")
     context = {key: str(metrics[key]) for key in keys if metrics.get(key)}
     context["images evaluated"] = f"{metrics['processed']} ({metrics['failed_count']} failed)"
-    write_evaluation_report(out_dir, lm.task, metrics, pred.y, pred.out, lm.meta, shown, context)
+    lm.task.write_report(out_dir, metrics, pred.y, pred.out, lm.meta, shown, context)
 
 
 # --- calibration: temperature and operating point ----------------------------------------------------

@@ -242,9 +242,7 @@ def predict_paths(
         raise UsageError("--cam needs the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")
     backend = open_backend(checkpoint, onnx, device, batch_size)
     task = backend.task
-    if task.name != "classification" and (threshold or operating_point):
-        raise UsageError(f"--threshold and --operating-point are for classification, not a {task.name} checkpoint")
-    rule = triage_rule(backend.meta, threshold, operating_point) if task.name == "classification" else None
+    rule = task.decision_rule(backend.meta, threshold, operating_point)
     cams = CamFiles(cam_dir) if cam_dir else None
     for batch in read_batches(inputs, backend.contract, batch_size):
         ok = [img for _, img, err in batch if err is None]

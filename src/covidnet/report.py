@@ -526,44 +526,6 @@ def write_task_report(
     )
 
 
-def write_evaluation_report(
-    out_dir: str | Path,
-    task,
-    metrics: dict,
-    y: np.ndarray,
-    out: np.ndarray,
-    meta: dict,
-    shown: Sequence[dict],
-    context: dict | None,
-) -> Path:
-    """The report of ``covidnet eval`` for any task: what differs comes from the task (its summary
-    table, its probabilities or decoded outputs), the page from ``write_page``."""
-    from .tasks import ClassificationTask, SeverityTask
-
-    if isinstance(task, ClassificationTask):
-        return write_report(
-            out_dir, metrics, y, task.probabilities(out, meta), task.outputs, errors=shown, context=context
-        )
-    if isinstance(task, SeverityTask):
-        figures = [
-            (
-                "severity_scatter.png",
-                plot_severity_scatter(y, task.decode(out), task.outputs),
-                "Predicted against annotated score, one point per image; the diagonal is perfect agreement.",
-            )
-        ]
-    else:
-        cm = metrics["confusion_matrix"]
-        figures = [
-            (
-                "confusion_matrix.png",
-                plot_confusion(cm["labels"], np.array(cm["matrix"])),
-                "Rows: true bin of days since onset; columns: predicted bin.",
-            )
-        ]
-    return write_task_report(out_dir, task.title, task.summary(metrics), figures, context, errors=shown)
-
-
 VERDICT_COLOUR = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "skipped": "#777"}
 
 

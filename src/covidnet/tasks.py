@@ -27,7 +27,7 @@ import numpy as np
 
 from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.severity import SCORE_MAX, SCORES
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .metrics.bootstrap import format_ci
 
 TASKS = ("classification", "severity", "risk")
@@ -187,6 +187,38 @@ class Task:
         """One prediction result as the terminal shows it (after the path)."""
         raise NotImplementedError
 
+    reads_label_files = False  # ``eval --labels``: raw images named in a COVIDx label file (class labels)
+
+    def decision_rule(self, meta: dict, threshold: str | None, operating_point: str | None) -> dict | None:
+        """The rule that flags an image (classification's triage); other tasks take none."""
+        if threshold or operating_point:
+            raise UsageError(f"--threshold and --operating-point are for classification, not a {self.name} checkpoint")
+        return None
+
+    def rebalance(self, covid_percent: float) -> tuple[int | None, float]:
+        """(class, share of every training batch drawn from it): COVID-19 rebalancing, for classification."""
+        return None, 0.0
+
+    def batch_mix(self, y_seen: np.ndarray) -> tuple[dict, str]:
+        """The class mix of the images an epoch saw, as log columns and text (classification only)."""
+        return {}, ""
+
+    def final(self, row: dict) -> str:
+        """The last epoch's figure ``covidnet train`` ends with."""
+        return " / ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith(("_r2", "val_accuracy")))
+
+    def write_report(self, out_dir, metrics: dict, y, out, meta: dict, shown, context: dict):
+        """The HTML report of an evaluation (``covidnet.report``)."""
+        from .report import write_task_report
+
+        return write_task_report(
+            out_dir, self.title, self.summary(metrics), self.figures(metrics, y, out), context, errors=shown
+        )
+
+    def figures(self, metrics: dict, y, out) -> list:
+        """The report's figures: ``(file name, matplotlib Figure, caption)``."""
+        return []
+
 
 class ClassificationTask(Task):
     def __init__(self, classes: Sequence[str], weights=None):
@@ -210,6 +242,29 @@ class ClassificationTask(Task):
     @property
     def positive(self) -> int:
         return self.outputs.index(positive_class(self.outputs))
+
+    reads_label_files = True
+
+    def decision_rule(self, meta, threshold, operating_point):
+        return triage_rule(meta, threshold, operating_point)
+
+    def rebalance(self, covid_percent):
+        return self.positive, covid_percent
+
+    def batch_mix(self, y_seen):
+        mix = np.bincount(y_seen, minlength=len(self.outputs)) / max(len(y_seen), 1)
+        text = " | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(self.outputs, mix))
+        return {f"mix_{c}": float(m) for c, m in zip(self.outputs, mix)}, text
+
+    def final(self, row):
+        return f"val accuracy {row['val_acc']:.3f}"
+
+    def write_report(self, out_dir, metrics, y, out, meta, shown, context):
+        from .report import write_report
+
+        return write_report(
+            out_dir, metrics, y, self.probabilities(out, meta), self.outputs, errors=shown, context=context
+        )
 
     def validation(self, y, out):
         from .metrics.classification import training_metrics
@@ -345,6 +400,20 @@ class SeverityTask(Task):
     def cam_outputs(self, result):
         return list(enumerate(SCORES))
 
+    def figures(self, metrics, y, out):
+        from .report import plot_severity_scatter
+
+        return [
+            (
+                "severity_scatter.png",
+                plot_severity_scatter(y, self.decode(out), self.outputs),
+                "Predicted against annotated score, one point per image; the diagonal is perfect agreement.",
+            )
+        ]
+
+    def final(self, row):
+        return f"val R² geographic / opacity {row['val_geographic_r2']:.3f} / {row['val_opacity_r2']:.3f}"
+
     @staticmethod
     def line(result):
         top, s = result["scale"][1], result["scores"]
@@ -451,6 +520,21 @@ class RiskTask(Task):
         probs = " ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
         return f"days since onset {result['bin']}  [{probs}]"
 
+    def figures(self, metrics, y, out):
+        from .report import plot_confusion
+
+        cm = metrics["confusion_matrix"]
+        return [
+            (
+                "confusion_matrix.png",
+                plot_confusion(cm["labels"], np.array(cm["matrix"])),
+                "Rows: true bin of days since onset; columns: predicted bin.",
+            )
+        ]
+
+    def final(self, row):
+        return f"val accuracy {row['val_accuracy']:.3f}"
+
     def summary(self, metrics):
         return ["", "value (95 % CI)"], [
             ["accuracy", format_ci(metrics["accuracy"])],
@@ -465,11 +549,19 @@ def result_line(result: dict) -> str:
     return kind.line(result)
 
 
-def task_from_meta(meta: dict) -> Task:
-    """The task a checkpoint was trained for (classification when it does not say)."""
-    name = meta.get("task", "classification")
+def make_task(
+    name: str, classes: Sequence[str] = CLASSES, risk_bins: str | Sequence[float] = DEFAULT_RISK_BINS
+) -> Task:
+    """The task ``name`` (``covidnet train --task``): its classes, or its risk bins (``"3,5,10"`` or edges)."""
+    if name not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, not {name!r}")
     if name == "severity":
         return SeverityTask()
     if name == "risk":
-        return RiskTask(meta["risk_bins"])
-    return ClassificationTask(meta.get("classes", CLASSES))
+        return RiskTask(parse_bins(risk_bins) if isinstance(risk_bins, str) else risk_bins)
+    return ClassificationTask(classes)
+
+
+def task_from_meta(meta: dict) -> Task:
+    """The task a checkpoint was trained for (classification when it does not say)."""
+    return make_task(meta.get("task", "classification"), meta.get("classes", CLASSES), meta.get("risk_bins", ()))

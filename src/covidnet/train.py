@@ -41,7 +41,7 @@ from .errors import ConfigError, CovidnetError
 from .files import write_json
 from .models import create_model, get_spec
 from .runtime import predict_logits, resolve_device, uint8_to_unit
-from .tasks import TASKS, ClassificationTask, RiskTask, SeverityTask, Task, parse_bins
+from .tasks import TASKS, Task, make_task
 
 HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every model has both)
 
@@ -112,11 +112,7 @@ class TrainConfig:
         return BINARY_CLASSES if self.binary else CLASSES
 
     def make_task(self) -> Task:
-        if self.task == "severity":
-            return SeverityTask()
-        if self.task == "risk":
-            return RiskTask(parse_bins(self.risk_bins))
-        return ClassificationTask(self.classes)
+        return make_task(self.task, self.classes, self.risk_bins)
 
     @property
     def augment(self) -> AugmentConfig:
@@ -385,9 +381,7 @@ def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
         run.mkdir(parents=True, exist_ok=True)
         for stale in ("log.csv",) if not cfg.resume else ():
             (run / stale).unlink(missing_ok=True)
-        (run / "config.json").write_text(
-            json.dumps({"command": "train", "version": __version__, **cfg.to_dict()}, indent=2)
-        )
+        write_json(run / "config.json", {"command": "train", "version": __version__, **cfg.to_dict()})
     if dist.world > 1:
         torch.distributed.barrier()
 
@@ -470,8 +464,8 @@ def _stage_data(r: _Run) -> None:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({r.dist.world})")
     r.path = _check_run(cfg)
     r.y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
-    if isinstance(task, ClassificationTask):  # COVID-19 rebalancing is for classification
-        r.covid_class, r.covid_percent = task.positive, cfg.covid_percent
+    r.covid_class, r.covid_percent = task.rebalance(cfg.covid_percent)  # COVID-19 rebalancing: classification
+    if r.covid_class is not None:
         task.weights = _class_weights(cfg.class_weights, r.y_train, cfg.classes)
     rows = np.concatenate([train_rows, val_rows])
     host = torch.from_numpy(np.ascontiguousarray(store.images[rows]))
@@ -641,10 +635,9 @@ def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> Non
         "val_loss": val["loss"],
         **fields_,
     }
-    if isinstance(task, ClassificationTask):
-        mix = np.bincount(r.y_train[seen], minlength=len(task.outputs)) / len(seen)
-        row.update({f"mix_{c}": float(m) for c, m in zip(task.outputs, mix)})
-        shown += " | class mix " + " ".join(f"{c} {m:.0%}" for c, m in zip(task.outputs, mix))
+    mix, mix_text = task.batch_mix(r.y_train[seen])
+    row.update(mix)
+    shown += mix_text
     row.update(
         {
             "images_seen": int(len(seen)),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .flags import add_config_flags, config_class, config_from_args
 
 
@@ -49,5 +46,7 @@ def run(args) -> int:
         print(f"fp32 model kept at {r['fp32_path']}")
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+        from ..files import write_json
+
+        write_json(args.json, r)
     return 0

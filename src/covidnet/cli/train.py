@@ -25,15 +25,9 @@ def run(args) -> int:
     cfg = config_from_args(TrainConfig, args)
     summary = train(cfg)
     if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
-        f = summary["final"]
-        last = {
-            "classification": ("val accuracy", "val_acc"),
-            "risk": ("val accuracy", "val_accuracy"),
-            "severity": ("val R² geographic / opacity", ("val_geographic_r2", "val_opacity_r2")),
-        }[cfg.task]
-        value = " / ".join(f"{f[k]:.3f}" for k in ((last[1],) if isinstance(last[1], str) else last[1]))
+        final = cfg.make_task().final(summary["final"])
         print(
-            f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {last[0]} "
-            f"{value}; {summary['images_per_s']:.0f} images/s on {summary['device']}"
+            f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {final}; "
+            f"{summary['images_per_s']:.0f} images/s on {summary['device']}"
         )
     return 0

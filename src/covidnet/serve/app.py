@@ -209,7 +209,7 @@ class Service:
 
     def __init__(self, cfg: ServeConfig, backend: Backend):
         self.cfg, self.backend, self.meta = cfg, backend, backend.meta
-        if backend.task.name != "classification":
+        if not backend.task.reads_label_files:  # a classifier: what the service's triage is about
             raise ConfigError(f"covidnet serve takes classification models; this one is for {backend.task.name}")
         self.rule = triage_rule(self.meta, cfg.threshold, cfg.operating_point)
         # On a CPU a batch of cxr3b at 480 px costs more per image than one image alone (the activations of a
