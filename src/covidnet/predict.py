@@ -236,14 +236,14 @@ def predict_paths(
     Classification: ``label``, ``probabilities``, ``triage``; severity: ``scores`` and ``scale``; risk:
     ``bin``, ``bin_index``, ``probabilities``. With ``cam_dir``, a Grad-CAM overlay per explained output
     (``cam``: its path, or ``{tag: path}`` where the task explains several outputs)."""
-    from .explain import save_overlay
-
     if cam_dir and onnx:
         raise UsageError("--cam needs the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")
     backend = open_backend(checkpoint, onnx, device, batch_size)
     task = backend.task
     rule = task.decision_rule(backend.meta, threshold, operating_point)
     cams = CamFiles(cam_dir) if cam_dir else None
+    if cams:
+        from .explain import save_overlay  # torch: only with heat maps, so --onnx runs without it
     for batch in read_batches(inputs, backend.contract, batch_size):
         ok = [img for _, img, err in batch if err is None]
         results = iter(task.results(backend.logits(np.stack(ok)), backend.meta, rule) if ok else [])
