@@ -390,6 +390,44 @@ def _reasons(section: dict) -> str:
 def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies) -> dict:
     todo = [i for i in range(len(records)) if alive[i]]
     scratch = tmp / "scratch.npy"
+    slot, digests, phash, images_per_s = _read_images(scratch, cfg, records, todo, drop)
+    # 5. exact duplicates anywhere, near duplicates across sources: keep the first (source order, path)
+    kept, links, uf = _drop_duplicates(records, todo, alive, digests, phash, drop)
+    _carry_severity(records, links)
+    # 6. groups that must share a split, then the split
+    _group_patients(records, kept, links, uf)
+    split_of, official = _assign_splits(cfg, records, kept, uf, drop)
+    kept = [i for i in kept if alive[i]]
+    # 7. checks, then the outputs
+    checks = _checks(records, kept, split_of, phash, digests)
+    _refuse_failures(cfg, checks, exclusions)
+    order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
+    _write_store(tmp, cfg, scratch, slot, order)
+    risk, _ = check_offsets([records[i] for i in order])  # sets offset_days, for the index
+    write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
+    _write_label_files(tmp, records, order, split_of)
+    _write_records_table(tmp / "records.csv", records, alive, split_of, exclusions)
+    report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
+    report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
+    report["risk"] = risk
+    report["anomalies"] = {
+        "count": len(anomalies),
+        "by_reason": dict(Counter(a.reason for a in anomalies)),
+        "items": [asdict(a) for a in anomalies],
+    }  # kept, though the source gets them wrong
+    (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    cfg.contract.write(tmp)  # what training reads back, and every checkpoint and export carries
+    (tmp / "config.json").write_text(
+        json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2)
+    )
+    return report
+
+
+def _read_images(
+    scratch: Path, cfg: BuildConfig, records, todo: list[int], drop
+) -> tuple[dict[int, int], dict[int, str], dict[int, bytes], float]:
+    """Read, hash and preprocess every image of ``todo`` once, in parallel, into row ``slot[i]`` of the
+    scratch store; an unreadable one is dropped. Returns (slot, file hashes, perceptual hashes, images/s)."""
     buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(todo), 1), cfg.size, cfg.size))
     del buf
     slot = {i: k for k, i in enumerate(todo)}
@@ -416,8 +454,15 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
             drop(i, "unreadable image", error)
         else:
             digests[i], phash[i] = digest, ph
+    return slot, digests, phash, images_per_s
 
-    # 5. exact duplicates anywhere, near duplicates across sources: keep the first (source order, path)
+
+def _drop_duplicates(
+    records, todo: list[int], alive, digests, phash, drop
+) -> tuple[list[int], list[tuple[int, int]], _UnionFind]:
+    """Exact duplicates anywhere and near duplicates across sources are dropped, the first (source order,
+    path) kept; near duplicates within a source are both kept and joined so they share a split. Returns (kept,
+    links (kept, dropped duplicate), a union-find over the records with those joins)."""
     kept = [i for i in todo if alive[i]]
     links: list[tuple[int, int]] = []  # (kept, dropped duplicate): the dropped one's patient joins the kept one
     first_by_digest: dict[str, int] = {}
@@ -452,11 +497,19 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
         else:
             uf.union(i, j)  # same source, e.g. one image under two patient ids: keep both, never split them
     kept = [i for i in kept if alive[i]]
-    for i, j in links:  # a duplicate's severity scores go with the copy that is kept
+    return kept, links, uf
+
+
+def _carry_severity(records, links: list[tuple[int, int]]) -> None:
+    """A dropped duplicate's severity scores go with the copy that is kept (when that one has none)."""
+    for i, j in links:
         if all(s in records[j].extra for s in SCORES) and not any(s in records[i].extra for s in SCORES):
             records[i].extra.update({s: records[j].extra[s] for s in SCORES})
 
-    # 6. groups that must share a split: same patient (per source), same non-numeric id across sources
+
+def _group_patients(records, kept: list[int], links: list[tuple[int, int]], uf: _UnionFind) -> None:
+    """Join in ``uf`` the records that must share a split: same patient (per source), same non-numeric id
+    across sources, and the patient of a dropped duplicate with the copy that is kept."""
     first_of: dict[str, int] = {}
     for i in kept:
         for key in (records[i].uid,) + (
@@ -466,13 +519,13 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     for i, j in links:  # one image in two places means one person: keep their other images together
         if records[j].uid in first_of:
             uf.union(i, first_of[records[j].uid])
-    split_of, official = _assign_splits(cfg, records, kept, uf, drop)
-    kept = [i for i in kept if alive[i]]
 
-    # 7. checks, then the outputs
-    checks = _checks(records, kept, split_of, phash, digests)
+
+def _refuse_failures(cfg: BuildConfig, checks: dict, exclusions: list[Exclusion]) -> None:
+    """Stop before writing if a check failed (a bug, not bad input: never write a dataset that breaks its own
+    guarantees), or, under --strict, if a record was excluded for an error rather than a filter."""
     failed = [k for k, v in checks.items() if not v["passed"]]
-    if failed:  # a bug, not bad input: refuse to write a dataset that breaks its own guarantees
+    if failed:
         raise RuntimeError(f"dataset checks failed: {failed}")
     strict_failures = [e for e in exclusions if e.reason not in FILTER_REASONS]
     if cfg.strict and strict_failures:
@@ -481,7 +534,10 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
             f"--strict: {len(strict_failures)} record(s) excluded for errors; first: {e.item}: {e.reason} ({e.detail})"
         )
 
-    order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
+
+def _write_store(tmp: Path, cfg: BuildConfig, scratch: Path, slot: dict[int, int], order: list[int]) -> None:
+    """The images of ``order``, in that order, from the scratch store into the dataset's store; the scratch
+    store is removed."""
     scratch_arr = np.load(scratch, mmap_mode="r")
     images = np.lib.format.open_memmap(
         tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(order), cfg.size, cfg.size)
@@ -491,29 +547,16 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     images.flush()
     del images, scratch_arr
     scratch.unlink()
-    risk, _ = check_offsets([records[i] for i in order])  # sets offset_days, for the index
-    write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
+
+
+def _write_label_files(tmp: Path, records, order: list[int], split_of: dict[int, str]) -> None:
+    """The COVIDx label files: ``train.txt``, ``val.txt``, ``test.txt``."""
     for split in SPLITS:
         with open(tmp / f"{split}.txt", "w") as f:
             for i in order:
                 if split_of[i] == split:
                     r = records[i]
                     f.write(f"{r.patient_id} {r.filename} {r.label} {r.source}\n")
-    _write_records_table(tmp / "records.csv", records, alive, split_of, exclusions)
-    report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
-    report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
-    report["risk"] = risk
-    report["anomalies"] = {
-        "count": len(anomalies),
-        "by_reason": dict(Counter(a.reason for a in anomalies)),
-        "items": [asdict(a) for a in anomalies],
-    }  # kept, though the source gets them wrong
-    (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    cfg.contract.write(tmp)  # what training reads back, and every checkpoint and export carries
-    (tmp / "config.json").write_text(
-        json.dumps({"command": "data build", "version": __version__, **cfg.to_dict()}, indent=2)
-    )
-    return report
 
 
 def _severity_in_splits(section: dict, records, order, split_of) -> dict:
@@ -556,6 +599,26 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
         return {i: by_group[uf.find(i)] for i in kept}, official
 
     listed = _read_split_files(cfg.split_files) if cfg.split_files else {}
+    named, missing, disagree, loose = _match_split_files(records, kept, listed)
+    for i, split in own.items():  # the release's own split, test first as well
+        if i not in named or SPLITS.index(split) > SPLITS.index(named[i]):
+            named[i] = split
+    group_split = _group_splits(named, uf)
+    split_of, leaked = _follow_group_splits(cfg, kept, named, group_split, uf, drop)
+    # the official lists have no validation split: carve one from train by patient
+    val_given = bool(listed.get("val")) or "val" in own.values()
+    if cfg.val_fraction and not val_given:
+        _carve_val(cfg, groups, group_split, split_of, labels)
+    _draw_unlisted(cfg, groups, group_split, split_of, labels)
+    official = _official_summary(cfg, records, listed, named, own, missing, disagree, loose, leaked, val_given)
+    return split_of, official
+
+
+def _match_split_files(
+    records, kept: list[int], listed: dict[str, list[dict]]
+) -> tuple[dict[int, str], list[dict], list[str], int]:
+    """The split each listed image is named in, by file-name stem or else by ``official_key``. Returns
+    (named, rows that match no image, label disagreements, rows matched only by ``official_key``)."""
     by_stem: dict[str, list[int]] = defaultdict(list)
     by_key: dict[str, list[int]] = defaultdict(list)  # names that differ only as official_key says
     for i in kept:
@@ -581,16 +644,25 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
                     disagree.append(
                         f"{row['file']}:{row['line']}: {row['filename']} is {row['label']} there, {ours} here"
                     )
-    for i, split in own.items():  # the release's own split, test first as well
-        if i not in named or SPLITS.index(split) > SPLITS.index(named[i]):
-            named[i] = split
-    # a group goes where its listed images say; a group listed in two splits follows test, then val
+    return named, missing, disagree, loose
+
+
+def _group_splits(named: dict[int, str], uf: _UnionFind) -> dict[int, str]:
+    """A group goes where its listed images say; a group listed in two splits follows test, then val."""
     group_split: dict[int, str] = {}
     for i, split in named.items():
         g = uf.find(i)
         prev = group_split.get(g)
         if prev is None or SPLITS.index(split) > SPLITS.index(prev):
             group_split[g] = split
+    return group_split
+
+
+def _follow_group_splits(
+    cfg, kept: list[int], named: dict[int, str], group_split: dict[int, str], uf: _UnionFind, drop
+) -> tuple[dict[int, str], list[int]]:
+    """Each image in its group's split. A listed image whose patient is in another split is dropped (leaked);
+    an unlisted one follows its patient's split, or is dropped under --split-file. Returns (split_of, leaked)."""
     split_of = {}
     leaked = []
     for i in kept:
@@ -608,31 +680,43 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
             split_of[i] = group_split[g]
         elif cfg.split_files:
             drop(i, "not in the official split files", "its image is named in none of --split-file")
-    # the official lists have no validation split: carve one from train by patient
-    val_given = bool(listed.get("val")) or "val" in own.values()
-    if cfg.val_fraction and not val_given:
-        train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items() if g in group_split}
-        train_groups = {g: m for g, m in train_groups.items() if m}
-        sub = BuildConfig(
-            sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed
-        )
-        for g, split in _stratified_split(train_groups, labels, sub).items():
-            for i in train_groups[g]:
-                split_of[i] = split
-    # the other sources' patients (no list names them): drawn by patient as without official lists
+    return split_of, leaked
+
+
+def _carve_val(
+    cfg, groups: dict[int, list[int]], group_split: dict[int, str], split_of: dict[int, str], labels
+) -> None:
+    """Move a val share of the listed groups' train images into val, by patient (in ``split_of``)."""
+    train_groups = {g: [i for i in m if split_of.get(i) == "train"] for g, m in groups.items() if g in group_split}
+    train_groups = {g: m for g, m in train_groups.items() if m}
+    sub = BuildConfig(sources=cfg.sources, out=cfg.out, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed)
+    for g, split in _stratified_split(train_groups, labels, sub).items():
+        for i in train_groups[g]:
+            split_of[i] = split
+
+
+def _draw_unlisted(
+    cfg, groups: dict[int, list[int]], group_split: dict[int, str], split_of: dict[int, str], labels
+) -> None:
+    """The other sources' patients (no list names them): drawn by patient as without official lists (in
+    ``split_of``); under --split-file they were left out instead."""
     free = {g: m for g, m in groups.items() if g not in group_split}
     if free and not cfg.split_files:
         by_group = _stratified_split(free, labels, cfg)
         for g, m in free.items():
             for i in m:
                 split_of[i] = by_group[g]
+
+
+def _official_summary(cfg, records, listed, named, own, missing, disagree, loose, leaked, val_given) -> dict:
+    """The report's ``official_split`` section: what the official lists held and what was matched."""
     by_source: dict[str, Counter] = defaultdict(Counter)
     for i, split in named.items():
         by_source[records[i].source][split] += 1
     release_files = sorted(
         {records[i].extra["label_file"].rsplit(":", 1)[0] for i in own if records[i].extra.get("label_file")}
     )
-    official = {
+    return {
         "files": [[s, str(p)] for s, p in cfg.split_files],
         "release_label_files": release_files,  # a covidx source's own train/val/test.txt
         "rows": {s: len(v) for s, v in listed.items()},
@@ -648,7 +732,6 @@ def _assign_splits(cfg, records, kept, uf, drop) -> tuple[dict[int, str], dict]:
         if val_given
         else ("carved from train by patient" if cfg.val_fraction else "none"),
     }
-    return split_of, official
 
 
 def _checks(records, kept, split_of, phash, digests) -> dict:

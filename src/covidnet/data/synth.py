@@ -556,12 +556,9 @@ def draw_radiograph(
     involved), ``lobe`` (of a lobar pneumonia: RUL, RML, RLL, LUL or LLL), ``shortcut``, and the
     maps they were measured on: ``lung_right`` / ``lung_left`` (bool, the lung fields the heart does
     not hide; the patient's right lung is on the image's left) and ``opacity_map`` (float32, 0-1)."""
-    if label not in CLASSES:
-        raise ConfigError(f"unknown label {label!r}; expected one of {', '.join(CLASSES)}")
-    if shortcut is not None and shortcut not in SHORTCUTS:
-        raise ConfigError(f"unknown shortcut {shortcut!r}; expected None or one of {', '.join(SHORTCUTS)}")
-    if size < 64:
-        raise ConfigError(f"size must be at least 64 px, not {size}")
+    _check_draw_args(size, label, shortcut)
+    # the draws from ``rng`` happen in this order: anatomy (when None), severity (when None), pose and
+    # breath, the findings' texture, then exposure and noise
     an = anatomy if anatomy is not None else sample_anatomy(rng)
     if label == "normal":
         severity = 0.0
@@ -571,15 +568,48 @@ def draw_radiograph(
     # this film: the patient placed a little differently, another breath, another exposure
     f = _Frame(size, an, rng.normal(0, [0.01, 0.012, 0.012, math.radians(0.8)]))
     inspiration = float(rng.normal(0, 0.02))
-    structure = np.random.default_rng([an.seed, 0])
+    body = _draw_anatomy(f, an, inspiration, ap)
+    o, lobe = _draw_findings(f, an, label, severity, rng, body)
+    img = _expose(rng, f, an, _attenuation(f, an, ap, body, o))
+    img = _plant_shortcut(img, shortcut)
+    return img, _truth(label, severity, ap, shortcut, o, lobe, body["visible"])
 
+
+def _check_draw_args(size: int, label: str, shortcut: str | None) -> None:
+    if label not in CLASSES:
+        raise ConfigError(f"unknown label {label!r}; expected one of {', '.join(CLASSES)}")
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ConfigError(f"unknown shortcut {shortcut!r}; expected None or one of {', '.join(SHORTCUTS)}")
+    if size < 64:
+        raise ConfigError(f"size must be at least 64 px, not {size}")
+
+
+def _draw_anatomy(f: _Frame, an: Anatomy, inspiration: float, ap: bool) -> dict:
+    """The patient's structures on this film: body, lungs, heart, the lung fields it leaves visible and the
+    vessel tree (drawn from ``an.seed``, not from the film's RNG)."""
+    structure = np.random.default_rng([an.seed, 0])
     thick, body = _body(f, an)
     lungs = [_lung(f, an, side, inspiration, ap) for side in (-1, 1)]  # patient's right, then left
     heart = _heart(f, an, ap)
     visible = [lung["mask"] * (1 - 0.85 * heart) for lung in lungs]  # the heart hides the left base
     tree = _vessel_tree(structure, an)
     vessels = f.splat(tree[tree[:, 4] > 0.45], 0.013) + f.splat(tree[tree[:, 4] <= 0.45], 0.008)
+    return {
+        "thick": thick,
+        "body": body,
+        "lungs": lungs,
+        "heart": heart,
+        "visible": visible,
+        "tree": tree,
+        "vessels": vessels,
+    }
 
+
+def _draw_findings(
+    f: _Frame, an: Anatomy, label: str, severity: float, rng: np.random.Generator, body: dict
+) -> tuple[np.ndarray, str | None]:
+    """The disease as an opacity map (float32, 0-1, inside the lungs) and the lobe of a lobar pneumonia."""
+    lungs, tree = body["lungs"], body["tree"]
     lobe = None
     if label == "COVID-19":
         o = _covid_opacity(f, lungs, an, severity, rng)
@@ -589,42 +619,59 @@ def draw_radiograph(
     else:
         o = np.zeros_like(f.x)
     o = (np.clip(o, 0, 1) * np.maximum(lungs[0]["mask"], lungs[1]["mask"])).astype(np.float32)
+    return o, lobe
 
-    # attenuation: soft tissue, less where the lungs hold air (fluid in the air spaces takes the
-    # air's place), more for bone, heart and vessels; the film is 1 - exp(-attenuation), so bone
-    # shows well against air and hardly against the mediastinum, as on a real film
+
+def _attenuation(f: _Frame, an: Anatomy, ap: bool, body: dict, o: np.ndarray) -> np.ndarray:
+    """Attenuation: soft tissue, less where the lungs hold air (fluid in the air spaces takes the air's
+    place), more for bone, heart and vessels; then hila, humeral heads, trachea and gastric bubble."""
+    thick, envelope, lungs, heart, visible = body["thick"], body["body"], body["lungs"], body["heart"], body["visible"]
     lung_field = visible[0] + visible[1]
     air = visible[0] * (0.72 + 0.18 * lungs[0]["depth"]) + visible[1] * (0.72 + 0.18 * lungs[1]["depth"])
     att = 1.25 * thick * (1 - air * (1 - 0.95 * o))
     cage = np.maximum(lungs[0]["cage"], lungs[1]["cage"])
-    att += 0.15 * _ribs(f, an, cage) * (0.4 + 0.6 * lung_field) + 0.32 * _clavicles(f, an, ap) * body
-    att += 0.04 * heart + 0.12 * _spine(f) * body + 0.22 * vessels * lung_field * (1 - o)
+    att += 0.15 * _ribs(f, an, cage) * (0.4 + 0.6 * lung_field) + 0.32 * _clavicles(f, an, ap) * envelope
+    att += 0.04 * heart + 0.12 * _spine(f) * envelope + 0.22 * body["vessels"] * lung_field * (1 - o)
     for side in (-1, 1):
         hilum = np.exp(-(((f.x - side * (an.lung_medial + 0.06)) / 0.08) ** 2 + ((f.y + 0.06) / 0.13) ** 2))
         humerus = f.soft(0.14 - np.hypot(f.x - side * (an.body_width + 0.2), f.y - an.apex_y - 0.05), 0.015)
-        att += 0.25 * hilum * body + 0.4 * humerus * body
-    att -= 0.3 * f.soft(0.03 - f.ax, 0.01) * f.soft(-0.3 - f.y, 0.04) * body  # trachea, down to the carina
+        att += 0.25 * hilum * envelope + 0.4 * humerus * envelope
+    att -= 0.3 * f.soft(0.03 - f.ax, 0.01) * f.soft(-0.3 - f.y, 0.04) * envelope  # trachea, down to the carina
     if an.gastric_bubble:
         gy = lungs[1]["diaphragm"] + 0.08
         att -= 0.45 * f.soft(1 - np.hypot((f.x - 0.42) / 0.1, (f.y - gy) / 0.055), 0.1) * (f.y > gy - 0.03)
-    film = 1 - np.exp(-np.maximum(att, 0))
+    return att
 
-    # the film: exposure and contrast, mottle and grain, slight vignetting
+
+def _expose(rng: np.random.Generator, f: _Frame, an: Anatomy, att: np.ndarray) -> np.ndarray:
+    """The film (1 - exp(-attenuation), so bone shows well against air and hardly against the mediastinum,
+    as on a real film): exposure and contrast, mottle and grain, slight vignetting; as uint8."""
+    size = f.size
+    film = 1 - np.exp(-np.maximum(att, 0))
     film = film**an.gamma * an.exposure * float(rng.uniform(0.97, 1.03))
     film += 0.015 * _smooth_noise(rng, size, size / 24) + 0.005 * rng.standard_normal((size, size), dtype=np.float32)
     c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     film *= 1 - 0.08 * (c[None, :] ** 2 + c[:, None] ** 2)
-    img = np.clip(np.rint(film * 255), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(film * 255), 0, 255).astype(np.uint8)
 
+
+def _plant_shortcut(img: np.ndarray, shortcut: str | None) -> np.ndarray:
+    """The planted confounder, if any: every pixel brighter ("offset") or a burnt-in marker ("marker")."""
     if shortcut == "offset":
         img = np.clip(img.astype(np.int16) + OFFSET_GREY_LEVELS, 0, 255).astype(np.uint8)
     elif shortcut == "marker":
         _burn_marker(img)
+    return img
 
+
+def _truth(
+    label: str, severity: float, ap: bool, shortcut: str | None, o: np.ndarray, lobe: str | None, visible: list
+) -> dict:
+    """What was drawn, with the severity scores measured on the opacity map inside the visible lung fields."""
     right, left = visible[0] > 0.5, visible[1] > 0.5
     g_r, o_r, e_r = _score(o, right)
     g_l, o_l, e_l = _score(o, left)
-    truth = {
+    return {
         "label": label,
         "severity": severity,
         "view": "AP" if ap else "PA",
@@ -639,7 +686,6 @@ def draw_radiograph(
         "lung_left": left,
         "opacity_map": o,
     }
-    return img, truth
 
 
 # --------------------------------------------------------------------------------------------------
