@@ -83,6 +83,33 @@ def read(root: Path, source: str = NAME) -> SourceData:
     if not images:
         raise SourceError(f"{root}: no BIMCV-COVID19+ radiographs (sub-*/ses-*/mod-rx/*.png) for source {source!r}")
     out = SourceData()
+    tables = _read_tables(root, source, out)
+    no_sidecar = 0
+    for path in images:  # the sessions' radiographs, in order
+        ent = entities(path.stem)
+        side = _sidecar_of(path, source, out)
+        if side is None:
+            no_sidecar += 1
+            side = {}
+        left_out = _not_frontal_chest(ent, side)
+        if left_out:
+            out.exclude(source, str(path), *left_out)
+            continue
+        out.records.append(_record(path, ent, side, tables, source))
+    if not out.records:
+        raise SourceError(
+            f"{root}: no frontal chest CR/DX radiographs among {len(images)} image(s) of source {source!r}"
+        )
+    if no_sidecar:
+        out.notes.append(
+            f"{source}: {no_sidecar} image(s) without a JSON sidecar; their view is taken from the file name"
+        )
+    return out
+
+
+def _read_tables(root: Path, source: str, out: SourceData) -> tuple[dict, dict, dict]:
+    """The tables: participants by subject, sessions by session id, findings by session (ReportID); an absent
+    participants or findings table is noted and leaves its fields empty."""
     participants, sessions, findings = {}, {}, {}
     if (root / "participants.tsv").is_file():
         participants = {r.get("participant", "").strip(): r for r in _tsv(root / "participants.tsv")}
@@ -98,69 +125,73 @@ def read(root: Path, source: str = NAME) -> SourceData:
         out.notes.append(
             f"{source}: no findings table (derivatives/labels/labels_covid*posi*.tsv); findings left empty"
         )
-    no_sidecar = 0
-    for path in images:
-        ent = entities(path.stem)
-        side: dict[str, str] = {}
-        sidecar = path.with_suffix(".json")
-        if sidecar.is_file():
-            try:
-                side = read_sidecar(sidecar)
-            except (ValueError, UnicodeDecodeError) as e:
-                out.anomaly(
-                    source,
-                    str(sidecar),
-                    "sidecar unreadable",
-                    f"{type(e).__name__}: {e}; the view is taken from the file name",
-                )
-        else:
-            no_sidecar += 1
-        body = (side.get("BodyPartExamined") or ent.get("bp", "")).strip().lower()
-        if body and body not in ("chest", "thorax", "torax", "tórax"):
-            out.exclude(source, str(path), "not a chest radiograph", f"body part {body!r}")
-            continue
-        modality = (side.get("Modality") or ent["_suffix"]).strip().upper()
-        if modality not in ("CR", "DX"):
-            out.exclude(source, str(path), "not an X-ray", f"modality {modality or 'missing'!r}")
-            continue
-        view, series = side.get("ViewPosition", "").strip(), side.get("SeriesDescription", "").strip()
-        kind = view_kind(view, series)
-        if kind is None and not view_kind(view) and not view_kind(series):  # the header says nothing (not: disagrees)
-            kind = view_kind(ent.get("vp", ""))
-        if kind != "frontal":
-            reason = "lateral view" if kind == "lateral" else "view not frontal or unknown"
-            out.exclude(
-                source,
-                str(path),
-                reason,
-                f"ViewPosition {view!r}, series description {series!r}, file name vp-{ent.get('vp', '?')}",
-            )
-            continue
-        subject, session = f"sub-{ent.get('sub', '')}", f"ses-{ent.get('ses', '')}"
-        who = participants.get(subject, {})
-        out.records.append(
-            Record(
-                patient_id=ent.get("sub", path.parts[-4]),
-                path=path,
-                label="COVID-19",
-                source=source,
-                view=view or ent.get("vp", "").upper() or None,
-                age=_age(who.get("age", "")),
-                sex=parse_sex(who.get("gender") or side.get("PatientSex")),
-                extra={
-                    "session": session,
-                    "study_date": sessions.get(session, {}).get("study_date", ""),
-                    "findings": findings.get(session, ""),
-                    "series_description": series,
-                },
-            )
+    return participants, sessions, findings
+
+
+def _sidecar_of(path: Path, source: str, out: SourceData) -> dict[str, str] | None:
+    """The header fields of an image's JSON sidecar; {} where it is unreadable (an anomaly), None where
+    there is none."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        return read_sidecar(sidecar)
+    except (ValueError, UnicodeDecodeError) as e:
+        out.anomaly(
+            source,
+            str(sidecar),
+            "sidecar unreadable",
+            f"{type(e).__name__}: {e}; the view is taken from the file name",
         )
-    if not out.records:
-        raise SourceError(
-            f"{root}: no frontal chest CR/DX radiographs among {len(images)} image(s) of source {source!r}"
-        )
-    if no_sidecar:
-        out.notes.append(
-            f"{source}: {no_sidecar} image(s) without a JSON sidecar; their view is taken from the file name"
-        )
-    return out
+        return {}
+
+
+def _header_view(side: dict[str, str]) -> tuple[str, str]:
+    """The sidecar's ViewPosition and SeriesDescription, stripped ('' where absent)."""
+    return side.get("ViewPosition", "").strip(), side.get("SeriesDescription", "").strip()
+
+
+def _not_frontal_chest(ent: dict[str, str], side: dict[str, str]) -> tuple[str, str] | None:
+    """Why an image is left out (reason, detail), or None for a frontal chest CR/DX radiograph: body part and
+    modality from the sidecar, else the file name; the view from the sidecar's ViewPosition and series
+    description, and from the file name's ``vp-`` only where the header says nothing (not: disagrees)."""
+    body = (side.get("BodyPartExamined") or ent.get("bp", "")).strip().lower()
+    if body and body not in ("chest", "thorax", "torax", "tórax"):
+        return "not a chest radiograph", f"body part {body!r}"
+    modality = (side.get("Modality") or ent["_suffix"]).strip().upper()
+    if modality not in ("CR", "DX"):
+        return "not an X-ray", f"modality {modality or 'missing'!r}"
+    view, series = _header_view(side)
+    kind = view_kind(view, series)
+    if kind is None and not view_kind(view) and not view_kind(series):  # the header says nothing (not: disagrees)
+        kind = view_kind(ent.get("vp", ""))
+    if kind != "frontal":
+        reason = "lateral view" if kind == "lateral" else "view not frontal or unknown"
+        return reason, f"ViewPosition {view!r}, series description {series!r}, file name vp-{ent.get('vp', '?')}"
+    return None
+
+
+def _record(
+    path: Path, ent: dict[str, str], side: dict[str, str], tables: tuple[dict, dict, dict], source: str
+) -> Record:
+    """The record of a kept image: the subject as patient, age and sex from participants.tsv (sex else from
+    the sidecar), the session's study date and findings."""
+    participants, sessions, findings = tables
+    view, series = _header_view(side)
+    subject, session = f"sub-{ent.get('sub', '')}", f"ses-{ent.get('ses', '')}"
+    who = participants.get(subject, {})
+    return Record(
+        patient_id=ent.get("sub", path.parts[-4]),
+        path=path,
+        label="COVID-19",
+        source=source,
+        view=view or ent.get("vp", "").upper() or None,
+        age=_age(who.get("age", "")),
+        sex=parse_sex(who.get("gender") or side.get("PatientSex")),
+        extra={
+            "session": session,
+            "study_date": sessions.get(session, {}).get("study_date", ""),
+            "findings": findings.get(session, ""),
+            "series_description": series,
+        },
+    )

@@ -135,18 +135,36 @@ def read(root: Path, source: str = NAME) -> SourceData:
     out = SourceData()
     lines = {split: _parse(path, source) for split, path in files.items()}
     names_listed = {split: {r["filename"] for r in rows} for split, rows in lines.items()}
-    counts = Counter()
+    counts = Counter()  # anomalies by reason, in the order first met, for the notes
+    lines = _check_labels(lines, root, source, out, counts)
+    chosen = _one_line_per_image(lines, root, source, out)
+    indexes = {s: ImageIndex(root / s) for s in files}
+    listed_paths = _match_images(chosen, files, indexes, root, source, out, counts)
+    _exclude_unlisted(indexes, names_listed, listed_paths, files, source, out)
+    _report_leakage(source, out)
+    _summary_notes(source, out, counts)
+    return out
 
-    def src(row: dict) -> str:
-        return f"{source}/{row['origin']}" if row["origin"] else source
 
-    def item(split: str, row: dict) -> str:
-        return str(root / split / row["filename"])
+def _origin(source: str, row: dict) -> str:
+    """A line's ``Record.source``: ``NAME/data_source``, or ``NAME`` where the line has no source column."""
+    return f"{source}/{row['origin']}" if row["origin"] else source
 
-    def said(row: dict) -> str:
-        return f"listed at {row['where']} as patient {row['patient_id']!r}, {row['label']}"
 
-    # 1. labels: what each file is, and the lines that contradict it
+def _item(root: Path, split: str, row: dict) -> str:
+    """Where a line says its image is: the split's folder and the listed name."""
+    return str(root / split / row["filename"])
+
+
+def _said(row: dict) -> str:
+    """What a line says, for the report: file and line, patient, label."""
+    return f"listed at {row['where']} as patient {row['patient_id']!r}, {row['label']}"
+
+
+def _check_labels(lines: dict[str, list[dict]], root: Path, source: str, out: SourceData, counts: Counter) -> dict:
+    """Stage 1, labels: what each file is (three-class or binary), and the lines that contradict it. Sets each
+    line's ``record_label``; returns the lines kept, per split."""
+    checked = {}
     for split, rows in lines.items():
         three = any(r["label"].lower() in THREE_CLASS for r in rows)
         kept = []
@@ -154,29 +172,38 @@ def read(root: Path, source: str = NAME) -> SourceData:
             r["record_label"] = KNOWN[r["label"].lower()]
             if three and r["label"].lower() == "negative":
                 out.exclude(
-                    src(r),
-                    item(split, r),
+                    _origin(source, r),
+                    _item(root, split, r),
                     "negative label in a three-class file",
-                    f"{said(r)}: 'negative' says neither normal nor pneumonia",
+                    f"{_said(r)}: 'negative' says neither normal nor pneumonia",
                 )
                 continue
             if three and r["label"].lower() == "positive":
                 out.anomaly(
-                    src(r), item(split, r), "binary label in a three-class file", f"{said(r)}; read as COVID-19"
+                    _origin(source, r),
+                    _item(root, split, r),
+                    "binary label in a three-class file",
+                    f"{_said(r)}; read as COVID-19",
                 )
                 counts["binary label in a three-class file"] += 1
             if r["spaced"]:
                 out.anomaly(
-                    src(r),
-                    item(split, r),
+                    _origin(source, r),
+                    _item(root, split, r),
                     "patient id with a space",
-                    f"{said(r)}; the id is everything before the file name",
+                    f"{_said(r)}; the id is everything before the file name",
                 )
                 counts["patient id with a space"] += 1
             kept.append(r)
-        lines[split] = kept
+        checked[split] = kept
+    return checked
 
-    # 2. one line per image: repeats, two patients or two labels for one image, one image in two splits
+
+def _one_line_per_image(
+    lines: dict[str, list[dict]], root: Path, source: str, out: SourceData
+) -> dict[str, list[tuple[str, dict]]]:
+    """Stage 2, one line per image: repeats, two patients or two labels for one image, one image in two splits.
+    Returns the line chosen for each image, under the split it stays in (test > val > train)."""
     by_name: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for split in ("test", "val", "train"):
         for r in lines.get(split, []):
@@ -186,10 +213,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
         if len({r["record_label"] for _, r in entries}) > 1:
             for split, r in entries:
                 out.exclude(
-                    src(r),
-                    item(split, r),
+                    _origin(source, r),
+                    _item(root, split, r),
                     "conflicting labels for one image",
-                    f"{said(r)}; also " + "; ".join(f"{x['label']} at {x['where']}" for _, x in entries if x is not r),
+                    f"{_said(r)}; also " + "; ".join(f"{x['label']} at {x['where']}" for _, x in entries if x is not r),
                 )
             continue
         first_split, first = entries[0]  # test first: an image in two splits stays in the later one
@@ -201,11 +228,23 @@ def read(root: Path, source: str = NAME) -> SourceData:
                 reason, why = "duplicate line", f"repeats {first['where']}"
             else:
                 reason, why = "image listed twice", f"kept as patient {first['patient_id']!r} ({first['where']})"
-            out.exclude(src(r), item(split, r), reason, f"{said(r)}; {why}")
+            out.exclude(_origin(source, r), _item(root, split, r), reason, f"{_said(r)}; {why}")
+    return chosen
 
-    # 3. the images: in the split's folder, by name, else by stem or official_key (reported)
+
+def _match_images(
+    chosen: dict[str, list[tuple[str, dict]]],
+    files: dict[str, Path],
+    indexes: dict[str, ImageIndex],
+    root: Path,
+    source: str,
+    out: SourceData,
+    counts: Counter,
+) -> set[Path]:
+    """Stage 3, the images: each chosen line's file in its split's folder, by name, else by stem or
+    official_key (the extension and '(n)' versus '-n' anomalies, reported); a record for each file found.
+    Returns the files the lines resolved to."""
     listed_paths: set[Path] = set()
-    indexes = {s: ImageIndex(root / s) for s in files}
     for split in ("test", "val", "train"):
         if split not in files:
             continue
@@ -218,41 +257,59 @@ def read(root: Path, source: str = NAME) -> SourceData:
             path, how = indexes[split].find_loose(r["filename"])
             if path is None:
                 out.exclude(
-                    src(r),
-                    item(split, r),
+                    _origin(source, r),
+                    _item(root, split, r),
                     "image missing",
-                    f"{said(r)}; no file of that name, stem or numbering in {folder}",
+                    f"{_said(r)}; no file of that name, stem or numbering in {folder}",
                 )
                 continue
             if path in listed_paths:  # two listed names resolved to one file
                 out.exclude(
-                    src(r), str(path), "image listed twice", f"{said(r)}; {path.name} is listed under another name too"
+                    _origin(source, r),
+                    str(path),
+                    "image listed twice",
+                    f"{_said(r)}; {path.name} is listed under another name too",
                 )
                 continue
             listed_paths.add(path)
             if how != "name":
                 what = "extension" if how == "stem" else "numbering ('(n)' versus '-n')"
                 out.anomaly(
-                    src(r),
+                    _origin(source, r),
                     str(path),
                     "file name differs from the label file",
-                    f"{said(r)} as {r['filename']!r}; on disk {path.name!r} (differs by {what}); used",
+                    f"{_said(r)} as {r['filename']!r}; on disk {path.name!r} (differs by {what}); used",
                 )
                 counts["file name differs from the label file"] += 1
-            out.records.append(
-                Record(
-                    patient_id=r["patient_id"],
-                    path=path,
-                    label=r["record_label"],
-                    source=src(r),
-                    extra={
-                        "official_split": split,
-                        "covidx_label": r["label"],
-                        "data_source": r["origin"],
-                        "label_file": r["where"],
-                    },
-                )
-            )
+            out.records.append(_record(split, r, path, source))
+    return listed_paths
+
+
+def _record(split: str, row: dict, path: Path, source: str) -> Record:
+    """The record of a line whose image was found at ``path``."""
+    return Record(
+        patient_id=row["patient_id"],
+        path=path,
+        label=row["record_label"],
+        source=_origin(source, row),
+        extra={
+            "official_split": split,
+            "covidx_label": row["label"],
+            "data_source": row["origin"],
+            "label_file": row["where"],
+        },
+    )
+
+
+def _exclude_unlisted(
+    indexes: dict[str, ImageIndex],
+    names_listed: dict[str, set[str]],
+    listed_paths: set[Path],
+    files: dict[str, Path],
+    source: str,
+    out: SourceData,
+) -> None:
+    """The images on disk that no line of their split's label file names: left out."""
     for split, index in indexes.items():
         named = {index.find_loose(n)[0] for n in names_listed[split]}  # lines left out above still name their file
         for path in sorted(set(index.by_name.values()) - listed_paths - named):
@@ -260,7 +317,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
                 source, str(path), "image not in the label files", f"in {split}/ but in no line of {files[split].name}"
             )
 
-    # 4. leakage in the release: a patient whose images the label files put in two splits
+
+def _report_leakage(source: str, out: SourceData) -> None:
+    """Stage 4, leakage in the release: a patient whose images the label files put in two splits (an anomaly
+    each, and a note)."""
     splits_of: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in out.records:
         splits_of[(r.source, r.patient_id)][r.extra["official_split"]] += 1
@@ -279,6 +339,10 @@ def read(root: Path, source: str = NAME) -> SourceData:
             f"{source}: {len(leaking)} patient(s) in two official splits (leakage in the release); "
             "each is kept in one split, test first"
         )
+
+
+def _summary_notes(source: str, out: SourceData, counts: Counter) -> None:
+    """The notes that count the anomalies handled, and the images labelled only negative."""
     for reason, n in counts.items():
         out.notes.append(
             f"{source}: {n} line(s) with '{reason}' handled; each is listed under anomalies in report.json"
@@ -288,4 +352,3 @@ def read(root: Path, source: str = NAME) -> SourceData:
         out.notes.append(
             f"{source}: {n_negative} image(s) labelled only negative (binary release): for --binary training"
         )
-    return out
