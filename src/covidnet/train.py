@@ -92,6 +92,7 @@ class TrainConfig:
         "host memory the training and validation images may take; above it they are streamed from the store "
         "(0: half of the memory available at the start)",
     )
+    max_steps: int = option(0, "end the run after this many optimisation steps, mid-epoch if need be (0: no limit)")
     precise_bn: int = option(
         512, "training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off"
     )
@@ -368,7 +369,9 @@ def _check_run(cfg: TrainConfig) -> Path:
         saved = json.loads((run / "config.json").read_text())
         for f in fields(TrainConfig):
             was = saved.get(f.name, f.default)  # a field newer than the run had its default then
-            if f.name not in ("resume", "progress", "epochs", "out", "host_memory_gb") and was != getattr(cfg, f.name):
+            if f.name not in ("resume", "progress", "epochs", "out", "host_memory_gb", "max_steps") and was != getattr(
+                cfg, f.name
+            ):
                 raise ConfigError(
                     f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
                     f"not {getattr(cfg, f.name)!r}; resume with the run's own settings"
@@ -418,6 +421,7 @@ class _Run:
     best: float = math.inf
     accumulators: dict | None = None
     history: list = field(default_factory=list)
+    steps_done: int = 0  # optimisation steps taken by this process (for --max-steps)
 
     @property
     def mem_format(self):
@@ -542,6 +546,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
             a, seen = _train_epoch(r, epoch, stop)
             _end_epoch(r, epoch, a, seen, log)
             r.start_step = 0
+            if cfg.max_steps and r.steps_done >= cfg.max_steps:
+                break
     except BaseException as e:
         if not isinstance(e, TrainingInterrupted):
             _status(r.path, dist, "failed", error=f"{type(e).__name__}: {e}")
@@ -583,8 +589,9 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
         for name, child in r.model.named_children():
             child.train(name in HEAD_MODULES)
-    steps = [r.train_pos[shard(b, dist)] for b in batches[first:]]
-    for step, pos, host in zip(range(first, len(batches)), steps, prefetch(r.pixels, steps)):
+    last = len(batches) if not cfg.max_steps else min(len(batches), first + cfg.max_steps - r.steps_done)
+    steps = [r.train_pos[shard(b, dist)] for b in batches[first:last]]
+    for step, pos, host in zip(range(first, last), steps, prefetch(r.pixels, steps)):
         seed = step_seed(cfg.seed, epoch, step)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         params = (
@@ -603,6 +610,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
                 f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
                 f"--batch-size {cfg.batch_size}; lower --batch-size or --size"
             ) from None
+        r.steps_done += 1
         loss_acc += loss.detach() * len(pos)
         correct_acc += r.task.agreement(logits.detach(), y)
         a["n"] += len(pos)
@@ -623,7 +631,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
             )
     if bar is not None:
         bar.close()
-    return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches)  # one device sync per epoch
+    return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches[:last])  # one device sync per epoch
 
 
 def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> None:

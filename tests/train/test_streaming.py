@@ -59,3 +59,20 @@ def test_streamed_training_gives_the_same_weights_as_in_memory(ds, tmp_path, cap
     a, b = read_checkpoint(tmp_path / "mem" / "last.pt"), read_checkpoint(tmp_path / "stream" / "last.pt")
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_max_steps_ends_the_run_mid_epoch(ds, tmp_path):
+    summary = train(
+        TrainConfig(
+            data=str(ds),
+            out=str(tmp_path / "r"),
+            epochs=5,
+            batch_size=8,
+            device="cpu",
+            precise_bn=0,
+            progress=False,
+            max_steps=2,
+        )
+    )
+    # two steps of about 8 images (the remainder of the split is spread over the batches), not five epochs
+    assert summary["final"]["epoch"] == 1 and 16 <= summary["final"]["images_seen"] < 24
