@@ -38,6 +38,7 @@ from .contract import Contract
 from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError
+from .feed import InMemory, Streamed, memory_budget, prefetch, stage
 from .files import write_json
 from .models import create_model, get_spec
 from .runtime import predict_logits, resolve_device, uint8_to_unit
@@ -86,6 +87,12 @@ class TrainConfig:
     channels_last: bool = option(True, "channels-last memory format")
     compile: str = option("auto", "torch.compile: auto (GPU only), on, off")
     eval_batch_size: int = option(64, "batch size for validation")
+    host_memory_gb: float = option(
+        0.0,
+        "host memory the training and validation images may take; above it they are streamed from the store "
+        "(0: half of the memory available at the start)",
+    )
+    max_steps: int = option(0, "end the run after this many optimisation steps, mid-epoch if need be (0: no limit)")
     precise_bn: int = option(
         512, "training images (unaugmented) that recompute BatchNorm statistics before each validation; 0: off"
     )
@@ -362,7 +369,9 @@ def _check_run(cfg: TrainConfig) -> Path:
         saved = json.loads((run / "config.json").read_text())
         for f in fields(TrainConfig):
             was = saved.get(f.name, f.default)  # a field newer than the run had its default then
-            if f.name not in ("resume", "progress", "epochs", "out") and was != getattr(cfg, f.name):
+            if f.name not in ("resume", "progress", "epochs", "out", "host_memory_gb", "max_steps") and was != getattr(
+                cfg, f.name
+            ):
                 raise ConfigError(
                     f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
                     f"not {getattr(cfg, f.name)!r}; resume with the run's own settings"
@@ -397,7 +406,7 @@ class _Run:
     task: Task = None
     contract: Contract = None
     y_train: np.ndarray = None
-    images: torch.Tensor = None  # the training and validation rows' stored pixels, on the device when they fit
+    pixels: InMemory | Streamed = None  # the training and validation rows' stored pixels (``covidnet.feed``)
     labels: torch.Tensor = None
     train_pos: np.ndarray = None
     val_pos: np.ndarray = None
@@ -412,6 +421,7 @@ class _Run:
     best: float = math.inf
     accumulators: dict | None = None
     history: list = field(default_factory=list)
+    steps_done: int = 0  # optimisation steps taken by this process (for --max-steps)
 
     @property
     def mem_format(self):
@@ -421,8 +431,11 @@ class _Run:
     def amp(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
 
-    def batch_input(self, pos: np.ndarray, params: torch.Tensor | None) -> torch.Tensor:
-        x = uint8_to_unit(self.images[torch.from_numpy(pos).to(self.images.device)].to(self.device, non_blocking=True))
+    def batch_input(
+        self, pos: np.ndarray, params: torch.Tensor | None, host: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The network's input for positions ``pos``; ``host``: their pixels, when already read ahead."""
+        x = uint8_to_unit((self.pixels[pos] if host is None else host).to(self.device, non_blocking=True))
         if params is not None:
             x = augment(x, params)
         return self.contract.model_input(x, self.mem_format)
@@ -468,11 +481,12 @@ def _stage_data(r: _Run) -> None:
     if r.covid_class is not None:
         task.weights = _class_weights(cfg.class_weights, r.y_train, cfg.classes)
     rows = np.concatenate([train_rows, val_rows])
-    host = torch.from_numpy(np.ascontiguousarray(store.images[rows]))
-    r.images = host
-    if r.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(r.device)
-        r.images = host.to(r.device) if host.numel() < 0.5 * free else host.pin_memory()
+    r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb))
+    if r.pixels.streamed and r.dist.main and cfg.progress:
+        print(
+            f"covidnet train: {len(rows)} images do not fit the host-memory budget; streaming them from {store.root}",
+            file=sys.stderr,
+        )
     r.labels = torch.from_numpy(np.concatenate([r.y_train, y_val])).to(r.device)
     r.train_pos, r.val_pos = np.arange(len(train_rows)), np.arange(len(train_rows), len(rows))
     mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
@@ -532,6 +546,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
             a, seen = _train_epoch(r, epoch, stop)
             _end_epoch(r, epoch, a, seen, log)
             r.start_step = 0
+            if cfg.max_steps and r.steps_done >= cfg.max_steps:
+                break
     except BaseException as e:
         if not isinstance(e, TrainingInterrupted):
             _status(r.path, dist, "failed", error=f"{type(e).__name__}: {e}")
@@ -573,14 +589,15 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
         for name, child in r.model.named_children():
             child.train(name in HEAD_MODULES)
-    for step in range(first, len(batches)):
-        pos = r.train_pos[shard(batches[step], dist)]
+    last = len(batches) if not cfg.max_steps else min(len(batches), first + cfg.max_steps - r.steps_done)
+    steps = [r.train_pos[shard(b, dist)] for b in batches[first:last]]
+    for step, pos, host in zip(range(first, last), steps, prefetch(r.pixels, steps)):
         seed = step_seed(cfg.seed, epoch, step)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         params = (
             None if cfg.augment.identity else sample_params(len(pos), cfg.augment, torch.Generator().manual_seed(seed))
         )
-        x, y = r.batch_input(pos, params), r.labels[torch.from_numpy(pos).to(device)]
+        x, y = r.batch_input(pos, params, host), r.labels[torch.from_numpy(pos).to(device)]
         try:
             with r.amp:
                 logits = r.net(x)
@@ -593,6 +610,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
                 f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
                 f"--batch-size {cfg.batch_size}; lower --batch-size or --size"
             ) from None
+        r.steps_done += 1
         loss_acc += loss.detach() * len(pos)
         correct_acc += r.task.agreement(logits.detach(), y)
         a["n"] += len(pos)
@@ -613,7 +631,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
             )
     if bar is not None:
         bar.close()
-    return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches)  # one device sync per epoch
+    return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches[:last])  # one device sync per epoch
 
 
 def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> None:
@@ -623,7 +641,7 @@ def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> Non
     if cfg.precise_bn and not cfg.freeze_backbone:
         recalibrate_bn(r.model, r.batch_input, r.train_pos, cfg, epoch, r.amp)
     val = evaluate_split(
-        r.model, r.images, r.val_pos, r.labels, cfg.eval_batch_size, dist, r.device, r.contract, r.mem_format, task
+        r.model, r.pixels, r.val_pos, r.labels, cfg.eval_batch_size, dist, r.device, r.contract, r.mem_format, task
     )
     r.sched.step(val["loss"])
     fields_, shown = task.log(val)
@@ -720,7 +738,7 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
 
 def evaluate_split(
     model,
-    images: torch.Tensor,
+    pixels,
     positions: np.ndarray,
     labels: torch.Tensor,
     batch_size: int,
@@ -737,7 +755,7 @@ def evaluate_split(
     mine = positions[dist.rank :: dist.world]
     logits = predict_logits(
         model,
-        lambda pos: images[torch.from_numpy(pos).to(images.device)],
+        lambda pos: pixels[pos],
         mine,
         batch_size,
         contract,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,27 @@ class Store:
     @property
     def size(self) -> int:
         return int(self.images.shape[-1])
+
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The stored pixels of ``rows`` (B, S, S), read with ``os.pread`` into ``out`` (or a new array).
+
+        Unlike indexing the memory map, this leaves no file pages mapped into the process, so reading a
+        store of any size, one batch at a time, keeps the resident memory at one batch (the pages stay
+        in the kernel's page cache, which is not the process's and is given back under pressure)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        per = self.images[0].nbytes if len(self.images) else 0
+        out = np.empty((len(rows), *self.images.shape[1:]), np.uint8) if out is None else out[: len(rows)]
+        if not hasattr(self, "_fd"):
+            self._fd = os.open(self.root / IMAGES_FILE, os.O_RDONLY)
+            self._offset = self.images.offset
+        flat = out.reshape(len(rows), -1)
+        for k, r in enumerate(rows):
+            if not 0 <= r < len(self.images):
+                raise IndexError(f"row {r} of a store of {len(self.images)} images")
+            got = os.preadv(self._fd, [flat[k]], self._offset + int(r) * per)
+            if got != per:
+                raise CovidnetError(f"{self.root / IMAGES_FILE}: short read at row {r}; the dataset is damaged")
+        return out
 
     def rows(self, split: str | None = None) -> np.ndarray:
         """Row numbers of ``split`` (all rows when None)."""
