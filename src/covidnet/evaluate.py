@@ -51,7 +51,7 @@ def predict_store(lm: LoadedModel, data: str, split: str) -> Predictions:
     return Predictions(
         names=store.names(rows),
         y=lm.task.targets(store, rows),
-        out=lm.logits(store.images, rows),
+        out=lm.logits(store, rows),
         patients=store.patients(rows),
         sources=store.sources(rows),
         load=lambda i: np.asarray(store.images[rows[i]]),

@@ -79,9 +79,7 @@ def _parity_images(cfg: ExportConfig, contract: Contract) -> tuple[np.ndarray, s
         store = _store(cfg.data, contract)
         rows = store.rows("val")
         rows = rows if len(rows) else store.rows()
-        return np.asarray(
-            store.images[rows[:PARITY_IMAGES]]
-        ), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
+        return store.read(rows[:PARITY_IMAGES]), f"{min(len(rows), PARITY_IMAGES)} validation images of {cfg.data}"
     from .data.synth import draw_radiograph
 
     rng = np.random.default_rng(0)
@@ -124,9 +122,10 @@ class _Calibration:
         pass
 
 
-def _accuracy(backend: OnnxBackend, images: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
-    pred = np.concatenate([backend.logits(images[k : k + batch]).argmax(1) for k in range(0, len(images), batch)])
-    return float((pred == y).mean())
+def _accuracy(backend: OnnxBackend, store, rows: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
+    """Accuracy on ``rows`` of ``store``, read ``batch`` rows at a time."""
+    pred = [backend.logits(store.read(rows[k : k + batch])).argmax(1) for k in range(0, len(rows), batch)]
+    return float((np.concatenate(pred) == y).mean())
 
 
 def _check_config(cfg: ExportConfig) -> None:
@@ -239,7 +238,7 @@ def _quantise(
     quantize_static(
         str(prepared),
         str(dest),
-        _Calibration(np.asarray(store.images[np.sort(pick)]), onnx_fp32.input_name),
+        _Calibration(store.read(np.sort(pick)), onnx_fp32.input_name),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
@@ -259,8 +258,8 @@ def _quantise(
     val = store.rows("val")
     if len(val):
         _progress(cfg, f"accuracy of fp32 and int8 on {len(val)} validation images")
-        x, y = np.asarray(store.images[val]), store.labels(val, binary=list(info["classes"]) != list(CLASSES))
-        a32, a8 = _accuracy(onnx_fp32, x, y), _accuracy(onnx_int8, x, y)
+        y = store.labels(val, binary=list(info["classes"]) != list(CLASSES))
+        a32, a8 = _accuracy(onnx_fp32, store, val, y), _accuracy(onnx_int8, store, val, y)
         out.update(val_images=int(len(val)), val_accuracy_fp32=a32, val_accuracy_int8=a8, val_accuracy_change=a8 - a32)
     return out
 

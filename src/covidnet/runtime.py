@@ -41,12 +41,12 @@ def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def rows_reader(images, rows: np.ndarray | None = None) -> Callable[[np.ndarray], torch.Tensor]:
-    """``get_batch`` for ``predict_logits`` over an (N, S, S) uint8 array (a memory-mapped store
-    included): only the rows a batch asks for are read, so a store is never read whole."""
+    """``get_batch`` for ``predict_logits`` over stored pixels: a built dataset's ``Store`` (read by row,
+    ``Store.read``, so a store of any size is never mapped or read whole) or an (N, S, S) uint8 array."""
 
     def get(pos: np.ndarray) -> torch.Tensor:
         which = pos if rows is None else rows[pos]
-        return torch.from_numpy(np.ascontiguousarray(images[which]))
+        return torch.from_numpy(images.read(which) if hasattr(images, "read") else np.ascontiguousarray(images[which]))
 
     return get
 
@@ -81,8 +81,9 @@ def predict_logits(
 class LoadedModel:
     """A checkpoint's network on a device, with its metadata, task and contract.
 
-    ``logits`` and ``features`` take stored uint8 pixels (N, S, S), an array or a memory-mapped store
-    (read ``batch_size`` rows at a time); ``cam`` a heat map of one image for one output. It is also
+    ``logits`` and ``features`` take stored uint8 pixels: an (N, S, S) array, or a built dataset's
+    ``Store`` with the ``rows`` to read (``batch_size`` rows at a time); ``cam`` a heat map of one image
+    for one output. It is also
     the PyTorch backend of ``covidnet predict`` and ``covidnet serve`` (``kind``, ``on_gpu``,
     ``model_id``)."""
 
@@ -129,7 +130,7 @@ class LoadedModel:
 
     def outputs(self, images, rows: np.ndarray | None = None) -> torch.Tensor:
         """The network's outputs (N, K) for ``images`` (or its ``rows``), float32 on the CPU."""
-        n = len(images) if rows is None else len(rows)
+        n = len(rows) if rows is not None else len(images)
         return predict_logits(
             self.model,
             rows_reader(images, rows),
@@ -146,7 +147,7 @@ class LoadedModel:
 
     def features(self, images, rows: np.ndarray | None = None) -> np.ndarray:
         """Frozen features: the last feature map averaged over space, (N, C)."""
-        n = len(images) if rows is None else len(rows)
+        n = len(rows) if rows is not None else len(images)
         pooled = predict_logits(
             self.model,
             rows_reader(images, rows),

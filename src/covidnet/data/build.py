@@ -33,7 +33,7 @@ from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, READERS, official_key, read_source
-from .store import IMAGES_FILE, INDEX_FILE, write_index
+from .store import IMAGES_FILE, INDEX_FILE, RowFile, write_index
 
 SPLITS = ("train", "val", "test")
 PAEDIATRIC_AGE = 18  # years; below it a record is paediatric
@@ -164,7 +164,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(store_path: str, contract: Contract) -> None:
-    _WORKER["images"] = np.load(store_path, mmap_mode="r+")
+    _WORKER["images"] = RowFile(Path(store_path), writable=True)  # pwrite: no page of it stays mapped
     _WORKER["contract"] = contract
 
 
@@ -177,7 +177,7 @@ def _process(task: tuple[int, str]) -> tuple[int, str | None, str | None, bytes 
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # exact duplicates: identical files
     except CovidnetError as e:
         return i, str(e), None, None
-    _WORKER["images"][i] = img
+    _WORKER["images"].write(i, img)
     return i, None, digest, perceptual_hash(img)
 
 
@@ -428,8 +428,7 @@ def _read_images(
 ) -> tuple[dict[int, int], dict[int, str], dict[int, bytes], float]:
     """Read, hash and preprocess every image of ``todo`` once, in parallel, into row ``slot[i]`` of the
     scratch store; an unreadable one is dropped. Returns (slot, file hashes, perceptual hashes, images/s)."""
-    buf = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(todo), 1), cfg.size, cfg.size))
-    del buf
+    RowFile.create(scratch, len(todo), cfg.size).close()
     slot = {i: k for k, i in enumerate(todo)}
     digests: dict[int, str] = {}
     phash: dict[int, bytes] = {}
@@ -441,6 +440,7 @@ def _read_images(
         _init_worker(str(scratch), cfg.contract)
         iterator = map(_process, tasks)
         results = _consume(iterator, len(tasks), cfg.progress)
+        _WORKER.pop("images").close()
     else:
         # fork where the platform has it: workers start at once with the parent's imports; they run no
         # torch code, so forking a process that imported torch is safe here
@@ -538,14 +538,13 @@ def _refuse_failures(cfg: BuildConfig, checks: dict, exclusions: list[Exclusion]
 def _write_store(tmp: Path, cfg: BuildConfig, scratch: Path, slot: dict[int, int], order: list[int]) -> None:
     """The images of ``order``, in that order, from the scratch store into the dataset's store; the scratch
     store is removed."""
-    scratch_arr = np.load(scratch, mmap_mode="r")
-    images = np.lib.format.open_memmap(
-        tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(order), cfg.size, cfg.size)
-    )
-    for row, i in enumerate(order):
-        images[row] = scratch_arr[slot[i]]
-    images.flush()
-    del images, scratch_arr
+    source, images = RowFile(scratch), RowFile.create(tmp / IMAGES_FILE, len(order), cfg.size)
+    buf = np.empty((1, cfg.size, cfg.size), np.uint8)
+    for row, i in enumerate(order):  # a row at a time: memory stays flat in the number of images
+        images.write(row, source.read([slot[i]], buf)[0])
+    os.fsync(images.fd)
+    source.close()
+    images.close()
     scratch.unlink()
 
 
