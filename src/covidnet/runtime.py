@@ -128,17 +128,20 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or self.task.outputs)
 
-    def outputs(self, images, rows: np.ndarray | None = None) -> torch.Tensor:
-        """The network's outputs (N, K) for ``images`` (or its ``rows``), float32 on the CPU."""
+    def outputs(self, images, rows: np.ndarray | None = None, forward: Callable | None = None) -> torch.Tensor:
+        """The network's outputs (N, K) for ``images`` (or its ``rows``), float32 on the CPU; ``forward``
+        in place of the whole network (e.g. its pooled features)."""
         n = len(rows) if rows is not None else len(images)
+        reader = rows_reader(images, rows)
         return predict_logits(
             self.model,
-            rows_reader(images, rows),
+            reader,
             np.arange(n),
             self.batch_size,
             self.contract,
             self.device,
             self.memory_format,
+            forward=forward,
         )
 
     def logits(self, images, rows: np.ndarray | None = None) -> np.ndarray:
@@ -147,18 +150,8 @@ class LoadedModel:
 
     def features(self, images, rows: np.ndarray | None = None) -> np.ndarray:
         """Frozen features: the last feature map averaged over space, (N, C)."""
-        n = len(rows) if rows is not None else len(images)
-        pooled = predict_logits(
-            self.model,
-            rows_reader(images, rows),
-            np.arange(n),
-            self.batch_size,
-            self.contract,
-            self.device,
-            self.memory_format,
-            forward=lambda x: self.model.forward_features(x).float().mean((2, 3)),
-        )
-        return pooled.numpy()
+        pooled = lambda x: self.model.forward_features(x).float().mean((2, 3))  # noqa: E731
+        return self.outputs(images, rows, forward=pooled).numpy()
 
     def cam(self, image: np.ndarray, output: int, method: str = "gradcam") -> np.ndarray:
         """A (h, w) heat map in [0, 1] of one (S, S) uint8 image for output ``output``."""
