@@ -68,7 +68,8 @@ def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool
 
     if not lm.task.reads_label_files:
         raise UsageError(
-            f"--labels evaluates classification checkpoints; this one is a {lm.task.name} checkpoint: use --data DIR"
+            f"--labels evaluates classification checkpoints; this one is a {lm.task.name} checkpoint: give --data DIR "
+            "(a built dataset with the task's targets), not --labels"
         )
     classes = lm.classes
     rows = read_label_file(labels, classes)

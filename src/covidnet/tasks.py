@@ -192,7 +192,9 @@ class Task:
     def decision_rule(self, meta: dict, threshold: str | None, operating_point: str | None) -> dict | None:
         """The rule that flags an image (classification's triage); other tasks take none."""
         if threshold or operating_point:
-            raise UsageError(f"--threshold and --operating-point are for classification, not a {self.name} checkpoint")
+            raise UsageError(
+                f"--threshold and --operating-point are for classification checkpoints, not a {self.name} checkpoint"
+            )
         return None
 
     def rebalance(self, covid_percent: float) -> tuple[int | None, float]:
