@@ -5,18 +5,21 @@ a classifier can score well by recognising the source (DeGrave, Janizek & Lee, N
 2021). Each test here gives a figure, the threshold that turns it into a verdict (ok / warning /
 fail), and a plain-language reading:
 
-1. source predictability: a linear probe (scikit-learn logistic regression, cross-validated by patient)
+1. within-source discrimination: the pairwise AUC of each class pair inside each source that holds two
+   classes (``metrics.classification.within_source_auc``) on the audited split, where the source cannot
+   give the class away: the one figure a source shortcut cannot inflate, listed first.
+2. source predictability: a linear probe (scikit-learn logistic regression, cross-validated by patient)
    predicts the source from the model's frozen features and from raw downsampled pixels, among images
    of the same class (when sources contribute different classes, the disease alone predicts the
    source); the mutual information between source and label in the dataset is reported beside it.
-2. leave-one-source-out: for each source holding more than one class, retrain without it (the
+3. leave-one-source-out: for each source holding more than one class, retrain without it (the
    checkpoint's own recipe, a short schedule, ``--loso-epochs``) and compare it with the other
    sources' test split.
-3. occlusion: the model evaluated with the lung fields hidden (filled with the mean of the rest of the
+4. occlusion: the model evaluated with the lung fields hidden (filled with the mean of the rest of the
    image), and with only the image border kept; a model that still beats chance without the lungs is
    using something else.
-4. leakage: patients in two splits, identical and near-identical images across splits or sources.
-5. population confounders: label x age group and label x view cross-tabulations.
+5. leakage: patients in two splits, identical and near-identical images across splits or sources.
+6. population confounders: label x age group and label x view cross-tabulations.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ from . import __version__
 from .data.records import patient_uid
 from .data.store import open_store
 from .errors import ConfigError
+from .metrics.bootstrap import format_ci
+from .metrics.classification import within_source_auc
 from .runtime import LoadedModel
 from .tasks import softmax
 
 # verdict thresholds, reported with each figure
+WITHIN_FAIL, WITHIN_WARN = 0.6, 0.7  # within-source pairwise AUC: fail if a pair's upper 95 % bound is below
+# WITHIN_FAIL (near chance, 0.5), warning if a pair's value is below WITHIN_WARN
+WITHIN_RESAMPLES = 1000  # patient-bootstrap resamples of the within-source intervals
 EXCESS_WARN, EXCESS_FAIL = 0.10, 0.20  # within-label probe balanced accuracy above chance
 OCCLUSION_WARN, OCCLUSION_FAIL = 0.10, 0.20  # macro AUC above 0.5 with the lungs hidden or only the border kept
 MI_WARN = 0.10  # share of the label's entropy that the source explains (a dataset property: warning only)
@@ -57,6 +65,59 @@ def _worst(*verdicts: str) -> str:
     order = ["skipped", "ok", "warning", "fail"]
     vs = [v for v in verdicts if v != "skipped"]
     return max(vs, key=order.index) if vs else "skipped"
+
+
+# --- within source -------------------------------------------------------------------------------------------
+
+
+def within_source_discrimination(
+    y: np.ndarray, probs: np.ndarray, classes, patients, sources, resamples: int = WITHIN_RESAMPLES, seed: int = 0
+) -> dict:
+    """The pairwise AUCs inside each source (``within_source_auc``) and a verdict from the worst pair's
+    interval: fail when some pair's upper 95 % bound is below ``WITHIN_FAIL`` (the model cannot be shown
+    to beat chance where the source gives nothing away), warning when some pair's value is below
+    ``WITHIN_WARN``; skipped when no source holds two classes with enough images."""
+    ws = within_source_auc(y, probs, classes, patients, sources, resamples, seed)
+    base = {
+        "test": "within-source discrimination",
+        "metric": ws["metric"],
+        "chance": 0.5,
+        "thresholds": {"upper_ci_below_fail": WITHIN_FAIL, "value_below_warning": WITHIN_WARN},
+        "min_images_per_class": ws["min_images_per_class"],
+        "pairs": ws["pairs"],
+        "skipped_pairs": ws["skipped"],
+        "per_source": ws["per_source"],
+    }
+    if not ws["pairs"]:
+        return {**base, "verdict": "skipped", "reason": ws["note"], "reading": ws["note"]}
+
+    def upper(p):
+        return p["auc"]["ci95"][1] if p["auc"]["ci95"] else p["auc"]["value"]
+
+    worst = min(ws["pairs"], key=upper)
+    if upper(worst) < WITHIN_FAIL:
+        verdict = "fail"
+    else:
+        worst = min(ws["pairs"], key=lambda p: p["auc"]["value"])
+        verdict = "warning" if worst["auc"]["value"] < WITHIN_WARN else "ok"
+    a, b = worst["classes"]
+    meaning = {
+        "fail": f"its upper bound is below {WITHIN_FAIL:.2f}: where the source gives nothing away the model is near "
+        "chance, so its overall figures come from telling the sources apart.",
+        "warning": f"it is below {WITHIN_WARN:.2f}: weak discrimination where the source cannot help.",
+        "ok": f"every pair is at least {WITHIN_WARN:.2f}: the model separates the classes where the source cannot "
+        "give them away.",
+    }[verdict]
+    return {
+        **base,
+        "verdict": verdict,
+        "worst": worst,
+        "reading": (
+            f"Within {worst['source']}, {a} vs {b} ({worst['counts'][a]['images']} and {worst['counts'][b]['images']} "
+            f"images): pairwise AUC {format_ci(worst['auc'])}, the worst of {len(ws['pairs'])} within-source pair(s); "
+            f"{meaning} (fail: an upper 95 % bound below {WITHIN_FAIL:.2f}; warning: a value below {WITHIN_WARN:.2f}.)"
+        ),
+    }
 
 
 # --- features and probes ----------------------------------------------------------------------------------
@@ -434,8 +495,8 @@ def run_audit(
     report: str | None = None,
     loso_epochs: int = 0,
 ) -> dict:
-    """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the occlusion
-    test on ``split``); an HTML page in ``report`` when given."""
+    """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the
+    within-source and occlusion tests on ``split``); an HTML page in ``report`` when given."""
     lm = LoadedModel.open(checkpoint, device, tasks=("classification",))
     store = open_store(data)
     lm.check_store(store, str(data))
@@ -458,7 +519,11 @@ def run_audit(
     )
     if len(eval_rows) == 0:
         raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
+    eval_probs = softmax(lm.logits(images[eval_rows]), lm.meta.get("temperature"))
     tests = {
+        "within_source": within_source_discrimination(
+            labels[eval_rows], eval_probs, classes, groups[eval_rows], sources[eval_rows], seed=seed
+        ),
         "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
         "leave_one_source_out": leave_one_source_out(lm.meta, data, loso_epochs, device, seed),
         "occlusion": occlusion(lm, images[eval_rows], labels[eval_rows]),

@@ -344,6 +344,40 @@ def _per_source_html(per_source: dict, classes: Sequence[str]) -> str:
     return _table(head, rows, id="per-source") + "\n" + "\n".join(details)
 
 
+def _pair_row(p: dict, shown: str) -> list[str]:
+    """A row of the within-source table: source, pair, ``shown``, images and patients of a / of b."""
+    a, b = p["classes"]
+    counts = [" / ".join(str(p["counts"][c][key]) for c in (a, b)) for key in ("images", "patients")]
+    return [_e(p["source"]), _e(f"{a} vs {b}"), _e(shown), *counts]
+
+
+def _within_source_html(ws: dict) -> str:
+    """The pairwise AUC of each class pair inside each source (``within_source_auc``), its counts, the
+    macro average of a source's pairs, the skipped pairs; or the note that there is no such figure."""
+    head = (
+        '<section id="within-source"><h2>Within source</h2>\n<p class="note">Each row compares two classes '
+        "among the images of one source, where the source cannot give the class away: it is the figure a "
+        "hospital, scanner or marker shortcut cannot inflate.</p>\n"
+    )
+    if not ws.get("pairs"):
+        return head + f'<p id="within-source-note">{_e(ws.get("note") or "")}</p>\n</section>'
+    rows = [_pair_row(p, format_ci(p["auc"])) for p in ws["pairs"]]
+    rows += [
+        [_e(src), _e(f"macro over {s['pairs']} pairs"), _e(format_ci(s["macro_auc"])), DASH, DASH]
+        for src, s in (ws.get("per_source") or {}).items()
+        if s["pairs"] > 1
+    ]
+    rows += [_pair_row(p, f"skipped: {p['reason']}") for p in ws.get("skipped") or ()]
+    header = ["source", "classes", "pairwise AUC (95 % CI)", "images", "patients"]
+    return (
+        head
+        + _table(header, rows, id="within-source-table", numeric_from=2)
+        + '\n<p class="note">Pairwise AUC of classes a and b: among the source\'s images of a or b, the ROC-AUC '
+        "of P(a) / (P(a) + P(b)); bootstrap over the source's patients. Images and patients: of a / of b. A "
+        f"pair needs at least {_e(ws.get('min_images_per_class', DASH))} images of each class.</p>\n</section>"
+    )
+
+
 def _errors_html(errors: Sequence[dict]) -> str:
     if not errors:
         return '<p id="no-errors">No misclassified images to show.</p>'
@@ -466,9 +500,9 @@ def write_report(
     title: str = "covidnet evaluation",
     context: dict | None = None,
 ) -> Path:
-    """A classification evaluation: summary, per-class table, confusion matrix, ROC and reliability
-    figures, per source, the most confident errors. Returns the path of ``index.html``; files of an
-    earlier report are replaced, other files in the folder are left alone."""
+    """A classification evaluation: summary, per-class table, within-source pairwise AUCs, confusion
+    matrix, ROC and reliability figures, per source, the most confident errors. Returns the path of
+    ``index.html``; files of an earlier report are replaced, other files in the folder are left alone."""
     y_true = np.asarray(y_true).astype(np.int64, copy=False).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
     classes = [str(c) for c in classes]
@@ -493,11 +527,12 @@ def write_report(
         "Macro: the unweighted mean over classes. ECE: expected calibration error of the top-class "
         "confidence.</p>\n</section>"
     )
+    before = [per_class] + ([_within_source_html(metrics["within_source"])] if "within_source" in metrics else [])
     per_source = metrics.get("per_source") or {}
     after = [f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>"] if per_source else []
     after.append(f"<section>\n<h2>Most confident errors</h2>\n{_errors_html(errors)}\n</section>")
     summary = _table(["", "value (95 % CI)"], _summary_rows(metrics), id="summary")
-    return write_page(out_dir, title, summary, figures, context, [per_class], after, list(errors))
+    return write_page(out_dir, title, summary, figures, context, before, after, list(errors))
 
 
 def write_task_report(
@@ -530,24 +565,38 @@ VERDICT_COLOUR = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "ski
 
 
 def plot_audit(tests: dict):
-    """The audit's figures in one: the source probes' balanced accuracies and the occlusion AUCs."""
-    bars, names = [], []
+    """The audit's figures in one: the within-source pairwise AUCs (with their 95 % intervals), the source
+    probes' balanced accuracies and the occlusion AUCs."""
+    bars, names, errs = [], [], []
     sp, oc = tests["source_predictability"], tests["occlusion"]
+    for p in (tests.get("within_source") or {}).get("pairs", ()):
+        v, ci = p["auc"]["value"], p["auc"]["ci95"] or [p["auc"]["value"]] * 2
+        names.append(f"within {p['source']}: {' vs '.join(p['classes'])}")
+        bars.append(v)
+        errs.append((v - ci[0], ci[1] - v))
     if "features_balanced_accuracy" in sp:
         names += [f"source from features ({sp['worst_label']})", f"source from pixels ({sp['worst_label']})"]
         bars += [sp["features_balanced_accuracy"], sp["pixels_balanced_accuracy"]]
     if oc["verdict"] != "skipped":
         names += ["class AUC: images", "class AUC: lungs hidden", "class AUC: border only"]
         bars += [oc["auc"][m] for m in ("none", "lungs", "border")]
-    fig = _figure(7, 3.2)
+    fig = _figure(7, max(3.2, 1.2 + 0.3 * len(names)))
     ax = fig.add_subplot()
-    ax.barh([_mpl(n) for n in names], bars, color=["#888" if "images" in n else "#c0392b" for n in names])
+    colour = lambda n: "#1f618d" if n.startswith("within ") else "#888" if "images" in n else "#c0392b"  # noqa: E731
+    ax.barh(range(len(names)), bars, color=[colour(n) for n in names])
+    ax.set_yticks(range(len(names)), [_mpl(n) for n in names])
+    if errs:
+        ax.errorbar(bars[: len(errs)], range(len(errs)), xerr=np.array(errs).T, fmt="none", ecolor="#000", capsize=3)
+    ax.invert_yaxis()  # top to bottom in the audit's order: within source first
     if "chance" in sp:
         ax.axvline(sp["chance"], color="#555", ls=":", lw=1)
     if oc["verdict"] != "skipped":
         ax.axvline(oc["chance"], color="#000", ls="--", lw=1)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("source: balanced accuracy (dotted: chance); class: macro AUC (dashed: chance)")
+    ax.set_xlabel(
+        "within a source: pairwise AUC (95 % CI)\nclass: macro AUC (dashed: chance)\n"
+        "source: balanced accuracy (dotted: chance)"
+    )
     return fig
 
 
@@ -570,7 +619,7 @@ def write_audit_report(out_dir: str | Path, audit: dict) -> Path:
         (
             "audit.png",
             plot_audit(audit["tests"]),
-            "Balanced accuracies of the probes and occlusion tests",
+            "Within-source pairwise AUCs, balanced accuracies of the probes and occlusion AUCs",
             "audit-figure",
         )
     ]

@@ -92,7 +92,11 @@ def test_without_a_signature_source_predictability_does_not_fail(without):
     assert sp["mutual_information_share_of_label"] > 0.3  # the dataset itself is confounded: said, as a warning
     oc = a["tests"]["occlusion"]
     assert oc["verdict"] == "ok" and oc["auc"]["none"] > 0.8  # the model reads the lungs
+    ws = a["tests"]["within_source"]  # within hospital B, where the source gives nothing away, it still separates
+    within_b = next(p for p in ws["pairs"] if p["source"] == "hosp-b" and p["classes"] == ["normal", "pneumonia"])
+    assert within_b["auc"]["value"] > 0.8
     assert [t["test"] for t in a["summary"]] == [
+        "within-source discrimination",
         "source predictability",
         "leave-one-source-out",
         "occlusion",

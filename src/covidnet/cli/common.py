@@ -12,7 +12,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def print_evaluation(m: dict) -> None:
     """An evaluation of any task: counts, the task's headline and summary table, the confusion matrix
-    where there is one, per-source lines where there are several sources."""
+    where there is one, the within-source pairwise AUCs (classification), per-source lines where there
+    are several sources."""
     from ..metrics.bootstrap import format_ci
     from ..tasks import task_from_meta
 
@@ -28,8 +29,41 @@ def print_evaluation(m: dict) -> None:
         cm = m["confusion_matrix"]
         print("confusion matrix (rows: truth, columns: prediction)")
         print(table(["", *cm["labels"]], [[c, *map(str, row)] for c, row in zip(cm["labels"], cm["matrix"])]))
+    if "within_source" in m:
+        print_within_source(m["within_source"])
     for source, sm in (m.get("per_source") or {}).items():
         print(
             f"source {source}: {sm['n']} images, accuracy {format_ci(sm['accuracy'])}, "
             + ", ".join(f"{c} sensitivity {format_ci(sm['per_class'][c]['sensitivity'])}" for c in sm["per_class"])
         )
+
+
+def print_within_source(ws: dict) -> None:
+    """The pairwise AUC of each class pair inside each source, with its counts; skipped pairs; or the note."""
+    from ..metrics.bootstrap import format_ci
+
+    print(
+        "within source (pairwise AUC among one source's images of two classes: the figure the source cannot give away)"
+    )
+    if not ws["pairs"]:
+        print(f"  {ws['note']}")
+        return
+    rows = [
+        [
+            p["source"],
+            " vs ".join(p["classes"]),
+            format_ci(p["auc"]),
+            " / ".join(str(p["counts"][c]["images"]) for c in p["classes"]),
+            " / ".join(str(p["counts"][c]["patients"]) for c in p["classes"]),
+        ]
+        for p in ws["pairs"]
+    ]
+    rows += [
+        [s, f"macro over {v['pairs']} pairs", format_ci(v["macro_auc"]), "", ""]
+        for s, v in ws["per_source"].items()
+        if v["pairs"] > 1
+    ]
+    print(table(["source", "classes", "AUC (95 % CI)", "images", "patients"], rows))
+    for p in ws["skipped"]:
+        counts = ", ".join(f"{c} {n['images']}" for c, n in p["counts"].items())
+        print(f"  skipped: {p['source']} {' vs '.join(p['classes'])} ({p['reason']}; images: {counts})")
