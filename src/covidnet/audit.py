@@ -260,7 +260,19 @@ def occlude(images: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def occlusion(lm: LoadedModel, images: np.ndarray, y: np.ndarray) -> dict:
+def _chunks(images, size: int = 256):
+    """An array of images, or a store's ``RowsView``, ``size`` images at a time."""
+    for k in range(0, len(images), size):
+        yield np.asarray(images[k : k + size])
+
+
+def _thumbnails(images: np.ndarray) -> np.ndarray:
+    """Raw pixels for the source probe: each image area-averaged to 16 x 16, flattened."""
+    small = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(16, 16), mode="area")
+    return small.flatten(1).numpy()
+
+
+def occlusion(lm: LoadedModel, images, y: np.ndarray) -> dict:
     """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden and
     with only the border kept. AUC, not accuracy: an occluded image often gets the same top class
     whatever it shows, while the probabilities still rank the classes by what is left."""
@@ -280,7 +292,8 @@ def occlusion(lm: LoadedModel, images: np.ndarray, y: np.ndarray) -> dict:
         return {**base, "verdict": "skipped", "reason": "the evaluated images hold one class only"}
     scores = {}
     for mode in ("none", "lungs", "border"):
-        probs = softmax(lm.logits(occlude(images, mode)))
+        logits = [lm.logits(occlude(chunk, mode)) for chunk in _chunks(images)]
+        probs = softmax(np.concatenate(logits))
         scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
     worst = max(scores["lungs"], scores["border"]) - 0.5
     verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
@@ -389,7 +402,7 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
 # --- leakage ------------------------------------------------------------------------------------------------
 
 
-def leakage(index: list[dict], images: np.ndarray) -> dict:
+def leakage(index: list[dict], images) -> dict:
     import hashlib
 
     from .data.build import NEAR_DUP_BITS, near_duplicate_pairs, perceptual_hash
@@ -398,16 +411,15 @@ def leakage(index: list[dict], images: np.ndarray) -> dict:
     for r in index:
         splits[patient_uid(r["source"], r["patient_id"])].add(r["split"])
     patients_crossing = sorted(p for p, s in splits.items() if len(s) > 1)
-    digest = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+    digest, hashes = [], []
+    for chunk in _chunks(images):  # one pass, a batch at a time
+        digest += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in chunk]
+        hashes += [np.frombuffer(perceptual_hash(np.asarray(im)), np.uint8) for im in chunk]
+    hashes = np.stack(hashes) if hashes else np.zeros((0, 32), np.uint8)
     by_digest = defaultdict(list)
     for i, d in enumerate(digest):
         by_digest[d].append(i)
     exact_cross = [g for g in by_digest.values() if len({index[i]["split"] for i in g}) > 1]
-    hashes = (
-        np.stack([np.frombuffer(perceptual_hash(np.asarray(im)), np.uint8) for im in images])
-        if len(images)
-        else np.zeros((0, 32), np.uint8)
-    )
     pairs = near_duplicate_pairs(hashes, NEAR_DUP_BITS)
     near_cross_split = [(i, j) for i, j in pairs if index[i]["split"] != index[j]["split"]]
     near_cross_source = [(i, j) for i, j in pairs if index[i]["source"] != index[j]["source"]]
@@ -507,26 +519,26 @@ def run_audit(
     if max_images and len(rows) > max_images:
         rows = np.sort(rng.choice(rows, max_images, replace=False))
     index = [store.index[r] for r in rows]
-    images = np.asarray(store.images[rows])
+    images = store.view(rows)  # read a batch at a time by every test: the store is never in memory whole
     labels = store.labels(rows, binary=binary)
     sources = np.array([r["source"] for r in index])
     groups = np.array(store.patients(rows))
     feats = lm.features(images)
-    small = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(16, 16), mode="area")
-    pixels = small.flatten(1).numpy()
+    pixels = np.concatenate([_thumbnails(chunk) for chunk in _chunks(images)])
     eval_rows = (
         np.array([i for i, r in enumerate(index) if r["split"] == split]) if split != "all" else np.arange(len(index))
     )
     if len(eval_rows) == 0:
         raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
-    eval_probs = softmax(lm.logits(images[eval_rows]), lm.meta.get("temperature"))
+    evaluated = store.view(rows[eval_rows])
+    eval_probs = softmax(lm.logits(evaluated), lm.meta.get("temperature"))
     tests = {
         "within_source": within_source_discrimination(
             labels[eval_rows], eval_probs, classes, groups[eval_rows], sources[eval_rows], seed=seed
         ),
         "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
         "leave_one_source_out": leave_one_source_out(lm.meta, data, loso_epochs, device, seed),
-        "occlusion": occlusion(lm, images[eval_rows], labels[eval_rows]),
+        "occlusion": occlusion(lm, evaluated, labels[eval_rows]),
         "leakage": leakage(index, images),
         "population": population(index),
     }

@@ -107,6 +107,23 @@ class RowFile:
         os.close(self.fd)
 
 
+class RowsView:
+    """Some rows of a store as a read-only sequence of images: ``len``, and ``view[k]``, ``view[a:b]`` or
+    ``view[positions]`` read just those rows (``Store.read``). What the audit and the studies hand to code
+    that takes an array of images, so that a store is never read whole."""
+
+    def __init__(self, store: Store, rows: np.ndarray):
+        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, which) -> np.ndarray:
+        if isinstance(which, (int, np.integer)):
+            return self.store.read(self.rows[[which]])[0]
+        return self.store.read(self.rows[which])
+
+
 @dataclass
 class Store:
     root: Path
@@ -142,6 +159,10 @@ class Store:
                 f"{NEGATIVE_ONLY!r} (a binary COVIDx release); train or evaluate them with --binary"
             )
         return np.array([CLASSES.index(n) for n in names], dtype=np.int64)
+
+    def view(self, rows: np.ndarray) -> RowsView:
+        """``rows`` as a sequence of images read on demand."""
+        return RowsView(self, rows)
 
     def names(self, rows: np.ndarray) -> list[str]:
         return [self.index[i]["filename"] for i in rows]
