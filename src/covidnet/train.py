@@ -78,6 +78,9 @@ class TrainConfig:
     brightness: float = option(0.10, "augmentation: max brightness change, fraction")
     zoom_min: float = option(0.85, "augmentation: smallest zoom")
     zoom_max: float = option(1.15, "augmentation: largest zoom")
+    aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
+    aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
+    aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
     init: str = option(
         "random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier re-initialised)"
     )
@@ -123,7 +126,16 @@ class TrainConfig:
 
     @property
     def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.translate, self.rotate, self.hflip, self.brightness, (self.zoom_min, self.zoom_max))
+        return AugmentConfig(
+            self.translate,
+            self.rotate,
+            self.hflip,
+            self.brightness,
+            (self.zoom_min, self.zoom_max),
+            self.aug_gamma,
+            self.aug_blur,
+            self.aug_noise,
+        )
 
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / 8 if self.scale_lr else self.lr
@@ -233,6 +245,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"--in-channels must be 1 or 3, not {cfg.in_channels}")
     if cfg.compile not in ("auto", "on", "off"):
         raise ConfigError(f"--compile must be auto, on or off, not {cfg.compile!r}")
+    if min(cfg.aug_gamma, cfg.aug_blur, cfg.aug_noise) < 0:
+        raise ConfigError("--aug-gamma, --aug-blur and --aug-noise must be >= 0 (0: off)")
     if not cfg.zoom_min <= cfg.zoom_max or cfg.zoom_min <= 0:
         raise ConfigError("--zoom-min must be positive and at most --zoom-max")
     if cfg.task not in TASKS:
