@@ -28,6 +28,8 @@ from .errors import CovidnetError
 from .files import write_json
 
 CONTRACT_FILE = "contract.json"  # in a built dataset's folder
+INTENSITIES = ("none", "equalize", "clahe")
+CLAHE_CLIP = 0.01  # scikit-image's default clip limit, stated so that it is part of the contract
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,12 @@ class Contract:
     in_channels: int = 1  # grey as stored (1) or repeated (3)
     mean: tuple[float, ...] = (0.0,)  # per channel, on pixels scaled to [0, 1]
     std: tuple[float, ...] = (1.0,)
+    intensity: str = "none"  # per-image standardisation of the stored pixels: none, equalize, clahe
 
     def __post_init__(self):
         check_options(self.stored_size, self.top_crop)
+        if self.intensity not in INTENSITIES:
+            raise CovidnetError(f"--intensity must be one of {', '.join(INTENSITIES)}, not {self.intensity!r}")
         object.__setattr__(self, "size", int(self.size or self.stored_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -67,6 +72,31 @@ class Contract:
         """A decoded (H, W) uint8 image -> its stored pixels."""
         return preprocess(image, self.stored_size, self.top_crop)
 
+    def standardise(self, images: np.ndarray) -> np.ndarray:
+        """Stored pixels (B, S, S) uint8 -> the same with the contract's intensity standardisation, per
+        image: scikit-image's histogram equalisation (``equalize``) or CLAHE (``clahe``, contrast-limited
+        adaptive equalisation, tiles of 1/8 of the side). Images from another hospital or scanner then
+        share a grey-level distribution. ``none`` returns them as they are. Applied by every consumer
+        (training, ``LoadedModel``, the ONNX backend) on the stored pixels, before ``model_input``; an ONNX
+        graph takes the pixels after it (histogram operations are not in the graph)."""
+        if self.intensity == "none":
+            return images
+        try:
+            from skimage import exposure
+        except ModuleNotFoundError:
+            raise CovidnetError(
+                f"this model standardises intensity ({self.intensity}), which needs scikit-image: "
+                "pip install scikit-image"
+            ) from None
+        out = np.empty_like(images)
+        for k, img in enumerate(images):
+            if self.intensity == "equalize":
+                f = exposure.equalize_hist(img, nbins=256)
+            else:
+                f = exposure.equalize_adapthist(img, kernel_size=max(8, img.shape[-1] // 8), clip_limit=CLAHE_CLIP)
+            out[k] = np.clip(np.round(f * 255), 0, 255).astype(np.uint8)
+        return out
+
     def model_input(self, x, memory_format=None):
         """Stored pixels as a float tensor in [0, 1], (B, 1, S, S) -> the network's input, (B,
         in_channels, size, size), normalised."""
@@ -83,10 +113,15 @@ class Contract:
 
     # --- from the store to the model ----------------------------------------------------------------
 
-    def for_model(self, size: int | None, in_channels: int, mean, std) -> Contract:
+    def for_model(self, size: int | None, in_channels: int, mean, std, intensity: str = "none") -> Contract:
         """This store's contract with a model's half filled in (what training writes)."""
         return replace(
-            self, size=int(size or self.stored_size), in_channels=int(in_channels), mean=tuple(mean), std=tuple(std)
+            self,
+            size=int(size or self.stored_size),
+            in_channels=int(in_channels),
+            mean=tuple(mean),
+            std=tuple(std),
+            intensity=intensity,
         )
 
     def check_store(self, store, where: str) -> None:

@@ -195,7 +195,8 @@ def export_model(cfg: ExportConfig) -> dict:
         _write_meta(fp32, info)
 
         with torch.inference_mode():
-            ref = softmax(wrapper(torch.from_numpy(images[:, None].copy())).numpy(), meta.get("temperature"))
+            graph_input = torch.from_numpy(lm.contract.standardise(images)[:, None].copy())
+            ref = softmax(wrapper(graph_input).numpy(), meta.get("temperature"))
         onnx_fp32 = OnnxBackend(fp32, device="cpu")
         got = softmax(
             np.concatenate([onnx_fp32.logits(images[:1]), onnx_fp32.logits(images[1:])]), meta.get("temperature")
@@ -238,7 +239,7 @@ def _quantise(
     quantize_static(
         str(prepared),
         str(dest),
-        _Calibration(store.read(np.sort(pick)), onnx_fp32.input_name),
+        _Calibration(onnx_fp32.contract.standardise(store.read(np.sort(pick))), onnx_fp32.input_name),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,

@@ -66,20 +66,22 @@ class Streamed:
 
     streamed = True
 
-    def __init__(self, store, rows: np.ndarray, pin: bool):
+    def __init__(self, store, rows: np.ndarray, pin: bool, transform=None):
         self.store, self.rows, self.pin = store, np.asarray(rows), pin
+        self.transform = transform or (lambda images: images)
 
     def __getitem__(self, pos: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(self.store.read(self.rows[pos]))
+        batch = torch.from_numpy(self.transform(self.store.read(self.rows[pos])))
         return batch.pin_memory() if self.pin else batch
 
 
-def stage(store, rows: np.ndarray, device: torch.device, budget: int) -> InMemory | Streamed:
-    """The input path for ``rows`` of ``store``: in memory when they fit ``budget`` bytes, else streamed."""
+def stage(store, rows: np.ndarray, device: torch.device, budget: int, transform=None) -> InMemory | Streamed:
+    """The input path for ``rows`` of ``store``: in memory when they fit ``budget`` bytes, else streamed.
+    ``transform``: applied to every image as it is read (the contract's intensity standardisation)."""
     nbytes = len(rows) * int(np.prod(store.images.shape[1:]))
     if nbytes > budget:
-        return Streamed(store, rows, pin=device.type == "cuda")
-    host = torch.from_numpy(store.read(rows))
+        return Streamed(store, rows, pin=device.type == "cuda", transform=transform)
+    host = torch.from_numpy(transform(store.read(rows)) if transform else store.read(rows))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return InMemory(host.to(device) if host.numel() < 0.5 * free else host.pin_memory())

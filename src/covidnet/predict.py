@@ -95,7 +95,9 @@ class OnnxBackend:
         self.model_id = file_id(path, meta["arch"] + ("-int8" if meta.get("int8") else ""))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images[:, None])})[0].astype(np.float32)
+        """Stored pixels -> logits; the contract's intensity standardisation (not in the graph) first."""
+        x = np.ascontiguousarray(self.contract.standardise(np.asarray(images))[:, None])
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
 
     def cam(self, image: np.ndarray, class_idx: int, method: str = "gradcam") -> np.ndarray:
         raise UsageError("heat maps need the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")

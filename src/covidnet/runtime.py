@@ -40,13 +40,15 @@ def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1).float().div_(255)
 
 
-def rows_reader(images, rows: np.ndarray | None = None) -> Callable[[np.ndarray], torch.Tensor]:
+def rows_reader(images, rows: np.ndarray | None = None, transform=None) -> Callable[[np.ndarray], torch.Tensor]:
     """``get_batch`` for ``predict_logits`` over stored pixels: a built dataset's ``Store`` (read by row,
-    ``Store.read``, so a store of any size is never mapped or read whole) or an (N, S, S) uint8 array."""
+    ``Store.read``, so a store of any size is never mapped or read whole) or an (N, S, S) uint8 array;
+    ``transform`` applied to each batch as read (the contract's intensity standardisation)."""
 
     def get(pos: np.ndarray) -> torch.Tensor:
         which = pos if rows is None else rows[pos]
-        return torch.from_numpy(images.read(which) if hasattr(images, "read") else np.ascontiguousarray(images[which]))
+        batch = images.read(which) if hasattr(images, "read") else np.ascontiguousarray(images[which])
+        return torch.from_numpy(transform(batch) if transform else batch)
 
     return get
 
@@ -132,7 +134,7 @@ class LoadedModel:
         """The network's outputs (N, K) for ``images`` (or its ``rows``), float32 on the CPU; ``forward``
         in place of the whole network (e.g. its pooled features)."""
         n = len(rows) if rows is not None else len(images)
-        reader = rows_reader(images, rows)
+        reader = rows_reader(images, rows, self.contract.standardise)
         return predict_logits(
             self.model,
             reader,
@@ -159,7 +161,7 @@ class LoadedModel:
 
         if method not in self._explainers:
             self._explainers[method] = CamExplainer(self.model, method=method)
-        x = uint8_to_unit(torch.from_numpy(np.array(image))[None].to(self.device))
+        x = uint8_to_unit(torch.from_numpy(self.contract.standardise(np.array(image)[None])).to(self.device))
         return self._explainers[method](self.contract.model_input(x), int(output))[0]
 
     def check_store(self, store, where: str) -> None:

@@ -78,6 +78,12 @@ class TrainConfig:
     brightness: float = option(0.10, "augmentation: max brightness change, fraction")
     zoom_min: float = option(0.85, "augmentation: smallest zoom")
     zoom_max: float = option(1.15, "augmentation: largest zoom")
+    intensity: str = option(
+        "none",
+        "per-image intensity standardisation of the stored pixels before the model: none, equalize (histogram "
+        "equalisation) or clahe; recorded in the checkpoint's contract, applied by eval, predict, serve and export",
+        choices=("none", "equalize", "clahe"),
+    )
     aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
     aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
     aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
@@ -495,7 +501,9 @@ def _stage_data(r: _Run) -> None:
     if r.covid_class is not None:
         task.weights = _class_weights(cfg.class_weights, r.y_train, cfg.classes)
     rows = np.concatenate([train_rows, val_rows])
-    r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb))
+    mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
+    r.contract = store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity)
+    r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb), r.contract.standardise)
     if r.pixels.streamed and r.dist.main and cfg.progress:
         print(
             f"covidnet train: {len(rows)} images do not fit the host-memory budget; streaming them from {store.root}",
@@ -503,8 +511,6 @@ def _stage_data(r: _Run) -> None:
         )
     r.labels = torch.from_numpy(np.concatenate([r.y_train, y_val])).to(r.device)
     r.train_pos, r.val_pos = np.arange(len(train_rows)), np.arange(len(train_rows), len(rows))
-    mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
-    r.contract = store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std)
 
 
 def _build(r: _Run) -> None:
