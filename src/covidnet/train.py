@@ -37,6 +37,7 @@ from .config import option
 from .contract import Contract
 from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.store import open_store
+from .debias import Debiased, SourceAdversary, adversary_loss, source_targets
 from .errors import ConfigError, CovidnetError
 from .feed import InMemory, Streamed, memory_budget, prefetch, stage
 from .files import write_json
@@ -84,6 +85,13 @@ class TrainConfig:
         "equalisation) or clahe; recorded in the checkpoint's contract, applied by eval, predict, serve and export",
         choices=("none", "equalize", "clahe"),
     )
+    debias: str = option(
+        "none",
+        "source: conditional source-adversarial training (an adversary predicts the source from the pooled features "
+        "within each class, through gradient reversal)",
+        choices=("none", "source"),
+    )
+    debias_weight: float = option(0.1, "--debias source: the gradient-reversal weight")
     aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
     aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
     aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
@@ -251,6 +259,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"--in-channels must be 1 or 3, not {cfg.in_channels}")
     if cfg.compile not in ("auto", "on", "off"):
         raise ConfigError(f"--compile must be auto, on or off, not {cfg.compile!r}")
+    if cfg.debias != "none" and (cfg.task != "classification" or cfg.debias_weight <= 0):
+        raise ConfigError("--debias source is for --task classification, with a --debias-weight above 0")
     if min(cfg.aug_gamma, cfg.aug_blur, cfg.aug_noise) < 0:
         raise ConfigError("--aug-gamma, --aug-blur and --aug-noise must be >= 0 (0: off)")
     if not cfg.zoom_min <= cfg.zoom_max or cfg.zoom_min <= 0:
@@ -442,6 +452,11 @@ class _Run:
     accumulators: dict | None = None
     history: list = field(default_factory=list)
     steps_done: int = 0  # optimisation steps taken by this process (for --max-steps)
+    sources: torch.Tensor = None  # --debias source: each training image's source index ...
+    takes_part: torch.Tensor = None  # ... and whether its class comes from several sources
+    adversary: torch.nn.Module = None
+    adv_shape: tuple = ()  # (classes, sources) of the adversary to make
+    adv: dict = field(default_factory=dict)  # the adversary's correct and counted images this epoch
 
     @property
     def mem_format(self):
@@ -476,6 +491,7 @@ class _Run:
             "step": step,
             "best_val_loss": self.best,
             "accumulators": accumulators,
+            **({"adversary": self.adversary.state_dict()} if self.adversary is not None else {}),
         }
 
 
@@ -503,6 +519,10 @@ def _stage_data(r: _Run) -> None:
     rows = np.concatenate([train_rows, val_rows])
     mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
     r.contract = store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity)
+    if cfg.debias == "source":
+        index, part, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
+        r.sources, r.takes_part = torch.from_numpy(index).to(r.device), torch.from_numpy(part).to(r.device)
+        r.adv_shape = (len(task.outputs), len(names))  # the adversary is made with the model, in _build
     r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb), r.contract.standardise)
     if r.pixels.streamed and r.dist.main and cfg.progress:
         print(
@@ -523,9 +543,11 @@ def _build(r: _Run) -> None:
         for name, child in model.named_children():
             child.requires_grad_(name in HEAD_MODULES)
     r.model = model = model.to(r.device, memory_format=r.mem_format)
-    r.opt = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.effective_lr(), weight_decay=cfg.weight_decay
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r.adv_shape:
+        r.adversary = SourceAdversary(model.num_features, *r.adv_shape).to(r.device)
+        params += list(r.adversary.parameters())
+    r.opt = torch.optim.Adam(params, lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
     r.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         r.opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
@@ -534,15 +556,17 @@ def _build(r: _Run) -> None:
         if ckpt["arch"] != cfg.arch:
             raise ConfigError(f"{r.path / 'last.pt'}: a checkpoint of {ckpt['arch']}, not of --arch {cfg.arch}")
         model.load_state_dict(ckpt["model"])
+        if r.adversary is not None:
+            r.adversary.load_state_dict(ckpt["adversary"])
         r.opt.load_state_dict(ckpt["optimizer"])
         r.sched.load_state_dict(ckpt["scheduler"])
         r.start_epoch, r.start_step, r.best = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"]
         r.accumulators = ckpt.get("accumulators")
     _start_run(r.path, cfg, r.dist)  # only now, with the model built and its weights loaded, is anything written
-    r.net = model
+    r.net = model if r.adversary is None else Debiased(model, r.adversary, cfg.debias_weight)
     if r.dist.world > 1:
         on_gpu = r.device.type == "cuda"
-        r.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[r.device.index] if on_gpu else None)
+        r.net = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[r.device.index] if on_gpu else None)
     if cfg.compile == "on" or (cfg.compile == "auto" and r.device.type == "cuda"):
         r.net = torch.compile(
             r.net, dynamic=False
@@ -619,12 +643,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
         )
         x, y = r.batch_input(pos, params, host), r.labels[torch.from_numpy(pos).to(device)]
         try:
-            with r.amp:
-                logits = r.net(x)
-            loss = r.task.loss(logits.float(), y)
-            r.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            r.opt.step()
+            loss, logits = _step(r, x, y, torch.from_numpy(pos).to(device))
         except torch.OutOfMemoryError:
             raise CovidnetError(
                 f"out of GPU memory training {cfg.arch} at {r.contract.input_size} px with "
@@ -654,6 +673,24 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     return _fold(a, loss_acc, correct_acc, t_epoch), np.concatenate(batches[:last])  # one device sync per epoch
 
 
+def _step(r: _Run, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: the task's loss (plus the source adversary's with --debias source)."""
+    with r.amp:
+        out = r.net(x, y) if r.adversary is not None else r.net(x)
+    logits = out[0] if r.adversary is not None else out
+    loss = r.task.loss(logits.float(), y)
+    total = loss
+    if r.adversary is not None:  # the reversal inside Debiased turns this into the backbone's penalty
+        adv_loss, adv_correct = adversary_loss(out[1], r.sources[pos], r.takes_part[pos])
+        total = loss + adv_loss
+        r.adv["correct"] = r.adv.get("correct", 0) + adv_correct
+        r.adv["n"] = r.adv.get("n", 0) + r.takes_part[pos].sum()
+    r.opt.zero_grad(set_to_none=True)
+    total.backward()
+    r.opt.step()
+    return loss, logits
+
+
 def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> None:
     """Precise BN, validation, the scheduler's step, the log row and line, and the checkpoints."""
     cfg, dist, task = r.cfg, r.dist, r.task
@@ -673,6 +710,11 @@ def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> Non
         "val_loss": val["loss"],
         **fields_,
     }
+    if r.adversary is not None:  # how well the adversary still tells the sources apart within a class
+        adv_correct, adv_n = dist.all_sum([float(r.adv.get("correct", 0)), float(r.adv.get("n", 0))], r.device)
+        row["train_adversary_acc"] = adv_correct / max(adv_n, 1)
+        shown += f" | adversary acc {row['train_adversary_acc']:.3f}"
+        r.adv = {}
     mix, mix_text = task.batch_mix(r.y_train[seen])
     row.update(mix)
     shown += mix_text

@@ -1,0 +1,84 @@
+"""Source-adversarial training (``covidnet train --debias source``): conditional domain-adversarial
+training (Ganin et al., JMLR 2016; conditional on the class as in Long et al., NeurIPS 2018, and Li et
+al., ECCV 2018).
+
+A small classifier, one linear layer per class, predicts an image's **source** from the network's
+pooled features *among images of the same class*; its gradient reaches the backbone through a
+gradient-reversal layer scaled by ``--debias-weight``, so while the adversary learns to tell the
+hospitals apart, the backbone is pushed to drop what it knows about the hospital beyond the label.
+Conditioning on the class matters: when sources contribute different classes, the label itself
+predicts the source, and an unconditional adversary would push the disease out of the features too.
+Only classes that come from two or more sources in the training split take part. The adversary is used
+in training only; checkpoints hold the classifier alone (and the adversary's state for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+
+class GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times ``-weight`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight: float):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.weight * grad, None
+
+
+class SourceAdversary(nn.Module):
+    """One linear source classifier per class, over pooled features."""
+
+    def __init__(self, num_features: int, num_classes: int, num_sources: int):
+        super().__init__()
+        self.heads = nn.Linear(num_features, num_classes * num_sources)
+        self.num_classes, self.num_sources = num_classes, num_sources
+
+    def forward(self, pooled: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Source logits (B, S), each image's from the head of its own class."""
+        out = self.heads(pooled).view(-1, self.num_classes, self.num_sources)
+        return out[torch.arange(len(y), device=y.device), y]
+
+
+class Debiased(nn.Module):
+    """The classifier with the adversary on its pooled features: ``(logits, source logits)``."""
+
+    def __init__(self, model: nn.Module, adversary: SourceAdversary, weight: float):
+        super().__init__()
+        self.model, self.adversary, self.weight = model, adversary, weight
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        pooled = features.float().mean((2, 3))
+        return self.model.forward_head(features), self.adversary(GradReverse.apply(pooled, self.weight), y)
+
+
+def source_targets(sources: list[str], labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per training image: its source's index, and whether it takes part (its class comes from two or
+    more sources); and the source names. A dataset where no class does is refused in one line."""
+    names = sorted(set(sources))
+    index = np.array([names.index(s) for s in sources], dtype=np.int64)
+    mixed = [c for c in range(num_classes) if len(set(index[labels == c])) > 1]
+    if not mixed:
+        raise ConfigError(
+            "--debias source needs a class that comes from two or more sources in the training split; here each "
+            f"class comes from one source ({', '.join(names)}), so there is no source signal to remove beyond the label"
+        )
+    return index, np.isin(labels, mixed), names
+
+
+def adversary_loss(source_logits: torch.Tensor, sources: torch.Tensor, takes_part: torch.Tensor):
+    """Cross-entropy of the source over the images that take part, and how many of them it got right."""
+    if not bool(takes_part.any()):
+        return source_logits.sum() * 0.0, torch.zeros((), device=source_logits.device)
+    logits, target = source_logits[takes_part].float(), sources[takes_part]
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).sum()

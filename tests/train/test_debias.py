@@ -1,0 +1,85 @@
+"""--debias source: conditional source-adversarial training. The gradient reversal, the adversary's
+per-class heads, the log of its accuracy, and one clear line where there is no source to remove."""
+
+import numpy as np
+import pytest
+import torch
+
+from covidnet.checkpoint import read_checkpoint
+from covidnet.debias import GradReverse, SourceAdversary, adversary_loss, source_targets
+from covidnet.errors import ConfigError
+from covidnet.train import TrainConfig, train
+
+
+def test_gradient_reversal_is_identity_forward_and_minus_weight_backward():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = GradReverse.apply(x, 0.5)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -0.5))
+
+
+def test_each_image_is_judged_by_its_own_class_head():
+    adv = SourceAdversary(num_features=2, num_classes=3, num_sources=2)
+    with torch.no_grad():
+        adv.heads.weight.zero_()
+        adv.heads.bias.copy_(torch.tensor([1.0, 0, 0, 2.0, 5.0, 5.0]))  # class 0 says source 0, class 1 source 1
+    out = adv(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
+    assert out.argmax(1).tolist()[:2] == [0, 1] and torch.equal(out[2], torch.tensor([5.0, 5.0]))
+    loss, correct = adversary_loss(out, torch.tensor([0, 1, 0]), torch.tensor([True, True, False]))
+    assert int(correct) == 2 and float(loss.detach()) < 0.7
+
+
+def test_only_classes_from_several_sources_take_part_and_none_is_one_clear_error():
+    labels = np.array([0, 0, 2, 2, 2])
+    index, part, names = source_targets(["nih", "cohen", "cohen", "cohen", "figure1"], labels, 3)
+    assert names == ["cohen", "figure1", "nih"] and index.tolist() == [2, 0, 0, 0, 1]
+    assert part.tolist() == [True, True, True, True, True]
+    _, part, _ = source_targets(["nih", "cohen", "cohen", "cohen", "cohen"], labels, 3)
+    assert part.tolist() == [True, True, False, False, False]  # COVID-19 comes from cohen alone here
+    with pytest.raises(ConfigError, match="--debias source needs a class that comes from two or more sources"):
+        source_targets(["nih", "nih", "cohen", "cohen", "cohen"], labels, 3)
+
+
+@pytest.mark.slow
+def test_debiased_training_logs_the_adversary_and_keeps_the_classifier_alone(tmp_path):
+    from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
+    from covidnet.data.synth import SynthConfig, write_phantom_dataset
+
+    sources = [
+        SourceSpec(
+            "cohen",
+            write_phantom_dataset(tmp_path / f"p{k}", SynthConfig(n=24, seed=k, size=64), progress=False),
+            f"site{k}",
+        )
+        for k in (1, 2)
+    ]
+    ds = tmp_path / "ds"
+    build_dataset(
+        BuildConfig(sources=sources, out=ds, size=32, val_fraction=0.2, test_fraction=0.1, workers=1, progress=False)
+    )
+    out = tmp_path / "run"
+    train(
+        TrainConfig(
+            data=str(ds),
+            out=str(out),
+            epochs=2,
+            batch_size=8,
+            lr=3e-4,
+            device="cpu",
+            precise_bn=8,
+            progress=False,
+            debias="source",
+            debias_weight=0.3,
+        )
+    )
+    log = (out / "log.csv").read_text().splitlines()
+    assert "train_adversary_acc" in log[0] and len(log) == 3
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["train_config"]["debias"] == "source" and "adversary" in ckpt
+    assert not any(k.startswith("adversary") for k in ckpt["model"])  # eval, predict and export see a classifier
+
+
+def test_debias_is_for_classification(tmp_path):
+    with pytest.raises(ConfigError, match="--debias source is for --task classification"):
+        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "r"), task="severity", debias="source"))
