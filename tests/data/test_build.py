@@ -278,3 +278,18 @@ def test_official_covidx3_test_images_land_in_test(shared_data, tmp_path):
     assert len(wanted) > 40 and wanted <= test
     assert report["official_split"]["missing_count"] > 0  # RSNA etc. are not in ../shared/data
     assert all(len(s) == 1 for s in split_of_patients(tmp_path / "out").values())
+
+
+def test_near_duplicate_search_agrees_with_bytewise_xor_popcount_across_blocks():
+    rng = np.random.default_rng(4)
+    h = rng.integers(0, 256, (1500, 32), dtype=np.uint8)
+    h[1499] = h[3]  # identical
+    h[1200], h[1200, 0] = h[8], h[8, 0] ^ 0xFF  # 8 bits apart
+    h[900], h[900, :4] = h[9], h[9, :4] ^ 0xFF  # 32 bits apart: not a near duplicate at 24
+    ref = sorted(
+        (i, int(j))
+        for i in range(len(h))
+        for j in np.nonzero(np.bitwise_count(h[i] ^ h[i + 1 :]).sum(1) <= NEAR_DUP_BITS)[0] + i + 1
+    )
+    assert sorted(near_duplicate_pairs(h, block=400)) == ref and (3, 1499) in ref and (8, 1200) in ref
+    assert (9, 900) not in ref

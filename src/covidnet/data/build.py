@@ -209,19 +209,23 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 512) -> list[tuple[int, int]]:
-    """Pairs (i < j) of packed perceptual hashes at Hamming distance <= ``max_bits``. Blocked all-pairs
-    XOR-popcount in numpy: exact, ~1 s for 30 000 images. A block pair's intermediates take about
-    ``2 * block**2 * 32`` bytes (16 MB at 512; at 2048 they were 270 MB, a build's largest allocation), so
-    the build's memory stays flat however many images it searches."""
+def near_duplicate_pairs(hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 2048) -> list[tuple[int, int]]:
+    """Pairs (i < j) of packed perceptual hashes at Hamming distance <= ``max_bits``: exact, all pairs, as
+    matrix products. For bit vectors x and y, Hamming(x, y) = |x| + |y| - 2 x.y, so one block of distances
+    is one float32 matrix product of the unpacked bits (BLAS), exact for integers this small. A block pair
+    holds a few ``block x block`` float32 arrays (16 MB each at 2048) and the search keeps only the packed
+    hashes, so memory stays flat however many images it searches; the time is quadratic (BENCHMARKS.md
+    gives it at 85,000 images)."""
     pairs = []
     n = len(hashes)
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint8)
+    ones = np.bitwise_count(hashes).sum(1, dtype=np.int64).astype(np.float32)
     for a in range(0, n, block):
-        x = hashes[a : a + block]
+        x = np.unpackbits(hashes[a : a + block], axis=1).astype(np.float32)
         for b in range(a, n, block):
-            y = hashes[b : b + block]
-            d = np.bitwise_count(x[:, None, :] ^ y[None, :, :]).sum(-1)
-            ii, jj = np.nonzero(d <= max_bits)
+            y = np.unpackbits(hashes[b : b + block], axis=1).astype(np.float32)
+            d = ones[a : a + block, None] + ones[None, b : b + block] - 2 * (x @ y.T)
+            ii, jj = np.nonzero(d <= max_bits + 0.5)
             for i, j in zip(ii + a, jj + b):
                 if i < j:
                     pairs.append((int(i), int(j)))
