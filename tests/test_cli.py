@@ -91,7 +91,9 @@ def test_profile_several_archs_grey_input_table():
 
 def test_models_lists_the_registry_and_version_prints():
     r = covidnet("models", "--json")
-    assert [m["arch"] for m in json.loads(r.stdout)] == list_models()
+    listed = json.loads(r.stdout)
+    assert [m["arch"] for m in listed] == list_models() + list_models("segmenter")
+    assert [m["kind"] for m in listed] == ["classifier"] * len(list_models()) + ["segmenter"] * 2
     v = covidnet("--version")
     assert v.returncode == 0 and v.stdout.startswith("covidnet ")
 
