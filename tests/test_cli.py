@@ -105,6 +105,7 @@ CONFIGS = [
     ("export", "covidnet.export", "ExportConfig"),
     ("serve", "covidnet.serve.app", "ServeConfig"),
     ("demo", "covidnet.demo", "DemoConfig"),
+    ("lungs train", "covidnet.lungs.train", "LungsConfig"),
 ]
 
 
@@ -141,6 +142,7 @@ def test_the_required_flags_alone_give_the_configs_defaults(command, module, nam
         "export": (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
         "serve": (["--checkpoint", "c"], dict(checkpoint="c")),
         "demo": ([], {}),
+        "lungs train": (["--data", "d", "--out", "o"], dict(data="d", out="o")),
     }[command]
     got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]))
     expected = cls(**given)
