@@ -112,7 +112,7 @@ def _write_page(out: str | Path, m: dict, lm: LungModel, store, rows: np.ndarray
     images, truth = store.read(worst), store.read_masks(worst)
     pred = lm.masks(images) == LUNG
     panels = [overlay(images[k], pred[k], truth[k] == LUNG, truth[k] == IGNORE) for k in range(len(worst))]
-    captions = [f"{store.names([r])[0][:40]}  Dice {per['lungs.dice'][k]:.3f}" for r, k in zip(worst, order)]
+    captions = [f"{_short(store.names([r])[0])}  Dice {per['lungs.dice'][k]:.3f}" for r, k in zip(worst, order)]
     header = ["", "Dice", "IoU", "HD95 (px)", "images"]
     table_rows = [
         [part, *(format_ci(m[part][key]) for key in ("dice", "iou", "hd95")), str(m["scored"][part])] for part in PARTS
@@ -137,6 +137,12 @@ def _write_page(out: str | Path, m: dict, lm: LungModel, store, rows: np.ndarray
     ]
     context = {"checkpoint": m["checkpoint"], "architecture": m["arch"], "data": m["data"], "split": m["split"]}
     return write_page(out, "Lung segmentation", summary, figures, context=context)
+
+
+def _short(name: str, n: int = 30) -> str:
+    """A file name that fits over its panel: an ellipsis in the middle (patients differ at the start, views
+    at the end)."""
+    return name if len(name) <= n else name[: n // 2 - 1] + "…" + name[len(name) - (n - n // 2) :]
 
 
 def predict_lungs(
