@@ -4,13 +4,13 @@ the same weights as the in-memory path, and a store read without mapping it whol
 import numpy as np
 import pytest
 import torch
+from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint
 from covidnet.data.store import open_store
 from covidnet.errors import ConfigError
 from covidnet.feed import InMemory, Streamed, memory_budget, prefetch, stage
 from covidnet.train import TrainConfig, train
-from phantomdata import make_dataset
 
 
 @pytest.fixture(scope="module")
