@@ -150,7 +150,10 @@ def join_lung_masks(specs: list[MaskSpec], records: list[Record]) -> tuple[dict,
 def _match(ref: MaskRef, hits: list[Record]) -> tuple[str, str] | None:
     """Join ``ref`` to the records of its stem; (reason, detail) when it cannot be."""
     if not hits:
-        return "lung mask matches no image", f"no image with stem {ref.stem!r} in the sources' records"
+        return "lung mask matches no image", (
+            f"no image with stem {ref.stem!r} among the sources' records (the rows their readers left out, "
+            "lateral views among them, are under excluded)"
+        )
     sources = sorted({r.source for r in hits})
     if len(sources) > 1:
         return "lung mask matches images of several sources", f"stem {ref.stem!r} is in {', '.join(sources)}"
