@@ -108,17 +108,13 @@ def _print_targets(report: dict) -> None:
     lungs = report.get("lung_masks")
     if lungs:
         d = lungs["in_dataset"]
-        sets = ", ".join(f"{s['name']} {s['masks'] - s['left_out']} of {s['masks']}" for s in lungs["sets"])
-        print(
-            (f"lung masks: {sets} joined; " if sets else "lung masks: ")
-            + "annotated images per split "
-            + ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
-            + (
-                f"; {lungs['predicted']['images']} predicted by {lungs['predicted']['model']}"
-                if lungs["predicted"]
-                else ""
-            )
-        )
+        parts = [f"{s['name']} {s['masks'] - s['left_out']} of {s['masks']} joined" for s in lungs["sets"]]
+        if lungs["sets"]:
+            per_split = ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
+            parts.append(f"annotated images per split {per_split}")
+        if lungs["predicted"]:
+            parts.append(f"{lungs['predicted']['images']} predicted by {lungs['predicted']['model']}")
+        print("lung masks: " + "; ".join(parts))
         for reason, n in lungs["excluded"]["by_reason"].items():
             print(f"  {n:6d}  {reason}")
 
