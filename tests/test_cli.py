@@ -91,7 +91,9 @@ def test_profile_several_archs_grey_input_table():
 
 def test_models_lists_the_registry_and_version_prints():
     r = covidnet("models", "--json")
-    assert [m["arch"] for m in json.loads(r.stdout)] == list_models()
+    listed = json.loads(r.stdout)
+    assert [m["arch"] for m in listed] == list_models() + list_models("segmenter")
+    assert [m["kind"] for m in listed] == ["classifier"] * len(list_models()) + ["segmenter"] * 2
     v = covidnet("--version")
     assert v.returncode == 0 and v.stdout.startswith("covidnet ")
 
@@ -103,6 +105,7 @@ CONFIGS = [
     ("export", "covidnet.export", "ExportConfig"),
     ("serve", "covidnet.serve.app", "ServeConfig"),
     ("demo", "covidnet.demo", "DemoConfig"),
+    ("lungs train", "covidnet.lungs.train", "LungsConfig"),
 ]
 
 
@@ -139,6 +142,7 @@ def test_the_required_flags_alone_give_the_configs_defaults(command, module, nam
         "export": (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
         "serve": (["--checkpoint", "c"], dict(checkpoint="c")),
         "demo": ([], {}),
+        "lungs train": (["--data", "d", "--out", "o"], dict(data="d", out="o")),
     }[command]
     got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]))
     expected = cls(**given)

@@ -49,6 +49,11 @@ _API = {
     "write_severity_file": "covidnet.data.synth",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
+    "train_lungs": "covidnet.lungs.train",
+    "LungsConfig": "covidnet.lungs.train",
+    "evaluate_lungs": "covidnet.lungs.evaluate",
+    "predict_lungs": "covidnet.lungs.evaluate",
+    "LungModel": "covidnet.lungs.infer",
 }
 
 

@@ -1,10 +1,12 @@
 """Augmentation on the device, with independent random parameters per image.
 
 The published recipe (translation, rotation, horizontal flip, intensity shift, zoom) as one affine
-warp per image through ``affine_grid``/``grid_sample``, plus a brightness factor; and, off by default,
-**acquisition augmentation**, which makes the differences between scanners and hospitals less useful to a
-model (a mitigation of source shortcuts): a gamma curve (exposure and detector response), a Gaussian
-blur (resolution, focal spot) and additive noise (quantum noise), each with its own strength per image. torchvision's v2
+warp per image through ``affine_grid``/``grid_sample``, plus a brightness factor; ``augment_labels`` warps
+a label map (a lung mask) with the same parameters, nearest neighbour, so image and mask stay aligned; and,
+off by default, **acquisition augmentation**, which makes the differences between scanners and hospitals
+less useful to a model (a mitigation of source shortcuts): a gamma curve (exposure and detector response), a
+Gaussian blur (resolution, focal spot) and additive noise (quantum noise), each with its own strength per
+image. torchvision's v2
 transforms draw one set of parameters for a whole batch, so a GPU-resident batch would get the same
 rotation for every image; kornia would do it per sample but is a large dependency for five numbers
 per image, so this is written here. Parameters are drawn on the CPU from a seeded generator and
@@ -65,11 +67,11 @@ def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> tor
     return torch.stack(params, dim=1).float()
 
 
-def augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Warp a float batch (B, C, H, W) in [0, 1] by per-image ``params`` (from ``sample_params``).
-    Areas moved in from outside the image are black, as in the reference (Keras fill_mode constant 0)."""
-    p = params.to(x.device, torch.float32)
-    angle, zoom, tx, ty, flip, bright = p[:, :6].unbind(1)
+def affine_grid(params: torch.Tensor, shape, device, dtype) -> torch.Tensor:
+    """The sampling grid of each image's warp (rotation, zoom, translation, flip of ``params``), for a
+    batch of ``shape`` (B, C, H, W)."""
+    p = params.to(device, torch.float32)
+    angle, zoom, tx, ty, flip = p[:, :5].unbind(1)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # zoom > 1 enlarges: sample a smaller area
     theta = torch.stack(
         [
@@ -78,10 +80,25 @@ def augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         ],
         1,
     )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = (out * bright.view(-1, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+    return F.affine_grid(theta, list(shape), align_corners=False).to(dtype)
+
+
+def augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Warp a float batch (B, C, H, W) in [0, 1] by per-image ``params`` (from ``sample_params``).
+    Areas moved in from outside the image are black, as in the reference (Keras fill_mode constant 0)."""
+    grid = affine_grid(params, x.shape, x.device, x.dtype)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    bright = params[:, 5].to(x.device, x.dtype)
+    out = (out * bright.view(-1, 1, 1, 1)).clamp_(0, 1)
     return acquire(out, params[:, 6:]) if params.shape[1] > 6 else out
+
+
+def augment_labels(y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The same warp as ``augment`` with the same ``params``, for a label map (B, C, H, W) of its images
+    (a lung mask): nearest neighbour, so no value appears that was not there, no brightness; areas moved
+    in from outside are 0 (background, as the black they are in the image)."""
+    grid = affine_grid(params, y.shape, y.device, y.dtype)
+    return F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def acquire(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

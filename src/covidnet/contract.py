@@ -7,7 +7,8 @@ audit read it back. No other module restates a value of it.
 Two halves, one object:
 
 * **pixels** (``stored_size``, ``top_crop``): file -> (stored_size, stored_size) uint8, the reference
-  COVID-Net's ``process_image_file`` (``covidnet.data.preprocess``);
+  COVID-Net's ``process_image_file`` (``covidnet.data.preprocess``); a lung mask goes through the same
+  geometry (``mask``, nearest neighbour) and back (``uncrop``);
 * **model input** (``size``, ``in_channels``, ``mean``, ``std``): stored uint8 -> the normalised float
   tensor a network takes (``model_input``; inside the graph of an ONNX export).
 
@@ -23,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.preprocess import DEFAULT_SIZE, TOP_CROP, check_options, load_image, load_image_bytes, preprocess
+from .data.preprocess import (
+    DEFAULT_SIZE,
+    TOP_CROP,
+    check_options,
+    load_image,
+    load_image_bytes,
+    preprocess,
+    preprocess_mask,
+    uncrop_mask,
+)
 from .errors import CovidnetError
 from .files import write_json
 
@@ -96,6 +106,18 @@ class Contract:
                 f = exposure.equalize_adapthist(img, kernel_size=max(8, img.shape[-1] // 8), clip_limit=CLAHE_CLIP)
             out[k] = np.clip(np.round(f * 255), 0, 255).astype(np.uint8)
         return out
+
+    def mask(self, mask: np.ndarray, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """A decoded (H, W) uint8 lung mask of an image (0 background, 255 lung, 127 ignore) -> its stored
+        label map, (stored_size, stored_size): the image's top crop and central square, nearest neighbour,
+        so mask and image pixels stay aligned. ``image_shape``: the image's (H, W) where the mask's differs
+        (a full-resolution mask of a downsampled image)."""
+        return preprocess_mask(mask, self.stored_size, self.top_crop, image_shape)
+
+    def uncrop(self, mask: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """A stored-geometry label map (S, S) -> one over the whole (H, W) image it came from (nearest; 0 in
+        the rows and columns the contract crops away): how a predicted lung mask is written for its file."""
+        return uncrop_mask(mask, image_shape, self.top_crop)
 
     def model_input(self, x, memory_format=None):
         """Stored pixels as a float tensor in [0, 1], (B, 1, S, S) -> the network's input, (B,

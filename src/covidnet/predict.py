@@ -204,16 +204,18 @@ def read_batches(inputs: Iterable[str], contract: Contract, batch_size: int) -> 
 
 
 class CamFiles:
-    """The one rule for naming heat-map files: ``STEM.cam.png``, or ``STEM.TAG.cam.png`` for a task
-    with several outputs to explain; a second input of the same stem gets ``STEM-2…``."""
+    """The one rule for naming the files prediction writes per input: ``STEM.cam.png``, or ``STEM.TAG.cam.png``
+    for a task with several outputs to explain; a second input of the same stem gets ``STEM-2…``.
+    ``suffix``: another kind of file (``covidnet lungs predict``'s ``STEM.lungs.png``)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, suffix: str = ".cam.png"):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.used: set[str] = set()
+        self.suffix = suffix
 
     def path(self, stem: str, tag: str | None) -> Path:
-        suffix = f".{tag}.cam.png" if tag else ".cam.png"
+        suffix = f".{tag}{self.suffix}" if tag else self.suffix
         name, n = f"{stem}{suffix}", 1
         while name in self.used:
             n += 1

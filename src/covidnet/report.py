@@ -274,6 +274,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], id: str | None 
     return f"<table{attrs}>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], id: str | None = None) -> str:
+    """A table as every page here writes one, for pages written elsewhere (``covidnet lungs eval``): the
+    cells are escaped here; the first column heads its row, the others are right-aligned numbers."""
+    return _table([_e(h) for h in header], [[_e(c) for c in r] for r in rows], id=id)
+
+
 def _support(m: dict, classes: Sequence[str]) -> list[str]:
     cm = m.get("confusion_matrix") or {}
     if cm.get("matrix") is None:

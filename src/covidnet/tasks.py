@@ -566,4 +566,9 @@ def make_task(
 
 def task_from_meta(meta: dict) -> Task:
     """The task a checkpoint was trained for (classification when it does not say)."""
+    if meta.get("task") == "lungs":
+        raise ConfigError(
+            "a lung segmentation checkpoint (covidnet lungs train): evaluate it with `covidnet lungs eval`, "
+            "predict with `covidnet lungs predict`"
+        )
     return make_task(meta.get("task", "classification"), meta.get("classes", CLASSES), meta.get("risk_bins", ()))

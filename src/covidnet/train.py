@@ -278,13 +278,13 @@ def _check(cfg: TrainConfig) -> None:
     get_spec(cfg.arch)
 
 
-def _device(cfg: TrainConfig, dist: Dist) -> torch.device:
+def train_device(name: str, dist: Dist) -> torch.device:
     """evaluate's device resolution, with "auto" and "cuda" meaning this process's own GPU."""
-    if cfg.device == "auto" and not torch.cuda.is_available():
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    if cfg.device in ("auto", "cuda"):
+    if name in ("auto", "cuda"):
         return resolve_device(f"cuda:{dist.local_rank}")
-    return resolve_device(cfg.device)
+    return resolve_device(name)
 
 
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -336,7 +336,7 @@ def _create(cfg: TrainConfig) -> torch.nn.Module:
         socket.setdefaulttimeout(old)
 
 
-class _Log:
+class RunLog:
     """The run's per-epoch log: CSV always, TensorBoard when the package is installed."""
 
     def __init__(self, run: Path, enabled: bool):
@@ -367,7 +367,7 @@ class _Log:
             self.tb.flush()
 
 
-def _status(run: Path, dist: Dist, state: str, **info) -> None:
+def write_status(run: Path, dist: Dist, state: str, **info) -> None:
     if dist.main:
         write_json(run / "run.json", {"state": state, "version": __version__, **info})
 
@@ -375,33 +375,42 @@ def _status(run: Path, dist: Dist, state: str, **info) -> None:
 def train(cfg: TrainConfig) -> dict:
     """Train as ``cfg`` says; returns a summary (also in RUN_DIR/run.json)."""
     _check(cfg)
+    return distributed(_train, cfg, cfg.device)
+
+
+def distributed(body, cfg, device_name: str):
+    """``body(cfg, dist, device)`` in this process's place of a ``torchrun`` group (or alone): the process
+    group set up before and torn down after; what every training command runs in."""
     dist = Dist.from_env()
-    device = _device(cfg, dist)
+    device = train_device(device_name, dist)
     if dist.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend)
     try:
-        return _train(cfg, dist, device)
+        return body(cfg, dist, device)
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _check_run(cfg: TrainConfig) -> Path:
-    """The run folder can be started (or resumed) as asked. A folder holding no checkpoint (a start
-    that failed before its first epoch) may be started again."""
+RESUME_MAY_CHANGE = ("resume", "progress", "epochs", "out", "host_memory_gb", "max_steps")
+
+
+def check_run(cfg) -> Path:
+    """The run folder ``cfg.out`` can be started (or resumed, ``cfg.resume``) as asked; a resumed run's
+    settings must be those in its config.json but for ``RESUME_MAY_CHANGE``. A folder holding no
+    checkpoint (a start that failed before its first epoch) may be started again. ``cfg``: any training
+    command's config dataclass."""
     run = Path(cfg.out)
     if cfg.resume:
         if not (run / "last.pt").is_file():
             raise ConfigError(f"{run}: nothing to resume (no last.pt); start it without --resume")
         saved = json.loads((run / "config.json").read_text())
-        for f in fields(TrainConfig):
+        for f in fields(type(cfg)):
             was = saved.get(f.name, f.default)  # a field newer than the run had its default then
-            if f.name not in ("resume", "progress", "epochs", "out", "host_memory_gb", "max_steps") and was != getattr(
-                cfg, f.name
-            ):
+            if f.name not in RESUME_MAY_CHANGE and was != getattr(cfg, f.name):
                 raise ConfigError(
                     f"{run}: --{f.name.replace('_', '-')} was {was!r} in this run, "
                     f"not {getattr(cfg, f.name)!r}; resume with the run's own settings"
@@ -413,14 +422,15 @@ def _check_run(cfg: TrainConfig) -> Path:
     return run
 
 
-def _start_run(run: Path, cfg: TrainConfig, dist: Dist) -> None:
+def start_run(run: Path, cfg, dist: Dist, command: str = "train") -> None:
+    """Make the run folder and write ``cfg`` (of ``command``) into its config.json, on rank 0."""
     if dist.world > 1:
         torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         for stale in ("log.csv",) if not cfg.resume else ():
             (run / stale).unlink(missing_ok=True)
-        write_json(run / "config.json", {"command": "train", "version": __version__, **cfg.to_dict()})
+        write_json(run / "config.json", {"command": command, "version": __version__, **cfg.to_dict()})
     if dist.world > 1:
         torch.distributed.barrier()
 
@@ -511,7 +521,7 @@ def _stage_data(r: _Run) -> None:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
     if cfg.batch_size < r.dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({r.dist.world})")
-    r.path = _check_run(cfg)
+    r.path = check_run(cfg)
     r.y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
     r.covid_class, r.covid_percent = task.rebalance(cfg.covid_percent)  # COVID-19 rebalancing: classification
     if r.covid_class is not None:
@@ -562,43 +572,36 @@ def _build(r: _Run) -> None:
         r.sched.load_state_dict(ckpt["scheduler"])
         r.start_epoch, r.start_step, r.best = ckpt["epoch"], ckpt["step"], ckpt["best_val_loss"]
         r.accumulators = ckpt.get("accumulators")
-    _start_run(r.path, cfg, r.dist)  # only now, with the model built and its weights loaded, is anything written
-    r.net = model if r.adversary is None else Debiased(model, r.adversary, cfg.debias_weight)
-    if r.dist.world > 1:
-        on_gpu = r.device.type == "cuda"
-        r.net = torch.nn.parallel.DistributedDataParallel(r.net, device_ids=[r.device.index] if on_gpu else None)
-    if cfg.compile == "on" or (cfg.compile == "auto" and r.device.type == "cuda"):
-        r.net = torch.compile(
-            r.net, dynamic=False
-        )  # a few static shapes (batch sizes differ by one) beat dynamic kernels
+    start_run(r.path, cfg, r.dist)  # only now, with the model built and its weights loaded, is anything written
+    net = model if r.adversary is None else Debiased(model, r.adversary, cfg.debias_weight)
+    r.net = wrap_for_training(net, r.dist, r.device, cfg.compile)
+
+
+def wrap_for_training(model: torch.nn.Module, dist: Dist, device: torch.device, compile: str) -> torch.nn.Module:
+    """The model as a training step calls it: DistributedDataParallel under torchrun, ``torch.compile``d
+    when ``compile`` is on (or auto, on a GPU)."""
+    net = model
+    if dist.world > 1:
+        on_gpu = device.type == "cuda"
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+    if compile == "on" or (compile == "auto" and device.type == "cuda"):
+        net = torch.compile(net, dynamic=False)  # a few static shapes (batch sizes differ by one) beat dynamic kernels
+    return net
 
 
 def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     r = _Run(cfg, dist, device)
     _stage_data(r)
     _build(r)
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
-    log = _Log(r.path, dist.main)
-    _status(r.path, dist, "running", epoch=r.start_epoch, step=r.start_step)
-    try:
+    log = RunLog(r.path, dist.main)
+    write_status(r.path, dist, "running", epoch=r.start_epoch, step=r.start_step)
+    with stop_on_signals() as stop, status_on_failure(r.path, dist):
         for epoch in range(r.start_epoch, cfg.epochs):
             a, seen = _train_epoch(r, epoch, stop)
             _end_epoch(r, epoch, a, seen, log)
             r.start_step = 0
             if cfg.max_steps and r.steps_done >= cfg.max_steps:
                 break
-    except BaseException as e:
-        if not isinstance(e, TrainingInterrupted):
-            _status(r.path, dist, "failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
     rates = [h["images_per_s"] for h in r.history[1:]] or [h["images_per_s"] for h in r.history]
     summary = {
         "epochs": cfg.epochs,
@@ -610,7 +613,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         "best": str(r.path / "best.pt"),
         "last": str(r.path / "last.pt"),
     }
-    _status(r.path, dist, "complete", **summary)
+    write_status(r.path, dist, "complete", **summary)
     return summary
 
 
@@ -628,7 +631,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     loss_acc = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
     correct_acc = torch.zeros((), device=device, dtype=torch.float64)  # correct images, or summed errors
     t_epoch = time.perf_counter()
-    bar = _bar(cfg.progress and dist.main, len(batches), first, epoch, cfg.epochs)
+    bar = progress_bar(cfg.progress and dist.main, len(batches), first, epoch, cfg.epochs)
     r.net.train()
     if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
         for name, child in r.model.named_children():
@@ -658,12 +661,12 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
             if step % 20 == 0:
                 elapsed = a["seconds"] + time.perf_counter() - t_epoch
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{a['n'] * dist.world / max(elapsed, 1e-9):.0f}")
-        if _stop_requested(stop, dist, device):
+        if stop_requested(stop, dist, device):
             if dist.main:
                 save_checkpoint(
                     r.path / "last.pt", r.payload(epoch, step + 1, _fold(a, loss_acc, correct_acc, t_epoch))
                 )
-            _status(r.path, dist, "interrupted", epoch=epoch, step=step + 1)
+            write_status(r.path, dist, "interrupted", epoch=epoch, step=step + 1)
             raise TrainingInterrupted(
                 f"interrupted at epoch {epoch + 1} step {step + 1}; resumable checkpoint "
                 f"in {r.path / 'last.pt'}: run the same command with --resume"
@@ -691,7 +694,7 @@ def _step(r: _Run, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> tuple
     return loss, logits
 
 
-def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: _Log) -> None:
+def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: RunLog) -> None:
     """Precise BN, validation, the scheduler's step, the log row and line, and the checkpoints."""
     cfg, dist, task = r.cfg, r.dist, r.task
     loss_sum, correct, n, seconds = dist.all_sum([a["loss"], a["correct"], a["n"], a["seconds"]], r.device)
@@ -760,20 +763,48 @@ def _fold(a: dict, loss_acc: torch.Tensor, correct_acc: torch.Tensor, t_epoch: f
     }
 
 
-def _main_thread() -> bool:
+@contextlib.contextmanager
+def stop_on_signals():
+    """A ``{"signal": None}`` that SIGTERM or SIGINT fill in while the block runs (the loop checks it after
+    each step, ``stop_requested``, and writes a resumable checkpoint); the old handlers back afterwards."""
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread() else {}
+    try:
+        yield stop
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def status_on_failure(run: Path, dist: Dist):
+    """run.json says "failed", with the error, when the block raises anything but ``TrainingInterrupted``."""
+    try:
+        yield
+    except BaseException as e:
+        if not isinstance(e, TrainingInterrupted):
+            write_status(run, dist, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
 
 
-def _stop_requested(stop: dict, dist: Dist, device) -> bool:
+def stop_requested(stop: dict, dist: Dist, device) -> bool:
     flag = stop["signal"] is not None
     if dist.world > 1:  # every rank stops at the same step
         flag = dist.all_sum([float(flag)], device)[0] > 0
     return flag
 
 
-def _bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
+def progress_bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
     if not enabled:
         return None
     from tqdm import tqdm

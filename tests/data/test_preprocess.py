@@ -1,4 +1,5 @@
-"""preprocess / load_image: the reference COVID-Net's top crop, central square crop and resize."""
+"""preprocess / load_image: the reference COVID-Net's top crop, central square crop and resize; lung masks
+through the same geometry (``Contract.mask``) and back (``Contract.uncrop``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.data.imageio import read_image
+from covidnet.contract import Contract
+from covidnet.data.imageio import image_shape, read_image
 from covidnet.data.preprocess import DEFAULT_SIZE, TOP_CROP, load_image, preprocess
 from covidnet.errors import ConfigError, ImageReadError
 
@@ -128,3 +130,36 @@ def test_bad_size_raises_config_error(size, tmp_path):
 def test_bad_top_crop_raises_config_error(top_crop):
     with pytest.raises(ConfigError, match="top_crop"):
         preprocess(np.zeros((32, 32), np.uint8), size=32, top_crop=top_crop)
+
+
+def test_a_mask_follows_its_image_through_the_top_crop_and_the_square():
+    """A marked pixel of a mask lands where the same pixel of its image lands, for a tall and a wide image,
+    and for a mask at another resolution than its image."""
+    contract = Contract(stored_size=32, top_crop=0.15)
+    for shape, spot in (((100, 80), (60, 23)), ((70, 120), (40, 88))):
+        image = np.zeros(shape, np.uint8)
+        image[spot[0] : spot[0] + 4, spot[1] : spot[1] + 4] = 255
+        stored_image = contract.pixels(image)
+        for scale in (1, 3):
+            mask = np.asarray(Image.fromarray(image).resize((shape[1] * scale, shape[0] * scale), Image.NEAREST))
+            stored_mask = contract.mask(mask, image_shape=shape)
+            assert set(np.unique(stored_mask)) <= {0, 255}
+            centre = lambda a: np.argwhere(a > 0).mean(0)  # noqa: E731
+            assert np.abs(centre(stored_mask) - centre(stored_image)).max() <= 0.5
+        back = contract.uncrop(contract.mask(image), shape)  # and back onto the whole image
+        assert back.shape == shape and np.abs(np.argwhere(back).mean(0) - np.argwhere(image).mean(0)).max() <= 1.0
+    top = np.zeros((100, 80), np.uint8)
+    top[:14] = 255  # only in the rows the top crop removes
+    assert not contract.mask(top).any()
+
+
+def test_image_shape_reads_the_header_as_read_image_decodes(tmp_path):
+    for shape in ((37, 52), (90, 40)):
+        p = tmp_path / f"{shape[0]}.jpg"
+        Image.fromarray(np.zeros(shape, np.uint8)).save(p)
+        assert image_shape(p) == shape == read_image(p).shape
+    turned = tmp_path / "turned.jpg"  # a phone photo of a film: EXIF orientation 6 turns it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(turned, exif=exif)
+    assert image_shape(turned) == (50, 30) == read_image(turned).shape

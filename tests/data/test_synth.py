@@ -69,7 +69,7 @@ def test_same_config_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     a = digest(write_phantom_dataset(tmp_path / "a", config, progress=False))
     b = digest(write_phantom_dataset(tmp_path / "b", config, progress=False))
     c = digest(write_phantom_dataset(tmp_path / "c", SynthConfig(n=8, seed=6, size=SIZE), progress=False))
-    assert a == b and len(a) == 9  # metadata.csv and 8 images
+    assert a == b and len(a) == 17  # metadata.csv, 8 images and their 8 lung masks
     assert a["metadata.csv"] != c["metadata.csv"]
     assert not set(a.values()) & set(c.values())
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from covidnet.augment import AugmentConfig, augment, sample_params
+from covidnet.augment import AugmentConfig, augment, augment_labels, sample_params
 
 NONE = AugmentConfig(0, 0, 0, 0, (1.0, 1.0))
 
@@ -103,3 +103,19 @@ def test_negative_acquisition_strength_is_one_clear_error_before_anything_is_rea
     with pytest.raises(ConfigError, match="--aug-gamma, --aug-blur and --aug-noise must be >= 0"):
         train(TrainConfig(data=str(tmp_path / "none"), out=str(tmp_path / "run"), aug_blur=-1.0))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mask_is_warped_with_its_image_and_keeps_its_values():
+    """Image and lung mask under the same parameters: the mask nearest-neighbour (only 0, 127, 255 come
+    out), the image bilinear; a block drawn in both lands in the same place (brightness 1, no blur)."""
+    mask = torch.zeros(6, 1, 48, 48)
+    mask[:, :, 10:30, 8:20] = 255.0
+    mask[:, :, 12:14, 10:12] = 127.0  # an ignore patch
+    image = (mask > 0).float()
+    params = sample_params(6, AugmentConfig(brightness=0.0), torch.Generator().manual_seed(3))
+    warped_mask, warped_image = augment_labels(mask, params), augment(image, params)
+    assert set(torch.unique(warped_mask).tolist()) <= {0.0, 127.0, 255.0}
+    agree = ((warped_mask > 0) == (warped_image > 0.5)).float().mean()
+    assert agree > 0.98 and not torch.equal(warped_mask, mask)
+    flip = torch.tensor([[0.0, 1.0, 0.0, 0.0, -1.0, 1.0]])  # a flip alone mirrors the mask exactly
+    assert torch.equal(augment_labels(mask[:1], flip), mask[:1].flip(-1))

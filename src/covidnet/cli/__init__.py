@@ -16,7 +16,20 @@ from .. import __version__
 from ..errors import CovidnetError
 
 # the command modules, in the order `covidnet --help` lists them
-COMMANDS = ("models", "profile", "train", "eval", "predict", "export", "serve", "calibrate", "audit", "demo", "data")
+COMMANDS = (
+    "models",
+    "profile",
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "serve",
+    "calibrate",
+    "audit",
+    "lungs",
+    "demo",
+    "data",
+)
 
 # optional dependencies (pyproject's extras): the one line to print when a command needs one that is absent
 EXTRAS = {

@@ -52,12 +52,14 @@ def _synth_flags(p) -> None:
 
 def run_build(args) -> int:
     from ..data.build import BuildConfig, SourceSpec, build_dataset, parse_split_file_arg
+    from ..data.lungmasks import MaskSpec
 
     cfg = config_from_args(
         BuildConfig,
         args,
         sources=[SourceSpec.parse(s) for s in args.sources],
         split_files=[parse_split_file_arg(s) for s in args.split_files],
+        lung_masks=[MaskSpec.parse(s) for s in args.lung_masks],
     )
     report = build_dataset(cfg)
     _warn_exclusions(report)
@@ -87,7 +89,7 @@ def run_build(args) -> int:
 
 
 def _print_targets(report: dict) -> None:
-    """What the severity file and the offsets give the severity and risk tasks."""
+    """What the severity file and the offsets give the severity and risk tasks, and the lung masks."""
     sev, risk = report.get("severity"), report["risk"]
     if sev:
         d = sev["in_dataset"]
@@ -103,15 +105,28 @@ def _print_targets(report: dict) -> None:
         f"risk: {risk['with_offset']} of {risk['covid_images']} COVID-19 images have days since onset (offset)"
         + "".join(f"; {n} {reason}" for reason, n in risk["excluded"]["by_reason"].items())
     )
+    lungs = report.get("lung_masks")
+    if lungs:
+        d = lungs["in_dataset"]
+        parts = [f"{s['name']} {s['masks'] - s['left_out']} of {s['masks']} joined" for s in lungs["sets"]]
+        if lungs["sets"]:
+            per_split = ", ".join(f"{s} {n} ({d['patients'][s]} patients)" for s, n in d["images"].items())
+            parts.append(f"annotated images per split {per_split}")
+        if lungs["predicted"]:
+            parts.append(f"{lungs['predicted']['images']} predicted by {lungs['predicted']['model']}")
+        print("lung masks: " + "; ".join(parts))
+        for reason, n in lungs["excluded"]["by_reason"].items():
+            print(f"  {n:6d}  {reason}")
 
 
 def _warn_exclusions(report: dict, limit: int = 20) -> None:
-    """One line on stderr for each record excluded for an error (not a documented filter), and for each
-    row of a severity file left out."""
+    """One line on stderr for each record excluded for an error (not a documented filter), for each row of a
+    severity file left out, and for each lung mask left out."""
     from ..data.build import FILTER_REASONS
 
     errors = [e for e in report["excluded"]["items"] if e["reason"] not in FILTER_REASONS]
     errors += (report.get("severity") or {}).get("excluded", {}).get("items", [])
+    errors += (report.get("lung_masks") or {}).get("excluded", {}).get("items", [])
     for e in errors[:limit]:
         print(
             f"covidnet: warning: {e['item']}: {e['reason']}" + (f" ({e['detail']})" if e["detail"] else ""),

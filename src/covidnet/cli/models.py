@@ -16,15 +16,17 @@ def register(sub, flags: bool = True) -> None:
 
 
 def run(args) -> int:
-    from ..models import get_spec, list_models
+    from ..models import KINDS, get_spec, list_models
 
     rows = []
-    for name in list_models():
-        s = get_spec(name)
-        pub = f"{s.published.params_m} M / {s.published.macs_g} G @ {s.published.size}" if s.published else ""
-        rows.append([name, str(s.input_size), pub, s.description])
+    for kind in KINDS:  # classifiers, then segmenters (``covidnet lungs train``)
+        for name in list_models(kind):
+            s = get_spec(name)
+            pub = f"{s.published.params_m} M / {s.published.macs_g} G @ {s.published.size}" if s.published else ""
+            rows.append([name, kind, str(s.input_size), pub, s.description])
     if args.json:
-        print(json.dumps([{"arch": r[0], "input_size": int(r[1]), "description": r[3]} for r in rows], indent=2))
+        keys = ("arch", "kind", "input_size", "description")
+        print(json.dumps([dict(zip(keys, (r[0], r[1], int(r[2]), r[4]))) for r in rows], indent=2))
     else:
-        print(table(["arch", "input", "published", "description"], rows))
+        print(table(["arch", "kind", "input", "published", "description"], rows))
     return 0

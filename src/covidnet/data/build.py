@@ -29,11 +29,24 @@ from .. import __version__
 from ..config import option
 from ..contract import Contract
 from ..errors import ConfigError, CovidnetError, UsageError
+from .imageio import image_shape
+from .lungmasks import (
+    LUNG,
+    NAME_KEY,
+    PREDICTED,
+    REF_KEY,
+    MaskReader,
+    MaskSpec,
+    finish_section,
+    join_lung_masks,
+    mask_problem,
+    strict_failure,
+)
 from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, READERS, official_key, read_source
-from .store import IMAGES_FILE, INDEX_FILE, RowFile, write_index
+from .store import IMAGES_FILE, INDEX_FILE, MASKS_FILE, RowFile, write_index
 
 SPLITS = ("train", "val", "test")
 PAEDIATRIC_AGE = 18  # years; below it a record is paediatric
@@ -129,6 +142,20 @@ class BuildConfig:
         "draw one by patient as for any other source (patient)",
         choices=("official", "patient"),
     )
+    lung_masks: list[MaskSpec] = option(
+        help="join lung masks (0 background, 255 lung, 127 ignore; any format and size) to the images by "
+        "file-name stem and store them beside the images; DIR is a folder or a .zip of masks, NAME labels the "
+        "set in the index (repeatable; the first set wins where two outline one image)",
+        default_factory=list,
+        flag="--lung-masks",
+        metavar="NAME=DIR",
+    )
+    lungs: Path | None = option(
+        None,
+        "segment every image without an annotated lung mask with this `covidnet lungs train` checkpoint and "
+        "store the predicted masks (marked predicted in the index)",
+        metavar="CKPT",
+    )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,7 +163,14 @@ class BuildConfig:
         d["split_files"] = [[s, str(p)] for s, p in self.split_files]
         d["out"] = str(self.out)
         d["severity"] = str(self.severity) if self.severity else None
+        d["lung_masks"] = [{"name": m.name, "path": str(m.path)} for m in self.lung_masks]
+        d["lungs"] = str(self.lungs) if self.lungs else None
         return d
+
+    @property
+    def with_masks(self) -> bool:
+        """Whether the store has a masks.npy beside its images."""
+        return bool(self.lung_masks or self.lungs)
 
     @property
     def contract(self) -> Contract:
@@ -163,22 +197,42 @@ def parse_split_file_arg(text: str) -> tuple[str, Path]:
 _WORKER: dict = {}
 
 
-def _init_worker(store_path: str, contract: Contract) -> None:
+def _init_worker(store_path: str, contract: Contract, masks_path: str | None = None) -> None:
     _WORKER["images"] = RowFile(Path(store_path), writable=True)  # pwrite: no page of it stays mapped
     _WORKER["contract"] = contract
+    _WORKER["masks"] = RowFile(Path(masks_path), writable=True) if masks_path else None
+    _WORKER["mask_reader"] = MaskReader()
 
 
-def _process(task: tuple[int, str]) -> tuple[int, str | None, str | None, bytes | None]:
-    """Read, hash and preprocess one image into row ``i`` of the store. Returns (i, error, file hash,
-    perceptual hash)."""
-    i, path = task
+def _process(task: tuple) -> tuple[int, str | None, str | None, bytes | None, tuple[str, str] | None]:
+    """Read, hash and preprocess one image into row ``i`` of the store, and its lung mask, if it has one,
+    into row ``i`` of the masks. Returns (i, error, file hash, perceptual hash, why the mask is left out)."""
+    i, path, ref = task
     try:
         img = _WORKER["contract"].load(path)  # the one preprocessing path
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # exact duplicates: identical files
     except CovidnetError as e:
-        return i, str(e), None, None
+        return i, str(e), None, None, None
     _WORKER["images"].write(i, img)
-    return i, None, digest, perceptual_hash(img)
+    return i, None, digest, perceptual_hash(img), _process_mask(i, path, ref) if ref is not None else None
+
+
+def _process_mask(i: int, path: str, ref) -> tuple[str, str] | None:
+    """The image's lung mask through the image's geometry (``Contract.mask``) into row ``i`` of the masks;
+    (reason, detail) when it is left out."""
+    try:
+        mask = _WORKER["mask_reader"].read(ref)
+        shape = image_shape(path)
+    except CovidnetError as e:
+        return "unreadable lung mask", str(e)
+    problem = mask_problem(mask, shape)
+    if problem:
+        return problem
+    stored = _WORKER["contract"].mask(mask, shape)
+    if not (stored == LUNG).any():
+        return "empty lung mask", "no lung pixel is left after the contract's crop"
+    _WORKER["masks"].write(i, stored)
+    return None
 
 
 def perceptual_hash(img: np.ndarray) -> bytes:
@@ -307,15 +361,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
         exclusions += data.exclusions
         notes += data.notes
         anomalies += data.anomalies
-    severity = None
-    if cfg.severity:  # before any image work: a bad severity file under --strict stops the build at once
-        severity, rejected = join_severity(Path(cfg.severity), records, {s.name: s.reader for s in cfg.sources})
-        if cfg.strict and rejected:
-            e = rejected[0]
-            raise CovidnetError(
-                f"--strict: {len(rejected)} row(s) of the severity file left out "
-                f"({_reasons(severity)}); first: {e.item}: {e.reason} ({e.detail})"
-            )
+    severity, masks = _join_targets(cfg, records)
 
     def drop(i: int, reason: str, detail: str) -> None:
         r = records[i]
@@ -356,7 +402,7 @@ def build_dataset(cfg: BuildConfig) -> dict:
     out = cfg.out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies)
+        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks)
         if out.exists():
             shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
         umask = os.umask(0)
@@ -367,6 +413,25 @@ def build_dataset(cfg: BuildConfig) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _join_targets(cfg: BuildConfig, records: list[Record]) -> tuple[dict | None, dict | None]:
+    """The severity file's scores and the lung masks joined to the records by stem (their report sections),
+    before any image work: under --strict a row or mask left out stops the build at once."""
+    severity = masks = None
+    if cfg.severity:
+        severity, rejected = join_severity(Path(cfg.severity), records, {s.name: s.reader for s in cfg.sources})
+        if cfg.strict and rejected:
+            e = rejected[0]
+            raise CovidnetError(
+                f"--strict: {len(rejected)} row(s) of the severity file left out "
+                f"({_reasons(severity)}); first: {e.item}: {e.reason} ({e.detail})"
+            )
+    if cfg.lung_masks:
+        masks, rejected = join_lung_masks(cfg.lung_masks, records)
+        if cfg.strict and rejected:
+            raise strict_failure(rejected)
+    return severity, masks
 
 
 def _check_config(cfg: BuildConfig) -> None:
@@ -384,6 +449,14 @@ def _check_config(cfg: BuildConfig) -> None:
         raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
     if cfg.split not in ("official", "patient"):
         raise ConfigError(f"--split must be official or patient, not {cfg.split!r}")
+    names = [m.name for m in cfg.lung_masks]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two --lung-masks sets named alike ({', '.join(names)}); give each its own NAME")
+    for m in cfg.lung_masks:
+        if not m.path.exists():
+            raise ConfigError(f"{m.path}: not found; --lung-masks {m.name}= needs a folder or .zip of mask images")
+    if cfg.lungs and not Path(cfg.lungs).is_file():
+        raise ConfigError(f"{cfg.lungs}: checkpoint not found; --lungs takes a `covidnet lungs train` best.pt")
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,10 +466,14 @@ def _reasons(section: dict) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in section["excluded"]["by_reason"].items())
 
 
-def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies) -> dict:
+def _build_into(
+    tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks
+) -> dict:
     todo = [i for i in range(len(records)) if alive[i]]
     scratch = tmp / "scratch.npy"
-    slot, digests, phash, images_per_s = _read_images(scratch, cfg, records, todo, drop)
+    slot, digests, phash, images_per_s, masks_later = _read_images(scratch, cfg, records, todo, drop)
+    if cfg.strict and masks_later:
+        raise strict_failure(masks_later)
     # 5. exact duplicates anywhere, near duplicates across sources: keep the first (source order, path)
     kept, links, uf = _drop_duplicates(records, todo, alive, digests, phash, drop)
     _carry_severity(records, links)
@@ -408,7 +485,8 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     checks = _checks(records, kept, split_of, phash, digests)
     _refuse_failures(cfg, checks, exclusions)
     order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
-    _write_store(tmp, cfg, scratch, slot, order)
+    _write_store(tmp, cfg, scratch, slot, order, records)
+    predicted = _predict_masks(tmp, cfg, records, order) if cfg.lungs else None
     risk, _ = check_offsets([records[i] for i in order])  # sets offset_days, for the index
     write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
     _write_label_files(tmp, records, order, split_of)
@@ -416,6 +494,7 @@ def _build_into(tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, 
     report = _report(cfg, records, order, split_of, exclusions, notes, checks, official, images_per_s, t0)
     report["severity"] = _severity_in_splits(severity, records, order, split_of) if severity else None
     report["risk"] = risk
+    report["lung_masks"] = _masks_section(masks, masks_later, predicted, records, order, split_of)
     report["anomalies"] = {
         "count": len(anomalies),
         "by_reason": dict(Counter(a.reason for a in anomalies)),
@@ -435,32 +514,44 @@ def _read_images(
     """Read, hash and preprocess every image of ``todo`` once, in parallel, into row ``slot[i]`` of the
     scratch store; an unreadable one is dropped. Returns (slot, file hashes, perceptual hashes, images/s)."""
     RowFile.create(scratch, len(todo), cfg.size).close()
+    scratch_masks = None
+    if any(REF_KEY in records[i].extra for i in todo):
+        scratch_masks = str(scratch.with_name("scratch-masks.npy"))
+        RowFile.create(Path(scratch_masks), len(todo), cfg.size).close()
     slot = {i: k for k, i in enumerate(todo)}
     digests: dict[int, str] = {}
     phash: dict[int, bytes] = {}
     workers = cfg.workers or os.cpu_count() or 1
     t_img = time.perf_counter()
-    tasks = [(slot[i], str(records[i].path)) for i in todo]
+    tasks = [(slot[i], str(records[i].path), records[i].extra.get(REF_KEY)) for i in todo]
     results = []
     if workers == 1:
-        _init_worker(str(scratch), cfg.contract)
+        _init_worker(str(scratch), cfg.contract, scratch_masks)
         iterator = map(_process, tasks)
         results = _consume(iterator, len(tasks), cfg.progress)
         _WORKER.pop("images").close()
+        if _WORKER.get("masks"):
+            _WORKER.pop("masks").close()
     else:
         # fork where the platform has it: workers start at once with the parent's imports; they run no
         # torch code, so forking a process that imported torch is safe here
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with get_context(method).Pool(workers, _init_worker, (str(scratch), cfg.contract)) as pool:
+        with get_context(method).Pool(workers, _init_worker, (str(scratch), cfg.contract, scratch_masks)) as pool:
             results = _consume(pool.imap_unordered(_process, tasks, chunksize=8), len(tasks), cfg.progress)
     images_per_s = len(tasks) / max(time.perf_counter() - t_img, 1e-9)
-    for k, error, digest, ph in results:
+    masks_later: list[Exclusion] = []
+    for k, error, digest, ph, mask_problem_ in results:
         i = todo[k]
         if error:
             drop(i, "unreadable image", error)
-        else:
-            digests[i], phash[i] = digest, ph
-    return slot, digests, phash, images_per_s
+            continue
+        digests[i], phash[i] = digest, ph
+        ref = records[i].extra.get(REF_KEY)
+        if mask_problem_:
+            masks_later.append(Exclusion("lung masks", ref.item, *mask_problem_))
+        elif ref is not None:
+            records[i].extra[NAME_KEY] = ref.name  # stored in row slot[i] of the scratch masks
+    return slot, digests, phash, images_per_s, masks_later
 
 
 def _drop_duplicates(
@@ -541,17 +632,54 @@ def _refuse_failures(cfg: BuildConfig, checks: dict, exclusions: list[Exclusion]
         )
 
 
-def _write_store(tmp: Path, cfg: BuildConfig, scratch: Path, slot: dict[int, int], order: list[int]) -> None:
-    """The images of ``order``, in that order, from the scratch store into the dataset's store; the scratch
-    store is removed."""
-    source, images = RowFile(scratch), RowFile.create(tmp / IMAGES_FILE, len(order), cfg.size)
-    buf = np.empty((1, cfg.size, cfg.size), np.uint8)
-    for row, i in enumerate(order):  # a row at a time: memory stays flat in the number of images
-        images.write(row, source.read([slot[i]], buf)[0])
-    os.fsync(images.fd)
-    source.close()
-    images.close()
-    scratch.unlink()
+def _write_store(tmp: Path, cfg: BuildConfig, scratch: Path, slot: dict[int, int], order: list[int], records) -> None:
+    """The images of ``order``, in that order, from the scratch store into the dataset's store, and their
+    lung masks into ``masks.npy`` (rows aligned; zeros where an image has none); the scratch files are
+    removed."""
+    _copy_rows(scratch, tmp / IMAGES_FILE, cfg.size, [slot[i] for i in order])
+    scratch_masks = scratch.with_name("scratch-masks.npy")
+    if cfg.with_masks:
+        masked = [slot[i] if records[i].extra.get(NAME_KEY) else None for i in order]
+        _copy_rows(scratch_masks if scratch_masks.exists() else None, tmp / MASKS_FILE, cfg.size, masked)
+    scratch_masks.unlink(missing_ok=True)
+
+
+def _copy_rows(scratch: Path | None, path: Path, size: int, slots: list[int | None]) -> None:
+    """A new row file at ``path`` whose row k is row ``slots[k]`` of ``scratch`` (zeros for None); a row at
+    a time, so memory stays flat in the number of images; ``scratch`` is removed."""
+    source = RowFile(scratch) if scratch else None
+    out = RowFile.create(path, len(slots), size)
+    buf = np.empty((1, size, size), np.uint8)
+    for row, k in enumerate(slots):
+        if k is not None:
+            out.write(row, source.read([k], buf)[0])
+    os.fsync(out.fd)
+    out.close()
+    if source is not None:
+        source.close()
+        scratch.unlink()
+
+
+def _predict_masks(tmp: Path, cfg: BuildConfig, records, order: list[int]) -> dict:
+    """``--lungs CKPT``: masks for the stored images without an annotated one, drawn by the model and
+    written into their rows of ``masks.npy``; those records are marked predicted (the index says so)."""
+    from ..lungs.infer import segment_store_rows  # torch: only a build with --lungs pays for it
+
+    rows = [row for row, i in enumerate(order) if not records[order[row]].extra.get(NAME_KEY)]
+    info = segment_store_rows(cfg.lungs, tmp, cfg.contract, np.array(rows, dtype=np.int64), cfg.progress)
+    for row in rows:
+        records[order[row]].extra[NAME_KEY] = PREDICTED
+    return info
+
+
+def _masks_section(masks, later, predicted, records, order, split_of) -> dict | None:
+    """The report's ``lung_masks``: the annotated sets' join and what reached the store, and the predicted
+    masks of ``--lungs``."""
+    if masks is None and predicted is None:
+        return None
+    section = finish_section(masks or {"sets": [], "excluded": {"items": []}}, later, records, order, split_of)
+    section["predicted"] = predicted
+    return section
 
 
 def _write_label_files(tmp: Path, records, order: list[int], split_of: dict[int, str]) -> None:

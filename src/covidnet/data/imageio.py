@@ -65,6 +65,31 @@ def read_image_bytes(
     return _read(io.BytesIO(data), name, min_side, max_pixels)
 
 
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(H, W) of the image at ``path`` as ``read_image`` without ``min_side`` returns it (EXIF orientation
+    applied), read from its header: no pixel is decoded. What a lung mask of another resolution is resized
+    to before it follows its image through the contract."""
+    name = os.fspath(path)
+    with open(path, "rb") as fp:
+        head = fp.read(_DICM_OFFSET + 4)
+        fp.seek(0)
+        if head[_DICM_OFFSET:] == b"DICM" or PurePath(name).suffix.lower() in DICOM_SUFFIXES:
+            import pydicom
+
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=["Rows", "Columns"], force=True)
+                return int(ds.Rows), int(ds.Columns)
+            except Exception as exc:
+                raise ImageReadError(f"{name}: DICOM header without Rows/Columns ({_detail(exc)})") from exc
+        try:
+            with Image.open(fp) as img:
+                width, height = img.size
+                turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        except Exception as exc:
+            raise ImageReadError(f"{name}: not an image, or a format not recognised ({_EXPECTED})") from exc
+    return (width, height) if turned else (height, width)
+
+
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "L")
 
 

@@ -30,18 +30,8 @@ MIN_SIZE = 16
 def preprocess(image: np.ndarray, size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP) -> np.ndarray:
     """A (size, size) uint8 image: the (H, W) uint8 ``image`` less its top ``top_crop`` of rows,
     centre-cropped to a square and resized."""
-    check_options(size, top_crop)
-    if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
-        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ConfigError(f"preprocess needs a 2-D uint8 greyscale array, not {got}")
-    if image.size == 0:
-        raise ConfigError(f"preprocess needs a non-empty image, not one of shape {image.shape}")
-
-    cropped = image[int(image.shape[0] * top_crop) :]  # int() truncates, as the reference does
-    height, width = cropped.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = np.ascontiguousarray(cropped[top : top + side, left : left + side])
+    square = square_crop(image, size, top_crop)
+    side = square.shape[0]
     if side == size:
         return square.copy() if np.shares_memory(square, image) else square
     # Pillow's BILINEAR widens its triangle filter by the reduction factor when it shrinks, so every
@@ -50,6 +40,58 @@ def preprocess(image: np.ndarray, size: int = DEFAULT_SIZE, top_crop: float = TO
     # (``read_image(min_side=...)``), and the exact filter costs little at these sizes.
     resized = Image.fromarray(square).resize((int(size), int(size)), Image.Resampling.BILINEAR)
     return np.array(resized)
+
+
+def crop_box(shape: tuple[int, ...], top_crop: float = TOP_CROP) -> tuple[int, int, int]:
+    """(top, left, side) of the square the contract keeps of an image of ``shape`` (H, W): the rows under
+    the top ``top_crop`` (``int()`` truncates, as the reference does), then their central square. The one
+    place this geometry is written: images, lung masks and the way back (``uncrop_mask``) all use it."""
+    height, width = int(shape[0]), int(shape[1])
+    cut = int(height * top_crop)
+    side = min(height - cut, width)
+    return cut + (height - cut - side) // 2, (width - side) // 2, side
+
+
+def square_crop(image: np.ndarray, size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP) -> np.ndarray:
+    """The square of the (H, W) uint8 ``image`` that the contract keeps (``crop_box``), not yet resized."""
+    check_options(size, top_crop)
+    if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
+        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ConfigError(f"preprocess needs a 2-D uint8 greyscale array, not {got}")
+    if image.size == 0:
+        raise ConfigError(f"preprocess needs a non-empty image, not one of shape {image.shape}")
+    top, left, side = crop_box(image.shape, top_crop)
+    return np.ascontiguousarray(image[top : top + side, left : left + side])
+
+
+def preprocess_mask(
+    mask: np.ndarray, size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP, image_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A (size, size) uint8 label map: the (H, W) uint8 ``mask`` through the geometry of ``preprocess`` (the
+    same top crop and central square), resized with the nearest neighbour so that no new value appears
+    (lung masks: 0 background, 255 lung, 127 ignore). ``image_shape``: the (H, W) of the mask's image, when
+    it differs (a full-resolution mask of a downsampled image): the mask is first resized to it (nearest),
+    so the crop falls on the same image rows and columns."""
+    if image_shape is not None and tuple(mask.shape) != tuple(image_shape[:2]):
+        height, width = (int(v) for v in image_shape[:2])
+        mask = np.array(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+    square = square_crop(mask, size, top_crop)
+    if square.shape[0] == size:
+        return square.copy() if np.shares_memory(square, mask) else square
+    return np.array(Image.fromarray(square).resize((int(size), int(size)), Image.Resampling.NEAREST))
+
+
+def uncrop_mask(mask: np.ndarray, shape: tuple[int, int], top_crop: float = TOP_CROP) -> np.ndarray:
+    """The way back: a (S, S) label map in stored geometry -> an (H, W) one over the whole image of ``shape``,
+    nearest neighbour, 0 outside the square the contract keeps (what a model never saw)."""
+    top, left, side = crop_box(shape, top_crop)
+    out = np.zeros(tuple(int(v) for v in shape[:2]), np.uint8)
+    if side > 0:
+        square = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).resize(
+            (side, side), Image.Resampling.NEAREST
+        )
+        out[top : top + side, left : left + side] = np.asarray(square)
+    return out
 
 
 def load_image(path: str | os.PathLike[str], size: int = DEFAULT_SIZE, top_crop: float = TOP_CROP) -> np.ndarray:

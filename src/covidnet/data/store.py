@@ -1,6 +1,11 @@
 """The preprocessed store a build writes: every image already cropped and resized, packed into one
 uint8 array (``images.npy``, memory-mapped on open), and an index table aligned with its rows
 (``index.csv``). Training, evaluation and the audit read this, never image files.
+
+A build with lung masks (``--lung-masks``, ``--lungs``) also writes ``masks.npy``: one uint8 label map per
+image row, in the image's stored geometry (0 background, 255 lung, 127 ignore; zeros for an image without
+a mask); the index's ``lung_mask`` column says which rows have one: the annotation set's name, ``predicted``
+for a mask a model drew, or empty.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import numpy as np
 
 from ..contract import Contract
 from ..errors import CovidnetError
+from .lungmasks import NAME_KEY, PREDICTED
 from .records import BINARY_CLASSES, CLASSES, NEGATIVE_ONLY, Record, patient_uid, to_binary
 
 IMAGES_FILE = "images.npy"
+MASKS_FILE = "masks.npy"  # lung masks, rows aligned with images.npy (a build with --lung-masks or --lungs)
 INDEX_FILE = "index.csv"
 INDEX_COLUMNS = (
     "row",
@@ -33,7 +40,9 @@ INDEX_COLUMNS = (
     "geographic",
     "opacity",
     "offset",
-)  # the last three: severity scores (0-8) and days since onset, or empty
+    "lung_mask",
+)  # geographic, opacity, offset: severity scores (0-8) and days since onset, or empty; lung_mask: the
+#   annotation set of the row's lung mask, "predicted", or empty
 
 
 def _num(v) -> str:
@@ -60,6 +69,7 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
                     _num(r.extra.get("geographic")),
                     _num(r.extra.get("opacity")),
                     _num(r.extra.get("offset_days")),
+                    r.extra.get(NAME_KEY) or "",
                 ]
             )
 
@@ -143,6 +153,48 @@ class Store:
             self._rows = RowFile(self.root / IMAGES_FILE)
         return self._rows.read(rows, out)
 
+    @property
+    def masks(self) -> np.ndarray | None:
+        """The lung masks (N, S, S) uint8, memory-mapped; None for a store built without them."""
+        if not hasattr(self, "_masks"):
+            path = self.root / MASKS_FILE
+            self._masks = np.load(path, mmap_mode="r") if path.is_file() else None
+            if self._masks is not None and self._masks.shape != self.images.shape:
+                raise CovidnetError(
+                    f"{path}: {self._masks.shape} masks for {self.images.shape} images; the dataset is damaged"
+                )
+        return self._masks
+
+    def read_masks(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The stored lung masks of ``rows`` (B, S, S), read by row as ``read`` reads images; an error for a
+        store built without masks."""
+        if self.masks is None:
+            raise CovidnetError(
+                f"{self.root}: built without lung masks; rebuild it with --lung-masks NAME=DIR (or --lungs CKPT)"
+            )
+        if not hasattr(self, "_mask_rows"):
+            self._mask_rows = RowFile(self.root / MASKS_FILE)
+        return self._mask_rows.read(rows, out)
+
+    def mask_rows(self, split: str | None = None, predicted: bool = False) -> np.ndarray:
+        """Row numbers of ``split`` (all when None) that have an annotated lung mask; with ``predicted``,
+        those whose mask a model drew (``data build --lungs``) instead."""
+        want = (lambda v: v == PREDICTED) if predicted else (lambda v: v not in ("", PREDICTED))
+        return np.array(
+            [
+                int(r["row"])
+                for r in self.index
+                if (split is None or r["split"] == split) and want(r.get("lung_mask") or "")
+            ],
+            dtype=np.int64,
+        )
+
+    def mask_layer(self) -> MaskLayer:
+        """The masks as ``covidnet.feed.stage`` takes a store (``images`` for the shape, ``read`` by rows)."""
+        if self.masks is None:
+            self.read_masks(np.zeros(0, np.int64))  # the error
+        return MaskLayer(self.masks, self.read_masks)
+
     def rows(self, split: str | None = None) -> np.ndarray:
         """Row numbers of ``split`` (all rows when None)."""
         return np.array([int(r["row"]) for r in self.index if split is None or r["split"] == split], dtype=np.int64)
@@ -189,6 +241,8 @@ class Store:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         os.symlink(Path(self.root).absolute() / IMAGES_FILE, folder / IMAGES_FILE)
+        if (Path(self.root) / MASKS_FILE).is_file():
+            os.symlink(Path(self.root).absolute() / MASKS_FILE, folder / MASKS_FILE)
         with open(folder / INDEX_FILE, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
             w.writeheader()
@@ -196,6 +250,14 @@ class Store:
                 w.writerow({**{k: r.get(k, "") for k in INDEX_COLUMNS}, "split": split})
         self.contract.write(folder)
         return open_store(folder)
+
+
+@dataclass
+class MaskLayer:
+    """A store's masks where a store's images are expected (``covidnet.feed.stage``)."""
+
+    images: np.ndarray
+    read: object
 
 
 def open_store(root: Path | str) -> Store:

@@ -111,6 +111,7 @@ FINDINGS = {
 }
 FIRST_DATE = dt.date(2020, 1, 22)  # the collection's first images are from late January 2020
 
+MASKS_DIR = "lungmasks"  # beside images/: each image's true lung mask, 0 background / 255 lung, same name
 INVOLVED = 0.08  # opacity-map value above which a lung pixel counts as involved
 CONSOLIDATED = 0.5  # ... and above which it is consolidation rather than ground glass
 
@@ -555,7 +556,9 @@ def draw_radiograph(
     ``geographic`` and ``opacity`` (0-8) with their per-lung parts, ``extent`` (fraction of each lung
     involved), ``lobe`` (of a lobar pneumonia: RUL, RML, RLL, LUL or LLL), ``shortcut``, and the
     maps they were measured on: ``lung_right`` / ``lung_left`` (bool, the lung fields the heart does
-    not hide; the patient's right lung is on the image's left) and ``opacity_map`` (float32, 0-1)."""
+    not hide; the patient's right lung is on the image's left) and ``opacity_map`` (float32, 0-1); and
+    ``lungs`` (bool, both lungs whole, behind the heart too, down to the diaphragm: what the V7 Labs
+    annotators outline, and what ``write_phantom_dataset`` writes as the image's lung mask)."""
     _check_draw_args(size, label, shortcut)
     # the draws from ``rng`` happen in this order: anatomy (when None), severity (when None), pose and
     # breath, the findings' texture, then exposure and noise
@@ -572,7 +575,7 @@ def draw_radiograph(
     o, lobe = _draw_findings(f, an, label, severity, rng, body)
     img = _expose(rng, f, an, _attenuation(f, an, ap, body, o))
     img = _plant_shortcut(img, shortcut)
-    return img, _truth(label, severity, ap, shortcut, o, lobe, body["visible"])
+    return img, _truth(label, severity, ap, shortcut, o, lobe, body["visible"], body["lungs"])
 
 
 def _check_draw_args(size: int, label: str, shortcut: str | None) -> None:
@@ -665,7 +668,14 @@ def _plant_shortcut(img: np.ndarray, shortcut: str | None) -> np.ndarray:
 
 
 def _truth(
-    label: str, severity: float, ap: bool, shortcut: str | None, o: np.ndarray, lobe: str | None, visible: list
+    label: str,
+    severity: float,
+    ap: bool,
+    shortcut: str | None,
+    o: np.ndarray,
+    lobe: str | None,
+    visible: list,
+    lungs: list,
 ) -> dict:
     """What was drawn, with the severity scores measured on the opacity map inside the visible lung fields."""
     right, left = visible[0] > 0.5, visible[1] > 0.5
@@ -684,6 +694,7 @@ def _truth(
         "shortcut": shortcut,
         "lung_right": right,
         "lung_left": left,
+        "lungs": (lungs[0]["mask"] > 0.5) | (lungs[1]["mask"] > 0.5),
         "opacity_map": o,
     }
 
@@ -821,6 +832,7 @@ def _render(job_and_dir: tuple[_Job, str]) -> dict:
         rng, job.size, job.label, anatomy=anatomy, severity=job.severity, view=job.view, shortcut=job.shortcut
     )
     _save_png(img, Path(folder) / job.path)
+    _save_png(np.where(truth["lungs"], 255, 0).astype(np.uint8), Path(folder).parent / MASKS_DIR / job.path)
     return {
         "phantom_geographic": str(truth["geographic"]),
         "phantom_opacity": str(truth["opacity"]),
@@ -837,7 +849,9 @@ def write_phantom_dataset(
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Write ``config.n`` phantoms as a cohen dataset: ``out_dir/metadata.csv`` and ``out_dir/images/``.
+    """Write ``config.n`` phantoms as a cohen dataset: ``out_dir/metadata.csv`` and ``out_dir/images/``, with
+    each image's true lung mask (``truth["lungs"]`` of ``draw_radiograph``) under ``out_dir/lungmasks/`` in the
+    V7 Labs masks' form (same name, 0 background, 255 lung): ``data build --lung-masks phantom=out_dir/lungmasks``.
 
     Deterministic: the same config gives byte-identical files, however many workers draw them.
     Atomic: everything is written into a hidden sibling folder that is renamed to ``out_dir`` only
@@ -854,6 +868,7 @@ def write_phantom_dataset(
     try:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would survive the rename
         (tmp / "images").mkdir()
+        (tmp / MASKS_DIR).mkdir()
         if workers is None:
             workers = min(os.cpu_count() or 1, 8) if config.n >= 64 else 1
         from tqdm import tqdm

@@ -6,5 +6,6 @@ bins, and the assembly of each task's evaluation JSON.
 * ``classification``: sensitivity, PPV, NPV, specificity, F1, one-vs-rest AUC, within-source AUCs;
 * ``calibration``: ECE, reliability bins, temperature scaling, operating points;
 * ``regression``: severity scores (MAE, RMSE, R², Spearman);
-* ``ordinal``: risk bins (accuracy, macro F1, mean absolute bin error).
+* ``ordinal``: risk bins (accuracy, macro F1, mean absolute bin error);
+* ``segmentation``: lung masks (Dice, IoU, HD95; both lungs and each).
 """

@@ -4,7 +4,9 @@
 >>> model = create_model("covidnet-cxr3b", num_classes=3, in_channels=1)
 
 Each entry carries its default input contract (size, normalisation) and, for COVID-Net presets, the
-published complexity it is held to (``Published``).
+published complexity it is held to (``Published``). Two kinds share the registry: ``classifier``
+(logits per image; ``list_models()``) and ``segmenter`` (a logit per pixel, ``models/segment.py``, the
+``segment`` family; ``list_models("segmenter")``), created alike by ``create_model``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from ..errors import ConfigError, UnknownModelError
 from . import zoo
 from .covidnet import CXR3B, CXR_LARGE, CXR_SMALL, CovidNet, CovidNetConfig
+from .segment import LUNG_UNET, LUNG_UNET_TINY, UNet, UNetConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +45,7 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     published: Published | None = None
     family: str = field(default="covidnet")
+    kind: str = "classifier"  # or "segmenter": one logit per pixel and class
 
     def normalisation(self, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Mean and std for ``in_channels`` inputs (a grey image uses the RGB average)."""
@@ -65,20 +69,25 @@ def register_model(name: str, *, description: str, input_size: int, **spec):
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+KINDS = ("classifier", "segmenter")
+
+
+def list_models(kind: str | None = "classifier") -> list[str]:
+    """The registered names of ``kind`` (classifier or segmenter; None: every one), sorted."""
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
 def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(f"unknown architecture {name!r}; available: {', '.join(list_models())}") from None
+        raise UnknownModelError(f"unknown architecture {name!r}; available: {', '.join(list_models(None))}") from None
 
 
 def create_model(name: str, num_classes: int = 3, in_channels: int = 3, **kwargs) -> nn.Module:
     """Create architecture ``name`` for ``num_classes`` classes (3: normal / pneumonia / COVID-19,
-    2: negative / positive) and ``in_channels`` input channels (1: grey, 3: RGB).
+    2: negative / positive; a segmenter's classes are its output channels, 1: lung) and ``in_channels``
+    input channels (1: grey, 3: RGB).
 
     The returned model records how it was made in ``model.arch`` and ``model.arch_args`` so that a
     checkpoint can rebuild it without flags.
@@ -86,8 +95,9 @@ def create_model(name: str, num_classes: int = 3, in_channels: int = 3, **kwargs
     spec = get_spec(name)
     if in_channels not in (1, 3):
         raise ConfigError(f"in_channels must be 1 or 3, not {in_channels}")
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be at least 2, not {num_classes}")
+    least = 1 if spec.kind == "segmenter" else 2
+    if num_classes < least:
+        raise ConfigError(f"num_classes must be at least {least}, not {num_classes}")
     model = spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     model.arch = name
     model.arch_args = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
@@ -138,4 +148,19 @@ for _name, _fn, _desc in [
         _name, description=_desc, input_size=480, mean=IMAGENET_MEAN, std=IMAGENET_STD, family="torchvision"
     )(_fn)
 
-__all__ = ["ModelSpec", "Published", "create_model", "get_spec", "list_models", "register_model"]
+
+def _unet(config: UNetConfig):
+    def build(num_classes: int = 1, in_channels: int = 1, **overrides) -> UNet:
+        cfg = UNetConfig(**{**config.to_dict(), **{k: tuple(v) for k, v in overrides.items()}})
+        return UNet(cfg, num_classes=num_classes, in_channels=in_channels)
+
+    return build
+
+
+for _name, _config, _desc in [
+    ("lung-unet", LUNG_UNET, "U-Net for lung fields, widths 16-256, 1.9 M parameters (covidnet lungs train)"),
+    ("lung-unet-tiny", LUNG_UNET_TINY, "U-Net for lung fields, widths 8-64, for tests and the smallest CPUs"),
+]:
+    register_model(_name, description=_desc, input_size=256, family="segment", kind="segmenter")(_unet(_config))
+
+__all__ = ["KINDS", "ModelSpec", "Published", "create_model", "get_spec", "list_models", "register_model"]

@@ -1,0 +1,231 @@
+"""`covidnet lungs train|eval|predict` and `data build --lungs` on phantoms, whose true lungs the generator
+drew: a short CPU training beats a fixed box by far, runs resume to the same weights, checkpoints describe
+themselves, eval's figures are the metrics module's, predicted masks land on their files' pixels."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import covidnet
+
+from covidnet.audit import LUNG_BOX
+from covidnet.checkpoint import read_checkpoint
+from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
+from covidnet.data.lungmasks import MaskSpec
+from covidnet.data.store import open_store
+from covidnet.data.synth import MASKS_DIR, SynthConfig, write_phantom_dataset
+from covidnet.errors import ConfigError, CovidnetError
+from covidnet.lungs.evaluate import evaluate_lungs, predict_lungs
+from covidnet.lungs.infer import LungModel
+from covidnet.lungs.train import LungsConfig, train_lungs
+from covidnet.metrics.segmentation import box_mask, dice
+
+SIZE = 64
+FAST = dict(arch="lung-unet-tiny", epochs=10, batch_size=4, lr=3e-3, progress=False, device="cpu")
+
+
+def phantom_build(root: Path, n: int, seed: int = 0, masks: bool = True, **kw) -> Path:
+    src = write_phantom_dataset(root / "phantoms", SynthConfig(n=n, seed=seed, size=2 * SIZE), progress=False)
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", src, "cohen")],
+            out=root / "ds",
+            size=SIZE,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            workers=1,
+            progress=False,
+            lung_masks=[MaskSpec("phantom", src / MASKS_DIR)] if masks else [],
+            **kw,
+        )
+    )
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """48 phantoms at 64 px with their true lungs, and a lung-unet-tiny trained on them for 10 epochs."""
+    root = tmp_path_factory.mktemp("lungs")
+    ds = phantom_build(root, n=48)
+    train_lungs(LungsConfig(data=str(ds), out=str(root / "run"), **FAST))
+    return ds, root / "run" / "best.pt"
+
+
+def test_a_short_cpu_training_beats_a_fixed_box_by_far(trained):
+    ds, ckpt = trained
+    m = evaluate_lungs(ckpt, ds, "test", resamples=100, device="cpu", box=LUNG_BOX)
+    box = m["box_baseline"]["lungs"]["dice"]["value"]
+    assert m["n"] >= 6 and m["lungs"]["dice"]["value"] >= 0.90 and m["lungs"]["dice"]["value"] > box + 0.2
+    assert m["right"]["dice"]["value"] >= 0.85 and m["left"]["dice"]["value"] >= 0.85  # each lung on its own
+    assert m["lungs"]["hd95"]["value"] < m["box_baseline"]["lungs"]["hd95"]["value"]
+
+
+def test_eval_reports_the_metrics_modules_figures_and_writes_a_page(trained, tmp_path):
+    ds, ckpt = trained
+    m = evaluate_lungs(ckpt, ds, "test", resamples=50, device="cpu", report=tmp_path / "rep", box=LUNG_BOX)
+    store, lm = open_store(ds), LungModel.open(ckpt, "cpu")
+    rows = store.mask_rows("test")
+    truth, pred = store.read_masks(rows) == 255, lm.masks(store, rows) == 255
+    per_image = [dice(p, t) for p, t in zip(pred, truth)]  # phantom masks have no ignore pixels
+    assert m["lungs"]["dice"]["value"] == pytest.approx(np.mean(per_image))
+    assert [i["lungs.dice"] for i in m["images"]] == pytest.approx(per_image)
+    assert m["box_baseline"]["lungs"]["dice"]["value"] == pytest.approx(
+        np.mean([dice(box_mask(SIZE, LUNG_BOX), t) for t in truth])
+    )
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert 'id="lung-metrics"' in page and "worst.png" in page and "not for diagnostic use" in page
+    assert (tmp_path / "rep" / "worst.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["n"] == m["n"]
+
+
+def test_checkpoints_describe_themselves(trained):
+    ds, ckpt = trained
+    c = read_checkpoint(ckpt)
+    contract = open_store(ds).contract
+    assert c["task"] == "lungs" and c["arch"] == "lung-unet-tiny" and c["classes"] == ["lung"]
+    assert c["preprocess"] == contract.for_model(SIZE, 1, (0.0,), (1.0,)).to_dict()
+    assert c["train_config"]["lr"] == 3e-3 and c["val_metrics"]["dice"] == c["best_val_dice"] > 0.85
+    run = Path(ckpt).parent
+    log = list(csv.DictReader(open(run / "log.csv")))
+    assert len(log) == 10 and float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
+    assert json.loads((run / "run.json").read_text())["state"] == "complete"
+    assert json.loads((run / "config.json").read_text())["command"] == "lungs train"
+
+
+def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(trained, tmp_path):
+    ds, _ = trained
+    args = ["lungs", "train", "--data", str(ds), "--arch", "lung-unet-tiny", "--epochs", "4", "--batch-size", "4",
+            "--lr", "3e-3", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert covidnet(*args, "--out", str(tmp_path / "whole")).returncode == 0
+    exe = Path(sys.executable).parent / "covidnet"
+    proc = subprocess.Popen([str(exe), *args, "--out", str(tmp_path / "killed")], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "log.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    status = json.loads((tmp_path / "killed" / "run.json").read_text())
+    if proc.returncode == 0:  # it finished before the signal came: nothing left to resume
+        pytest.skip("the run ended before SIGTERM reached it")
+    assert proc.returncode == 143 and "resumable checkpoint" in err and "Traceback" not in err
+    assert status["state"] == "interrupted"
+    r = covidnet(*args, "--out", str(tmp_path / "killed"), "--resume")
+    assert r.returncode == 0, r.stderr
+    whole = read_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    resumed = read_checkpoint(tmp_path / "killed" / "last.pt")["model"]
+    assert all(torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-5) for k in whole)
+
+
+def test_streamed_images_and_masks_give_the_weights_of_the_in_memory_run(trained, tmp_path):
+    ds, _ = trained
+    for name, gb in (("memory", 0.0), ("streamed", 1e-6)):  # 1 kB: nothing fits, every batch is read
+        train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / name), **{**FAST, "epochs": 2, "host_memory_gb": gb}))
+    a = read_checkpoint(tmp_path / "memory" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "streamed" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_writes_masks_of_each_files_own_size_and_overlays(trained, tmp_path):
+    ds, ckpt = trained
+    images = sorted((ds.parent / "phantoms" / "images").iterdir())[:3]
+    r = covidnet("lungs", "predict", str(ckpt), *map(str, images), "--out", str(tmp_path / "p"), "--overlay",
+                 "--device", "cpu", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["status"] for x in results] == ["ok"] * 3
+    for x, image in zip(results, images):
+        mask = np.asarray(Image.open(x["mask"]))
+        truth = np.asarray(Image.open(ds.parent / "phantoms" / MASKS_DIR / image.name)) == 255
+        assert mask.shape == truth.shape == (2 * SIZE, 2 * SIZE) and set(np.unique(mask)) <= {0, 255}
+        assert dice(mask == 255, truth) > 0.85  # at the file's resolution, on the file's pixels
+        assert x["mask"].endswith(".lungs.png") and np.asarray(Image.open(x["overlay"])).shape == (*mask.shape, 3)
+    missing = list(predict_lungs(ckpt, [str(tmp_path / "nowhere.png")], tmp_path / "q", device="cpu"))
+    assert missing[0]["status"] == "failed" and "no such file" in missing[0]["error"]
+
+
+def test_build_with_lungs_predicts_the_masks_it_has_not_got(trained, tmp_path):
+    ds, ckpt = trained
+    src = ds.parent / "phantoms"
+    report = build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", src, "cohen")],
+            out=tmp_path / "ds",
+            size=SIZE,
+            workers=1,
+            progress=False,
+            lungs=ckpt,
+        )  # fmt: skip
+    )
+    store = open_store(tmp_path / "ds")
+    assert {r["lung_mask"] for r in store.index} == {"predicted"} and len(store.mask_rows()) == 0
+    assert report["lung_masks"]["predicted"]["images"] == len(store.index) == len(store.mask_rows(predicted=True))
+    truth = np.stack([np.asarray(Image.open(src / MASKS_DIR / r["filename"])) for r in store.index])
+    truth = np.stack([store.contract.mask(t) for t in truth]) == 255
+    predicted = store.read_masks(store.rows()) == 255
+    assert np.mean([dice(p, t) for p, t in zip(predicted, truth)]) > 0.88
+
+
+def test_build_with_lungs_keeps_the_annotated_masks(trained, tmp_path):
+    ds, ckpt = trained
+    src = ds.parent / "phantoms"
+    folder = tmp_path / "some"
+    folder.mkdir()
+    for p in sorted((src / MASKS_DIR).iterdir())[:10]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", src, "cohen")],
+            out=tmp_path / "ds",
+            size=SIZE,
+            workers=1,
+            progress=False,
+            lung_masks=[MaskSpec("phantom", folder)],
+            lungs=ckpt,
+        )  # fmt: skip
+    )
+    store = open_store(tmp_path / "ds")
+    kinds = [r["lung_mask"] for r in store.index]
+    assert kinds.count("phantom") == 10 and kinds.count("predicted") == len(kinds) - 10
+    annotated = store.mask_rows()
+    for row in annotated:  # an annotated mask is stored as it came, never overwritten by a prediction
+        name = store.index[row]["filename"]
+        expected = store.contract.mask(np.asarray(Image.open(folder / name)))
+        assert np.array_equal(store.read_masks([row])[0], expected)
+
+
+def test_wrong_inputs_are_one_line_errors(trained, tmp_path):
+    ds, ckpt = trained
+    bare = phantom_build(tmp_path, n=12, masks=False)
+    with pytest.raises(CovidnetError, match="--lung-masks NAME=DIR"):
+        train_lungs(LungsConfig(data=str(bare), out=str(tmp_path / "r"), **FAST))
+    with pytest.raises(ConfigError, match="is a classifier"):
+        train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / "r"), **{**FAST, "arch": "covidnet-cxr3b"}))
+    with pytest.raises(CovidnetError, match="no test image has an annotated lung mask"):
+        evaluate_lungs(ckpt, bare, "test", device="cpu")
+    r = covidnet("eval", "--checkpoint", str(ckpt), "--data", str(ds))
+    assert r.returncode == 1 and "covidnet lungs eval" in r.stderr and "Traceback" not in r.stderr
+    small = tmp_path / "other"
+    other = phantom_build(small, n=12, top_crop=0.2)
+    with pytest.raises(CovidnetError, match="top_crop"):
+        evaluate_lungs(ckpt, other, "train", device="cpu")
+    with pytest.raises(CovidnetError, match="--top-crop 0.08"):
+        build_dataset(BuildConfig(sources=[SourceSpec("cohen", small / "phantoms", "cohen")], out=tmp_path / "x",
+                                  size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_phantom_known_answer_dice_at_least_097(tmp_path):
+    """The issue's target on phantoms: Dice >= 0.97 on held-out patients after a CPU training of a minute or
+    two (96 phantoms at 64 px, lung-unet-tiny, 30 epochs)."""
+    ds = phantom_build(tmp_path, n=96, seed=1)
+    train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / "run"), **{**FAST, "epochs": 30}))
+    m = evaluate_lungs(tmp_path / "run" / "best.pt", ds, "test", resamples=200, device="cpu", box=LUNG_BOX)
+    assert m["lungs"]["dice"]["value"] >= 0.97, m["lungs"]["dice"]
