@@ -10,10 +10,10 @@ from .common import table
 def register(sub, flags: bool = True) -> None:
     p = sub.add_parser(
         "audit",
-        help="does the model see the disease or the hospital? source, occlusion, leakage tests",
-        description="Shortcut audit of a checkpoint on a built dataset: source predictability, "
-        "occlusion, leakage and population confounders, each with a figure, a threshold "
-        "and a verdict.",
+        help="does the model see the disease or the hospital? within-source, source, occlusion, leakage tests",
+        description="Shortcut audit of a checkpoint on a built dataset: within-source discrimination, source "
+        "predictability, leave-one-source-out, occlusion, leakage and population confounders, each with a "
+        "figure, a threshold and a verdict.",
     )
     p.set_defaults(func=run)
     if not flags:
@@ -21,7 +21,9 @@ def register(sub, flags: bool = True) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
     p.add_argument(
-        "--split", default="test", help="split for the occlusion test (train, val, test or all; default test)"
+        "--split",
+        default="test",
+        help="split for the within-source and occlusion tests (train, val, test or all; default test)",
     )
     p.add_argument("--max-images", type=int, default=0, help="audit a random subset of this many images (0: all)")
     p.add_argument(
