@@ -602,18 +602,24 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
             r.start_step = 0
             if cfg.max_steps and r.steps_done >= cfg.max_steps:
                 break
-    rates = [h["images_per_s"] for h in r.history[1:]] or [h["images_per_s"] for h in r.history]
+    return finish_run(r.path, dist, device, cfg.epochs, r.history, {"best_val_loss": r.best})
+
+
+def finish_run(path: Path, dist: Dist, device, epochs: int, history: list[dict], best: dict) -> dict:
+    """A run's summary (``best``: its best validation figure by name), written to run.json as complete:
+    the same for every trainer (``covidnet train``, ``covidnet lungs train``)."""
+    rates = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
     summary = {
-        "epochs": cfg.epochs,
-        "best_val_loss": r.best,
-        "final": r.history[-1] if r.history else None,
+        "epochs": epochs,
+        **best,
+        "final": history[-1] if history else None,
         "images_per_s": float(np.median(rates)) if rates else None,
         "world_size": dist.world,
         "device": str(device),
-        "best": str(r.path / "best.pt"),
-        "last": str(r.path / "last.pt"),
+        "best": str(path / "best.pt"),
+        "last": str(path / "last.pt"),
     }
-    write_status(r.path, dist, "complete", **summary)
+    write_status(path, dist, "complete", **summary)
     return summary
 
 

@@ -54,6 +54,7 @@ from ..train import (
     check_run,
     distributed,
     epoch_batches,
+    finish_run,
     progress_bar,
     shard,
     start_run,
@@ -265,19 +266,7 @@ def _train(cfg: LungsConfig, dist: Dist, device: torch.device) -> dict:
             r.start_step = 0
             if cfg.max_steps and r.steps_done >= cfg.max_steps:
                 break
-    rates = [h["images_per_s"] for h in r.history[1:]] or [h["images_per_s"] for h in r.history]
-    summary = {
-        "epochs": cfg.epochs,
-        "best_val_dice": r.best,
-        "final": r.history[-1] if r.history else None,
-        "images_per_s": float(np.median(rates)) if rates else None,
-        "world_size": dist.world,
-        "device": str(device),
-        "best": str(r.path / "best.pt"),
-        "last": str(r.path / "last.pt"),
-    }
-    write_status(r.path, dist, "complete", **summary)
-    return summary
+    return finish_run(r.path, dist, device, cfg.epochs, r.history, {"best_val_dice": r.best})
 
 
 def _step(r: _Run, pos: np.ndarray, params, host_x, host_m) -> torch.Tensor:
