@@ -18,8 +18,16 @@ fail), and a plain-language reading:
 4. occlusion: the model evaluated with the lung fields hidden (filled with the mean of the rest of the
    image), and with only the image border kept; a model that still beats chance without the lungs is
    using something else.
-5. leakage: patients in two splits, identical and near-identical images across splits or sources.
-6. population confounders: label x age group and label x view cross-tabulations.
+5. attention inside the lungs: the share of each image's Grad-CAM mass (for the class the model calls)
+   that falls inside its lung mask, per source and per class.
+6. leakage: patients in two splits, identical and near-identical images across splits or sources.
+7. population confounders: label x age group and label x view cross-tabulations.
+
+Where the lungs are: a dataset built with lung masks (``data build --lung-masks``, annotated, or
+``--lungs CKPT``, drawn by a lung model) gives each image its own, dilated by ``LUNG_MARGIN``
+(``LungFields``); the occlusion test hides that, and the attention test counts it. An image without a
+mask falls back to a fixed central box (``LUNG_BOX``), which holds a median 81 % of the real lung pixels
+and is a third non-lung; the report says which images had which. The attention test needs masks.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .data.lungmasks import PREDICTED, lung_field
 from .data.records import patient_uid
 from .data.store import open_store
 from .errors import ConfigError
@@ -53,6 +62,13 @@ PAEDIATRIC_AGE = 18
 # the lung fields of a stored (top-cropped, square) frontal radiograph: a fixed central region
 LUNG_BOX = (0.12, 0.06, 0.88, 0.82)  # x0, y0, x1, y1 as fractions of the side
 BORDER = 0.12  # "border only" keeps this fraction of the side on every edge
+LUNG_MARGIN = 0.03  # a lung mask is dilated by this share of the side before it is hidden or counted as lung
+ATTENTION_FAIL, ATTENTION_WARN = 0.5, 0.7  # mean share of Grad-CAM mass inside the dilated lungs, per source
+# and class: fail if some group's upper 95 % bound is below ATTENTION_FAIL (most of the attention lies outside
+# the lungs), warning if some group's mean is below ATTENTION_WARN
+ATTENTION_MIN_IMAGES = 3  # a source x class group with fewer masked images is listed, not judged
+ATTENTION_RESAMPLES = 1000
+ATTENTION_EXAMPLES = 4  # images per source in the attention figure
 
 
 def _verdict(value: float, warn: float, fail: float) -> str:
@@ -240,27 +256,88 @@ def source_predictability(
 # --- occlusion ----------------------------------------------------------------------------------------------
 
 
-def occlude(images: np.ndarray, mode: str) -> np.ndarray:
-    """Hide the lung fields ("lungs") or everything but the border ("border"). The hidden region is
-    filled with the mean of what is kept, per image: black would be an input no radiograph looks like,
-    and it would also erase a shortcut the model reads from overall exposure."""
+def box_region(side: int) -> np.ndarray:
+    """The fixed lung box (``LUNG_BOX``) as a (side, side) bool region."""
+    region = np.zeros((side, side), bool)
+    x0, y0, x1, y1 = (round(v * side) for v in LUNG_BOX)
+    region[y0:y1, x0:x1] = True
+    return region
+
+
+def occlude(images: np.ndarray, mode: str, lungs: np.ndarray | None = None) -> np.ndarray:
+    """Hide the lung fields ("lungs": the (B, S, S) bool regions ``lungs``, else the fixed box) or
+    everything but the border ("border"). The hidden region is filled with the mean of what is kept, per
+    image: black would be an input no radiograph looks like, and it would also erase a shortcut the model
+    reads from overall exposure."""
     out = np.array(images, copy=True)
     if mode == "none":
         return out
     n = out.shape[-1]
-    hide = np.zeros((n, n), bool)
     if mode == "lungs":
-        x0, y0, x1, y1 = (round(v * n) for v in LUNG_BOX)
-        hide[y0:y1, x0:x1] = True
+        hide = lungs if lungs is not None else np.broadcast_to(box_region(n), out.shape)
     else:
         b = round(BORDER * n)
-        hide[b : n - b, b : n - b] = True
-    fill = out[:, ~hide].mean(axis=1).round().astype(np.uint8)
-    out[:, hide] = fill[:, None]
-    return out
+        middle = np.zeros((n, n), bool)
+        middle[b : n - b, b : n - b] = True
+        hide = np.broadcast_to(middle, out.shape)
+    keep = ~hide
+    fill = (out * keep).sum((1, 2)) / np.maximum(keep.sum((1, 2)), 1)
+    return np.where(hide, np.round(fill).astype(np.uint8)[:, None, None], out)
 
 
-def _chunks(images, size: int = 256):
+class LungFields:
+    """Where the lungs are in some rows of a store: each row's lung mask (annotated, or drawn by a lung
+    model at build time) dilated by ``LUNG_MARGIN`` (``lung_field``) where the store has one, the fixed box
+    elsewhere. ``masks(pos)`` / ``regions(pos)`` take positions into ``rows``, a batch at a time."""
+
+    def __init__(self, store, rows: np.ndarray):
+        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+        with_masks = store.masks is not None
+        self.kind = np.array([(store.index[r].get("lung_mask") or "") if with_masks else "" for r in self.rows])
+        self.has = self.kind != ""
+        self.side = store.size
+
+    def masks(self, pos: np.ndarray) -> np.ndarray:
+        """(B, S, S) bool: the dilated lung mask of each position that has one, nothing elsewhere."""
+        pos = np.asarray(pos)
+        out = np.zeros((len(pos), self.side, self.side), bool)
+        has = self.has[pos]
+        if has.any():
+            out[has] = lung_field(self.store.read_masks(self.rows[pos[has]]), LUNG_MARGIN)
+        return out
+
+    def regions(self, pos: np.ndarray) -> np.ndarray:
+        """(B, S, S) bool: the lungs to hide, the mask where there is one, else the fixed box."""
+        out = self.masks(pos)
+        out[~self.has[np.asarray(pos)]] = box_region(self.side)
+        return out
+
+    def describe(self) -> dict:
+        predicted = int((self.kind == PREDICTED).sum())
+        return {
+            "lung_fields": "masks" if self.has.all() else "masks and box" if self.has.any() else "box",
+            "annotated_masks": int(self.has.sum()) - predicted,
+            "predicted_masks": predicted,
+            "box": int((~self.has).sum()),
+            "mask_margin": LUNG_MARGIN,
+            "lung_box": LUNG_BOX,
+        }
+
+    def said(self) -> str:
+        d = self.describe()
+        if d["lung_fields"] == "box":
+            return (
+                "the lungs are a fixed central box (the dataset has no lung masks: build with --lung-masks or --lungs)"
+            )
+        where = f"{d['annotated_masks']} annotated and {d['predicted_masks']} predicted lung masks"
+        box = f", the fixed box for {d['box']} images without one" if d["box"] else ""
+        return f"the lungs are each image's mask, dilated by {LUNG_MARGIN:.0%} of the side ({where}{box})"
+
+
+CHUNK = 256  # images a test holds at a time
+
+
+def _chunks(images, size: int = CHUNK):
     """An array of images, or a store's ``RowsView``, ``size`` images at a time."""
     for k in range(0, len(images), size):
         yield np.asarray(images[k : k + size])
@@ -272,10 +349,11 @@ def _thumbnails(images: np.ndarray) -> np.ndarray:
     return small.flatten(1).numpy()
 
 
-def occlusion(lm: LoadedModel, images, y: np.ndarray) -> dict:
-    """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden and
-    with only the border kept. AUC, not accuracy: an occluded image often gets the same top class
-    whatever it shows, while the probabilities still rank the classes by what is left."""
+def occlusion(lm: LoadedModel, images, y: np.ndarray, lungs: LungFields | None = None) -> dict:
+    """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden (each
+    image's dilated lung mask from ``lungs``, else the fixed box) and with only the border kept. AUC, not
+    accuracy: an occluded image often gets the same top class whatever it shows, while the probabilities
+    still rank the classes by what is left."""
     from sklearn.metrics import roc_auc_score
 
     k = len(lm.classes)
@@ -284,6 +362,7 @@ def occlusion(lm: LoadedModel, images, y: np.ndarray) -> dict:
         "chance": 0.5,
         "lung_box": LUNG_BOX,
         "border": BORDER,
+        "lungs": lungs.describe() if lungs is not None else {"lung_fields": "box", "lung_box": LUNG_BOX},
         "metric": "macro one-vs-rest ROC-AUC",
         "thresholds": {"above_chance_warning": OCCLUSION_WARN, "above_chance_fail": OCCLUSION_FAIL},
     }
@@ -292,11 +371,17 @@ def occlusion(lm: LoadedModel, images, y: np.ndarray) -> dict:
         return {**base, "verdict": "skipped", "reason": "the evaluated images hold one class only"}
     scores = {}
     for mode in ("none", "lungs", "border"):
-        logits = [lm.logits(occlude(chunk, mode)) for chunk in _chunks(images)]
+        logits = []
+        for start, chunk in zip(range(0, len(images), CHUNK), _chunks(images)):
+            hide = (
+                lungs.regions(np.arange(start, start + len(chunk))) if lungs is not None and mode == "lungs" else None
+            )
+            logits.append(lm.logits(occlude(chunk, mode, hide)))
         probs = softmax(np.concatenate(logits))
         scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
     worst = max(scores["lungs"], scores["border"]) - 0.5
     verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
+    where = lungs.said() if lungs is not None else "the lungs are a fixed central box"
     return {
         **base,
         "verdict": verdict,
@@ -306,12 +391,115 @@ def occlusion(lm: LoadedModel, images, y: np.ndarray) -> dict:
             f"Macro AUC {scores['none']:.2f} on the images, {scores['lungs']:.2f} with the lungs hidden and "
             f"{scores['border']:.2f} with only the border kept (chance 0.50): "
             + (
-                "the model still tells the classes apart without the lungs, so it uses something else."
+                "the model still tells the classes apart without the lungs, so it uses something else"
                 if verdict != "ok"
-                else "without the lungs it is near chance, as it should be."
+                else "without the lungs it is near chance, as it should be"
             )
+            + f"; {where}."
         ),
     }
+
+
+# --- attention inside the lungs -----------------------------------------------------------------------------
+
+
+def lung_attention(lm: LoadedModel, images, lungs: LungFields, batch: int = 16) -> tuple:
+    """For each image with a lung mask: the share of its Grad-CAM mass (for the class the model calls)
+    inside the dilated mask, and the share of the image the dilated mask covers (what a map spread evenly
+    would score). The CAM is resized to the stored side (bilinear) first. Returns (positions, shares,
+    areas) and a few examples per source for the figure: image, CAM, mask."""
+    import torch.nn.functional as F
+
+    pos = np.flatnonzero(lungs.has)
+    shares, areas = np.empty(len(pos)), np.empty(len(pos))
+    sources = np.array([lungs.store.index[r]["source"] for r in lungs.rows])
+    examples: dict = defaultdict(list)
+    for k in range(0, len(pos), batch):
+        p = pos[k : k + batch]
+        imgs = np.asarray(images[p])
+        cams = torch.from_numpy(lm.cams(imgs))[:, None]
+        cams = F.interpolate(cams, size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
+        region = lungs.masks(p)
+        mass = cams.sum((1, 2))
+        shares[k : k + len(p)] = np.where(mass > 0, (cams * region).sum((1, 2)) / np.maximum(mass, 1e-12), np.nan)
+        areas[k : k + len(p)] = region.mean((1, 2))
+        for j, q in enumerate(p):
+            if len(examples[sources[q]]) < ATTENTION_EXAMPLES:
+                examples[sources[q]].append(
+                    {"image": imgs[j], "cam": cams[j], "lungs": region[j], "share": shares[k + j]}
+                )
+    return pos, shares, areas, dict(examples)
+
+
+def attention_inside_lungs(
+    lm: LoadedModel, images, y: np.ndarray, patients, lungs: LungFields | None, seed: int = 0
+) -> tuple[dict, dict]:
+    """The share of Grad-CAM mass inside the lungs, per source and class (the image's label): its mean
+    with a 95 % patient-bootstrap interval, beside the lungs' share of the image. A model that reads the
+    disease puts its attention on the lungs; one that reads a laterality marker, text or the border puts
+    it outside (DeGrave et al. 2021). Verdict from the worst group of at least ``ATTENTION_MIN_IMAGES``
+    images: fail if its upper bound is below ``ATTENTION_FAIL``, warning if its mean is below
+    ``ATTENTION_WARN``. Needs lung masks; skipped without. Returns the test and the figure's examples."""
+    from .metrics.bootstrap import patient_bootstrap
+
+    base = {
+        "test": "attention inside the lungs",
+        "metric": "share of Grad-CAM mass (predicted class) inside the lung mask dilated by "
+        f"{LUNG_MARGIN:.0%} of the side; mean per source and class",
+        "thresholds": {"upper_ci_below_fail": ATTENTION_FAIL, "mean_below_warning": ATTENTION_WARN},
+        "min_images": ATTENTION_MIN_IMAGES,
+    }
+    if lungs is None or not lungs.has.any():
+        why = "the dataset has no lung masks: build it with --lung-masks NAME=DIR or --lungs CKPT"
+        return {**base, "verdict": "skipped", "reason": why, "reading": why}, {}
+    pos, shares, areas, examples = lung_attention(lm, images, lungs)
+    classes = lm.classes
+    sources = np.array([lungs.store.index[lungs.rows[q]]["source"] for q in pos])
+    groups, judged = [], []
+    for src in sorted(set(sources)):
+        for c in sorted(set(y[pos][sources == src])):
+            m = (sources == src) & (y[pos] == c) & ~np.isnan(shares)
+            s, a, g = shares[m], areas[m], np.asarray(patients)[pos][m]
+            ci = patient_bootstrap(lambda i, s=s: {"share": float(s[i].mean())}, g, ATTENTION_RESAMPLES, seed)["share"]
+            row = {
+                "source": str(src),
+                "class": classes[c],
+                "images": int(m.sum()),
+                "share": ci,
+                "lung_area": float(a.mean()),
+            }
+            groups.append(row)
+            if row["images"] >= ATTENTION_MIN_IMAGES:
+                judged.append(row)
+    if not judged:
+        why = f"no source x class group has {ATTENTION_MIN_IMAGES} images with a lung mask"
+        return {**base, "verdict": "skipped", "groups": groups, "reason": why, "reading": why}, examples
+    upper = lambda r: r["share"]["ci95"][1] if r["share"]["ci95"] else r["share"]["value"]  # noqa: E731
+    worst = min(judged, key=upper)
+    if upper(worst) < ATTENTION_FAIL:
+        verdict = "fail"
+    else:
+        worst = min(judged, key=lambda r: r["share"]["value"])
+        verdict = "warning" if worst["share"]["value"] < ATTENTION_WARN else "ok"
+    meaning = {
+        "fail": "most of what drives its calls there lies outside the lungs.",
+        "warning": "a good part of what drives its calls lies outside the lungs.",
+        "ok": f"every group keeps at least {ATTENTION_WARN:.0%} of its attention on the lungs.",
+    }[verdict]
+    reading = (
+        f"Among {worst['source']}'s {worst['class']} images ({worst['images']} with a lung mask), "
+        f"{format_ci(worst['share'])} of the Grad-CAM mass lies inside the lungs, which cover "
+        f"{worst['lung_area']:.0%} of the image: {meaning} (fail: an upper 95 % bound below {ATTENTION_FAIL:.0%}; "
+        f"warning: a mean below {ATTENTION_WARN:.0%}; {lungs.said()}.)"
+    )
+    return {
+        **base,
+        "verdict": verdict,
+        "groups": groups,
+        "worst": worst,
+        "lungs": lungs.describe(),
+        "reading": reading,
+    }, examples
 
 
 # --- leave one source out ---------------------------------------------------------------------------------
@@ -532,13 +720,18 @@ def run_audit(
         raise ConfigError(f"{data}: no images in split {split!r} for the occlusion test")
     evaluated = store.view(rows[eval_rows])
     eval_probs = softmax(lm.logits(evaluated), lm.meta.get("temperature"))
+    lungs = LungFields(store, rows[eval_rows])
+    attention, examples = attention_inside_lungs(
+        lm, evaluated, labels[eval_rows], groups[eval_rows], lungs if lungs.has.any() else None, seed
+    )
     tests = {
         "within_source": within_source_discrimination(
             labels[eval_rows], eval_probs, classes, groups[eval_rows], sources[eval_rows], seed=seed
         ),
         "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
         "leave_one_source_out": leave_one_source_out(lm.meta, data, loso_epochs, device, seed),
-        "occlusion": occlusion(lm, evaluated, labels[eval_rows]),
+        "occlusion": occlusion(lm, evaluated, labels[eval_rows], lungs),
+        "attention_inside_lungs": attention,
         "leakage": leakage(index, images),
         "population": population(index),
     }
@@ -558,5 +751,5 @@ def run_audit(
     if report:
         from .report import write_audit_report
 
-        write_audit_report(report, out)
+        write_audit_report(report, out, examples)
     return out

@@ -157,12 +157,17 @@ class LoadedModel:
 
     def cam(self, image: np.ndarray, output: int, method: str = "gradcam") -> np.ndarray:
         """A (h, w) heat map in [0, 1] of one (S, S) uint8 image for output ``output``."""
+        return self.cams(np.asarray(image)[None], [int(output)], method)[0]
+
+    def cams(self, images: np.ndarray, outputs=None, method: str = "gradcam") -> np.ndarray:
+        """(B, h, w) heat maps in [0, 1] at the model's input side, one per (S, S) uint8 image of ``images``,
+        each for its entry of ``outputs`` (None: each image's predicted class)."""
         from .explain import CamExplainer
 
         if method not in self._explainers:
             self._explainers[method] = CamExplainer(self.model, method=method)
-        x = uint8_to_unit(torch.from_numpy(self.contract.standardise(np.array(image)[None])).to(self.device))
-        return self._explainers[method](self.contract.model_input(x), int(output))[0]
+        x = uint8_to_unit(torch.from_numpy(self.contract.standardise(np.array(images))).to(self.device))
+        return self._explainers[method](self.contract.model_input(x, self.memory_format), outputs)
 
     def check_store(self, store, where: str) -> None:
         self.contract.check_store(store, where)

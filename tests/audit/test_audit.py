@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from test_cli import covidnet
 
-from covidnet.audit import LUNG_BOX, leakage, occlude, population, run_audit
+from covidnet.audit import LUNG_BOX, LUNG_MARGIN, LungFields, leakage, occlude, population, run_audit
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
+from covidnet.data.lungmasks import MaskSpec, lung_field
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.train import TrainConfig, train
 
@@ -100,9 +101,13 @@ def test_without_a_signature_source_predictability_does_not_fail(without):
         "source predictability",
         "leave-one-source-out",
         "occlusion",
+        "attention inside the lungs",
         "leakage",
         "population confounders",
     ]
+    at = a["tests"]["attention_inside_lungs"]  # built without lung masks: skipped, and the reports say so
+    assert at["verdict"] == "skipped" and "--lung-masks" in at["reason"]
+    assert a["tests"]["occlusion"]["lungs"]["lung_fields"] == "box" and "fixed central box" in oc["reading"]
 
 
 @pytest.mark.slow
@@ -193,3 +198,84 @@ def test_leave_one_source_out_retrains_without_each_mixed_source(tmp_path):
     assert not any(tmp_path.glob("**/without-*"))  # derived datasets are temporary
     skipped = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"))["tests"]["leave_one_source_out"]
     assert skipped["verdict"] == "skipped" and "--loso-epochs" in skipped["reason"]
+
+
+def test_lung_field_is_scipys_square_dilation_of_lung_and_ignore():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    masks = rng.choice(np.array([0, 127, 255], np.uint8), size=(3, 40, 40), p=[0.97, 0.01, 0.02])
+    r = round(LUNG_MARGIN * 40)
+    want = np.stack([ndimage.binary_dilation(m >= 127, structure=np.ones((2 * r + 1,) * 2, bool)) for m in masks])
+    assert r > 0 and np.array_equal(lung_field(masks, LUNG_MARGIN), want)
+
+
+def test_occlusion_of_given_lung_regions_fills_them_with_the_mean_of_the_rest():
+    img = np.arange(2 * 20 * 20, dtype=np.uint8).reshape(2, 20, 20) % 200
+    hide = np.zeros((2, 20, 20), bool)
+    hide[0, 5:9, 3:7] = True
+    hide[1, 10:, :] = True
+    out = occlude(img, "lungs", hide)
+    for k in range(2):
+        assert np.all(out[k][hide[k]] == np.round(img[k][~hide[k]].mean()))
+        assert np.array_equal(out[k][~hide[k]], img[k][~hide[k]])
+
+
+@pytest.mark.slow
+def test_with_lung_masks_the_audit_hides_them_and_measures_attention_inside(without, tmp_path):
+    """The same phantoms built again with their true lung masks: occlusion hides each image's dilated mask,
+    and the attention test reports every source x class group with an interval, and draws its figure."""
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", without / "a", "hosp-a"), SourceSpec("cohen", without / "b", "hosp-b")],
+            lung_masks=[
+                MaskSpec("truth-a", without / "a" / "lungmasks"),
+                MaskSpec("truth-b", without / "b" / "lungmasks"),
+            ],
+            out=tmp_path / "ds",
+            size=64,
+            val_fraction=0.15,
+            test_fraction=0.25,
+            workers=1,
+            progress=False,
+        )
+    )
+    a = run_audit(str(without / "run" / "best.pt"), str(tmp_path / "ds"), report=str(tmp_path / "rep"))
+    oc, at = a["tests"]["occlusion"], a["tests"]["attention_inside_lungs"]
+    n_test = oc["n"]
+    assert oc["lungs"]["lung_fields"] == "masks" and oc["lungs"]["annotated_masks"] == n_test
+    assert "each image's mask" in oc["reading"]
+    assert at["verdict"] in ("ok", "warning", "fail") and {g["source"] for g in at["groups"]} == {"hosp-a", "hosp-b"}
+    assert sum(g["images"] for g in at["groups"]) == n_test
+    for g in at["groups"]:
+        assert 0 <= g["share"]["value"] <= 1 and 0 < g["lung_area"] < 1
+    assert (tmp_path / "rep" / "attention.png").stat().st_size > 10_000
+    assert "attention.png" in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_lung_fields_fall_back_to_the_box_for_rows_without_a_mask(tmp_path):
+    from covidnet.audit import box_region
+    from covidnet.data.store import open_store
+
+    ph = write_phantom_dataset(tmp_path / "ph", SynthConfig(n=12, seed=3, size=64), progress=False)
+    for f in sorted((ph / "lungmasks").iterdir())[:5]:
+        f.unlink()  # five images without an annotation
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", ph, "cohen")],
+            lung_masks=[MaskSpec("truth", ph / "lungmasks")],
+            out=tmp_path / "ds",
+            size=32,
+            workers=1,
+            progress=False,
+        )
+    )
+    store = open_store(tmp_path / "ds")
+    rows = np.arange(len(store.index))
+    lf = LungFields(store, rows)
+    assert 0 < lf.has.sum() < len(rows) and lf.describe()["lung_fields"] == "masks and box"
+    regions = lf.regions(np.arange(len(rows)))
+    for k in np.flatnonzero(~lf.has):
+        assert np.array_equal(regions[k], box_region(32))
+    for k in np.flatnonzero(lf.has):
+        assert np.array_equal(regions[k], lung_field(store.read_masks(rows[[k]]), LUNG_MARGIN)[0])

@@ -12,7 +12,8 @@ def register(sub, flags: bool = True) -> None:
         "audit",
         help="does the model see the disease or the hospital? within-source, source, occlusion, leakage tests",
         description="Shortcut audit of a checkpoint on a built dataset: within-source discrimination, source "
-        "predictability, leave-one-source-out, occlusion, leakage and population confounders, each with a "
+        "predictability, leave-one-source-out, occlusion (of the lung masks where the dataset has them), attention "
+        "inside the lungs, leakage and population confounders, each with a "
         "figure, a threshold and a verdict.",
     )
     p.set_defaults(func=run)
