@@ -51,18 +51,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def shared_sources(data: Path) -> list[SourceSpec]:
+    """The four shared sources under ``data`` (those present), each read by its own reader."""
+    if not data.is_dir():
+        raise SystemExit(f"{data}: not found (the real data lives at ../shared/data on developers' machines)")
+    return [SourceSpec(r, data / r, r) for r in ("cohen", "figure1", "nih", "kermany") if (data / r).is_dir()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sources")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "build_throughput.json")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    if not args.data.is_dir():
-        raise SystemExit(f"{args.data}: not found (the real data lives at ../shared/data on developers' machines)")
-
-    sources = [
-        SourceSpec(r, args.data / r, r) for r in ("cohen", "figure1", "nih", "kermany") if (args.data / r).is_dir()
-    ]
+    sources = shared_sources(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = BuildConfig(

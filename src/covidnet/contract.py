@@ -119,14 +119,16 @@ class Contract:
         the rows and columns the contract crops away): how a predicted lung mask is written for its file."""
         return uncrop_mask(mask, image_shape, self.top_crop)
 
-    def model_input(self, x, memory_format=None):
+    def model_input(self, x, memory_format=None, any_side: bool = False):
         """Stored pixels as a float tensor in [0, 1], (B, 1, S, S) -> the network's input, (B,
-        in_channels, size, size), normalised."""
+        in_channels, size, size), normalised. ``any_side``: resize even when S is the model's side (an
+        exported graph whose side is dynamic cannot branch on it; resizing to the same side is the
+        identity)."""
         import torch
         import torch.nn.functional as F
 
         size = self.input_size
-        if size != x.shape[-1]:
+        if any_side or size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.expand(-1, self.in_channels, -1, -1)
         m = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)

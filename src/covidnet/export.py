@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from .config import option
 from .contract import Contract
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
+from .lungs.segmenter import TASK as LUNGS_TASK
+from .lungs.segmenter import OnnxLungModel, sigmoid
 from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
 from .tasks import softmax
 
@@ -40,7 +43,7 @@ PARITY_IMAGES = 16
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = option(help="a checkpoint written by `covidnet train` (best.pt)")
+    checkpoint: str = option(help="a checkpoint written by `covidnet train` or `covidnet lungs train` (best.pt)")
     out: str = option(help="the ONNX model to write", metavar="MODEL.onnx")
     format: str = option("onnx", "model format", choices=("onnx",))
     int8: bool = option(
@@ -101,7 +104,10 @@ def _write_meta(path: Path, meta: dict) -> None:
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in {ONNX_META_KEY: json.dumps(meta), "classes": ",".join(meta["classes"])}.items():
+    props = {ONNX_META_KEY: json.dumps(meta)}
+    if meta.get("classes"):
+        props["classes"] = ",".join(meta["classes"])
+    for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     model.doc_string = f"covidnet {meta['arch']}. {DISCLAIMER}"
     onnx.save(model, str(path))
@@ -149,66 +155,61 @@ def _check_config(cfg: ExportConfig) -> None:
         ) from None
 
 
-def _to_onnx(cfg: ExportConfig, wrapper, images: np.ndarray, dest: Path) -> None:
-    """The dynamo exporter, with a dynamic batch dimension; a failure is one line naming the checkpoint."""
+def _to_onnx(cfg: ExportConfig, wrapper, images: np.ndarray, dest: Path, lungs: bool = False) -> None:
+    """The dynamo exporter, with a dynamic batch dimension (and for a segmenter a dynamic side: it takes
+    any stored size); a failure is one line naming the checkpoint."""
     import torch
 
     example = torch.from_numpy(images[:2, None].copy())
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    try:
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes={"image": {0: batch}},
-            opset_version=cfg.opset,
-            dynamo=True,
-            verbose=False,
-        )
-        program.save(str(dest))
-    except Exception as e:
-        raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if lungs:
+        side = torch.export.Dim("side", min=16, max=4096)
+        dims.update({2: side, 3: side})
+    # a square input shares one Dim for both sides, which the exporter remarks on every time
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=["image"],
+                output_names=["lungs" if lungs else "logits"],
+                dynamic_shapes={"image": dims},
+                opset_version=cfg.opset,
+                dynamo=True,
+                verbose=False,
+            )
+            program.save(str(dest))
+        except Exception as e:
+            raise CovidnetError(f"{cfg.checkpoint}: ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def export_model(cfg: ExportConfig) -> dict:
-    """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change."""
-    import torch
-
+    """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change. A lung
+    segmenter (``covidnet lungs train``) is exported too: see ``_lungs_side``."""
     from . import __version__
-    from .runtime import LoadedModel
+    from .checkpoint import read_checkpoint
 
     _check_config(cfg)
     out = Path(cfg.out)
-    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
-    meta = lm.meta
-    wrapper = _wrapper(lm)
+    lungs = read_checkpoint(cfg.checkpoint).get("task") == LUNGS_TASK
+    if lungs and cfg.int8:
+        raise ConfigError(f"{cfg.checkpoint}: a lung segmenter; --int8 is for classifiers, export it in fp32")
+    lm, wrapper, info = _lungs_side(cfg) if lungs else _classifier_side(cfg)
     images, where = _parity_images(cfg, lm.contract)
-    info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "temperature", "operating_point", "memory_format")}
-    info.update(task=lm.task.name, preprocess=lm.contract.to_dict())
     info.update(format=ONNX_FORMAT, version=__version__, source_checkpoint=Path(cfg.checkpoint).name, int8=False)
-    report: dict = {"config": asdict(cfg), "parity_inputs": where}
+    report: dict = {"config": asdict(cfg), "task": info["task"], "parity_inputs": where}
 
     with tempfile.TemporaryDirectory(prefix=".covidnet-export-", dir=out.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _to_onnx(cfg, wrapper, images, fp32)
+        _to_onnx(cfg, wrapper, images, fp32, lungs)
         _write_meta(fp32, info)
-
-        with torch.inference_mode():
-            graph_input = torch.from_numpy(lm.contract.standardise(images)[:, None].copy())
-            # parity on the graph's own output, before any fitted temperature: a large temperature flattens
-            # every probability towards 1/K and would make the check vacuous
-            ref = softmax(wrapper(graph_input).numpy())
-        onnx_fp32 = OnnxBackend(fp32, device="cpu")
-        got = softmax(np.concatenate([onnx_fp32.logits(images[:1]), onnx_fp32.logits(images[1:])]))
-        diff = float(np.abs(got - ref).max())
-        report["fp32"] = {"max_abs_prob_diff": diff, "tolerance": PARITY_TOLERANCE, "images": len(images)}
-        if diff > PARITY_TOLERANCE:
+        report["fp32"], onnx_fp32, ref = _parity(cfg, wrapper, lm.contract, fp32, images, lungs)
+        if report["fp32"]["max_abs_prob_diff"] > PARITY_TOLERANCE:
             raise CovidnetError(
-                f"{cfg.checkpoint}: the ONNX model's probabilities differ from PyTorch's by {diff:.2e} "
-                f"(> {PARITY_TOLERANCE:g}) on {where}; nothing written"
+                f"{cfg.checkpoint}: the ONNX model's probabilities differ from PyTorch's by "
+                f"{report['fp32']['max_abs_prob_diff']:.2e} (> {PARITY_TOLERANCE:g}) on {where}; nothing written"
             )
-
         final = fp32
         if cfg.int8:
             final = Path(tmp) / "int8.onnx"
@@ -220,6 +221,68 @@ def export_model(cfg: ExportConfig) -> dict:
     report["path"] = str(out)
     report["bytes"] = out.stat().st_size
     return report
+
+
+def _classifier_side(cfg: ExportConfig):
+    from .runtime import LoadedModel
+
+    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
+    meta = lm.meta
+    info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "temperature", "operating_point", "memory_format")}
+    info.update(task=lm.task.name, preprocess=lm.contract.to_dict())
+    return lm, _wrapper(lm), info
+
+
+def _lungs_side(cfg: ExportConfig):
+    """A lung segmenter: the graph is ``lungs.infer.lung_logits`` (uint8 pixels (B, 1, S, S) of any side S
+    -> lung logits (B, 1, S, S)), so ``data build --lungs MODEL.onnx`` segments a build of any stored size
+    as the checkpoint does; parity is on the sigmoid probabilities, and the masks' agreement is reported."""
+    import torch
+
+    from .lungs.infer import LungModel, lung_logits
+
+    lm = LungModel.open(cfg.checkpoint, "cpu")
+
+    class ExportedLungs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = lm.model
+
+        def forward(self, image):
+            return lung_logits(self.model, image.float() / 255.0, lm.contract, lm.memory_format, any_side=True)
+
+    meta = lm.meta
+    info = {k: meta.get(k) for k in ("arch", "arch_args", "memory_format", "threshold")}
+    info.update(
+        task=LUNGS_TASK,
+        preprocess=lm.contract.to_dict(),
+        train_config={"eval_batch_size": lm.batch_size},
+    )
+    return lm, ExportedLungs().eval(), info
+
+
+def _parity(cfg: ExportConfig, wrapper, contract: Contract, fp32: Path, images: np.ndarray, lungs: bool):
+    """The graph against PyTorch on ``images`` (one batch of one, one of the rest: the batch dimension is
+    dynamic): the largest probability difference (and for a segmenter the share of pixels whose mask
+    differs), the ONNX model on ONNX Runtime, and PyTorch's output."""
+    import torch
+
+    with torch.inference_mode():
+        # parity on the graph's own output, before any fitted temperature: a large temperature flattens
+        # every probability towards 1/K and would make the check vacuous
+        ref = wrapper(torch.from_numpy(contract.standardise(images)[:, None].copy())).numpy()
+    if lungs:
+        onnx_model = OnnxLungModel(fp32, device="cpu")
+        got = sigmoid(np.concatenate([onnx_model.batch_logits(images[:1]), onnx_model.batch_logits(images[1:])]))
+        want = sigmoid(ref[:, 0])
+        agree = float(((got >= 0.5) == (want >= 0.5)).mean())
+        check = {"max_abs_prob_diff": float(np.abs(got - want).max()), "mask_pixel_agreement": agree}
+        return {**check, "tolerance": PARITY_TOLERANCE, "images": len(images)}, onnx_model, want
+    onnx_model = OnnxBackend(fp32, device="cpu")
+    got = softmax(np.concatenate([onnx_model.logits(images[:1]), onnx_model.logits(images[1:])]))
+    ref = softmax(ref)
+    check = {"max_abs_prob_diff": float(np.abs(got - ref).max()), "tolerance": PARITY_TOLERANCE}
+    return {**check, "images": len(images)}, onnx_model, ref
 
 
 def _quantise(

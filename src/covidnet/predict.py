@@ -50,6 +50,38 @@ class Backend(Protocol):
         """A (h, w) heat map in [0, 1] of one (S, S) uint8 image for ``class_idx``."""
 
 
+def onnx_session(path: Path, device: str = "auto", threads: int | None = None):
+    """An ONNX Runtime session of a ``covidnet export`` model and its metadata (``covidnet`` key): CPU, or
+    CUDA when onnxruntime-gpu is installed and ``device`` asks for it; ``threads``: intra-op threads
+    (default: ONNX Runtime's, all cores). A missing runtime, file or metadata is one line naming it."""
+    try:
+        import onnxruntime as ort
+    except ModuleNotFoundError:
+        raise CovidnetError("--onnx needs ONNX Runtime, which is not installed: pip install 'covidnet[onnx]'") from None
+    if not path.is_file():
+        raise CovidnetError(f"{path}: ONNX model not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+        raise ConfigError(f"--device {device}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)")
+    providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in available else []
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
+    except Exception as e:
+        raise CovidnetError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
+    raw = session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != ONNX_FORMAT:
+        raise CovidnetError(
+            f"{path}: not a covidnet export (no {ONNX_FORMAT!r} metadata); write one with "
+            "covidnet export --checkpoint CKPT --out MODEL.onnx"
+        )
+    return session, meta
+
+
 class OnnxBackend:
     """A ``covidnet export`` model on ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is installed and
     ``device`` asks for it). ``threads``: intra-op threads (default: ONNX Runtime's, all cores)."""
@@ -57,36 +89,8 @@ class OnnxBackend:
     kind = "onnx"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ModuleNotFoundError:
-            raise CovidnetError(
-                "--onnx needs ONNX Runtime, which is not installed: pip install 'covidnet[onnx]'"
-            ) from None
         path = Path(path)
-        if not path.is_file():
-            raise CovidnetError(f"{path}: ONNX model not found")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise ConfigError(
-                f"--device {device}: this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)"
-            )
-        providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in available else []
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
-        except Exception as e:
-            raise CovidnetError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
-        meta = json.loads(raw) if raw else {}
-        if meta.get("format") != ONNX_FORMAT:
-            raise CovidnetError(
-                f"{path}: not a covidnet export (no {ONNX_FORMAT!r} metadata); write one with "
-                "covidnet export --checkpoint CKPT --out MODEL.onnx"
-            )
+        self.session, meta = onnx_session(path, device, threads)
         self.meta = meta
         self.contract = contract_of(meta)
         self.task = task_from_meta(meta)

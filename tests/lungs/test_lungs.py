@@ -24,7 +24,9 @@ from covidnet.data.store import open_store
 from covidnet.data.synth import MASKS_DIR, SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError, CovidnetError
 from covidnet.lungs.evaluate import evaluate_lungs, predict_lungs
+from covidnet.lungs.fill import open_segmenter
 from covidnet.lungs.infer import LungModel
+from covidnet.lungs.segmenter import OnnxLungModel
 from covidnet.lungs.train import LungsConfig, train_lungs
 from covidnet.metrics.segmentation import box_mask, dice
 
@@ -219,6 +221,87 @@ def test_wrong_inputs_are_one_line_errors(trained, tmp_path):
     with pytest.raises(CovidnetError, match="--top-crop 0.08"):
         build_dataset(BuildConfig(sources=[SourceSpec("cohen", small / "phantoms", "cohen")], out=tmp_path / "x",
                                   size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lungs_onnx(trained, tmp_path_factory):
+    """The trained segmenter exported by `covidnet export` (parity on the build's validation images)."""
+    ds, ckpt = trained
+    out = tmp_path_factory.mktemp("lungs_onnx") / "lungs.onnx"
+    r = covidnet("export", "--checkpoint", str(ckpt), "--out", str(out), "--data", str(ds), "--json", f"{out}.json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(Path(f"{out}.json").read_text())
+
+
+def test_lung_export_matches_pytorch_at_the_stored_side_and_any_other(trained, lungs_onnx):
+    ds, ckpt = trained
+    path, report = lungs_onnx
+    assert report["task"] == "lungs" and report["fp32"]["max_abs_prob_diff"] <= 1e-4
+    assert report["fp32"]["mask_pixel_agreement"] >= 0.999 and "validation images" in report["parity_inputs"]
+    onnx, torch_model = OnnxLungModel(path), LungModel.open(ckpt, "cpu")
+    assert onnx.contract == torch_model.contract and onnx.arch == torch_model.arch == "lung-unet-tiny"
+    store = open_store(ds)
+    images = store.read(store.rows()[:6])
+    larger = np.stack([np.asarray(Image.fromarray(i).resize((150, 150), Image.Resampling.BILINEAR)) for i in images])
+    for x in (images, larger):  # the graph's side is dynamic: a build of another stored size segments alike
+        assert np.abs(onnx.probabilities(x) - torch_model.probabilities(x)).max() <= 1e-4
+        assert onnx.masks(x).shape == x.shape
+
+
+def test_lungs_eval_of_the_export_gives_the_checkpoints_figures(trained, lungs_onnx):
+    ds, ckpt = trained
+    a = evaluate_lungs(ckpt, ds, "test", resamples=20, device="cpu")
+    b = evaluate_lungs(lungs_onnx[0], ds, "test", resamples=20, device="cpu")
+    assert b["arch"] == a["arch"] and b["lungs"]["dice"]["value"] == pytest.approx(
+        a["lungs"]["dice"]["value"], abs=1e-3
+    )
+
+
+def test_build_with_an_onnx_segmenter_needs_no_torch_and_stores_the_checkpoints_masks(trained, lungs_onnx, tmp_path):
+    ds, ckpt = trained
+    src = ds.parent / "phantoms"
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
+        "from covidnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["data", "build", "--source", f"cohen={src}", "--size", str(SIZE), "--workers", "1", "--quiet"]
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args, "--lungs", str(lungs_onnx[0]), "--out", str(tmp_path / "onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "onnx" / "report.json").read_text())
+    assert report["lung_masks"]["predicted"]["runtime"] == "onnx"
+    assert report["lung_masks"]["predicted"]["model"].startswith("lung-unet-tiny-onnx@")
+    build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=tmp_path / "pt", size=SIZE,
+                              workers=1, progress=False, lungs=ckpt))  # fmt: skip
+    a, b = open_store(tmp_path / "onnx"), open_store(tmp_path / "pt")
+    assert len(a.index) == len(b.index) == len(a.mask_rows(predicted=True)) > 0
+    agree = (a.read_masks(a.rows()) == b.read_masks(b.rows())).mean()
+    assert agree >= 0.9999  # the same masks, up to float rounding at the threshold
+
+
+def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_path):
+    ds, ckpt = trained
+    from covidnet.export import _write_meta  # a lung export relabelled as a classifier
+
+    relabelled = tmp_path / "classifier.onnx"
+    relabelled.write_bytes(lungs_onnx[0].read_bytes())
+    meta = {**OnnxLungModel(lungs_onnx[0]).meta, "task": "classification", "classes": ["normal", "COVID-19"]}
+    _write_meta(relabelled, meta)
+    with pytest.raises(ConfigError, match="a classification model, not a lung segmenter"):
+        open_segmenter(relabelled)
+    src = ds.parent / "phantoms"
+    for model, message in ((relabelled, "not a lung segmenter"), (tmp_path / "none.onnx", "not found")):
+        r = covidnet("data", "build", "--source", f"cohen={src}", "--out", str(tmp_path / "b"), "--lungs", str(model))
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b" / "report.json").exists()
+    r = covidnet("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "q.onnx"), "--int8", "--data", str(ds))
+    assert r.returncode == 1 and "--int8 is for classifiers" in r.stderr and not (tmp_path / "q.onnx").exists()
+    r = covidnet("predict", "--onnx", str(lungs_onnx[0]), str(next((src / "images").glob("*.png"))))
+    assert r.returncode == 1 and "covidnet lungs predict" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

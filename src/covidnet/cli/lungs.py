@@ -49,7 +49,11 @@ def register(sub, flags: bool = True) -> None:
 
 
 def _eval_flags(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `covidnet lungs train` (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by `covidnet lungs train` (best.pt), or its `covidnet export` (.onnx)",
+    )
     p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build --lung-masks`")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of --data (default test)")
     p.add_argument(
@@ -63,7 +67,11 @@ def _eval_flags(p) -> None:
 
 
 def _predict_flags(p) -> None:
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `covidnet lungs train` (best.pt)")
+    p.add_argument(
+        "checkpoint",
+        metavar="MODEL",
+        help="a checkpoint written by `covidnet lungs train` (best.pt), or its `covidnet export` (.onnx)",
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, help="folder for the mask PNGs")
     p.add_argument("--overlay", action="store_true", help="also write the image with its mask over it")

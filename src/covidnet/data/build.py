@@ -152,9 +152,10 @@ class BuildConfig:
     )
     lungs: Path | None = option(
         None,
-        "segment every image without an annotated lung mask with this `covidnet lungs train` checkpoint and "
-        "store the predicted masks (marked predicted in the index)",
-        metavar="CKPT",
+        "segment every image without an annotated lung mask with this `covidnet lungs train` checkpoint (or its "
+        "`covidnet export` .onnx, run by ONNX Runtime: faster on a CPU) and store the predicted masks (marked "
+        "predicted in the index)",
+        metavar="MODEL",
     )
 
     def to_dict(self) -> dict:
@@ -456,7 +457,13 @@ def _check_config(cfg: BuildConfig) -> None:
         if not m.path.exists():
             raise ConfigError(f"{m.path}: not found; --lung-masks {m.name}= needs a folder or .zip of mask images")
     if cfg.lungs and not Path(cfg.lungs).is_file():
-        raise ConfigError(f"{cfg.lungs}: checkpoint not found; --lungs takes a `covidnet lungs train` best.pt")
+        raise ConfigError(
+            f"{cfg.lungs}: not found; --lungs takes a `covidnet lungs train` best.pt or its `covidnet export` .onnx"
+        )
+    if cfg.lungs:  # a classifier, or a segmenter of another framing, fails here, before any image is read
+        from ..lungs.fill import open_segmenter_for  # torch only for a .pt segmenter
+
+        open_segmenter_for(cfg.lungs, cfg.contract)
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -663,7 +670,7 @@ def _copy_rows(scratch: Path | None, path: Path, size: int, slots: list[int | No
 def _predict_masks(tmp: Path, cfg: BuildConfig, records, order: list[int]) -> dict:
     """``--lungs CKPT``: masks for the stored images without an annotated one, drawn by the model and
     written into their rows of ``masks.npy``; those records are marked predicted (the index says so)."""
-    from ..lungs.infer import segment_store_rows  # torch: only a build with --lungs pays for it
+    from ..lungs.fill import segment_store_rows  # torch only for a .pt segmenter
 
     rows = [row for row, i in enumerate(order) if not records[order[row]].extra.get(NAME_KEY)]
     info = segment_store_rows(cfg.lungs, tmp, cfg.contract, np.array(rows, dtype=np.int64), cfg.progress)

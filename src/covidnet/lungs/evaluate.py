@@ -1,11 +1,11 @@
 """``covidnet lungs eval`` and ``covidnet lungs predict``.
 
 Evaluation reads a built dataset's split: the images with an annotated lung mask (never a predicted
-one), segmented by ``LungModel`` at the stored side, scored by ``covidnet.metrics.segmentation`` (Dice,
-IoU and HD95 of both lungs and of each, the annotation's ignore pixels left out) with 95 % intervals
-from resampling patients; beside them, what a fixed box scores on the same images, when one is given
-(the CLI gives the audit's ``LUNG_BOX``). Memory stays one batch: the worst cases are segmented again
-for the page rather than kept.
+one), segmented by the checkpoint or its ONNX export (``open_segmenter``) at the stored side, scored by
+``covidnet.metrics.segmentation`` (Dice, IoU and HD95 of both lungs and of each, the annotation's ignore
+pixels left out) with 95 % intervals from resampling patients; beside them, what a fixed box scores on
+the same images, when one is given (the CLI gives the audit's ``LUNG_BOX``). Memory stays one batch: the
+worst cases are segmented again for the page rather than kept.
 
 Prediction reads raw files (``covidnet.predict.read_batches``: the frontal-view check, then the
 contract) and writes each one's mask as a PNG of the file's own pixel size (``Contract.uncrop``: 0 where
@@ -28,7 +28,8 @@ from ..files import atomic_write, write_json
 from ..metrics.bootstrap import format_ci
 from ..metrics.segmentation import PARTS, box_mask, per_image_metrics, segmentation_metrics
 from .figures import dice_histogram, overlay, png_bytes, worst_cases_figure
-from .infer import THRESHOLD, LungModel
+from .fill import open_segmenter
+from .segmenter import THRESHOLD, Segmenter
 
 WORST = 8  # worst cases on the page
 
@@ -47,7 +48,7 @@ def evaluate_lungs(
     """The segmentation metrics of ``checkpoint`` on the annotated images of ``data``'s ``split`` (JSON-able;
     also ``report/metrics.json`` and ``report/index.html`` when ``report`` is given). ``box``: (x0, y0, x1,
     y1) as fractions of the side, scored on the same images as a baseline."""
-    lm = LungModel.open(checkpoint, device)
+    lm = open_segmenter(checkpoint, device)
     store = open_store(data)
     lm.contract.check_store(store, str(data))
     rows = store.mask_rows(split)
@@ -81,7 +82,7 @@ def evaluate_lungs(
     return m
 
 
-def _score(lm: LungModel, store, rows: np.ndarray, box, progress: bool):
+def _score(lm: Segmenter, store, rows: np.ndarray, box, progress: bool):
     """Per-image metrics of the model (and of the fixed ``box``), a batch of rows at a time."""
     parts, box_parts = [], []
     box_pred = box_mask(store.size, box) if box is not None else None
@@ -103,7 +104,7 @@ def _score(lm: LungModel, store, rows: np.ndarray, box, progress: bool):
     return join(parts), (join(box_parts) if box_parts else None)
 
 
-def _write_page(out: str | Path, m: dict, lm: LungModel, store, rows: np.ndarray, per: dict) -> Path:
+def _write_page(out: str | Path, m: dict, lm: Segmenter, store, rows: np.ndarray, per: dict) -> Path:
     """The HTML page: the summary table, the worst cases overlaid, the Dice histogram."""
     from ..report import html_table, write_page
 
@@ -159,7 +160,7 @@ def predict_lungs(
     "error"}``. ``lung_fraction``: the share of the contract's square the model calls lung."""
     from ..predict import CamFiles, read_batches
 
-    lm = LungModel.open(checkpoint, device, batch_size)
+    lm = open_segmenter(checkpoint, device, batch_size)
     files = CamFiles(out, ".lungs.png")
     for batch in read_batches(inputs, lm.contract, batch_size):
         ready = [img for _, img, error in batch if error is None]
@@ -175,7 +176,7 @@ def predict_lungs(
                 yield {"path": str(path), "status": "failed", "error": str(e)}
 
 
-def _write_prediction(lm: LungModel, files, path: Path, mask: np.ndarray, with_overlay: bool) -> dict:
+def _write_prediction(lm: Segmenter, files, path: Path, mask: np.ndarray, with_overlay: bool) -> dict:
     full = lm.contract.uncrop(mask, image_shape(path))
     mask_path = files.path(path.stem, None)
     atomic_write(mask_path, png_bytes(full))
