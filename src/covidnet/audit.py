@@ -83,6 +83,23 @@ def _worst(*verdicts: str) -> str:
     return max(vs, key=order.index) if vs else "skipped"
 
 
+def _interval_verdict(items: list, figure, fail: float, warn: float) -> tuple[str, dict]:
+    """The rule of the tests judged on figures with intervals (``figure(item)``: a ``{"value", "ci95"}``):
+    fail when some item's upper 95 % bound (its value where it has no interval) is below ``fail``,
+    warning when some item's value is below ``warn``, ok otherwise. Returns the verdict and the item it
+    rests on (the lowest upper bound for a fail, the lowest value otherwise)."""
+
+    def upper(item):
+        f = figure(item)
+        return f["ci95"][1] if f["ci95"] else f["value"]
+
+    worst = min(items, key=upper)
+    if upper(worst) < fail:
+        return "fail", worst
+    worst = min(items, key=lambda item: figure(item)["value"])
+    return ("warning" if figure(worst)["value"] < warn else "ok"), worst
+
+
 # --- within source -------------------------------------------------------------------------------------------
 
 
@@ -106,16 +123,7 @@ def within_source_discrimination(
     }
     if not ws["pairs"]:
         return {**base, "verdict": "skipped", "reason": ws["note"], "reading": ws["note"]}
-
-    def upper(p):
-        return p["auc"]["ci95"][1] if p["auc"]["ci95"] else p["auc"]["value"]
-
-    worst = min(ws["pairs"], key=upper)
-    if upper(worst) < WITHIN_FAIL:
-        verdict = "fail"
-    else:
-        worst = min(ws["pairs"], key=lambda p: p["auc"]["value"])
-        verdict = "warning" if worst["auc"]["value"] < WITHIN_WARN else "ok"
+    verdict, worst = _interval_verdict(ws["pairs"], lambda p: p["auc"], WITHIN_FAIL, WITHIN_WARN)
     a, b = worst["classes"]
     meaning = {
         "fail": f"its upper bound is below {WITHIN_FAIL:.2f}: where the source gives nothing away the model is near "
@@ -294,6 +302,7 @@ class LungFields:
         self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
         with_masks = store.masks is not None
         self.kind = np.array([(store.index[r].get("lung_mask") or "") if with_masks else "" for r in self.rows])
+        self.sources = np.array([store.index[r]["source"] for r in self.rows])
         self.has = self.kind != ""
         self.side = store.size
 
@@ -412,7 +421,7 @@ def lung_attention(lm: LoadedModel, images, lungs: LungFields, batch: int = 16) 
 
     pos = np.flatnonzero(lungs.has)
     shares, areas = np.empty(len(pos)), np.empty(len(pos))
-    sources = np.array([lungs.store.index[r]["source"] for r in lungs.rows])
+    sources = lungs.sources
     examples: dict = defaultdict(list)
     for k in range(0, len(pos), batch):
         p = pos[k : k + batch]
@@ -454,7 +463,7 @@ def attention_inside_lungs(
         return {**base, "verdict": "skipped", "reason": why, "reading": why}, {}
     pos, shares, areas, examples = lung_attention(lm, images, lungs)
     classes = lm.classes
-    sources = np.array([lungs.store.index[lungs.rows[q]]["source"] for q in pos])
+    sources = lungs.sources[pos]
     groups, judged = [], []
     for src in sorted(set(sources)):
         for c in sorted(set(y[pos][sources == src])):
@@ -474,13 +483,7 @@ def attention_inside_lungs(
     if not judged:
         why = f"no source x class group has {ATTENTION_MIN_IMAGES} images with a lung mask"
         return {**base, "verdict": "skipped", "groups": groups, "reason": why, "reading": why}, examples
-    upper = lambda r: r["share"]["ci95"][1] if r["share"]["ci95"] else r["share"]["value"]  # noqa: E731
-    worst = min(judged, key=upper)
-    if upper(worst) < ATTENTION_FAIL:
-        verdict = "fail"
-    else:
-        worst = min(judged, key=lambda r: r["share"]["value"])
-        verdict = "warning" if worst["share"]["value"] < ATTENTION_WARN else "ok"
+    verdict, worst = _interval_verdict(judged, lambda r: r["share"], ATTENTION_FAIL, ATTENTION_WARN)
     meaning = {
         "fail": "most of what drives its calls there lies outside the lungs.",
         "warning": "a good part of what drives its calls lies outside the lungs.",
@@ -721,9 +724,7 @@ def run_audit(
     evaluated = store.view(rows[eval_rows])
     eval_probs = softmax(lm.logits(evaluated), lm.meta.get("temperature"))
     lungs = LungFields(store, rows[eval_rows])
-    attention, examples = attention_inside_lungs(
-        lm, evaluated, labels[eval_rows], groups[eval_rows], lungs if lungs.has.any() else None, seed
-    )
+    attention, examples = attention_inside_lungs(lm, evaluated, labels[eval_rows], groups[eval_rows], lungs, seed)
     tests = {
         "within_source": within_source_discrimination(
             labels[eval_rows], eval_probs, classes, groups[eval_rows], sources[eval_rows], seed=seed

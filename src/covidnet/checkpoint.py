@@ -37,12 +37,15 @@ def read_checkpoint(path: Path | str) -> dict:
 
 
 def load_model(
-    path: Path | str, device: str | torch.device = "cpu", tasks: tuple[str, ...] | None = ("classification",)
+    path: Path | str,
+    device: str | torch.device = "cpu",
+    tasks: tuple[str, ...] | None = ("classification",),
+    ckpt: dict | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """The model a checkpoint describes, with its weights, in eval mode; and the checkpoint's metadata.
     ``tasks``: the tasks the caller handles (``task`` in the checkpoint, classification when absent);
-    None for any."""
-    ckpt = read_checkpoint(path)
+    None for any. ``ckpt``: the file as ``read_checkpoint`` returned it, when the caller has read it."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     task = ckpt.get("task", "classification")
     if tasks is not None and task not in tasks:
         raise ConfigError(

@@ -33,7 +33,7 @@ from .contract import Contract
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
 from .lungs.segmenter import TASK as LUNGS_TASK
-from .lungs.segmenter import OnnxLungModel, sigmoid
+from .lungs.segmenter import OnnxLungModel, is_lung, sigmoid
 from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
 from .tasks import softmax
 
@@ -60,18 +60,18 @@ class ExportConfig:
     quiet: bool = option(False, "no progress lines")
 
 
-def _wrapper(lm):
+def _wrapper(model, forward):
+    """The exported module: uint8 stored pixels (B, 1, S, S) as floats in [0, 1] -> ``forward(model, unit)``
+    (the classifier's logits (B, K) or the segmenter's (B, 1, S, S)), ``model``'s weights its parameters."""
     import torch
 
     class Exported(torch.nn.Module):
-        """uint8 stored pixels (B, 1, S, S) -> logits (B, K), through the checkpoint's contract."""
-
         def __init__(self):
             super().__init__()
-            self.model = lm.model
+            self.model = model
 
         def forward(self, image):
-            return self.model(lm.contract.model_input(image.float() / 255.0, lm.memory_format))
+            return forward(self.model, image.float() / 255.0)
 
     return Exported().eval()
 
@@ -192,10 +192,11 @@ def export_model(cfg: ExportConfig) -> dict:
 
     _check_config(cfg)
     out = Path(cfg.out)
-    lungs = read_checkpoint(cfg.checkpoint).get("task") == LUNGS_TASK
+    ckpt = read_checkpoint(cfg.checkpoint)  # read once: the task decides which side opens the model
+    lungs = ckpt.get("task") == LUNGS_TASK
     if lungs and cfg.int8:
         raise ConfigError(f"{cfg.checkpoint}: a lung segmenter; --int8 is for classifiers, export it in fp32")
-    lm, wrapper, info = _lungs_side(cfg) if lungs else _classifier_side(cfg)
+    lm, wrapper, info = _lungs_side(cfg, ckpt) if lungs else _classifier_side(cfg, ckpt)
     images, where = _parity_images(cfg, lm.contract)
     info.update(format=ONNX_FORMAT, version=__version__, source_checkpoint=Path(cfg.checkpoint).name, int8=False)
     report: dict = {"config": asdict(cfg), "task": info["task"], "parity_inputs": where}
@@ -223,34 +224,25 @@ def export_model(cfg: ExportConfig) -> dict:
     return report
 
 
-def _classifier_side(cfg: ExportConfig):
+def _classifier_side(cfg: ExportConfig, ckpt: dict):
+    """A classifier: the graph is the contract's model input and the network (uint8 (B, 1, S, S) -> logits)."""
     from .runtime import LoadedModel
 
-    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",))
+    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",), ckpt=ckpt)
     meta = lm.meta
     info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "temperature", "operating_point", "memory_format")}
     info.update(task=lm.task.name, preprocess=lm.contract.to_dict())
-    return lm, _wrapper(lm), info
+    return lm, _wrapper(lm.model, lambda net, unit: net(lm.contract.model_input(unit, lm.memory_format))), info
 
 
-def _lungs_side(cfg: ExportConfig):
+def _lungs_side(cfg: ExportConfig, ckpt: dict):
     """A lung segmenter: the graph is ``lungs.infer.lung_logits`` (uint8 pixels (B, 1, S, S) of any side S
     -> lung logits (B, 1, S, S)), so ``data build --lungs MODEL.onnx`` segments a build of any stored size
     as the checkpoint does; parity is on the sigmoid probabilities, and the masks' agreement is reported."""
-    import torch
-
     from .lungs.infer import LungModel, lung_logits
 
-    lm = LungModel.open(cfg.checkpoint, "cpu")
-
-    class ExportedLungs(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = lm.model
-
-        def forward(self, image):
-            return lung_logits(self.model, image.float() / 255.0, lm.contract, lm.memory_format, any_side=True)
-
+    lm = LungModel.open(cfg.checkpoint, "cpu", ckpt=ckpt)
+    wrapper = _wrapper(lm.model, lambda net, unit: lung_logits(net, unit, lm.contract, lm.memory_format, any_side=True))
     meta = lm.meta
     info = {k: meta.get(k) for k in ("arch", "arch_args", "memory_format", "threshold")}
     info.update(
@@ -258,7 +250,7 @@ def _lungs_side(cfg: ExportConfig):
         preprocess=lm.contract.to_dict(),
         train_config={"eval_batch_size": lm.batch_size},
     )
-    return lm, ExportedLungs().eval(), info
+    return lm, wrapper, info
 
 
 def _parity(cfg: ExportConfig, wrapper, contract: Contract, fp32: Path, images: np.ndarray, lungs: bool):
@@ -273,9 +265,9 @@ def _parity(cfg: ExportConfig, wrapper, contract: Contract, fp32: Path, images: 
         ref = wrapper(torch.from_numpy(contract.standardise(images)[:, None].copy())).numpy()
     if lungs:
         onnx_model = OnnxLungModel(fp32, device="cpu")
-        got = sigmoid(np.concatenate([onnx_model.batch_logits(images[:1]), onnx_model.batch_logits(images[1:])]))
-        want = sigmoid(ref[:, 0])
-        agree = float(((got >= 0.5) == (want >= 0.5)).mean())
+        logits = np.concatenate([onnx_model.batch_logits(images[:1]), onnx_model.batch_logits(images[1:])])
+        got, want = sigmoid(logits), sigmoid(ref[:, 0])
+        agree = float((is_lung(logits) == is_lung(ref[:, 0])).mean())
         check = {"max_abs_prob_diff": float(np.abs(got - want).max()), "mask_pixel_agreement": agree}
         return {**check, "tolerance": PARITY_TOLERANCE, "images": len(images)}, onnx_model, want
     onnx_model = OnnxBackend(fp32, device="cpu")

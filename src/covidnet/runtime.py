@@ -116,14 +116,16 @@ class LoadedModel:
         tasks: tuple[str, ...] | None = None,
         batch_size: int | None = None,
         threads: int | None = None,
+        ckpt: dict | None = None,
     ) -> LoadedModel:
-        """The model of ``checkpoint``; ``tasks`` the tasks the caller handles (None: any)."""
+        """The model of ``checkpoint``; ``tasks`` the tasks the caller handles (None: any); ``ckpt`` the file
+        already read (``read_checkpoint``)."""
         from .files import file_id
 
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
         dev = resolve_device(device)
-        model, meta = load_model(checkpoint, dev, tasks=tasks)
+        model, meta = load_model(checkpoint, dev, tasks=tasks, ckpt=ckpt)
         return cls(model, meta, dev, batch_size, file_id(checkpoint, meta["arch"]))
 
     @property

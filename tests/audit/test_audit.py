@@ -16,7 +16,25 @@ from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.train import TrainConfig, train
 
 
-def hospitals(root: Path, shortcut: str | None) -> Path:
+def build_hospitals(root: Path, out: Path, lung_masks: bool = False, size: int = 64) -> None:
+    """The dataset of the two phantom hospitals in ``root`` (``hospitals``), stored at ``size``; with
+    ``lung_masks``, joined to their true lung masks."""
+    masks = [MaskSpec(f"truth-{h}", root / h / "lungmasks") for h in "ab"] if lung_masks else []
+    build_dataset(
+        BuildConfig(
+            sources=[SourceSpec("cohen", root / "a", "hosp-a"), SourceSpec("cohen", root / "b", "hosp-b")],
+            lung_masks=masks,
+            out=out,
+            size=size,
+            val_fraction=0.15,
+            test_fraction=0.25,
+            workers=1,
+            progress=False,
+        )
+    )
+
+
+def hospitals(root: Path, shortcut: str | None, size: int = 64, lung_masks: bool = False) -> Path:
     """Two phantom hospitals as two sources, the shape of COVIDx's confounding: A sends the COVID-19
     cases, B mostly controls (and a few COVID-19 cases).
 
@@ -43,24 +61,14 @@ def hospitals(root: Path, shortcut: str | None) -> Path:
         a = write_phantom_dataset(
             root / "a", SynthConfig(n=150, seed=11, size=128, hospitals=1, class_mix={"COVID-19": 1.0}), progress=False
         )
-    b = write_phantom_dataset(
+    write_phantom_dataset(
         root / "b",
         SynthConfig(
             n=150, seed=12, size=128, hospitals=1, class_mix={"COVID-19": 0.1, "normal": 0.45, "pneumonia": 0.45}
         ),
         progress=False,
     )
-    build_dataset(
-        BuildConfig(
-            sources=[SourceSpec("cohen", a, "hosp-a"), SourceSpec("cohen", b, "hosp-b")],
-            out=root / "ds",
-            size=64,
-            val_fraction=0.15,
-            test_fraction=0.25,
-            workers=1,
-            progress=False,
-        )
-    )
+    build_hospitals(root, root / "ds", lung_masks, size)
     train(TrainConfig(data=str(root / "ds"), out=str(root / "run"), epochs=8, lr=3e-4, progress=False))
     return root
 
@@ -225,21 +233,7 @@ def test_occlusion_of_given_lung_regions_fills_them_with_the_mean_of_the_rest():
 def test_with_lung_masks_the_audit_hides_them_and_measures_attention_inside(without, tmp_path):
     """The same phantoms built again with their true lung masks: occlusion hides each image's dilated mask,
     and the attention test reports every source x class group with an interval, and draws its figure."""
-    build_dataset(
-        BuildConfig(
-            sources=[SourceSpec("cohen", without / "a", "hosp-a"), SourceSpec("cohen", without / "b", "hosp-b")],
-            lung_masks=[
-                MaskSpec("truth-a", without / "a" / "lungmasks"),
-                MaskSpec("truth-b", without / "b" / "lungmasks"),
-            ],
-            out=tmp_path / "ds",
-            size=64,
-            val_fraction=0.15,
-            test_fraction=0.25,
-            workers=1,
-            progress=False,
-        )
-    )
+    build_hospitals(without, tmp_path / "ds", lung_masks=True)
     a = run_audit(str(without / "run" / "best.pt"), str(tmp_path / "ds"), report=str(tmp_path / "rep"))
     oc, at = a["tests"]["occlusion"], a["tests"]["attention_inside_lungs"]
     n_test = oc["n"]

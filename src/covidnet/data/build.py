@@ -178,6 +178,11 @@ class BuildConfig:
         """The preprocessing contract this build writes into its store."""
         return Contract(stored_size=self.size, top_crop=self.top_crop)
 
+    @property
+    def processes(self) -> int:
+        """The workers this build runs (``workers``, or every core)."""
+        return self.workers or os.cpu_count() or 1
+
 
 def parse_split_file_arg(text: str) -> tuple[str, Path]:
     """``[SPLIT=]FILE``; without SPLIT the file name says it (train_COVIDx3.txt -> train)."""
@@ -346,7 +351,7 @@ def _read_split_files(split_files: list[tuple[str, Path]]) -> dict[str, list[dic
 def build_dataset(cfg: BuildConfig) -> dict:
     """Build a dataset as ``cfg`` says; returns the report (also written to ``cfg.out/report.json``)."""
     t0 = time.perf_counter()
-    _check_config(cfg)
+    segmenter = _check_config(cfg)  # the lung model of --lungs, opened once
 
     # 1. read every source; a missing folder or metadata file stops here, before any work
     records: list[Record] = []
@@ -403,7 +408,9 @@ def build_dataset(cfg: BuildConfig) -> dict:
     out = cfg.out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        report = _build_into(tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks)
+        report = _build_into(
+            tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks, segmenter
+        )
         if out.exists():
             shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
         umask = os.umask(0)
@@ -435,7 +442,7 @@ def _join_targets(cfg: BuildConfig, records: list[Record]) -> tuple[dict | None,
     return severity, masks
 
 
-def _check_config(cfg: BuildConfig) -> None:
+def _check_config(cfg: BuildConfig):
     if not cfg.sources:
         raise UsageError("give at least one --source READER=PATH")
     names = [s.name for s in cfg.sources]
@@ -460,13 +467,15 @@ def _check_config(cfg: BuildConfig) -> None:
         raise ConfigError(
             f"{cfg.lungs}: not found; --lungs takes a `covidnet lungs train` best.pt or its `covidnet export` .onnx"
         )
+    segmenter = None
     if cfg.lungs:  # a classifier, or a segmenter of another framing, fails here, before any image is read
         from ..lungs.fill import open_segmenter_for  # torch only for a .pt segmenter
 
-        open_segmenter_for(cfg.lungs, cfg.contract)
+        segmenter = open_segmenter_for(cfg.lungs, cfg.contract, cfg.processes)
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    return segmenter
 
 
 def _reasons(section: dict) -> str:
@@ -474,7 +483,7 @@ def _reasons(section: dict) -> str:
 
 
 def _build_into(
-    tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks
+    tmp: Path, cfg: BuildConfig, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks, segmenter
 ) -> dict:
     todo = [i for i in range(len(records)) if alive[i]]
     scratch = tmp / "scratch.npy"
@@ -493,7 +502,7 @@ def _build_into(
     _refuse_failures(cfg, checks, exclusions)
     order = sorted(kept, key=lambda i: (SPLITS.index(split_of[i]), records[i].source, str(records[i].path)))
     _write_store(tmp, cfg, scratch, slot, order, records)
-    predicted = _predict_masks(tmp, cfg, records, order) if cfg.lungs else None
+    predicted = _predict_masks(tmp, cfg, records, order, segmenter) if segmenter else None
     risk, _ = check_offsets([records[i] for i in order])  # sets offset_days, for the index
     write_index(tmp / INDEX_FILE, [(records[i], split_of[i]) for i in order])
     _write_label_files(tmp, records, order, split_of)
@@ -528,7 +537,7 @@ def _read_images(
     slot = {i: k for k, i in enumerate(todo)}
     digests: dict[int, str] = {}
     phash: dict[int, bytes] = {}
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.processes
     t_img = time.perf_counter()
     tasks = [(slot[i], str(records[i].path), records[i].extra.get(REF_KEY)) for i in todo]
     results = []
@@ -667,13 +676,14 @@ def _copy_rows(scratch: Path | None, path: Path, size: int, slots: list[int | No
         scratch.unlink()
 
 
-def _predict_masks(tmp: Path, cfg: BuildConfig, records, order: list[int]) -> dict:
-    """``--lungs CKPT``: masks for the stored images without an annotated one, drawn by the model and
-    written into their rows of ``masks.npy``; those records are marked predicted (the index says so)."""
+def _predict_masks(tmp: Path, cfg: BuildConfig, records, order: list[int], segmenter) -> dict:
+    """``--lungs CKPT``: masks for the stored images without an annotated one, drawn by ``segmenter`` (the
+    model ``_check_config`` opened) and written into their rows of ``masks.npy``; those records are marked
+    predicted (the index says so)."""
     from ..lungs.fill import segment_store_rows  # torch only for a .pt segmenter
 
     rows = [row for row, i in enumerate(order) if not records[order[row]].extra.get(NAME_KEY)]
-    info = segment_store_rows(cfg.lungs, tmp, cfg.contract, np.array(rows, dtype=np.int64), cfg.progress)
+    info = segment_store_rows(segmenter, tmp, np.array(rows, dtype=np.int64), cfg.progress, cfg.processes)
     for row in rows:
         records[order[row]].extra[NAME_KEY] = PREDICTED
     return info

@@ -29,7 +29,7 @@ from ..metrics.bootstrap import format_ci
 from ..metrics.segmentation import PARTS, box_mask, per_image_metrics, segmentation_metrics
 from .figures import dice_histogram, overlay, png_bytes, worst_cases_figure
 from .fill import open_segmenter
-from .segmenter import THRESHOLD, Segmenter
+from .segmenter import Segmenter, is_lung
 
 WORST = 8  # worst cases on the page
 
@@ -96,7 +96,7 @@ def _score(lm: Segmenter, store, rows: np.ndarray, box, progress: bool):
     for k in starts:
         part = rows[k : k + lm.batch_size]
         truth = store.read_masks(part)
-        pred = lm.probabilities(store, part) >= THRESHOLD
+        pred = is_lung(lm.logits(store, part))
         parts.append(per_image_metrics(pred, truth == LUNG, truth != IGNORE))
         if box_pred is not None:
             box_parts.append(per_image_metrics(np.broadcast_to(box_pred, pred.shape), truth == LUNG, truth != IGNORE))

@@ -16,9 +16,9 @@ from ..checkpoint import load_model, read_checkpoint
 from ..contract import Contract, contract_of
 from ..errors import ConfigError
 from ..runtime import memory_format_of, resolve_device, uint8_to_unit
-from .segmenter import TASK, THRESHOLD, Segmenter, to_mask
+from .segmenter import TASK, Segmenter, batch_size_of
 
-__all__ = ["LungModel", "THRESHOLD", "TASK", "lung_logits", "segment", "segment_logits", "to_mask"]
+__all__ = ["LungModel", "TASK", "lung_logits", "segment_logits"]
 
 
 def lung_logits(
@@ -46,11 +46,6 @@ def segment_logits(model, x: torch.Tensor, contract: Contract, memory_format=tor
     return logits[:, 0]
 
 
-def segment(model, x: torch.Tensor, contract: Contract, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """Lung probabilities (B, H, W) float32 for stored pixels ``x`` (B, H, W) uint8 (training's validation)."""
-    return torch.sigmoid(segment_logits(model, x, contract, memory_format))
-
-
 class LungModel(Segmenter):
     """A ``covidnet lungs train`` checkpoint on a device, with its contract (``Segmenter``'s
     ``probabilities`` and ``masks``)."""
@@ -63,17 +58,21 @@ class LungModel(Segmenter):
         self.arch = meta["arch"]
         self.contract: Contract = contract_of(meta)
         self.memory_format = memory_format_of(meta)
-        self.batch_size = batch_size or meta.get("train_config", {}).get("eval_batch_size", 32)
+        self.batch_size = batch_size_of(meta, batch_size)
 
     @classmethod
-    def open(cls, checkpoint: str | Path, device: str = "auto", batch_size: int | None = None) -> LungModel:
-        task = read_checkpoint(checkpoint).get("task", "classification")
+    def open(
+        cls, checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, ckpt: dict | None = None
+    ) -> LungModel:
+        """The segmenter in ``checkpoint`` (``ckpt``: the file already read by ``read_checkpoint``)."""
+        ckpt = read_checkpoint(checkpoint) if ckpt is None else ckpt
+        task = ckpt.get("task", "classification")
         if task != TASK:
             raise ConfigError(
                 f"{checkpoint}: a {task} checkpoint, not a lung segmenter; give one written by `covidnet lungs train`"
             )
         dev = resolve_device(device)
-        model, meta = load_model(checkpoint, dev, tasks=(TASK,))
+        model, meta = load_model(checkpoint, dev, tasks=(TASK,), ckpt=ckpt)
         return cls(model, meta, dev, batch_size, checkpoint)
 
     def batch_logits(self, batch: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ takes the steps an uninterrupted run would have taken.
 * **Loss**: binary cross-entropy plus ``--dice-weight`` x soft Dice (1 - 2|P∩T| / (|P| + |T|) over the
   batch), both over the pixels that are not ``ignore`` (127) in the annotation, computed at the stored
   side (the network's logits are resized to it when ``--size`` differs).
-* **Selection**: Adam; after each epoch the validation images are segmented through ``lungs.infer.segment``
+* **Selection**: Adam; after each epoch the validation images are segmented through ``lungs.infer.segment_logits``
   (what eval and predict use) and scored by their mean Dice; ReduceLROnPlateau follows it, and
   ``best.pt`` is the epoch with the highest.
 
@@ -65,7 +65,8 @@ from ..train import (
     wrap_for_training,
     write_status,
 )
-from .infer import TASK, THRESHOLD, segment
+from .infer import TASK, segment_logits
+from .segmenter import THRESHOLD, is_lung
 
 
 @dataclass
@@ -343,7 +344,7 @@ def validation_dice(r: _Run) -> float:
     total = 0.0
     for k in range(0, len(mine), r.cfg.eval_batch_size):
         pos = mine[k : k + r.cfg.eval_batch_size]
-        pred = segment(r.model, r.pixels[pos].to(r.device), r.contract, r.mem_format) >= THRESHOLD
+        pred = is_lung(segment_logits(r.model, r.pixels[pos].to(r.device), r.contract, r.mem_format))
         m = r.masks[pos].to(r.device)
         valid, truth = m != IGNORE, m == LUNG
         pred, truth = pred & valid, truth & valid
