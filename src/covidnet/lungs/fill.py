@@ -60,17 +60,22 @@ def segment_store_rows(lm: Segmenter, folder: Path, rows: np.ndarray, progress: 
         from tqdm import tqdm
 
         bar = tqdm(total=len(parts), desc="lung masks", unit="batch", file=sys.stderr)
+
+    def write(part, future):
+        for row, mask in zip(part, future.result()):
+            masks.write(int(row), mask)
+        if bar is not None:
+            bar.update()
+
     try:
         with ThreadPoolExecutor(threads) as pool:
-            pending = deque()
+            pending: deque = deque()
             for part in parts:  # at most two batches per thread in flight: memory stays a few batches
                 pending.append((part, pool.submit(lambda p: lm.masks(images.read(p)), part)))
-                while len(pending) > 2 * threads or (pending and part is parts[-1]):
-                    done, future = pending.popleft()
-                    for row, mask in zip(done, future.result()):
-                        masks.write(int(row), mask)
-                    if bar is not None:
-                        bar.update()
+                if len(pending) > 2 * threads:
+                    write(*pending.popleft())
+            while pending:
+                write(*pending.popleft())
     finally:
         if bar is not None:
             bar.close()
