@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .contract import LUNG_MARGIN
 from .data.lungmasks import PREDICTED, lung_field
 from .data.records import patient_uid
 from .data.store import open_store
@@ -62,10 +63,10 @@ PAEDIATRIC_AGE = 18
 # the lung fields of a stored (top-cropped, square) frontal radiograph: a fixed central region
 LUNG_BOX = (0.12, 0.06, 0.88, 0.82)  # x0, y0, x1, y1 as fractions of the side
 BORDER = 0.12  # "border only" keeps this fraction of the side on every edge
-LUNG_MARGIN = 0.03  # a lung mask is dilated by this share of the side before it is hidden or counted as lung
-ATTENTION_FAIL, ATTENTION_WARN = 0.5, 0.7  # mean share of Grad-CAM mass inside the dilated lungs, per source
-# and class: fail if some group's upper 95 % bound is below ATTENTION_FAIL (most of the attention lies outside
-# the lungs), warning if some group's mean is below ATTENTION_WARN
+ATTENTION_FAIL, ATTENTION_WARN = 0.0, 0.05  # on the excess of a group's mean share of Grad-CAM mass inside the
+# dilated lungs over the lungs' share of the image (what a map blind to the lungs would score): fail if some
+# group's upper 95 % bound is below ATTENTION_FAIL (less attention on the lungs than a blind map: it looks
+# elsewhere), warning if some group's mean excess is below ATTENTION_WARN (no more than a blind map)
 ATTENTION_MIN_IMAGES = 3  # a source x class group with fewer masked images is listed, not judged
 ATTENTION_RESAMPLES = 1000
 ATTENTION_EXAMPLES = 4  # images per source in the attention figure
@@ -440,26 +441,55 @@ def lung_attention(lm: LoadedModel, images, lungs: LungFields, batch: int = 16) 
     return pos, shares, areas, dict(examples)
 
 
+def _attention_reading(verdict: str, worst: dict, lungs: LungFields) -> str:
+    """The attention test's sentence, on the group its verdict rests on."""
+    meaning = {
+        "fail": "less of its attention falls on the lungs than a map blind to them would put there, so what "
+        "drives its calls there lies outside the lungs.",
+        "warning": f"its attention is on the lungs by less than {ATTENTION_WARN:.0%} more than a map blind to them "
+        "would be, so the maps show little that it reads the lungs.",
+        "ok": f"every group puts at least {ATTENTION_WARN:.0%} more of its attention on the lungs than their share "
+        "of the image.",
+    }[verdict]
+    return (
+        f"Among {worst['source']}'s {worst['class']} images ({worst['images']} with a lung mask), "
+        f"{format_ci(worst['share'])} of the Grad-CAM mass lies inside the lungs, which cover "
+        f"{worst['lung_area']:.0%} of the image (excess {format_ci(worst['excess'])}): {meaning} (fail: an upper "
+        f"95 % bound of the excess below {ATTENTION_FAIL:.0%}; warning: a mean excess below {ATTENTION_WARN:.0%}; "
+        f"{lungs.said()}.)"
+    )
+
+
 def attention_inside_lungs(
     lm: LoadedModel, images, y: np.ndarray, patients, lungs: LungFields | None, seed: int = 0
 ) -> tuple[dict, dict]:
     """The share of Grad-CAM mass inside the lungs, per source and class (the image's label): its mean
     with a 95 % patient-bootstrap interval, beside the lungs' share of the image. A model that reads the
     disease puts its attention on the lungs; one that reads a laterality marker, text or the border puts
-    it outside (DeGrave et al. 2021). Verdict from the worst group of at least ``ATTENTION_MIN_IMAGES``
-    images: fail if its upper bound is below ``ATTENTION_FAIL``, warning if its mean is below
-    ``ATTENTION_WARN``. Needs lung masks; skipped without. Returns the test and the figure's examples."""
+    it outside (DeGrave et al. 2021). The figure judged is the *excess*: the share minus the lungs' share of
+    the image, what a map blind to the lungs would score (the lungs cover about half of a phantom and two
+    thirds of a real film, so a fixed threshold on the share would judge the framing, not the model).
+    Verdict from the worst group of at least ``ATTENTION_MIN_IMAGES`` images: fail if the upper bound of its
+    excess is below ``ATTENTION_FAIL``, warning if its mean excess is below ``ATTENTION_WARN``. Needs lung
+    masks; skipped without. Returns the test and the figure's examples."""
     from .metrics.bootstrap import patient_bootstrap
 
     base = {
         "test": "attention inside the lungs",
         "metric": "share of Grad-CAM mass (predicted class) inside the lung mask dilated by "
         f"{LUNG_MARGIN:.0%} of the side; mean per source and class",
-        "thresholds": {"upper_ci_below_fail": ATTENTION_FAIL, "mean_below_warning": ATTENTION_WARN},
+        "thresholds": {
+            "figure": "excess: mean share minus the lungs' mean share of the image",
+            "upper_ci_below_fail": ATTENTION_FAIL,
+            "mean_below_warning": ATTENTION_WARN,
+        },
         "min_images": ATTENTION_MIN_IMAGES,
     }
     if lungs is None or not lungs.has.any():
         why = "the dataset has no lung masks: build it with --lung-masks NAME=DIR or --lungs CKPT"
+        return {**base, "verdict": "skipped", "reason": why, "reading": why}, {}
+    if lm.contract.lungs == "crop":
+        why = "the model sees its lung crop (--lungs crop), so its maps lie in the crop's frame, not the image's"
         return {**base, "verdict": "skipped", "reason": why, "reading": why}, {}
     pos, shares, areas, examples = lung_attention(lm, images, lungs)
     classes = lm.classes
@@ -469,13 +499,19 @@ def attention_inside_lungs(
         for c in sorted(set(y[pos][sources == src])):
             m = (sources == src) & (y[pos] == c) & ~np.isnan(shares)
             s, a, g = shares[m], areas[m], np.asarray(patients)[pos][m]
-            ci = patient_bootstrap(lambda i, s=s: {"share": float(s[i].mean())}, g, ATTENTION_RESAMPLES, seed)["share"]
+            ci = patient_bootstrap(
+                lambda i, s=s, a=a: {"share": float(s[i].mean()), "excess": float((s[i] - a[i]).mean())},
+                g,
+                ATTENTION_RESAMPLES,
+                seed,
+            )
             row = {
                 "source": str(src),
                 "class": classes[c],
                 "images": int(m.sum()),
-                "share": ci,
+                "share": ci["share"],
                 "lung_area": float(a.mean()),
+                "excess": ci["excess"],
             }
             groups.append(row)
             if row["images"] >= ATTENTION_MIN_IMAGES:
@@ -483,18 +519,8 @@ def attention_inside_lungs(
     if not judged:
         why = f"no source x class group has {ATTENTION_MIN_IMAGES} images with a lung mask"
         return {**base, "verdict": "skipped", "groups": groups, "reason": why, "reading": why}, examples
-    verdict, worst = _interval_verdict(judged, lambda r: r["share"], ATTENTION_FAIL, ATTENTION_WARN)
-    meaning = {
-        "fail": "most of what drives its calls there lies outside the lungs.",
-        "warning": "a good part of what drives its calls lies outside the lungs.",
-        "ok": f"every group keeps at least {ATTENTION_WARN:.0%} of its attention on the lungs.",
-    }[verdict]
-    reading = (
-        f"Among {worst['source']}'s {worst['class']} images ({worst['images']} with a lung mask), "
-        f"{format_ci(worst['share'])} of the Grad-CAM mass lies inside the lungs, which cover "
-        f"{worst['lung_area']:.0%} of the image: {meaning} (fail: an upper 95 % bound below {ATTENTION_FAIL:.0%}; "
-        f"warning: a mean below {ATTENTION_WARN:.0%}; {lungs.said()}.)"
-    )
+    verdict, worst = _interval_verdict(judged, lambda r: r["excess"], ATTENTION_FAIL, ATTENTION_WARN)
+    reading = _attention_reading(verdict, worst, lungs)
     return {
         **base,
         "verdict": verdict,

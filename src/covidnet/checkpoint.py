@@ -53,6 +53,11 @@ def load_model(
             "(covidnet eval and predict take every task; calibrate, audit, export and serve only classification)"
         )
     model = create_model(ckpt["arch"], **ckpt["arch_args"])
+    if ckpt.get("lung_model"):  # trained with --lungs crop|mask: the segmenter in front (covidnet.lungs.field)
+        from .contract import contract_of
+        from .lungs.field import wrap
+
+        model = wrap(model, ckpt["lung_model"], contract_of(ckpt))
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}
     return model.to(device).eval(), meta

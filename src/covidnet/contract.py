@@ -40,6 +40,8 @@ from .files import write_json
 CONTRACT_FILE = "contract.json"  # in a built dataset's folder
 INTENSITIES = ("none", "equalize", "clahe")
 CLAHE_CLIP = 0.01  # scikit-image's default clip limit, stated so that it is part of the contract
+LUNG_FIELDS = ("none", "crop", "mask")  # what of the image a classifier sees: all of it, or its lung field
+LUNG_MARGIN = 0.03  # a lung mask is dilated by this share of the side: the audit's lungs, a lung field's default
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,17 @@ class Contract:
     mean: tuple[float, ...] = (0.0,)  # per channel, on pixels scaled to [0, 1]
     std: tuple[float, ...] = (1.0,)
     intensity: str = "none"  # per-image standardisation of the stored pixels: none, equalize, clahe
+    lungs: str = "none"  # lung-field input (``covidnet.lungs.field``): none, crop or mask, by the model's segmenter
+    lung_margin: float = LUNG_MARGIN  # the lung mask's dilation, share of the side, for ``lungs`` crop or mask
 
     def __post_init__(self):
         check_options(self.stored_size, self.top_crop)
         if self.intensity not in INTENSITIES:
             raise CovidnetError(f"--intensity must be one of {', '.join(INTENSITIES)}, not {self.intensity!r}")
+        if self.lungs not in LUNG_FIELDS:
+            raise CovidnetError(f"--lungs must be one of {', '.join(LUNG_FIELDS)}, not {self.lungs!r}")
+        if not 0 <= self.lung_margin < 0.5:
+            raise CovidnetError(f"--lung-margin must be in [0, 0.5), a share of the side, not {self.lung_margin}")
         object.__setattr__(self, "size", int(self.size or self.stored_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -137,7 +145,16 @@ class Contract:
 
     # --- from the store to the model ----------------------------------------------------------------
 
-    def for_model(self, size: int | None, in_channels: int, mean, std, intensity: str = "none") -> Contract:
+    def for_model(
+        self,
+        size: int | None,
+        in_channels: int,
+        mean,
+        std,
+        intensity: str = "none",
+        lungs: str = "none",
+        lung_margin: float = LUNG_MARGIN,
+    ) -> Contract:
         """This store's contract with a model's half filled in (what training writes)."""
         return replace(
             self,
@@ -146,6 +163,8 @@ class Contract:
             mean=tuple(mean),
             std=tuple(std),
             intensity=intensity,
+            lungs=lungs,
+            lung_margin=float(lung_margin),
         )
 
     def check_store(self, store, where: str) -> None:

@@ -586,11 +586,13 @@ def plot_audit(tests: dict):
     if oc["verdict"] != "skipped":
         names += ["class AUC: images", "class AUC: lungs hidden", "class AUC: border only"]
         bars += [oc["auc"][m] for m in ("none", "lungs", "border")]
+    areas = []  # (row, the lungs' share of the image): where a map blind to the lungs would sit
     for g in (tests.get("attention_inside_lungs") or {}).get("groups", ()):
         v, ci = g["share"]["value"], g["share"]["ci95"] or [g["share"]["value"]] * 2
         names.append(f"attention in lungs: {g['source']} {g['class']}")
         bars.append(v)
         errs.append((len(bars) - 1, v - ci[0], ci[1] - v))
+        areas.append((len(bars) - 1, g["lung_area"]))
     fig = _figure(7, max(3.2, 1.2 + 0.3 * len(names)))
     ax = fig.add_subplot()
     colour = lambda n: (  # noqa: E731
@@ -607,6 +609,10 @@ def plot_audit(tests: dict):
     if errs:
         at, lo, hi = np.array(errs).T
         ax.errorbar(np.array(bars)[at.astype(int)], at, xerr=[lo, hi], fmt="none", ecolor="#000", capsize=3)
+    if areas:
+        rows, area = np.array(areas).T
+        ax.plot(area, rows, "k|", markersize=14, label="lungs' share of the image (a map blind to them)")
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
     ax.invert_yaxis()  # top to bottom in the audit's order: within source first
     if "chance" in sp:
         ax.axvline(sp["chance"], color="#555", ls=":", lw=1)

@@ -34,13 +34,15 @@ from . import __version__
 from .augment import AugmentConfig, augment, sample_params
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import option
-from .contract import Contract
+from .contract import LUNG_FIELDS, LUNG_MARGIN, Contract
 from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.store import open_store
 from .debias import Debiased, SourceAdversary, adversary_loss, source_targets
 from .errors import ConfigError, CovidnetError
 from .feed import InMemory, Streamed, memory_budget, prefetch, stage
 from .files import write_json
+from .lungs.field import classifier_of
+from .lungs.segmenter import TASK as LUNGS_TASK
 from .models import create_model, get_spec
 from .runtime import predict_logits, resolve_device, uint8_to_unit
 from .tasks import TASKS, Task, make_task
@@ -85,6 +87,18 @@ class TrainConfig:
         "equalisation) or clahe; recorded in the checkpoint's contract, applied by eval, predict, serve and export",
         choices=("none", "equalize", "clahe"),
     )
+    lungs: str = option(
+        "none",
+        "lung-field input: crop (the lung bounding box plus --lung-margin, squared) or mask (pixels outside the "
+        "dilated lung mask set to their mean), by a lung segmenter carried inside the model (--lung-model)",
+        choices=LUNG_FIELDS,
+    )
+    lung_model: str = option(
+        "",
+        "--lungs crop|mask: a `covidnet lungs train` best.pt; default: the one the dataset was built with "
+        "(data build --lungs)",
+    )
+    lung_margin: float = option(LUNG_MARGIN, "--lungs crop|mask: the lung mask's dilation, share of the side")
     debias: str = option(
         "none",
         "source: conditional source-adversarial training (an adversary predicts the source from the pooled features "
@@ -299,13 +313,51 @@ def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
             f"not --in-channels {cfg.in_channels}"
         )
     head = {f"classifier.{k}" for k in model.get_classifier().state_dict()}
-    state = {k: v for k, v in ckpt["model"].items() if k not in head}  # the classifier starts afresh
+    weights = ckpt["model"]
+    if ckpt.get("lung_model"):  # a lung-field model's classifier (its segmenter is --lung-model's business)
+        weights = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
+    state = {k: v for k, v in weights.items() if k not in head}  # the classifier starts afresh
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - head or unexpected:
         raise ConfigError(
             f"{cfg.init}: weights do not fit {cfg.arch} (missing {sorted(set(missing) - head)[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
+
+
+def lung_model_meta(ckpt: dict, source: str) -> dict:
+    """What a classifier's checkpoint records of its segmenter (``lung_model``): arch, arch_args, contract,
+    where it came from; its weights travel in the classifier's state dict."""
+    if ckpt.get("task") != LUNGS_TASK:
+        raise ConfigError(
+            f"{source}: a {ckpt.get('task', 'classification')} checkpoint, not a lung segmenter; "
+            "--lung-model takes a `covidnet lungs train` best.pt"
+        )
+    return {"arch": ckpt["arch"], "arch_args": ckpt["arch_args"], "preprocess": ckpt["preprocess"], "source": source}
+
+
+def _lung_model(cfg: TrainConfig, store) -> dict:
+    """``--lungs crop|mask``: the lung segmenter's checkpoint, from ``--lung-model`` or else the one the
+    dataset was built with; one line and no training when there is none."""
+    path = cfg.lung_model
+    if not path:
+        built = store.build_config().get("lungs") or ""
+        if not built:
+            raise ConfigError(
+                f"--lungs {cfg.lungs} needs a lung segmenter and {cfg.data} was built without one: give --lung-model "
+                "(a `covidnet lungs train` best.pt), or build the dataset with data build --lungs CKPT"
+            )
+        if not built.endswith(".pt") or not Path(built).is_file():
+            raise ConfigError(
+                f"--lungs {cfg.lungs}: {cfg.data} was built with --lungs {built}, which is not a readable "
+                "`covidnet lungs train` .pt here; give --lung-model"
+            )
+        path = built
+    if not Path(path).is_file():
+        raise ConfigError(f"--lung-model {path}: not found")
+    ckpt = read_checkpoint(path)
+    lung_model_meta(ckpt, str(path))  # a classifier or a severity model fails here, before any training
+    return ckpt
 
 
 def _create(cfg: TrainConfig) -> torch.nn.Module:
@@ -467,6 +519,8 @@ class _Run:
     adversary: torch.nn.Module = None
     adv_shape: tuple = ()  # (classes, sources) of the adversary to make
     adv: dict = field(default_factory=dict)  # the adversary's correct and counted images this epoch
+    lung_ckpt: dict | None = None  # --lungs crop|mask: the segmenter's checkpoint, read once
+    lung_meta: dict | None = None  # ... and what the classifier's checkpoint records of it
 
     @property
     def mem_format(self):
@@ -492,6 +546,7 @@ class _Run:
             "arch_args": self.model.arch_args,
             **self.task.meta(),
             "preprocess": self.contract.to_dict(),
+            **({"lung_model": self.lung_meta} if self.lung_meta else {}),
             "memory_format": "channels_last" if cfg.channels_last else "contiguous",
             "train_config": cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -528,7 +583,10 @@ def _stage_data(r: _Run) -> None:
         task.weights = _class_weights(cfg.class_weights, r.y_train, cfg.classes)
     rows = np.concatenate([train_rows, val_rows])
     mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
-    r.contract = store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity)
+    r.contract = store.contract.for_model(
+        cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity, cfg.lungs, cfg.lung_margin
+    )
+    r.lung_ckpt = _lung_model(cfg, store) if cfg.lungs != "none" else None
     if cfg.debias == "source":
         index, part, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
         r.sources, r.takes_part = torch.from_numpy(index).to(r.device), torch.from_numpy(part).to(r.device)
@@ -552,6 +610,12 @@ def _build(r: _Run) -> None:
     if cfg.freeze_backbone:  # COVIDNet-S: a frozen network's features, a small head trained on them
         for name, child in model.named_children():
             child.requires_grad_(name in HEAD_MODULES)
+    if r.lung_ckpt is not None:  # the frozen segmenter goes in front, its weights part of the model's
+        from .lungs.field import wrap
+
+        r.lung_meta = lung_model_meta(r.lung_ckpt, str(cfg.lung_model or "the dataset's --lungs model"))
+        model = wrap(model, r.lung_meta, r.contract, r.lung_ckpt["model"])
+        r.lung_ckpt = None
     r.model = model = model.to(r.device, memory_format=r.mem_format)
     params = [p for p in model.parameters() if p.requires_grad]
     if r.adv_shape:
@@ -640,7 +704,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     bar = progress_bar(cfg.progress and dist.main, len(batches), first, epoch, cfg.epochs)
     r.net.train()
     if cfg.freeze_backbone:  # frozen means its BatchNorm statistics too
-        for name, child in r.model.named_children():
+        for name, child in classifier_of(r.model).named_children():
             child.train(name in HEAD_MODULES)
     last = len(batches) if not cfg.max_steps else min(len(batches), first + cfg.max_steps - r.steps_done)
     steps = [r.train_pos[shard(b, dist)] for b in batches[first:last]]
@@ -831,8 +895,11 @@ def recalibrate_bn(model, batch_input, train_pos: np.ndarray, cfg: TrainConfig, 
     rng = np.random.default_rng([cfg.seed, epoch, 0xB4])
     pos = train_pos[rng.permutation(len(train_pos))[: cfg.precise_bn]]
     batches = (batch_input(pos[k : k + cfg.eval_batch_size], None) for k in range(0, len(pos), cfg.eval_batch_size))
+    net = classifier_of(model)
+    if net is not model:  # a lung-field model: the frozen segmenter keeps its statistics, the classifier's are redone
+        batches = (model.field(x) for x in batches)
     with amp:
-        update_bn(batches, model)
+        update_bn(batches, net)
 
 
 def evaluate_split(

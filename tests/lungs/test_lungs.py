@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lungphantoms import FAST, SIZE, phantom_build
 from PIL import Image
 from test_cli import covidnet
 
@@ -21,7 +22,7 @@ from covidnet.checkpoint import read_checkpoint
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.lungmasks import MaskSpec
 from covidnet.data.store import open_store
-from covidnet.data.synth import MASKS_DIR, SynthConfig, write_phantom_dataset
+from covidnet.data.synth import MASKS_DIR
 from covidnet.errors import ConfigError, CovidnetError
 from covidnet.lungs.evaluate import evaluate_lungs, predict_lungs
 from covidnet.lungs.fill import open_segmenter
@@ -29,36 +30,6 @@ from covidnet.lungs.infer import LungModel
 from covidnet.lungs.segmenter import OnnxLungModel
 from covidnet.lungs.train import LungsConfig, train_lungs
 from covidnet.metrics.segmentation import box_mask, dice
-
-SIZE = 64
-FAST = dict(arch="lung-unet-tiny", epochs=10, batch_size=4, lr=3e-3, progress=False, device="cpu")
-
-
-def phantom_build(root: Path, n: int, seed: int = 0, masks: bool = True, **kw) -> Path:
-    src = write_phantom_dataset(root / "phantoms", SynthConfig(n=n, seed=seed, size=2 * SIZE), progress=False)
-    build_dataset(
-        BuildConfig(
-            sources=[SourceSpec("cohen", src, "cohen")],
-            out=root / "ds",
-            size=SIZE,
-            val_fraction=0.2,
-            test_fraction=0.2,
-            workers=1,
-            progress=False,
-            lung_masks=[MaskSpec("phantom", src / MASKS_DIR)] if masks else [],
-            **kw,
-        )
-    )
-    return root / "ds"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """48 phantoms at 64 px with their true lungs, and a lung-unet-tiny trained on them for 10 epochs."""
-    root = tmp_path_factory.mktemp("lungs")
-    ds = phantom_build(root, n=48)
-    train_lungs(LungsConfig(data=str(ds), out=str(root / "run"), **FAST))
-    return ds, root / "run" / "best.pt"
 
 
 def test_a_short_cpu_training_beats_a_fixed_box_by_far(trained):

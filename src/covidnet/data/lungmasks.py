@@ -201,16 +201,21 @@ def strict_failure(excluded: list[Exclusion]) -> CovidnetError:
     )
 
 
+def dilate(lung, margin: float):
+    """A lung field (B, 1, S, S) float tensor, 0 or 1 -> the same dilated by ``round(margin * S)`` pixels with
+    a square structuring element (max-pooling): the one dilation of the audit and of lung-field input."""
+    import torch.nn.functional as F
+
+    r = round(margin * lung.shape[-1])
+    return F.max_pool2d(lung, 2 * r + 1, stride=1, padding=r) if r > 0 else lung
+
+
 def lung_field(masks: np.ndarray, margin: float) -> np.ndarray:
     """Stored lung masks (B, S, S) uint8 -> (B, S, S) bool: the lung pixels (and the *ignore* ones, which lie
-    over the lungs) dilated by ``round(margin * S)`` pixels, a square structuring element (max-pooling).
+    over the lungs) dilated by ``round(margin * S)`` pixels (``dilate``).
     What the audit hides and counts as lung: a Grad-CAM map is coarse, and a mask's boundary uncertain by a
     few pixels, so a margin keeps a map that sits on the lung edge from being counted outside."""
     import torch
-    import torch.nn.functional as F
 
     lung = torch.from_numpy(np.ascontiguousarray(masks) >= IGNORE).float()[:, None]
-    r = round(margin * masks.shape[-1])
-    if r > 0:
-        lung = F.max_pool2d(lung, 2 * r + 1, stride=1, padding=r)
-    return lung[:, 0].numpy() > 0
+    return dilate(lung, margin)[:, 0].numpy() > 0

@@ -145,6 +145,14 @@ class Store:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    def build_config(self) -> dict:
+        """The options ``covidnet data build`` was given (``config.json``; empty where it is missing)."""
+        path = self.root / "config.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            raise CovidnetError(f"{path}: not readable JSON; the dataset is damaged") from None
+
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The stored pixels of ``rows`` (B, S, S), read by row (``RowFile``): unlike indexing the memory
         map, this leaves no file pages mapped into the process, so reading a store of any size one batch

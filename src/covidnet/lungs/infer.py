@@ -10,27 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import load_model, read_checkpoint
 from ..contract import Contract, contract_of
 from ..errors import ConfigError
 from ..runtime import memory_format_of, resolve_device, uint8_to_unit
+from .field import lung_logits
 from .segmenter import TASK, Segmenter, batch_size_of
 
 __all__ = ["LungModel", "TASK", "lung_logits", "segment_logits"]
-
-
-def lung_logits(
-    model, unit: torch.Tensor, contract: Contract, memory_format=torch.contiguous_format, any_side: bool = False
-) -> torch.Tensor:
-    """The traceable core (``covidnet export`` writes exactly this graph, with ``any_side``: a dynamic side):
-    stored pixels as floats in [0, 1] (B, 1, H, W) -> lung logits (B, 1, H, W): the contract's model input
-    (resized to the model's side, normalised), the network, and its logits resized back to H x W (bilinear)."""
-    logits = model(contract.model_input(unit, memory_format, any_side)).float()
-    if any_side or logits.shape[-2:] != unit.shape[-2:]:
-        logits = F.interpolate(logits, size=unit.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
 
 
 @torch.no_grad()
