@@ -14,7 +14,7 @@ def _seed_and_threads():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only developers' and CI's checkouts have it)")

@@ -204,12 +204,8 @@ def test_existing_output_is_refused_unless_overwrite(phantom_source, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_build(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    src = SHARED_DATA / "sources"
+def real_build(shared_data, tmp_path_factory):
+    src = shared_data / "sources"
     out = tmp_path_factory.mktemp("real") / "covidx"
     cfg = BuildConfig(
         sources=[SourceSpec(r, src / r, r) for r in ("cohen", "figure1", "nih", "kermany")],
