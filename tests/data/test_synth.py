@@ -82,6 +82,18 @@ def test_draw_is_a_function_of_its_rng():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_contrast_scales_the_drawn_disease_and_nothing_else():
+    """The same draw with the disease at 0.3 of its opacity: the opacity map scaled, the film changed, and
+    the severity measured on what is drawn; an image of no disease does not move."""
+    full, t_full = draw_radiograph(np.random.default_rng(9), SIZE, "COVID-19", severity=0.6)
+    faint, t_faint = draw_radiograph(np.random.default_rng(9), SIZE, "COVID-19", severity=0.6, contrast=0.3)
+    assert np.allclose(t_faint["opacity_map"], 0.3 * t_full["opacity_map"], atol=1e-6)
+    normal, _ = draw_radiograph(np.random.default_rng(9), SIZE, "normal")
+    same, _ = draw_radiograph(np.random.default_rng(9), SIZE, "normal", contrast=0.3)
+    assert np.array_equal(normal, same)
+    assert not np.array_equal(faint, full) and t_faint["opacity"] <= t_full["opacity"]
+
+
 def test_metadata_has_the_cohen_columns_and_hierarchical_findings(marked):
     rows = rows_of(marked)
     assert len(rows) == 24
@@ -305,6 +317,9 @@ def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
         dict(class_mix={"normal": 0.0}),
         dict(ap_fraction=1.5),
         dict(hospitals=0),
+        dict(contrast=0.0),
+        dict(contrast=1.5),
+        dict(severity=(0.8, 0.3)),
     ],
 )
 def test_bad_arguments_are_config_errors(tmp_path, bad):

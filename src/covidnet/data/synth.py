@@ -124,6 +124,8 @@ class SynthConfig:
     seed: int = option(0, "seed")
     size: int = option(256, "image side in pixels")
     images_per_patient: tuple[int, int] = (1, 3)  # inclusive range; the later images are follow-ups
+    severity: tuple[float, float] = (0.3, 0.8)  # a diseased patient's first severity is drawn from this range
+    contrast: float = 1.0  # the disease's opacity map scaled by this: below 1, fainter disease (shortcut studies)
     class_mix: dict[str, float] = field(default_factory=lambda: {c: 1 / 3 for c in CLASSES})
     hospitals: int = 2  # "Phantom Hospital A", "Phantom Hospital B", ...
     ap_fraction: float = 0.25  # share of patients imaged AP (portable) instead of PA
@@ -141,7 +143,12 @@ class SynthConfig:
             (self.seed >= 0, f"seed must be a non-negative integer, not {self.seed}"),
             (self.size >= 64, f"size must be at least 64 px, not {self.size}"),
             (1 <= lo <= hi, f"images_per_patient must be a range (lo, hi) with 1 <= lo <= hi, not {(lo, hi)}"),
+            (
+                0 <= self.severity[0] <= self.severity[1] <= 1,
+                f"severity must be a range (lo, hi) with 0 <= lo <= hi <= 1, not {tuple(self.severity)}",
+            ),
             (self.hospitals >= 1, f"hospitals must be at least 1, not {self.hospitals}"),
+            (0 < self.contrast <= 1, f"contrast must lie in (0, 1], not {self.contrast}"),
             (0.0 <= self.ap_fraction <= 1.0, f"ap_fraction must lie in [0, 1], not {self.ap_fraction}"),
             (
                 self.shortcut is None or self.shortcut in SHORTCUTS,
@@ -547,12 +554,15 @@ def draw_radiograph(
     severity: float | None = None,
     view: str = "PA",
     shortcut: str | None = None,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, dict]:
     """Draw one frontal chest radiograph; return it (uint8, size x size) and what was drawn.
 
     ``anatomy`` is the patient (sampled from ``rng`` when None; pass the same one for follow-ups);
     ``severity`` in [0, 1] scales the disease (drawn from ``rng`` when None; 0 for normal);
-    ``shortcut`` plants "marker" or "offset". The truth dict holds ``label``, ``severity``, ``view``,
+    ``shortcut`` plants "marker" or "offset"; ``contrast`` scales the disease's opacity map (below 1: a
+    fainter disease, its severity scores measured on what is drawn). The truth dict holds ``label``,
+    ``severity``, ``view``,
     ``geographic`` and ``opacity`` (0-8) with their per-lung parts, ``extent`` (fraction of each lung
     involved), ``lobe`` (of a lobar pneumonia: RUL, RML, RLL, LUL or LLL), ``shortcut``, and the
     maps they were measured on: ``lung_right`` / ``lung_left`` (bool, the lung fields the heart does
@@ -573,6 +583,7 @@ def draw_radiograph(
     inspiration = float(rng.normal(0, 0.02))
     body = _draw_anatomy(f, an, inspiration, ap)
     o, lobe = _draw_findings(f, an, label, severity, rng, body)
+    o = o * np.float32(contrast) if contrast != 1 else o
     img = _expose(rng, f, an, _attenuation(f, an, ap, body, o))
     img = _plant_shortcut(img, shortcut)
     return img, _truth(label, severity, ap, shortcut, o, lobe, body["visible"], body["lungs"])
@@ -717,6 +728,7 @@ class _Job:
     shortcut: str | None
     size: int
     path: str
+    contrast: float = 1.0
 
 
 def _quotas(n: int, mix: dict[str, float]) -> dict[str, int]:
@@ -754,7 +766,7 @@ def _plan(config: SynthConfig) -> tuple[list[dict], list[_Job]]:
         # the seed is in the id: phantoms of two seeds are different people, and a build that merges
         # sources takes a non-numeric id for an identity (plain integers are per-source counters)
         pid = f"phantom-s{config.seed}-p{patient:04d}"
-        severity, offset = (float(rng.uniform(0.3, 0.8)) if label != "normal" else 0.0), 0
+        severity, offset = (float(rng.uniform(*config.severity)) if label != "normal" else 0.0), 0
         planted = (
             config.shortcut
             if (hospital == config.shortcut_hospital and config.shortcut_label in (None, label))
@@ -790,7 +802,11 @@ def _plan(config: SynthConfig) -> tuple[list[dict], list[_Job]]:
                     "phantom_hospital": str(hospital),
                 }
             )
-            jobs.append(_Job(config.seed, index, patient, label, severity, view, planted, config.size, filename))
+            jobs.append(
+                _Job(
+                    config.seed, index, patient, label, severity, view, planted, config.size, filename, config.contrast
+                )
+            )
     return rows, jobs
 
 
@@ -829,7 +845,14 @@ def _render(job_and_dir: tuple[_Job, str]) -> dict:
     anatomy = sample_anatomy(np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(0, job.patient))))
     rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(1, job.index)))
     img, truth = draw_radiograph(
-        rng, job.size, job.label, anatomy=anatomy, severity=job.severity, view=job.view, shortcut=job.shortcut
+        rng,
+        job.size,
+        job.label,
+        anatomy=anatomy,
+        severity=job.severity,
+        view=job.view,
+        shortcut=job.shortcut,
+        contrast=job.contrast,
     )
     _save_png(img, Path(folder) / job.path)
     _save_png(np.where(truth["lungs"], 255, 0).astype(np.uint8), Path(folder).parent / MASKS_DIR / job.path)
