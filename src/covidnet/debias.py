@@ -8,8 +8,17 @@ gradient-reversal layer scaled by ``--debias-weight``, so while the adversary le
 hospitals apart, the backbone is pushed to drop what it knows about the hospital beyond the label.
 Conditioning on the class matters: when sources contribute different classes, the label itself
 predicts the source, and an unconditional adversary would push the disease out of the features too.
-Only classes that come from two or more sources in the training split take part. The adversary is used
-in training only; checkpoints hold the classifier alone (and the adversary's state for ``--resume``).
+Only classes that come from two or more sources in the training split take part, and within each such
+class every source weighs the same in the adversary's loss (each image 1 / its class-and-source count):
+COVIDx-like data has most of a class from one source, and an adversary that may simply call that source
+is right on most images while it learns nothing of the others. Its accuracy is logged the same way
+(balanced over each class's sources; chance is 1 / sources). The adversary is used in training only;
+checkpoints hold the classifier alone (and the adversary's state for ``--resume``).
+
+Whether it helps is measured, not assumed (``covidnet study shortcuts``, docs/study.md): on phantoms where
+one hospital's COVID-19 films carry a burnt-in marker, it did not make the model read the disease on that
+hospital's unmarked films, with this adversary or with the two-layer and feature-map adversaries tried
+beside it.
 """
 
 from __future__ import annotations
@@ -63,8 +72,9 @@ class Debiased(nn.Module):
 
 
 def source_targets(sources: list[str], labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Per training image: its source's index, and whether it takes part (its class comes from two or
-    more sources); and the source names. A dataset where no class does is refused in one line."""
+    """Per training image: its source's index, and its weight in the adversary's loss: 1 / the number of
+    training images of its class and source when its class comes from two or more sources, else 0 (it
+    takes no part); and the source names. A dataset where no class does is refused in one line."""
     names = sorted(set(sources))
     index = np.array([names.index(s) for s in sources], dtype=np.int64)
     mixed = [c for c in range(num_classes) if len(set(index[labels == c])) > 1]
@@ -73,12 +83,22 @@ def source_targets(sources: list[str], labels: np.ndarray, num_classes: int) -> 
             "--debias source needs a class that comes from two or more sources in the training split; here each "
             f"class comes from one source ({', '.join(names)}), so there is no source signal to remove beyond the label"
         )
-    return index, np.isin(labels, mixed), names
+    weight = np.zeros(len(labels), dtype=np.float32)
+    for c in mixed:
+        for s in set(index[labels == c].tolist()):
+            group = (labels == c) & (index == s)
+            weight[group] = 1.0 / group.sum()
+    return index, weight, names
 
 
-def adversary_loss(source_logits: torch.Tensor, sources: torch.Tensor, takes_part: torch.Tensor):
-    """Cross-entropy of the source over the images that take part, and how many of them it got right."""
-    if not bool(takes_part.any()):
-        return source_logits.sum() * 0.0, torch.zeros((), device=source_logits.device)
-    logits, target = source_logits[takes_part].float(), sources[takes_part]
-    return F.cross_entropy(logits, target), (logits.argmax(1) == target).sum()
+def adversary_loss(source_logits: torch.Tensor, sources: torch.Tensor, weight: torch.Tensor):
+    """The weighted mean cross-entropy of the source over a batch (``weight`` from ``source_targets``), and
+    the weighted count of right calls and the weights' sum (their ratio over an epoch: the adversary's
+    accuracy, balanced over each class's sources)."""
+    take = weight > 0
+    zero = torch.zeros((), device=source_logits.device)
+    if not bool(take.any()):
+        return source_logits.sum() * 0.0, zero, zero
+    logits, target, w = source_logits[take].float(), sources[take], weight[take]
+    ce = F.cross_entropy(logits, target, reduction="none")
+    return (w * ce).sum() / w.sum(), (w * (logits.argmax(1) == target)).sum(), w.sum()

@@ -515,7 +515,7 @@ class _Run:
     history: list = field(default_factory=list)
     steps_done: int = 0  # optimisation steps taken by this process (for --max-steps)
     sources: torch.Tensor = None  # --debias source: each training image's source index ...
-    takes_part: torch.Tensor = None  # ... and whether its class comes from several sources
+    adv_weight: torch.Tensor = None  # ... and its weight in the adversary's loss (0: its class has one source)
     adversary: torch.nn.Module = None
     adv_shape: tuple = ()  # (classes, sources) of the adversary to make
     adv: dict = field(default_factory=dict)  # the adversary's correct and counted images this epoch
@@ -560,12 +560,8 @@ class _Run:
         }
 
 
-def _stage_data(r: _Run) -> None:
-    """The rows the task can use, their targets, and their stored pixels once on the device (or pinned host
-    memory when they do not fit); the preprocessing contract from the store, with the model's half."""
-    cfg = r.cfg
-    store = open_store(cfg.data)
-    r.task = task = cfg.make_task()
+def _data_rows(cfg: TrainConfig, store, task: Task, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The train and val rows ``task`` can use; one line when there are none or the batch does not fit."""
     train_rows, val_rows = task.rows(store, "train"), task.rows(store, "val")
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ConfigError(
@@ -574,8 +570,32 @@ def _stage_data(r: _Run) -> None:
         )
     if cfg.batch_size > len(train_rows):
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_rows)} images)")
-    if cfg.batch_size < r.dist.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({r.dist.world})")
+    if cfg.batch_size < world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({world})")
+    return train_rows, val_rows
+
+
+def check_training(cfg: TrainConfig, store=None) -> None:
+    """Everything ``train(cfg)`` refuses before it reads a pixel, without reading one: the settings, the
+    dataset's splits, the lung segmenter of ``--lungs``, the sources of ``--debias source``. What runs many
+    trainings (``covidnet study``) checks them all with this before the first starts."""
+    _check(cfg)
+    store = store if store is not None else open_store(cfg.data)
+    task = cfg.make_task()
+    train_rows, _ = _data_rows(cfg, store, task)
+    if cfg.lungs != "none":
+        _lung_model(cfg, store)
+    if cfg.debias == "source":
+        source_targets(store.sources(train_rows), task.targets(store, train_rows), len(task.outputs))
+
+
+def _stage_data(r: _Run) -> None:
+    """The rows the task can use, their targets, and their stored pixels once on the device (or pinned host
+    memory when they do not fit); the preprocessing contract from the store, with the model's half."""
+    cfg = r.cfg
+    store = open_store(cfg.data)
+    r.task = task = cfg.make_task()
+    train_rows, val_rows = _data_rows(cfg, store, task, r.dist.world)
     r.path = check_run(cfg)
     r.y_train, y_val = task.targets(store, train_rows), task.targets(store, val_rows)
     r.covid_class, r.covid_percent = task.rebalance(cfg.covid_percent)  # COVID-19 rebalancing: classification
@@ -588,8 +608,8 @@ def _stage_data(r: _Run) -> None:
     )
     r.lung_ckpt = _lung_model(cfg, store) if cfg.lungs != "none" else None
     if cfg.debias == "source":
-        index, part, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
-        r.sources, r.takes_part = torch.from_numpy(index).to(r.device), torch.from_numpy(part).to(r.device)
+        index, weight, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
+        r.sources, r.adv_weight = torch.from_numpy(index).to(r.device), torch.from_numpy(weight).to(r.device)
         r.adv_shape = (len(task.outputs), len(names))  # the adversary is made with the model, in _build
     r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb), r.contract.standardise)
     if r.pixels.streamed and r.dist.main and cfg.progress:
@@ -754,10 +774,10 @@ def _step(r: _Run, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> tuple
     loss = r.task.loss(logits.float(), y)
     total = loss
     if r.adversary is not None:  # the reversal inside Debiased turns this into the backbone's penalty
-        adv_loss, adv_correct = adversary_loss(out[1], r.sources[pos], r.takes_part[pos])
+        adv_loss, adv_correct, adv_n = adversary_loss(out[1], r.sources[pos], r.adv_weight[pos])
         total = loss + adv_loss
         r.adv["correct"] = r.adv.get("correct", 0) + adv_correct
-        r.adv["n"] = r.adv.get("n", 0) + r.takes_part[pos].sum()
+        r.adv["n"] = r.adv.get("n", 0) + adv_n
     r.opt.zero_grad(set_to_none=True)
     total.backward()
     r.opt.step()
@@ -785,7 +805,7 @@ def _end_epoch(r: _Run, epoch: int, a: dict, seen: np.ndarray, log: RunLog) -> N
     }
     if r.adversary is not None:  # how well the adversary still tells the sources apart within a class
         adv_correct, adv_n = dist.all_sum([float(r.adv.get("correct", 0)), float(r.adv.get("n", 0))], r.device)
-        row["train_adversary_acc"] = adv_correct / max(adv_n, 1)
+        row["train_adversary_acc"] = adv_correct / adv_n if adv_n > 0 else float("nan")
         shown += f" | adversary acc {row['train_adversary_acc']:.3f}"
         r.adv = {}
     mix, mix_text = task.batch_mix(r.y_train[seen])

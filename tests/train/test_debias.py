@@ -26,19 +26,32 @@ def test_each_image_is_judged_by_its_own_class_head():
         adv.heads.bias.copy_(torch.tensor([1.0, 0, 0, 2.0, 5.0, 5.0]))  # class 0 says source 0, class 1 source 1
     out = adv(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
     assert out.argmax(1).tolist()[:2] == [0, 1] and torch.equal(out[2], torch.tensor([5.0, 5.0]))
-    loss, correct = adversary_loss(out, torch.tensor([0, 1, 0]), torch.tensor([True, True, False]))
-    assert int(correct) == 2 and float(loss.detach()) < 0.7
+    loss, correct, n = adversary_loss(out, torch.tensor([0, 1, 0]), torch.tensor([0.5, 0.5, 0.0]))
+    assert float(correct) == 1.0 and float(n) == 1.0 and float(loss.detach()) < 0.7
 
 
-def test_only_classes_from_several_sources_take_part_and_none_is_one_clear_error():
+def test_only_classes_from_several_sources_take_part_each_source_weighing_the_same():
     labels = np.array([0, 0, 2, 2, 2])
-    index, part, names = source_targets(["nih", "cohen", "cohen", "cohen", "figure1"], labels, 3)
+    index, weight, names = source_targets(["nih", "cohen", "cohen", "cohen", "figure1"], labels, 3)
     assert names == ["cohen", "figure1", "nih"] and index.tolist() == [2, 0, 0, 0, 1]
-    assert part.tolist() == [True, True, True, True, True]
-    _, part, _ = source_targets(["nih", "cohen", "cohen", "cohen", "cohen"], labels, 3)
-    assert part.tolist() == [True, True, False, False, False]  # COVID-19 comes from cohen alone here
+    assert weight.tolist() == pytest.approx([1, 1, 0.5, 0.5, 1])  # COVID-19: cohen's two images weigh one
+    _, weight, _ = source_targets(["nih", "cohen", "cohen", "cohen", "cohen"], labels, 3)
+    assert weight.tolist() == [1, 1, 0, 0, 0]  # COVID-19 comes from cohen alone here: it takes no part
     with pytest.raises(ConfigError, match="--debias source needs a class that comes from two or more sources"):
         source_targets(["nih", "nih", "cohen", "cohen", "cohen"], labels, 3)
+
+
+def test_a_rare_source_counts_as_much_as_a_common_one_in_the_adversarys_loss():
+    """Nine images of one source and one of another, in one class: the adversary that calls every image
+    the common source is right on 90 % of the images but on half of the sources, and its loss is that of
+    chance on the rare one weighed as much as the nine together."""
+    labels = np.zeros(10, dtype=np.int64)
+    index, weight, _ = source_targets(["a"] * 9 + ["b"], labels, 1)
+    logits = torch.tensor([[4.0, 0.0]] * 10)  # always "a"
+    loss, correct, n = adversary_loss(logits, torch.from_numpy(index), torch.from_numpy(weight))
+    assert float(correct / n) == pytest.approx(0.5)
+    ce = torch.nn.functional.cross_entropy(logits[:2], torch.tensor([0, 1]), reduction="none")
+    assert float(loss) == pytest.approx(float(ce.mean()))
 
 
 @pytest.mark.slow
