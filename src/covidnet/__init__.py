@@ -54,6 +54,8 @@ _API = {
     "evaluate_lungs": "covidnet.lungs.evaluate",
     "predict_lungs": "covidnet.lungs.evaluate",
     "LungModel": "covidnet.lungs.infer",
+    "run_study": "covidnet.study",
+    "StudyConfig": "covidnet.study",
 }
 
 

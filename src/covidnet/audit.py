@@ -539,13 +539,6 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     the checkpoint's own recipe, ``epochs`` epochs) and compare the held-out source (external) with the
     other sources' test split (internal). A derived dataset shares the store's images (a link) and only
     rewrites its index."""
-    import dataclasses
-
-    from sklearn.metrics import balanced_accuracy_score
-
-    from .evaluate import predict_store
-    from .train import TrainConfig, train
-
     base = {
         "test": "leave-one-source-out",
         "epochs": epochs,
@@ -560,40 +553,8 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
     held = sorted(s for s, labs in by_source.items() if len(labs) > 1)
     if len(by_source) < 2 or not held:
         return {**base, "verdict": "skipped", "reason": "needs two sources, one of them with more than one class"}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for s in held:
-            ds = Path(tmp) / f"without-{s}"
-            store.derive(ds, ["external" if r["source"] == s else r["split"] for r in store.index])
-            others = [r for r in store.index if r["source"] != s]
-            if not any(r["split"] == "train" for r in others) or not any(r["split"] == "val" for r in others):
-                results[s] = {"skipped": "the other sources have no train or val images"}
-                continue
-            cfg = {k: v for k, v in checkpoint_meta["train_config"].items() if k in fields}
-            cfg.update(
-                data=str(ds),
-                out=str(Path(tmp) / f"run-{s}"),
-                epochs=epochs,
-                resume=False,
-                progress=False,
-                init="random",
-                seed=seed,
-                device=device,
-            )
-            train(TrainConfig(**cfg))
-            lm = LoadedModel.open(Path(tmp) / f"run-{s}" / "best.pt", device, tasks=("classification",))
-            scores = {}
-            for split in ("test", "external"):
-                if not any(r["split"] == split for r in open_store(ds).index):
-                    continue
-                p = predict_store(lm, str(ds), split)
-                scores[split] = float(balanced_accuracy_score(p.y, p.out.argmax(1)))
-            results[s] = {
-                "internal_balanced_accuracy": scores.get("test"),
-                "external_balanced_accuracy": scores["external"],
-                "n_external": sum(r["source"] == s for r in store.index),
-            }
+        results = {s: _without_source(store, s, checkpoint_meta, Path(tmp), epochs, device, seed) for s in held}
     drops = [
         r["internal_balanced_accuracy"] - r["external_balanced_accuracy"]
         for r in results.values()
@@ -613,6 +574,51 @@ def leave_one_source_out(checkpoint_meta: dict, data: str, epochs: int, device: 
         )
         if drops
         else "no internal test split",
+    }
+
+
+def _without_source(store, held: str, checkpoint_meta: dict, tmp: Path, epochs: int, device: str, seed: int) -> dict:
+    """One held-out source: retrain on the others (in ``tmp``) and score the held-out source (external) and
+    the others' test split (internal) by balanced accuracy; a reason where that cannot be done."""
+    import dataclasses
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from .evaluate import predict_store
+    from .train import TrainConfig, train
+
+    ds = tmp / f"without-{held}"
+    store.derive(ds, ["external" if r["source"] == held else r["split"] for r in store.index])
+    others = [r for r in store.index if r["source"] != held]
+    if not any(r["split"] == "train" for r in others) or not any(r["split"] == "val" for r in others):
+        return {"skipped": "the other sources have no train or val images"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = {k: v for k, v in checkpoint_meta["train_config"].items() if k in fields}
+    cfg.update(
+        data=str(ds),
+        out=str(tmp / f"run-{held}"),
+        epochs=epochs,
+        resume=False,
+        progress=False,
+        init="random",
+        seed=seed,
+        device=device,
+    )
+    try:
+        train(TrainConfig(**cfg))
+    except ConfigError as e:  # e.g. --debias source with no class left in two sources
+        return {"skipped": f"the checkpoint's recipe cannot train without {held}: {e}"}
+    lm = LoadedModel.open(tmp / f"run-{held}" / "best.pt", device, tasks=("classification",))
+    scores = {}
+    for split in ("test", "external"):
+        if not any(r["split"] == split for r in open_store(ds).index):
+            continue
+        p = predict_store(lm, str(ds), split)
+        scores[split] = float(balanced_accuracy_score(p.y, p.out.argmax(1)))
+    return {
+        "internal_balanced_accuracy": scores.get("test"),
+        "external_balanced_accuracy": scores["external"],
+        "n_external": sum(r["source"] == held for r in store.index),
     }
 
 

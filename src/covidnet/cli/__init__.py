@@ -27,6 +27,7 @@ COMMANDS = (
     "calibrate",
     "audit",
     "lungs",
+    "study",
     "demo",
     "data",
 )
