@@ -16,7 +16,7 @@ from test_cli import covidnet
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError
-from covidnet.study import AUDIT_FILE, PREDICTIONS_FILE, VARIANTS, StudyConfig, plan, summarize
+from covidnet.study import AUDIT_FILE, PREDICTIONS_FILE, VARIANTS, StudyConfig, plan, summarize, summary_rows
 
 
 def hospitals_dataset(root: Path, mixes: dict[str, dict], n: int, seed: int) -> Path:
@@ -131,7 +131,13 @@ def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources)
         "within_source": {"verdict": "ok"},
         "occlusion": {"verdict": "fail", "auc": {"none": 0.9, "lungs": 0.6 + seed / 10, "border": 0.5}},
         "attention_inside_lungs": {"verdict": "skipped"},
-        "leave_one_source_out": {"verdict": "skipped"},
+        "leave_one_source_out": {
+            "verdict": "warning",
+            "per_source": {
+                "s1": {"internal_balanced_accuracy": 0.8, "external_balanced_accuracy": 0.6 + seed / 10},
+                "s2": {"skipped": "the other sources have no train or val images"},
+            },
+        },
     }
     (run / AUDIT_FILE).write_text(json.dumps({"tests": tests}))
     return {"variant": variant, "seed": seed, "run": str(run), "classes": ["normal", "pneumonia", "COVID-19"]}
@@ -186,6 +192,12 @@ def test_the_summary_is_the_seed_mean_of_scikit_learns_aucs_with_a_paired_differ
     occ = s["variants"]["lungs-mask"]["audit"]["occlusion_auc_lungs"]
     assert occ["mean"] == pytest.approx(0.65) and occ["seeds"] == [0.6, 0.7]
     assert s["variants"]["baseline"]["audit"]["verdicts"]["occlusion"] == ["fail", "fail"]
+    loso = s["variants"]["baseline"]["audit"]
+    assert loso["loso_external_balanced_accuracy"]["s1"]["mean"] == pytest.approx(0.65)
+    assert loso["loso_drop"]["s1"]["seeds"] == pytest.approx([0.2, 0.1])
+    assert loso["loso_drop"]["s2"]["mean"] is None  # held out of no retraining: no figure, not a zero
+    header, rows = summary_rows(s)
+    assert header[-1].startswith("held-out source") and "s1 0.650" in rows[0][-1] and "drop 0.150" in rows[0][-1]
 
 
 def test_every_variant_has_a_description_and_train_settings_that_exist():

@@ -453,7 +453,14 @@ def _audit_summary(audits: list[dict]) -> dict:
         out["loso_external_balanced_accuracy"] = {
             s: _spread([a["loso"].get(s, {}).get("external_balanced_accuracy") for a in audits]) for s in held
         }
+        out["loso_drop"] = {s: _spread([_drop(a["loso"].get(s, {})) for a in audits]) for s in held}
     return out
+
+
+def _drop(r: dict) -> float | None:
+    """Balanced accuracy on the other sources' test split minus on the source held out."""
+    inside, outside = r.get("internal_balanced_accuracy"), r.get("external_balanced_accuracy")
+    return None if inside is None or outside is None else inside - outside
 
 
 def _spread(values: list) -> dict:
@@ -559,7 +566,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     ]
     loso = any("loso_external_balanced_accuracy" in v["audit"] for v in summary["variants"].values())
     if loso:
-        header.append("held-out source balanced accuracy")
+        header.append("held-out source: balanced accuracy (drop from the others' test split)")
     rows = []
     for n, v in summary["variants"].items():
         f, a = v["figures"], v["audit"]
@@ -579,8 +586,10 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             verdicts,
         ]
         if loso:
-            ext = a.get("loso_external_balanced_accuracy") or {}
-            row.append("; ".join(f"{s} {_spread_cell(x)}" for s, x in ext.items()) or "—")
+            ext, drop = a.get("loso_external_balanced_accuracy") or {}, a.get("loso_drop") or {}
+            row.append(
+                "; ".join(f"{s} {_spread_cell(x)} (drop {_spread_cell(drop.get(s))})" for s, x in ext.items()) or "—"
+            )
         rows.append(row)
     return header, rows
 
@@ -616,7 +625,7 @@ def plot_study(summary: dict):
 
     names = list(summary["variants"])
     x = np.arange(len(names))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4.2), dpi=110)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(names) + 4), 4.4), dpi=110)
     for key, color, shift, label in (
         ("within.macro", "#1f77b4", -0.12, "all pairs"),
         ("within.covid", "#d62728", 0.12, "pairs with " + summary["classes"][-1]),
@@ -641,7 +650,8 @@ def plot_study(summary: dict):
         if base == base and base is not None:
             ax1.axhline(base, color=color, ls=":", lw=1)
     ax1.axhline(0.5, color="grey", ls="--", lw=1)
-    ax1.set_title("Within-source pairwise AUC (mean over seeds, 95 % CI)")
+    ax1.set_title("Within-source pairwise AUC\n(mean over seeds, 95 % CI; dots: seeds)", fontsize=10)
+    ax1.set_ylabel("AUC")
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower right", fontsize=8)
     for i, n in enumerate(names):
@@ -653,10 +663,11 @@ def plot_study(summary: dict):
     ax2.axhline(0.5, color="grey", ls="--", lw=1)
     ax2.axhspan(0.5 + OCCLUSION_FAIL, 1.0, color="#d62728", alpha=0.08, lw=0)
     ax2.axhspan(0.5 + OCCLUSION_WARN, 0.5 + OCCLUSION_FAIL, color="#ff7f0e", alpha=0.08, lw=0)
-    ax2.set_title("Audit: macro AUC with the lungs hidden (lower is better)")
+    ax2.set_title("Audit: macro AUC with the lungs hidden\n(dots: seeds; shaded: warning, fail)", fontsize=10)
     ax2.set_ylim(0.3, 1.02)
     for ax in (ax1, ax2):
         ax.set_xticks(x, names, rotation=20)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
