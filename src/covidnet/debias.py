@@ -18,7 +18,10 @@ checkpoints hold the classifier alone (and the adversary's state for ``--resume`
 Whether it helps is measured, not assumed (``covidnet study shortcuts``, docs/study.md): on phantoms where
 one hospital's COVID-19 films carry a burnt-in marker, it did not make the model read the disease on that
 hospital's unmarked films, with this adversary or with the two-layer and feature-map adversaries tried
-beside it.
+beside it; nor on the real development data. Where the other hospital's films of the class are few, the
+adversary sees them too rarely to learn (its balanced accuracy stays at chance); drawn as often as the
+marked ones (``--balance-sources``) it tells the hospitals apart, and the reversal still does not remove
+the marker.
 """
 
 from __future__ import annotations

@@ -106,6 +106,11 @@ class TrainConfig:
         choices=("none", "source"),
     )
     debias_weight: float = option(0.1, "--debias source: the gradient-reversal weight")
+    balance_sources: bool = option(
+        False,
+        "draw each class's images so that every source of the class is drawn equally often (with replacement); "
+        "the class mix is unchanged",
+    )
     aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
     aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
     aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
@@ -210,19 +215,41 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
 
 
 def epoch_batches(
-    labels: np.ndarray, epoch: int, seed: int, batch_size: int, covid_class: int | None, covid_percent: float
+    labels: np.ndarray,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    covid_class: int | None,
+    covid_percent: float,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The global batches of one epoch, as positions into ``labels`` (the training rows).
 
     Without rebalancing: a permutation cut into batches, so every image is seen exactly once per
     epoch; the remainder is spread over the batches rather than dropped or padded. With rebalancing:
     every non-COVID-19 image once, and ``round(covid_percent * batch_size)`` COVID-19 images per batch
-    drawn from a cycling permutation of the COVID-19 images (oversampled, as in the reference)."""
+    drawn from a cycling permutation of the COVID-19 images (oversampled, as in the reference).
+
+    With ``groups`` (each image's source, ``--balance-sources``): as many images of each class as above,
+    drawn with replacement so that within a class every source is drawn equally often."""
     rng = np.random.default_rng([seed, epoch, 0xBA7C4])
     n = len(labels)
+
+    def draw(pos: np.ndarray, size: int) -> np.ndarray:
+        if groups is None:  # each image once per pass, passes cycled
+            return np.concatenate([rng.permutation(pos) for _ in range(math.ceil(size / len(pos)))])[:size]
+        _, inverse, counts = np.unique(groups[pos], return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inverse]
+        return rng.choice(pos, size=size, replace=True, p=w / w.sum())
+
+    def each_class(pos: np.ndarray) -> np.ndarray:
+        if groups is None:
+            return rng.permutation(pos)
+        drawn = [draw(pos[labels[pos] == c], int((labels[pos] == c).sum())) for c in np.unique(labels[pos])]
+        return rng.permutation(np.concatenate(drawn))
+
     if not covid_percent or covid_class is None:
-        order = rng.permutation(n)
-        return np.array_split(order, max(1, n // batch_size))
+        return np.array_split(each_class(np.arange(n)), max(1, n // batch_size))
     covid = np.flatnonzero(labels == covid_class)
     other = np.flatnonzero(labels != covid_class)
     k = max(1, round(covid_percent * batch_size))
@@ -230,11 +257,22 @@ def epoch_batches(
         raise ConfigError(
             "--covid-percent needs COVID-19 and other images in the training split; pass --covid-percent 0"
         )
-    other = rng.permutation(other)
+    other = each_class(other)
     chunks = np.array_split(other, max(1, len(other) // (batch_size - k)))
-    need = k * len(chunks)
-    cycle = np.concatenate([rng.permutation(covid) for _ in range(math.ceil(need / len(covid)))])[:need]
+    cycle = draw(covid, k * len(chunks))
     return [np.concatenate([c, cycle[i * k : (i + 1) * k]]) for i, c in enumerate(chunks)]
+
+
+def source_groups(sources: list[str], labels: np.ndarray) -> np.ndarray:
+    """``--balance-sources``: each training image's source as a number; refused in one line where no class
+    comes from two sources (there would be nothing to balance)."""
+    names, index = np.unique(np.asarray(sources), return_inverse=True)
+    if not any(len(np.unique(index[labels == c])) > 1 for c in np.unique(labels)):
+        raise ConfigError(
+            "--balance-sources needs a class that comes from two or more sources in the training split; here each "
+            f"class comes from one source ({', '.join(names)})"
+        )
+    return index
 
 
 def shard(batch: np.ndarray, dist: Dist) -> np.ndarray:
@@ -518,6 +556,7 @@ class _Run:
     adv_weight: torch.Tensor = None  # ... and its weight in the adversary's loss (0: its class has one source)
     adversary: torch.nn.Module = None
     adv_shape: tuple = ()  # (classes, sources) of the adversary to make
+    source_groups: np.ndarray = None  # --balance-sources: each training image's source
     adv: dict = field(default_factory=dict)  # the adversary's correct and counted images this epoch
     lung_ckpt: dict | None = None  # --lungs crop|mask: the segmenter's checkpoint, read once
     lung_meta: dict | None = None  # ... and what the classifier's checkpoint records of it
@@ -577,7 +616,8 @@ def _data_rows(cfg: TrainConfig, store, task: Task, world: int = 1) -> tuple[np.
 
 def check_training(cfg: TrainConfig, store=None) -> None:
     """Everything ``train(cfg)`` refuses before it reads a pixel, without reading one: the settings, the
-    dataset's splits, the lung segmenter of ``--lungs``, the sources of ``--debias source``. What runs many
+    dataset's splits, the lung segmenter of ``--lungs``, the sources of ``--debias source`` and
+    ``--balance-sources``. What runs many
     trainings (``covidnet study``) checks them all with this before the first starts."""
     _check(cfg)
     store = store if store is not None else open_store(cfg.data)
@@ -587,6 +627,8 @@ def check_training(cfg: TrainConfig, store=None) -> None:
         _lung_model(cfg, store)
     if cfg.debias == "source":
         source_targets(store.sources(train_rows), task.targets(store, train_rows), len(task.outputs))
+    if cfg.balance_sources:
+        source_groups(store.sources(train_rows), task.targets(store, train_rows))
 
 
 def _stage_data(r: _Run) -> None:
@@ -611,6 +653,8 @@ def _stage_data(r: _Run) -> None:
         index, weight, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
         r.sources, r.adv_weight = torch.from_numpy(index).to(r.device), torch.from_numpy(weight).to(r.device)
         r.adv_shape = (len(task.outputs), len(names))  # the adversary is made with the model, in _build
+    if cfg.balance_sources:
+        r.source_groups = source_groups(store.sources(train_rows), r.y_train)
     r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb), r.contract.standardise)
     if r.pixels.streamed and r.dist.main and cfg.progress:
         print(
@@ -711,7 +755,7 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     """One epoch's steps (from the saved step when resuming); a stop request writes a resumable
     checkpoint and raises ``TrainingInterrupted``. Returns the epoch's accumulators and the images seen."""
     cfg, dist, device = r.cfg, r.dist, r.device
-    batches = epoch_batches(r.y_train, epoch, cfg.seed, cfg.batch_size, r.covid_class, r.covid_percent)
+    batches = epoch_batches(r.y_train, epoch, cfg.seed, cfg.batch_size, r.covid_class, r.covid_percent, r.source_groups)
     first = r.start_step if epoch == r.start_epoch else 0
     a = (
         r.accumulators

@@ -84,12 +84,14 @@ def test_debiased_training_logs_the_adversary_and_keeps_the_classifier_alone(tmp
             progress=False,
             debias="source",
             debias_weight=0.3,
+            balance_sources=True,  # with it, the adversary sees both sites of a class equally often
         )
     )
     log = (out / "log.csv").read_text().splitlines()
     assert "train_adversary_acc" in log[0] and len(log) == 3
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["train_config"]["debias"] == "source" and "adversary" in ckpt
+    assert ckpt["train_config"]["balance_sources"] is True
     assert not any(k.startswith("adversary") for k in ckpt["model"])  # eval, predict and export see a classifier
 
 
