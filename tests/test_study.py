@@ -1,6 +1,7 @@
 """``covidnet study shortcuts``: every refusal before any training, the summary's arithmetic against
 scikit-learn on predictions written by hand, and (slow) a whole study on phantoms, stopped and resumed."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,7 +17,17 @@ from test_cli import covidnet
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError
-from covidnet.study import AUDIT_FILE, PREDICTIONS_FILE, VARIANTS, StudyConfig, plan, summarize, summary_rows
+from covidnet.study import (
+    AUDIT_FILE,
+    PREDICTIONS_FILE,
+    STUDY_FILE,
+    VARIANTS,
+    StudyConfig,
+    _check_folder,
+    plan,
+    summarize,
+    summary_rows,
+)
 
 
 def hospitals_dataset(root: Path, mixes: dict[str, dict], n: int, seed: int) -> Path:
@@ -120,6 +131,16 @@ def test_the_plan_is_every_variant_by_every_seed_with_its_own_settings(two_sourc
     assert runs[4][2].aug_gamma > 0 and runs[0][2].aug_gamma == 0
     with pytest.raises(ConfigError, match="must include baseline"):
         plan(StudyConfig(data=str(two_sources), out=str(tmp_path / "s"), variants="clahe"))
+
+
+def test_resuming_may_add_variants_and_seeds_but_not_change_a_run(tmp_path):
+    was = StudyConfig(data="ds", out=str(tmp_path), variants="baseline,clahe", seeds=2, epochs=3)
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"config": was.to_dict()}))
+    _check_folder(dataclasses.replace(was, variants="baseline,clahe,balance", seeds=3, resamples=10, resume=True))
+    with pytest.raises(ConfigError, match="--epochs was 3 in this study, not 4"):
+        _check_folder(dataclasses.replace(was, epochs=4, resume=True))
+    with pytest.raises(ConfigError, match="holds a study already"):
+        _check_folder(was)
 
 
 def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources) -> dict:
@@ -274,7 +295,9 @@ def test_a_marker_reader_loses_hospital_a_and_the_lung_mask_gives_it_back_throug
     the baseline calls A's marked COVID-19 films and few of its unmarked ones: within hospital A, on unmarked
     test films, its normal-vs-COVID-19 AUC falls (measured 0.79 and 0.81 for seeds 0 and 1); with
     ``--lungs mask`` the marker is hidden in training and the model reads the disease (0.97 and 0.94). The
-    paired difference's interval excludes 0 and every seed of the one is below every seed of the other."""
+    paired difference's interval excludes 0 and every seed of the one is below every seed of the other. With
+    ``balance`` (each class's hospitals drawn equally often) the model calls many more of A's unmarked
+    COVID-19 films."""
     ds, seg = marked_hospitals(tmp_path)
     out = tmp_path / "study"
     args = [
@@ -285,7 +308,7 @@ def test_a_marker_reader_loses_hospital_a_and_the_lung_mask_gives_it_back_throug
         "--out",
         str(out),
         "--variants",
-        "baseline,lungs-mask",
+        "baseline,lungs-mask,balance",
         "--seeds",
         "2",
         "--epochs",
@@ -318,7 +341,7 @@ def test_a_marker_reader_loses_hospital_a_and_the_lung_mask_gives_it_back_throug
     assert r.returncode == 0, r.stderr
     assert first.stat().st_mtime_ns == done  # the finished run was not redone
     s = json.loads((out / "study.json").read_text())
-    assert s["state"] == "complete" and len(s["runs"]) == 4
+    assert s["state"] == "complete" and len(s["runs"]) == 6
     v = s["summary"]["variants"]
     pair = "within:hosp-a-clean:normal vs COVID-19"
     base, masked = v["baseline"]["figures"][pair], v["lungs-mask"]["figures"][pair]
@@ -326,6 +349,10 @@ def test_a_marker_reader_loses_hospital_a_and_the_lung_mask_gives_it_back_throug
     assert masked["difference_from_baseline"]["ci95"][0] > 0.05
     assert v["baseline"]["figures"]["COVID-19.sensitivity"]["value"] < 0.35
     assert v["lungs-mask"]["figures"]["COVID-19.sensitivity"]["value"] > 0.6
+    # source-balanced sampling: A's unmarked COVID-19 films called far more often (seeds 0-3: 0.37-0.52 against
+    # the baseline's 0.03-0.07); its AUC gain (+0.13, +0.06, +0.01, -0.01) is not one a seed cannot flip
+    balanced, plain = v["balance"]["figures"]["COVID-19.sensitivity"], v["baseline"]["figures"]["COVID-19.sensitivity"]
+    assert min(balanced["seeds"]) > 0.25 > 0.15 > max(plain["seeds"])
     assert any(f.startswith("lungs-mask: within hosp-a-clean") and "excludes" in f for f in s["summary"]["findings"])
     assert "lungs-mask" in (out / "table.md").read_text() and (out / "study.png").stat().st_size > 10_000
     page = (out / "index.html").read_text()

@@ -77,13 +77,18 @@ VARIANTS = {
             {"debias": "source"},
         ),
         Variant(
+            "balance",
+            "--balance-sources: each class's sources drawn equally often in training",
+            {"balance_sources": True},
+        ),
+        Variant(
             "acquisition",
             "acquisition augmentation: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in ACQUISITION.items()),
             dict(ACQUISITION),
         ),
     )
 }
-DEFAULT_VARIANTS = "baseline,lungs-mask,clahe,debias,acquisition"
+DEFAULT_VARIANTS = "baseline,lungs-mask,clahe,debias,balance,acquisition"
 # what each variant sets, and what the study sets for every run: not for --train-option
 STUDY_SETS = (
     "data",
@@ -138,7 +143,9 @@ class StudyConfig:
         return [v.strip() for v in self.variants.split(",") if v.strip()]
 
 
-RESUME_MAY_CHANGE = ("resume", "progress", "device", "out")
+# --resume may name other variants or seeds (their runs are added, the ones done kept) or resamples: a run's
+# result depends on none of them
+RESUME_MAY_CHANGE = ("resume", "progress", "device", "out", "variants", "seeds", "resamples")
 
 
 # --- the plan: every run's TrainConfig, checked before any training ------------------------------------------
@@ -561,7 +568,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         "within-source AUC",
         "vs baseline",
         f"within-source {positive} AUC",
-        "occlusion AUC, lungs hidden",
+        "occlusion AUC: lungs hidden / border only",
         "audit: within / occlusion / attention",
     ]
     loso = any("loso_external_balanced_accuracy" in v["audit"] for v in summary["variants"].values())
@@ -582,7 +589,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             _cell(f["within.macro"]),
             _signed_ci(f["within.macro"]["difference_from_baseline"]) if n != "baseline" else "",
             _cell(f["within.covid"]),
-            _spread_cell(a.get("occlusion_auc_lungs")),
+            f"{_spread_cell(a.get('occlusion_auc_lungs'))} / {_spread_cell(a.get('occlusion_auc_border'))}",
             verdicts,
         ]
         if loso:
@@ -614,8 +621,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_study(summary: dict):
-    """Within-source AUC (seed mean with its interval, each seed a dot) and the occlusion AUC with the lungs
-    hidden (each seed a dot), per variant, beside chance and the baseline."""
+    """Within-source AUC (seed mean with its interval, each seed a dot) and the occlusion AUCs with the lungs
+    hidden and with only the border kept (each seed a mark), per variant, beside chance and the baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -654,16 +661,29 @@ def plot_study(summary: dict):
     ax1.set_ylabel("AUC")
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower right", fontsize=8)
-    for i, n in enumerate(names):
-        occ = summary["variants"][n]["audit"].get("occlusion_auc_lungs")
-        if occ:
-            vals = [v for v in occ["seeds"] if v is not None]
-            ax2.scatter(np.full(len(vals), i), vals, color="#2ca02c", s=18)
-            ax2.plot([i - 0.2, i + 0.2], [occ["mean"]] * 2, color="#2ca02c", lw=2)
+    for mode, marker, shift, label in (("lungs", "o", -0.1, "lungs hidden"), ("border", "^", 0.1, "border only")):
+        for i, n in enumerate(names):
+            occ = summary["variants"][n]["audit"].get(f"occlusion_auc_{mode}")
+            if occ:
+                vals = [v for v in occ["seeds"] if v is not None]
+                ax2.scatter(
+                    np.full(len(vals), i + shift),
+                    vals,
+                    color="#2ca02c",
+                    marker=marker,
+                    s=18,
+                    label=label if i == 0 else None,
+                )
+                ax2.plot([i + shift - 0.1, i + shift + 0.1], [occ["mean"]] * 2, color="#2ca02c", lw=2)
     ax2.axhline(0.5, color="grey", ls="--", lw=1)
     ax2.axhspan(0.5 + OCCLUSION_FAIL, 1.0, color="#d62728", alpha=0.08, lw=0)
     ax2.axhspan(0.5 + OCCLUSION_WARN, 0.5 + OCCLUSION_FAIL, color="#ff7f0e", alpha=0.08, lw=0)
-    ax2.set_title("Audit: macro AUC with the lungs hidden\n(dots: seeds; shaded: warning, fail)", fontsize=10)
+    ax2.set_title(
+        "Audit, occlusion: macro AUC with the lungs hidden or only the border\n"
+        "(marks: seeds; the higher decides; shaded: warning, fail)",
+        fontsize=10,
+    )
+    ax2.legend(loc="lower right", fontsize=8)
     ax2.set_ylim(0.3, 1.02)
     for ax in (ax1, ax2):
         ax.set_xticks(x, names, rotation=20)
@@ -717,7 +737,8 @@ def write_outputs(cfg: StudyConfig, out: dict) -> None:
                 "study.png",
                 plot_study(s),
                 "Left: within-source pairwise AUC, the figure a source shortcut cannot inflate (dotted: the baseline; "
-                "dashed: chance). Right: the audit's macro AUC with the lungs hidden; shaded: warning and fail.",
+                "dashed: chance). Right: the audit's macro AUC with the lungs hidden and with only the border kept; "
+                "the higher of the two decides the occlusion verdict; shaded: warning and fail.",
                 "study-plot",
             )
         ],

@@ -18,7 +18,8 @@ def register(sub, flags: bool = True) -> None:
         "shortcuts",
         help="train the baseline and each shortcut mitigation with the same seeds; compare within-source AUC and audit",
         description="Train the baseline and each mitigation (lung-field input, intensity standardisation, "
-        "source-adversarial training, acquisition augmentation) on the same split with the same seeds; evaluate "
+        "source-adversarial training, source-balanced sampling, acquisition augmentation) on the same split "
+        "with the same seeds; evaluate "
         "each on the test split (accuracy, sensitivity, PPV, within-source pairwise AUC), audit each checkpoint, "
         "and compare every variant with the baseline: seed means with patient-bootstrap intervals, spread over "
         "seeds, paired differences. Writes study.json, table.md and index.html; --resume continues a stopped "
