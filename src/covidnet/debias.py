@@ -74,18 +74,27 @@ class Debiased(nn.Module):
         return self.model.forward_head(features), self.adversary(GradReverse.apply(pooled, self.weight), y)
 
 
-def source_targets(sources: list[str], labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, list]:
+def source_index(sources: list[str], labels: np.ndarray, option: str, why: str = "") -> tuple[np.ndarray, list, list]:
+    """Each training image's source as a number, the source names, and the classes that come from two or more
+    sources; where none does, ``option`` (``--debias source``, ``--balance-sources``) is refused in one line."""
+    names = sorted(set(sources))
+    index = np.array([names.index(s) for s in sources], dtype=np.int64)
+    mixed = [int(c) for c in np.unique(labels) if len(set(index[labels == c])) > 1]
+    if not mixed:
+        raise ConfigError(
+            f"{option} needs a class that comes from two or more sources in the training split; here each "
+            f"class comes from one source ({', '.join(names)}){why}"
+        )
+    return index, names, mixed
+
+
+def source_targets(sources: list[str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     """Per training image: its source's index, and its weight in the adversary's loss: 1 / the number of
     training images of its class and source when its class comes from two or more sources, else 0 (it
     takes no part); and the source names. A dataset where no class does is refused in one line."""
-    names = sorted(set(sources))
-    index = np.array([names.index(s) for s in sources], dtype=np.int64)
-    mixed = [c for c in range(num_classes) if len(set(index[labels == c])) > 1]
-    if not mixed:
-        raise ConfigError(
-            "--debias source needs a class that comes from two or more sources in the training split; here each "
-            f"class comes from one source ({', '.join(names)}), so there is no source signal to remove beyond the label"
-        )
+    index, names, mixed = source_index(
+        sources, labels, "--debias source", ", so there is no source signal to remove beyond the label"
+    )
     weight = np.zeros(len(labels), dtype=np.float32)
     for c in mixed:
         for s in set(index[labels == c].tolist()):

@@ -37,7 +37,7 @@ from .config import option
 from .contract import LUNG_FIELDS, LUNG_MARGIN, Contract
 from .data.records import BINARY_CLASSES, CLASSES, positive_class
 from .data.store import open_store
-from .debias import Debiased, SourceAdversary, adversary_loss, source_targets
+from .debias import Debiased, SourceAdversary, adversary_loss, source_index, source_targets
 from .errors import ConfigError, CovidnetError
 from .feed import InMemory, Streamed, memory_budget, prefetch, stage
 from .files import write_json
@@ -261,18 +261,6 @@ def epoch_batches(
     chunks = np.array_split(other, max(1, len(other) // (batch_size - k)))
     cycle = draw(covid, k * len(chunks))
     return [np.concatenate([c, cycle[i * k : (i + 1) * k]]) for i, c in enumerate(chunks)]
-
-
-def source_groups(sources: list[str], labels: np.ndarray) -> np.ndarray:
-    """``--balance-sources``: each training image's source as a number; refused in one line where no class
-    comes from two sources (there would be nothing to balance)."""
-    names, index = np.unique(np.asarray(sources), return_inverse=True)
-    if not any(len(np.unique(index[labels == c])) > 1 for c in np.unique(labels)):
-        raise ConfigError(
-            "--balance-sources needs a class that comes from two or more sources in the training split; here each "
-            f"class comes from one source ({', '.join(names)})"
-        )
-    return index
 
 
 def shard(batch: np.ndarray, dist: Dist) -> np.ndarray:
@@ -626,9 +614,9 @@ def check_training(cfg: TrainConfig, store=None) -> None:
     if cfg.lungs != "none":
         _lung_model(cfg, store)
     if cfg.debias == "source":
-        source_targets(store.sources(train_rows), task.targets(store, train_rows), len(task.outputs))
+        source_targets(store.sources(train_rows), task.targets(store, train_rows))
     if cfg.balance_sources:
-        source_groups(store.sources(train_rows), task.targets(store, train_rows))
+        source_index(store.sources(train_rows), task.targets(store, train_rows), "--balance-sources")
 
 
 def _stage_data(r: _Run) -> None:
@@ -650,11 +638,11 @@ def _stage_data(r: _Run) -> None:
     )
     r.lung_ckpt = _lung_model(cfg, store) if cfg.lungs != "none" else None
     if cfg.debias == "source":
-        index, weight, names = source_targets(store.sources(train_rows), r.y_train, len(task.outputs))
+        index, weight, names = source_targets(store.sources(train_rows), r.y_train)
         r.sources, r.adv_weight = torch.from_numpy(index).to(r.device), torch.from_numpy(weight).to(r.device)
         r.adv_shape = (len(task.outputs), len(names))  # the adversary is made with the model, in _build
     if cfg.balance_sources:
-        r.source_groups = source_groups(store.sources(train_rows), r.y_train)
+        r.source_groups = source_index(store.sources(train_rows), r.y_train, "--balance-sources")[0]
     r.pixels = stage(store, rows, r.device, memory_budget(cfg.host_memory_gb), r.contract.standardise)
     if r.pixels.streamed and r.dist.main and cfg.progress:
         print(

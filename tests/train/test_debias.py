@@ -32,13 +32,13 @@ def test_each_image_is_judged_by_its_own_class_head():
 
 def test_only_classes_from_several_sources_take_part_each_source_weighing_the_same():
     labels = np.array([0, 0, 2, 2, 2])
-    index, weight, names = source_targets(["nih", "cohen", "cohen", "cohen", "figure1"], labels, 3)
+    index, weight, names = source_targets(["nih", "cohen", "cohen", "cohen", "figure1"], labels)
     assert names == ["cohen", "figure1", "nih"] and index.tolist() == [2, 0, 0, 0, 1]
     assert weight.tolist() == pytest.approx([1, 1, 0.5, 0.5, 1])  # COVID-19: cohen's two images weigh one
-    _, weight, _ = source_targets(["nih", "cohen", "cohen", "cohen", "cohen"], labels, 3)
+    _, weight, _ = source_targets(["nih", "cohen", "cohen", "cohen", "cohen"], labels)
     assert weight.tolist() == [1, 1, 0, 0, 0]  # COVID-19 comes from cohen alone here: it takes no part
     with pytest.raises(ConfigError, match="--debias source needs a class that comes from two or more sources"):
-        source_targets(["nih", "nih", "cohen", "cohen", "cohen"], labels, 3)
+        source_targets(["nih", "nih", "cohen", "cohen", "cohen"], labels)
 
 
 def test_a_rare_source_counts_as_much_as_a_common_one_in_the_adversarys_loss():
@@ -46,7 +46,7 @@ def test_a_rare_source_counts_as_much_as_a_common_one_in_the_adversarys_loss():
     the common source is right on 90 % of the images but on half of the sources, and its loss is that of
     chance on the rare one weighed as much as the nine together."""
     labels = np.zeros(10, dtype=np.int64)
-    index, weight, _ = source_targets(["a"] * 9 + ["b"], labels, 1)
+    index, weight, _ = source_targets(["a"] * 9 + ["b"], labels)
     logits = torch.tensor([[4.0, 0.0]] * 10)  # always "a"
     loss, correct, n = adversary_loss(logits, torch.from_numpy(index), torch.from_numpy(weight))
     assert float(correct / n) == pytest.approx(0.5)

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from covidnet.debias import source_index
 from covidnet.errors import ConfigError
-from covidnet.train import Dist, epoch_batches, shard, source_groups
+from covidnet.train import Dist, epoch_batches, shard
 
 
 @pytest.mark.parametrize("n, batch, world", [(100, 8, 1), (101, 8, 2), (37, 6, 3), (9, 8, 2)])
@@ -51,6 +52,7 @@ def test_balancing_sources_draws_each_source_of_a_class_equally_and_keeps_the_cl
 
 
 def test_balancing_needs_a_class_from_two_sources():
-    assert source_groups(["b", "a", "a", "b"], np.array([0, 0, 1, 1])).tolist() == [1, 0, 0, 1]
+    index, names, mixed = source_index(["b", "a", "a", "b"], np.array([0, 0, 1, 1]), "--balance-sources")
+    assert (index.tolist(), names, mixed) == ([1, 0, 0, 1], ["a", "b"], [0, 1])
     with pytest.raises(ConfigError, match="--balance-sources needs a class that comes from two or more sources"):
-        source_groups(["a", "a", "b"], np.array([0, 0, 1]))
+        source_index(["a", "a", "b"], np.array([0, 0, 1]), "--balance-sources")
