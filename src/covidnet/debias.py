@@ -103,14 +103,21 @@ def source_targets(sources: list[str], labels: np.ndarray) -> tuple[np.ndarray, 
     return index, weight, names
 
 
-def adversary_loss(source_logits: torch.Tensor, sources: torch.Tensor, weight: torch.Tensor):
-    """The weighted mean cross-entropy of the source over a batch (``weight`` from ``source_targets``), and
-    the weighted count of right calls and the weights' sum (their ratio over an epoch: the adversary's
-    accuracy, balanced over each class's sources)."""
+def adversary_loss(source_logits: torch.Tensor, sources: torch.Tensor, weight: torch.Tensor, per_image: float = 0.0):
+    """The adversary's weighted cross-entropy of the source over a batch (``weight`` from ``source_targets``),
+    and the weighted count of right calls and the weights' sum (their ratio over an epoch: the adversary's
+    accuracy, balanced over each class's sources).
+
+    ``per_image``: the mean weight of the images the epoch draws. Given, the loss is the batch's weighted sum
+    over ``per_image`` times the batch's size, so every batch is on one scale and the epoch's losses add up
+    to the loss balanced over the sources. Without it, the batch's own weighted mean: right for one batch
+    that holds the epoch, but over many batches it weighs a rare source's images far less than their
+    weight says, since each batch without one gives the common source's images the whole loss."""
     take = weight > 0
     zero = torch.zeros((), device=source_logits.device)
     if not bool(take.any()):
         return source_logits.sum() * 0.0, zero, zero
     logits, target, w = source_logits[take].float(), sources[take], weight[take]
     ce = F.cross_entropy(logits, target, reduction="none")
-    return (w * ce).sum() / w.sum(), (w * (logits.argmax(1) == target)).sum(), w.sum()
+    scale = per_image * len(source_logits) if per_image > 0 else w.sum()
+    return (w * ce).sum() / scale, (w * (logits.argmax(1) == target)).sum(), w.sum()

@@ -542,6 +542,7 @@ class _Run:
     steps_done: int = 0  # optimisation steps taken by this process (for --max-steps)
     sources: torch.Tensor = None  # --debias source: each training image's source index ...
     adv_weight: torch.Tensor = None  # ... and its weight in the adversary's loss (0: its class has one source)
+    adv_per_image: float = 0.0  # the mean weight of the images this epoch draws: the adversary loss's scale
     adversary: torch.nn.Module = None
     adv_shape: tuple = ()  # (classes, sources) of the adversary to make
     source_groups: np.ndarray = None  # --balance-sources: each training image's source
@@ -744,6 +745,9 @@ def _train_epoch(r: _Run, epoch: int, stop: dict) -> tuple[dict, np.ndarray]:
     checkpoint and raises ``TrainingInterrupted``. Returns the epoch's accumulators and the images seen."""
     cfg, dist, device = r.cfg, r.dist, r.device
     batches = epoch_batches(r.y_train, epoch, cfg.seed, cfg.batch_size, r.covid_class, r.covid_percent, r.source_groups)
+    if r.adv_weight is not None:
+        drawn = torch.from_numpy(r.train_pos[np.concatenate(batches)]).to(device)
+        r.adv_per_image = float(r.adv_weight[drawn].mean())
     first = r.start_step if epoch == r.start_epoch else 0
     a = (
         r.accumulators
@@ -806,7 +810,7 @@ def _step(r: _Run, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor) -> tuple
     loss = r.task.loss(logits.float(), y)
     total = loss
     if r.adversary is not None:  # the reversal inside Debiased turns this into the backbone's penalty
-        adv_loss, adv_correct, adv_n = adversary_loss(out[1], r.sources[pos], r.adv_weight[pos])
+        adv_loss, adv_correct, adv_n = adversary_loss(out[1], r.sources[pos], r.adv_weight[pos], r.adv_per_image)
         total = loss + adv_loss
         r.adv["correct"] = r.adv.get("correct", 0) + adv_correct
         r.adv["n"] = r.adv.get("n", 0) + adv_n

@@ -54,6 +54,25 @@ def test_a_rare_source_counts_as_much_as_a_common_one_in_the_adversarys_loss():
     assert float(loss) == pytest.approx(float(ce.mean()))
 
 
+def test_over_an_epoch_of_batches_the_rare_source_keeps_its_weight():
+    """The same ten images in five batches of two, the rare source's one image in the last: scaled by the
+    epoch's mean weight per image, the batches' losses add up to the balanced loss over the epoch; each batch's
+    own weighted mean gives the common source four batches to itself and counts the rare image at about a
+    third of its weight."""
+    labels = np.zeros(10, dtype=np.int64)
+    index, weight, _ = source_targets(["a"] * 9 + ["b"], labels)
+    logits = torch.tensor([[4.0, 0.0]] * 10)  # always "a"
+    sources, weight = torch.from_numpy(index), torch.from_numpy(weight)
+    ce = torch.nn.functional.cross_entropy(logits[[0, 9]], torch.tensor([0, 1]), reduction="none")
+    balanced = float(ce.mean())  # each source's images weigh the same
+    batches = [slice(k, k + 2) for k in range(0, 10, 2)]
+    per_image = float(weight.mean())
+    scaled = sum(float(adversary_loss(logits[b], sources[b], weight[b], per_image)[0]) for b in batches) / 5
+    own_mean = sum(float(adversary_loss(logits[b], sources[b], weight[b])[0]) for b in batches) / 5
+    assert scaled == pytest.approx(balanced)
+    assert own_mean < balanced / 2
+
+
 @pytest.mark.slow
 def test_debiased_training_logs_the_adversary_and_keeps_the_classifier_alone(tmp_path):
     from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
