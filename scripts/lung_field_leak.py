@@ -26,13 +26,11 @@ import sys
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
-from covidnet.audit import LungFields, occlude
-from covidnet.data.lungmasks import dilate
+from covidnet.audit import LungFields, macro_auc, occlude
 from covidnet.data.store import open_store
 from covidnet.errors import CovidnetError
-from covidnet.lungs.field import LungFieldClassifier, apply_lung_field, lung_logits
+from covidnet.lungs.field import LungFieldClassifier, apply_lung_field
 from covidnet.metrics.bootstrap import patient_bootstrap
 from covidnet.runtime import LoadedModel, uint8_to_unit
 from covidnet.tasks import softmax
@@ -41,11 +39,10 @@ CHUNK = 128
 GREYS = (0.35, 0.65)  # the outline-only input: inside and outside the field, the same for every image
 
 
-def macro_auc(y: np.ndarray, scores: np.ndarray, classes: list[int]) -> float:
+def macro_auc_of(y: np.ndarray, scores: np.ndarray, classes: list[int]) -> float:
+    """The audit's macro AUC over the classes a bootstrap resample holds on both sides (NaN under two)."""
     present = [c for c in classes if 0 < (y == c).sum() < len(y)]
-    if len(present) < 2:
-        return float("nan")
-    return float(np.mean([roc_auc_score(y == c, scores[:, c]) for c in present]))
+    return macro_auc(y, scores, present) if len(present) >= 2 else float("nan")
 
 
 class Leak:
@@ -64,7 +61,7 @@ class Leak:
         return x[:, :1] * self.m.std + self.m.mean
 
     def field(self, unit: torch.Tensor) -> torch.Tensor:
-        return dilate((lung_logits(self.m.segmenter, unit, self.m.lung_contract) >= 0).float(), self.m.margin)
+        return self.m.lung_field(unit)
 
     def classify(self, unit: torch.Tensor) -> np.ndarray:
         """The classifier behind the mask on an input already made: probabilities (B, K)."""
@@ -128,7 +125,7 @@ def measure(data: str, checkpoint: str, split: str, resamples: int, seed: int) -
     probs["field_share_alone"] = p
 
     aucs = patient_bootstrap(
-        lambda idx: {k: macro_auc(y[idx], v[idx], classes) for k, v in probs.items()}, patients, resamples, seed
+        lambda idx: {k: macro_auc_of(y[idx], v[idx], classes) for k, v in probs.items()}, patients, resamples, seed
     )
 
     def table(rows_, share_):

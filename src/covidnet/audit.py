@@ -359,12 +359,19 @@ def _thumbnails(images: np.ndarray) -> np.ndarray:
     return small.flatten(1).numpy()
 
 
+def macro_auc(y: np.ndarray, probs: np.ndarray, present: list[int]) -> float:
+    """The mean one-vs-rest ROC-AUC of ``probs`` (N, K) over the classes ``present`` (each with images on
+    both sides)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
+
+
 def occlusion(lm: LoadedModel, images, y: np.ndarray, lungs: LungFields | None = None) -> dict:
     """Macro one-vs-rest ROC-AUC of the model's probabilities on the images, with the lungs hidden (each
     image's dilated lung mask from ``lungs``, else the fixed box) and with only the border kept. AUC, not
     accuracy: an occluded image often gets the same top class whatever it shows, while the probabilities
     still rank the classes by what is left."""
-    from sklearn.metrics import roc_auc_score
 
     k = len(lm.classes)
     base = {
@@ -388,7 +395,7 @@ def occlusion(lm: LoadedModel, images, y: np.ndarray, lungs: LungFields | None =
             )
             logits.append(lm.logits(occlude(chunk, mode, hide)))
         probs = softmax(np.concatenate(logits))
-        scores[mode] = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
+        scores[mode] = macro_auc(y, probs, present)
     worst = max(scores["lungs"], scores["border"]) - 0.5
     verdict = _verdict(worst, OCCLUSION_WARN, OCCLUSION_FAIL)
     where = lungs.said() if lungs is not None else "the lungs are a fixed central box"

@@ -114,13 +114,16 @@ class LungFieldClassifier(Classifier):
         self.segmenter.eval()  # frozen: its BatchNorm statistics stay the trained ones
         return self
 
+    def lung_field(self, unit: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] (B, 1, S, S) -> the segmenter's lung mask dilated by the margin (B, 1, S, S, 0 or 1)."""
+        with torch.no_grad():
+            logits = lung_logits(self.segmenter, unit, self.lung_contract)
+            return dilate((logits >= 0).float(), self.margin)  # is_lung, as every segmenter consumer decides
+
     def field(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's input (B, C, S, S), normalised -> the same with only the lung field kept."""
         unit = x[:, :1].float() * self.std + self.mean
-        with torch.no_grad():
-            logits = lung_logits(self.segmenter, unit, self.lung_contract)
-            lung = dilate((logits >= 0).float(), self.margin)  # is_lung, as every segmenter consumer decides
-        out = apply_lung_field(unit, lung, self.mode)
+        out = apply_lung_field(unit, self.lung_field(unit), self.mode)
         return (
             ((out - self.mean) / self.std)
             .to(x.dtype)
