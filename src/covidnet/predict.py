@@ -23,9 +23,9 @@ from typing import Protocol
 import numpy as np
 
 from .contract import Contract, contract_of
-from .data.imageio import IMAGE_SUFFIXES, frontal_problem
 from .errors import ConfigError, CovidnetError, UsageError
 from .files import file_id
+from .imageio import IMAGE_SUFFIXES, frontal_problem
 from .tasks import Task, decide, softmax, task_from_meta, triage_rule
 
 ONNX_FORMAT = "covidnet-onnx/1"  # the metadata key "covidnet" of an exported model holds this format marker

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import image_shape, read_image
 from ..data.lungmasks import IGNORE, LUNG
 from ..data.store import open_store
 from ..errors import CovidnetError
 from ..files import atomic_write, write_json
+from ..imageio import image_shape, read_image
 from ..metrics.bootstrap import format_ci
 from ..metrics.segmentation import PARTS, box_mask, per_image_metrics, segmentation_metrics
 from .figures import dice_histogram, overlay, png_bytes, worst_cases_figure

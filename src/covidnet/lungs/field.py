@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import LUNG_FIELDS, Contract, contract_of
-from ..data.lungmasks import dilate
+from ..contract import LUNG_FIELDS, Contract, contract_of, dilate, is_lung
 from ..errors import ConfigError
 from ..models import create_model
 from ..models.base import Classifier
@@ -118,7 +117,7 @@ class LungFieldClassifier(Classifier):
         """Pixels in [0, 1] (B, 1, S, S) -> the segmenter's lung mask dilated by the margin (B, 1, S, S, 0 or 1)."""
         with torch.no_grad():
             logits = lung_logits(self.segmenter, unit, self.lung_contract)
-            return dilate((logits >= 0).float(), self.margin)  # is_lung, as every segmenter consumer decides
+            return dilate(is_lung(logits).float(), self.margin)
 
     def field(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's input (B, C, S, S), normalised -> the same with only the lung field kept."""

@@ -15,20 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import Contract, contract_of
+from ..contract import LOGIT_THRESHOLD, THRESHOLD, Contract, contract_of, is_lung
 from ..data.lungmasks import BACKGROUND, LUNG
 from ..errors import ConfigError
 from ..files import file_id
 
 TASK = "lungs"  # the task a lungs checkpoint (and its export) says it is
-THRESHOLD = 0.5  # a pixel is lung when the model's probability is at least this, that is when its logit
-LOGIT_THRESHOLD = float(np.log(THRESHOLD / (1 - THRESHOLD)))  # is at least this (0): the sigmoid is monotone,
-# so a mask needs no sigmoid (on 480 px images it cost as much as the segmenter's network)
-
-
-def is_lung(logits):
-    """Lung logits (a NumPy array or a torch tensor) -> a boolean mask of the same shape."""
-    return logits >= LOGIT_THRESHOLD
 
 
 def to_mask(logits: np.ndarray) -> np.ndarray:

@@ -317,7 +317,7 @@ class Service:
 
     def decode(self, data: bytes, kind: str) -> np.ndarray:
         """An upload -> the model's stored pixels, through the model's contract."""
-        from ..data.imageio import frontal_problem
+        from ..imageio import frontal_problem
 
         name = f"upload.{'dcm' if kind == 'dicom' else kind}"  # never the client's file name
         try:
