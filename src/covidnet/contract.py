@@ -327,6 +327,11 @@ def contract_of(meta: dict) -> Contract:
     return Contract.from_dict(meta["preprocess"])
 
 
+def uint8_to_unit(x):
+    """Stored pixels, a (B, H, W) uint8 tensor -> (B, 1, H, W) float in [0, 1]: what ``model_input`` takes."""
+    return x.unsqueeze(1).float().div_(255)
+
+
 # --- the lung field ----------------------------------------------------------------------------------
 
 THRESHOLD = 0.5  # a pixel is lung when a segmenter's probability is at least this, that is when its logit
