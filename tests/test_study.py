@@ -23,7 +23,7 @@ from covidnet.study import (
     STUDY_FILE,
     VARIANTS,
     StudyConfig,
-    _check_folder,
+    check_folder,
     plan,
     summarize,
     summary_rows,
@@ -136,11 +136,11 @@ def test_the_plan_is_every_variant_by_every_seed_with_its_own_settings(two_sourc
 def test_resuming_may_add_variants_and_seeds_but_not_change_a_run(tmp_path):
     was = StudyConfig(data="ds", out=str(tmp_path), variants="baseline,clahe", seeds=2, epochs=3)
     (tmp_path / STUDY_FILE).write_text(json.dumps({"config": was.to_dict()}))
-    _check_folder(dataclasses.replace(was, variants="baseline,clahe,balance", seeds=3, resamples=10, resume=True))
+    check_folder(dataclasses.replace(was, variants="baseline,clahe,balance", seeds=3, resamples=10, resume=True))
     with pytest.raises(ConfigError, match="--epochs was 3 in this study, not 4"):
-        _check_folder(dataclasses.replace(was, epochs=4, resume=True))
+        check_folder(dataclasses.replace(was, epochs=4, resume=True))
     with pytest.raises(ConfigError, match="holds a study already"):
-        _check_folder(was)
+        check_folder(was)
 
 
 def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources) -> dict:

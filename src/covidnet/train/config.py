@@ -20,7 +20,7 @@ from ..augment import AugmentConfig
 from ..config import option
 from ..contract import LUNG_FIELDS, LUNG_MARGIN
 from ..errors import ConfigError
-from ..models import get_spec
+from ..models import get_spec, list_models
 from ..tasks import COMMON_OPTIONS, TASKS, Task, make_task, task_class
 
 # a field whose default is the task's is None until the config is made; where a task sets none, this
@@ -196,5 +196,10 @@ class TrainConfig:
                 "--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
                 "torchvision baselines)"
             )
-        get_spec(self.arch)
+        kind, task = get_spec(self.arch).kind, task_class(self.task)
+        if kind != task.kind:
+            raise ConfigError(
+                f"--arch {self.arch} is a {kind}; --task {self.task} takes a {task.kind}: "
+                f"{', '.join(list_models(task.kind))}"
+            )
         return self.make_task()  # a malformed task option (--risk-bins, --class-weights, …) fails here
