@@ -112,6 +112,7 @@ CONFIGS = [
     ("profile", "covidnet.profile", "ProfileConfig"),
     ("lungs eval", "covidnet.lungs.evaluate", "LungsEvalConfig"),
     ("lungs predict", "covidnet.lungs.evaluate", "LungsPredictConfig"),
+    ("audit", "covidnet.audit", "AuditConfig"),
 ]
 
 
@@ -167,6 +168,7 @@ def test_the_required_flags_alone_give_the_configs_defaults(command, module, nam
         "profile": ([], {}),
         "lungs eval": (["--checkpoint", "c", "--data", "d"], dict(checkpoint="c", data="d")),
         "lungs predict": (["c", "x.png", "--out", "o"], dict(checkpoint="c", inputs=["x.png"], out="o")),
+        "audit": (["--checkpoint", "c", "--data", "d"], dict(checkpoint="c", data="d")),
     }[command]
     extra = {"task": "segmentation"} if command == "lungs train" else {}  # what `lungs train` gives itself
     got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]), **extra)

@@ -36,12 +36,16 @@ occlusion test hides them, the attention test counts Grad-CAM mass inside them (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import __version__
+from ..config import option
 from ..contract import LUNG_MARGIN
 from ..data.store import open_store
 from ..errors import ConfigError
+from ..files import write_json
 from ..runtime import load
 from ..tasks import softmax
 from .attention import (
@@ -78,6 +82,7 @@ from .verdicts import (
 from .within_source import WITHIN_RESAMPLES, within_source_discrimination
 
 __all__ = [
+    "AuditConfig",
     "ATTENTION_EXAMPLES",
     "ATTENTION_FAIL",
     "ATTENTION_MIN_IMAGES",
@@ -125,18 +130,34 @@ __all__ = [
 ]
 
 
-def run_audit(
-    checkpoint: str,
-    data: str,
-    split: str = "test",
-    device: str = "auto",
-    max_images: int = 0,
-    seed: int = 0,
-    report: str | None = None,
-    loso_epochs: int = 0,
-) -> dict:
+@dataclass
+class AuditConfig:
+    """``covidnet audit``: the shortcut tests of a classification checkpoint on a built dataset."""
+
+    checkpoint: str = option(help="a classification checkpoint (best.pt)")
+    data: str = option(help="a dataset folder written by `covidnet data build`")
+    split: str = option(
+        "test", "split for the within-source and occlusion tests (train, val, test or all)",
+        choices=("train", "val", "test", "all"),
+    )  # fmt: skip
+    max_images: int = option(0, "audit a random subset of this many images (0: all)")
+    loso_epochs: int = option(
+        0, "leave-one-source-out: retrain without each source for this many epochs (0: skip; optional)"
+    )
+    seed: int = option(0, "seed of the subset, the probes and the bootstrap")
+    report: str | None = option(None, "write an HTML report (summary table first) to OUT_DIR", metavar="OUT_DIR")
+    json: str | None = option(None, "write the audit as JSON to OUT", metavar="OUT")
+    device: str = option("auto", "auto, cpu, cuda")
+
+
+def run_audit(cfg: AuditConfig) -> dict:
     """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the
-    within-source and occlusion tests on ``split``); an HTML page in ``report`` when given."""
+    within-source and occlusion tests on ``split``); an HTML page in ``report`` and JSON in ``json`` when
+    given."""
+    checkpoint, data, split, device, seed, loso_epochs = (
+        cfg.checkpoint, cfg.data, cfg.split, cfg.device, cfg.seed, cfg.loso_epochs
+    )  # fmt: skip
+    max_images, report = cfg.max_images, cfg.report
     lm = load(checkpoint, device, tasks=("classification",), backend="torch")
     store = open_store(data)
     lm.check_store(store, str(data))
@@ -188,4 +209,6 @@ def run_audit(
     }
     if report:
         write_audit_report(report, out, examples)
+    if cfg.json:
+        write_json(cfg.json, out)
     return out

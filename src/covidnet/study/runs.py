@@ -45,7 +45,7 @@ def audit_figures(audit: dict) -> dict:
 
 def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
     """Train (or resume, or reuse) one run, evaluate it on the split, audit it; its result.json."""
-    from ..audit import run_audit
+    from ..audit import AuditConfig, run_audit
     from ..evaluate import predict_store
     from ..runtime import load
     from ..tasks import softmax
@@ -72,7 +72,9 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
                 patients=np.array(pred.patients),
                 sources=np.array(pred.sources),
             )
-    audit = run_audit(str(run / "best.pt"), cfg.data, cfg.split, cfg.device, seed=0, loso_epochs=cfg.loso_epochs)
+    audit = run_audit(
+        AuditConfig(str(run / "best.pt"), cfg.data, cfg.split, seed=0, loso_epochs=cfg.loso_epochs, device=cfg.device)
+    )
     write_json(run / AUDIT_FILE, audit)
     point = point_metrics(pred.y, probs, lm.classes)
     result = {
