@@ -268,7 +268,7 @@ def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_pat
     relabelled.write_bytes(lungs_onnx[0].read_bytes())
     meta = {**load(lungs_onnx[0]).meta, "task": "classification", "classes": ["normal", "COVID-19"]}
     _write_meta(relabelled, meta)
-    with pytest.raises(ConfigError, match="a classification model, not a lung segmenter"):
+    with pytest.raises(ConfigError, match="a classification model, but this takes segmentation models"):
         open_segmenter(relabelled)
     src = ds.parent / "phantoms"
     for model, message in ((relabelled, "not a lung segmenter"), (tmp_path / "none.onnx", "not found")):

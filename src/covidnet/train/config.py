@@ -46,7 +46,6 @@ class TrainConfig:
         "classification; severity (COVIDNet-S geographic and opacity extent, 0-8; needs a build with --severity); "
         "risk (COVID-RiskNet: COVID-19 images in bins of days since symptom onset); segmentation (the lung fields; "
         "needs a build with --lung-masks; also `covidnet lungs train`)",
-        choices=tuple(TASKS),
     )
     arch: str | None = option(None, f"architecture (see `covidnet models`; {_per_task('arch')})")
     epochs: int | None = option(None, f"epochs ({_per_task('epochs')})", may_change_on_resume=True)
