@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from .design import Design
 
 ACQUISITION = {"aug_gamma": 0.3, "aug_blur": 1.0, "aug_noise": 0.02}  # fixed before any run, not tuned
+# balancing without its cost, fixed before any run (2026-12-06), not tuned: alpha half-way between the natural
+# mix (0) and balance (1); group DRO at the paper's scale of step and a unit group-size adjustment
+TEMPERED = {"balance_sources": True, "balance_temper": 0.5}
+DRO = {"group_dro": True, "class_weights": "none", "dro_step": 0.01, "dro_adjustment": 1.0}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,18 @@ VARIANTS = {
             "balance",
             "--balance-sources: each class's sources drawn equally often in training",
             {"balance_sources": True},
+        ),
+        Variant(
+            "tempered",
+            "--balance-sources --balance-temper 0.5: each image drawn with weight (its class-and-source group's "
+            "size)^-0.5 within its class",
+            dict(TEMPERED),
+        ),
+        Variant(
+            "dro",
+            "--group-dro: the worst (class, source) group's loss minimised (Sagawa et al. 2020; step 0.01, "
+            "adjustment 1, no class weights)",
+            dict(DRO),
         ),
         Variant(
             "acquisition",

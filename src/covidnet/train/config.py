@@ -105,6 +105,20 @@ class TrainConfig:
         "draw each class's images so that every source of the class is drawn equally often (with replacement); "
         "the class mix is unchanged",
     )
+    balance_temper: float = option(
+        1.0,
+        "--balance-sources: draw each image with weight (its class-and-source group's size)^-this within its "
+        "class; 1 draws every source of a class equally often, 0 the natural mix, between them tempered balancing",
+    )
+    group_dro: bool = option(
+        False,
+        "group DRO (Sagawa et al. 2020): minimise the worst (class, source) group's loss, with online group "
+        "weights and the group-size adjustment (give --class-weights none)",
+    )
+    dro_step: float = option(0.01, "--group-dro: the step (eta) of the online group weights")
+    dro_adjustment: float = option(
+        1.0, "--group-dro: C of the group-size adjustment C / sqrt(group size) added to each group's loss"
+    )
     aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
     aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
     aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
