@@ -84,13 +84,14 @@ def run_study(cfg: StudyConfig) -> dict:
     base = {"command": cfg.design.command, "version": __version__, "config": cfg.to_dict()}
     write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": [], "summary": None})
     results = []
-    for k, (variant, seed, tc) in enumerate(runs):
+    for k, (variant, seed, fold, tc) in enumerate(runs):
+        where = f"{variant.name} seed {seed}" + (f" fold {fold}" if fold is not None else "")
 
-        def say(what, k=k, variant=variant, seed=seed):
+        def say(what, k=k, where=where):
             if cfg.progress:
-                print(f"covidnet study: [{k + 1}/{len(runs)}] {variant.name} seed {seed}: {what}", file=sys.stderr)
+                print(f"covidnet study: [{k + 1}/{len(runs)}] {where}: {what}", file=sys.stderr)
 
-        results.append(run_one(cfg, variant, seed, tc, say))
+        results.append(run_one(cfg, variant, seed, tc, say, fold))
         write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": results, "summary": None})
     out = {**base, "state": "complete", "runs": results, "summary": summarize(cfg, results)}
     write_outputs(cfg, out)

@@ -40,6 +40,12 @@ class StudyConfig:
         "epochs, and test on the source held out (0: skip; it multiplies the training time)",
     )
     split: str = option("test", "the split every run is evaluated and audited on", choices=("val", "test"))
+    folds: int = option(
+        0,
+        "out of fold: deal the dataset's images into this many folds by patient (stratified by class and site), "
+        "train each fold's model on the others and score the fold, so every image is scored by a model that never "
+        "saw its patient (0: evaluate on the build's own --split)",
+    )
     lung_model: str = option(
         "", "lungs-mask, lungs-crop: a `covidnet lungs train` best.pt (default: the dataset's own, data build --lungs)"
     )
@@ -113,19 +119,23 @@ def _train_options(cfg: StudyConfig) -> dict:
     return out
 
 
-def plan(cfg: StudyConfig) -> list[tuple[Variant, int, object]]:
-    """``(variant, seed, TrainConfig)`` of every run, in the order they run (the reference first); everything
-    ``covidnet train`` would refuse (a mitigation that needs lung masks on a dataset without a segmenter,
-    ``debias`` where no class comes from two sources, an unknown variant or option) is refused here, before
-    any training."""
+def plan(cfg: StudyConfig) -> list[tuple[Variant, int, int | None, object]]:
+    """``(variant, seed, fold, TrainConfig)`` of every run, in the order they run (the reference first; ``fold``
+    None without ``--folds``); everything ``covidnet train`` would refuse (a mitigation that needs lung masks
+    on a dataset without a segmenter, ``debias`` where no class comes from two sources, an unknown variant or
+    option, folds the dataset cannot fill) is refused here, before any training. With ``--folds`` the fold
+    datasets are derived in the study's folder (``study.folds``) once every setting has been checked."""
     from ..data.store import open_store
     from ..train import TrainConfig, check_training
+    from .folds import check_folds, fold_datasets
 
     names = cfg.arms()
     if cfg.seeds < 1 or cfg.epochs < 1 or cfg.loso_epochs < 0 or cfg.resamples < 0:
         raise ConfigError("--seeds and --epochs must be at least 1, --loso-epochs and --resamples at least 0")
     store = open_store(cfg.data)
-    if not len(store.rows(cfg.split)):
+    if cfg.folds:
+        check_folds(store, cfg.folds, cfg.data)
+    elif not len(store.rows(cfg.split)):
         raise ConfigError(f"{cfg.data}: no images in split {cfg.split!r} to evaluate the runs on")
     common = _train_options(cfg)
     runs = []
@@ -148,15 +158,26 @@ def plan(cfg: StudyConfig) -> list[tuple[Variant, int, object]]:
             raise ConfigError(f"variant {name}: {e}") from None
         if v.needs_lungs and not tc.lung_model:  # the dataset's own, named, so that a derived dataset finds it too
             tc = dataclasses.replace(tc, lung_model=str(store.build_config()["lungs"]))
-        runs += [
-            (v, seed, dataclasses.replace(tc, seed=seed, out=str(run_dir(cfg, name, seed))))
-            for seed in range(cfg.seeds)
-        ]
-    return runs
+        runs += [(v, seed, tc) for seed in range(cfg.seeds)]
+    data = fold_datasets(store, cfg.folds, Path(cfg.out) / "folds") if cfg.folds else [Path(cfg.data)]
+    for path in data[1 if not cfg.folds else 0 :]:  # each fold's own splits: a class or a source may be missing
+        for v, _, tc in runs[:: cfg.seeds]:
+            try:
+                check_training(dataclasses.replace(tc, data=str(path)))
+            except ConfigError as e:
+                raise ConfigError(f"variant {v.name}, {path.name}: {e}") from None
+    folds = range(cfg.folds) if cfg.folds else [None]
+    return [
+        (v, seed, k, dataclasses.replace(tc, seed=seed, data=str(data[k or 0]), out=str(run_dir(cfg, v.name, seed, k))))
+        for v, seed, tc in runs
+        for k in folds
+    ]
 
 
-def run_dir(cfg: StudyConfig, variant: str, seed: int) -> Path:
-    return Path(cfg.out) / "runs" / variant / f"seed{seed}"
+def run_dir(cfg: StudyConfig, variant: str, seed: int, fold: int | None = None) -> Path:
+    """A run's folder: ``runs/VARIANT/seedN``, and ``/foldK`` with ``--folds``."""
+    path = Path(cfg.out) / "runs" / variant / f"seed{seed}"
+    return path / f"fold{fold}" if fold is not None else path
 
 
 def check_folder(cfg: StudyConfig) -> None:

@@ -43,9 +43,11 @@ def audit_figures(audit: dict) -> dict:
     return out
 
 
-def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
-    """Train (or resume, or reuse) one run, evaluate it on the split, audit it; its result.json."""
+def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | None = None) -> dict:
+    """Train (or resume, or reuse) one run, evaluate it on the split (``fold``: its fold, the test split of its
+    derived dataset ``tc.data``), audit it; its result.json."""
     from ..audit import AuditConfig, run_audit
+    from ..data.store import open_store
     from ..evaluate import predict_store
     from ..runtime import load
     from ..tasks import softmax
@@ -60,12 +62,15 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
         train(dataclasses.replace(tc, resume=(run / "last.pt").is_file()))
     say("evaluating and auditing")
     lm = load(run / "best.pt", cfg.device, tasks=("classification",), backend="torch")
-    pred = predict_store(lm, cfg.data, cfg.split)
+    data, split = (tc.data, "test") if fold is not None else (cfg.data, cfg.split)
+    pred = predict_store(lm, data, split)
+    rows = lm.task.rows(open_store(data), split)  # the rows predict_store scored, in its order
     probs = softmax(pred.out, lm.meta.get("temperature"))
     with atomic_path(run / PREDICTIONS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
                 f,
+                rows=rows,
                 names=np.array(pred.names),
                 y=pred.y,
                 probs=probs,
@@ -73,13 +78,14 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
                 sources=np.array(pred.sources),
             )
     audit = run_audit(
-        AuditConfig(str(run / "best.pt"), cfg.data, cfg.split, seed=0, loso_epochs=cfg.loso_epochs, device=cfg.device)
+        AuditConfig(str(run / "best.pt"), data, split, seed=0, loso_epochs=cfg.loso_epochs, device=cfg.device)
     )
     write_json(run / AUDIT_FILE, audit)
     point = point_metrics(pred.y, probs, lm.classes)
     result = {
         "variant": variant.name,
         "seed": seed,
+        "fold": fold,
         "run": str(run),
         "classes": lm.classes,
         "n": int(len(pred.y)),

@@ -48,16 +48,60 @@ def pair_key(p: dict) -> str:
 
 
 def _load_predictions(cfg: StudyConfig, results: list[dict]) -> dict:
-    preds = {}
+    """Each (arm, seed)'s predictions: its run's, or with ``--folds`` its folds' put together in row order, one
+    prediction for every image of the dataset (refused when an image is scored twice or not at all)."""
+    parts: dict = {}
     for r in results:
-        with np.load(run_dir(cfg, r["variant"], r["seed"]) / PREDICTIONS_FILE) as z:
-            preds[(r["variant"], r["seed"])] = {k: z[k] for k in z.files}
+        with np.load(run_dir(cfg, r["variant"], r["seed"], r.get("fold")) / PREDICTIONS_FILE) as z:
+            parts.setdefault((r["variant"], r["seed"]), []).append({k: z[k] for k in z.files})
+    preds = {}
+    for key, runs in parts.items():
+        p = {k: np.concatenate([run[k] for run in runs]) for k in runs[0]}
+        if cfg.folds:
+            order = np.argsort(p["rows"], kind="stable")
+            p = {k: v[order] for k, v in p.items()}
+            if not np.array_equal(p["rows"], np.arange(len(p["rows"]))):
+                raise ConfigError(f"run {key[0]} seed {key[1]}: its folds do not score every image exactly once")
+        preds[key] = p
     first = next(iter(preds.values()))
     for key, p in preds.items():
         same = all(np.array_equal(p[k], first[k]) for k in ("names", "y", "patients", "sources"))
         if not same:
             raise ConfigError(f"run {key[0]} seed {key[1]} was evaluated on other images than the rest of the study")
     return preds
+
+
+def _seed_audits(cfg: StudyConfig, results: list[dict], arm: str) -> list[dict]:
+    """Per seed of ``arm``, the audit's figures: its run's, or with ``--folds`` its folds' together (each
+    figure the mean over the folds, each verdict the most severe)."""
+    out = []
+    for seed in sorted({r["seed"] for r in results if r["variant"] == arm}):
+        runs = [r for r in results if r["variant"] == arm and r["seed"] == seed]
+        audits = [audit_figures(json.loads((run_dir(cfg, arm, seed, r.get("fold")) / AUDIT_FILE).read_text()))
+                  for r in runs]  # fmt: skip
+        out.append(audits[0] if len(audits) == 1 else _over_folds(audits))
+    return out
+
+
+SEVERITY = ("skipped", "ok", "warning", "fail")
+
+
+def _over_folds(audits: list[dict]) -> dict:
+    merged = {
+        "verdicts": {t: max((a["verdicts"][t] for a in audits), key=SEVERITY.index) for t in audits[0]["verdicts"]}
+    }
+    if all("occlusion_auc" in a for a in audits):
+        merged["occlusion_auc"] = {
+            m: _mean([a["occlusion_auc"].get(m) for a in audits]) for m in audits[0]["occlusion_auc"]
+        }
+    if all("attention_worst_excess" in a for a in audits):
+        merged["attention_worst_excess"] = _mean([a["attention_worst_excess"] for a in audits])
+    return merged
+
+
+def _mean(values) -> float | None:
+    finite = [float(v) for v in values if v is not None and v == v]
+    return float(np.mean(finite)) if finite else None
 
 
 def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
@@ -103,11 +147,7 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
                 "seeds": values,
                 "difference_from_baseline": cis[f"{n}|diff|{k}"] if n != design.reference else None,
             }
-        audits = [
-            audit_figures(json.loads((run_dir(cfg, n, r["seed"]) / AUDIT_FILE).read_text()))
-            for r in sorted(results, key=lambda r: r["seed"])
-            if r["variant"] == n
-        ]
+        audits = _seed_audits(cfg, results, n)
         variants[n] = {
             "about": design.arms[n].about,
             "settings": design.arms[n].settings,
