@@ -27,7 +27,7 @@ from pathlib import Path
 from ... import __version__
 from ...errors import ConfigError, CovidnetError, UsageError
 from ..lungmasks import join_lung_masks, strict_failure
-from ..records import NEGATIVE_ONLY, Exclusion, Record, to_binary
+from ..records import NEGATIVE_ONLY, PAEDIATRIC_AGE, Exclusion, Record, to_binary
 from ..severity import check_offsets, join_severity
 from ..sources import read_source
 from ..store import INDEX_FILE, write_index
@@ -44,8 +44,6 @@ from .outputs import (
     write_records_table,
 )
 from .split import assign_splits, group_patients
-
-PAEDIATRIC_AGE = 18  # years; below it a record is paediatric
 
 __all__ = [
     "FILTER_REASONS",
