@@ -25,16 +25,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ... import __version__
-from ...errors import ConfigError, CovidnetError, UsageError
+from ...errors import ConfigError, CovidnetError
 from ..lungmasks import join_lung_masks, strict_failure
 from ..records import NEGATIVE_ONLY, PAEDIATRIC_AGE, Exclusion, Record, to_binary
 from ..severity import check_offsets, join_severity
 from ..sources import read_source
 from ..store import INDEX_FILE, write_index
-from .config import FILTER_REASONS, SPLITS, BuildConfig, SourceSpec, parse_split_file_arg
+from .config import FILTER_REASONS, SPLITS, BuildConfig, SourceSpec, check_config, parse_split_file_arg
 from .dedup import NEAR_DUP_BITS, PHASH_SIZE, carry_severity, drop_duplicates, near_duplicate_pairs, perceptual_hash
 from .images import read_images, write_store
-from .lungs import masks_section, predict_masks
+from .lungs import StoreSegmenter, check_segmenter, masks_section, predict_masks
 from .outputs import (
     build_report,
     refuse_failures,
@@ -53,17 +53,22 @@ __all__ = [
     "SPLITS",
     "BuildConfig",
     "SourceSpec",
+    "StoreSegmenter",
     "build_dataset",
+    "check_config",
     "near_duplicate_pairs",
     "parse_split_file_arg",
     "perceptual_hash",
 ]
 
 
-def build_dataset(cfg: BuildConfig) -> dict:
-    """Build a dataset as ``cfg`` says; returns the report (also written to ``cfg.out/report.json``)."""
+def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> dict:
+    """Build a dataset as ``cfg`` says; returns the report (also written to ``cfg.out/report.json``).
+    ``segmenter``: with ``cfg.lungs``, that model opened by the caller
+    (``covidnet.lungs.fill.open_segmenter(cfg.lungs, workers=cfg.processes)``), which draws the masks the
+    images have not got; it is checked against the build's contract before any work."""
     t0 = time.perf_counter()
-    segmenter = _check_config(cfg)  # the lung model of --lungs, opened once
+    _check_config(cfg, segmenter)
 
     # 1. read every source; a missing folder or metadata file stops here, before any work
     records: list[Record] = []
@@ -135,40 +140,13 @@ def build_dataset(cfg: BuildConfig) -> dict:
     return report
 
 
-def _check_config(cfg: BuildConfig):
-    if not cfg.sources:
-        raise UsageError("give at least one --source READER=PATH")
-    names = [s.name for s in cfg.sources]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two sources named alike ({', '.join(names)}); name them with READER:NAME=PATH")
-    if cfg.size < 32:
-        raise ConfigError(f"--size must be at least 32, not {cfg.size}")
-    if not (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
-        raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
-    _ = cfg.contract  # a bad --top-crop fails here, before any work
-    if cfg.paediatric not in ("exclude", "include"):
-        raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
-    if cfg.split not in ("official", "patient"):
-        raise ConfigError(f"--split must be official or patient, not {cfg.split!r}")
-    names = [m.name for m in cfg.lung_masks]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two --lung-masks sets named alike ({', '.join(names)}); give each its own NAME")
-    for m in cfg.lung_masks:
-        if not m.path.exists():
-            raise ConfigError(f"{m.path}: not found; --lung-masks {m.name}= needs a folder or .zip of mask images")
-    if cfg.lungs and not Path(cfg.lungs).is_file():
-        raise ConfigError(
-            f"{cfg.lungs}: not found; --lungs takes a `covidnet lungs train` best.pt or its `covidnet export` .onnx"
-        )
-    segmenter = None
-    if cfg.lungs:  # a classifier, or a segmenter of another framing, fails here, before any image is read
-        from ...lungs.fill import open_segmenter_for  # torch only for a .pt segmenter
-
-        segmenter = open_segmenter_for(cfg.lungs, cfg.contract, cfg.processes)
+def _check_config(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
+    """The config, the segmenter and the output folder, before anything is read or written."""
+    check_config(cfg)
+    check_segmenter(cfg, segmenter)  # a segmenter of another framing fails here, before any image is read
     if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{cfg.out}: exists and is not empty; choose another --out or pass --overwrite")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    return segmenter
 
 
 def _join_targets(cfg: BuildConfig, records: list[Record]) -> tuple[dict | None, dict | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ...config import option
 from ...contract import DEFAULT_SIZE, TOP_CROP, Contract
-from ...errors import UsageError
+from ...errors import ConfigError, UsageError
 from ..lungmasks import MaskSpec
 from ..sources import READERS
 
@@ -161,3 +161,33 @@ def parse_split_file_arg(text: str) -> tuple[str, Path]:
     raise UsageError(
         f"--split-file {text}: cannot tell the split from the file name; write train=FILE, val=FILE or test=FILE"
     )
+
+
+def check_config(cfg: BuildConfig) -> None:
+    """Each field of ``cfg`` that can be checked without reading anything (the folders and files it names
+    are looked for): one line naming the flag and the fix. ``build_dataset`` starts with it; a caller that
+    opens a segmenter for ``--lungs`` may call it first, so a bad flag fails before the model is loaded."""
+    if not cfg.sources:
+        raise UsageError("give at least one --source READER=PATH")
+    names = [s.name for s in cfg.sources]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two sources named alike ({', '.join(names)}); name them with READER:NAME=PATH")
+    if cfg.size < 32:
+        raise ConfigError(f"--size must be at least 32, not {cfg.size}")
+    if not (0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
+        raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    _ = cfg.contract  # a bad --top-crop fails here, before any work
+    if cfg.paediatric not in ("exclude", "include"):
+        raise ConfigError(f"--paediatric must be exclude or include, not {cfg.paediatric!r}")
+    if cfg.split not in ("official", "patient"):
+        raise ConfigError(f"--split must be official or patient, not {cfg.split!r}")
+    names = [m.name for m in cfg.lung_masks]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two --lung-masks sets named alike ({', '.join(names)}); give each its own NAME")
+    for m in cfg.lung_masks:
+        if not m.path.exists():
+            raise ConfigError(f"{m.path}: not found; --lung-masks {m.name}= needs a folder or .zip of mask images")
+    if cfg.lungs and not Path(cfg.lungs).is_file():
+        raise ConfigError(
+            f"{cfg.lungs}: not found; --lungs takes a `covidnet lungs train` best.pt or its `covidnet export` .onnx"
+        )
