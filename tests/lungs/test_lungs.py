@@ -141,7 +141,8 @@ def test_build_with_lungs_predicts_the_masks_it_has_not_got(trained, tmp_path):
             workers=1,
             progress=False,
             lungs=ckpt,
-        )  # fmt: skip
+        ),  # fmt: skip
+        segmenter=open_segmenter(ckpt),
     )
     store = open_store(tmp_path / "ds")
     assert {r["lung_mask"] for r in store.index} == {"predicted"} and len(store.mask_rows()) == 0
@@ -168,7 +169,8 @@ def test_build_with_lungs_keeps_the_annotated_masks(trained, tmp_path):
             progress=False,
             lung_masks=[MaskSpec("phantom", folder)],
             lungs=ckpt,
-        )  # fmt: skip
+        ),  # fmt: skip
+        segmenter=open_segmenter(ckpt),
     )
     store = open_store(tmp_path / "ds")
     kinds = [r["lung_mask"] for r in store.index]
@@ -197,7 +199,9 @@ def test_wrong_inputs_are_one_line_errors(trained, tmp_path):
         evaluate_lungs(LungsEvalConfig(str(ckpt), str(other), "train", device="cpu"))
     with pytest.raises(CovidnetError, match="--top-crop 0.08"):
         build_dataset(BuildConfig(sources=[SourceSpec("cohen", small / "phantoms", "cohen")], out=tmp_path / "x",
-                                  size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt))  # fmt: skip
+                                  size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt),
+                      segmenter=open_segmenter(ckpt))  # fmt: skip
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +257,7 @@ def test_build_with_an_onnx_segmenter_needs_no_torch_and_stores_the_checkpoints_
     assert report["lung_masks"]["predicted"]["runtime"] == "onnx"
     assert report["lung_masks"]["predicted"]["model"].startswith("lung-unet-tiny-onnx@")
     build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=tmp_path / "pt", size=SIZE,
-                              workers=1, progress=False, lungs=ckpt))  # fmt: skip
+                              workers=1, progress=False, lungs=ckpt), segmenter=open_segmenter(ckpt))  # fmt: skip
     a, b = open_store(tmp_path / "onnx"), open_store(tmp_path / "pt")
     assert len(a.index) == len(b.index) == len(a.mask_rows(predicted=True)) > 0
     agree = (a.read_masks(a.rows()) == b.read_masks(b.rows())).mean()

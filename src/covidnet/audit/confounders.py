@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-PAEDIATRIC_AGE = 18
+from ..data.records import PAEDIATRIC_AGE
 
 
 def population(index: list[dict]) -> dict:

@@ -13,7 +13,7 @@ from .batches import chunks
 def leakage(index: list[dict], images) -> dict:
     import hashlib
 
-    from ..data.build import NEAR_DUP_BITS, near_duplicate_pairs, perceptual_hash
+    from ..data.build.dedup import NEAR_DUP_BITS, near_duplicate_pairs, perceptual_hash
 
     splits = defaultdict(set)
     for r in index:
