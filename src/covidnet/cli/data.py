@@ -63,10 +63,11 @@ def run_build(args) -> int:
     )
     check_config(cfg)  # a bad flag fails before the --lungs model is loaded
     segmenter = None
-    if cfg.lungs:  # opened here, handed to the build (data never imports lungs); torch only for a .pt
-        from ..lungs.fill import open_segmenter
+    if cfg.lungs:  # opened here, handed to the build (data never imports runtime); torch only for a .pt
+        from ..data.build.lungs import segmenter_threads
+        from ..runtime import load
 
-        segmenter = open_segmenter(cfg.lungs, workers=cfg.processes)
+        segmenter = load(cfg.lungs, threads=segmenter_threads(cfg.processes), tasks=("segmentation",))
     report = build_dataset(cfg, segmenter)
     _warn_exclusions(report)
     if args.json:

@@ -4,11 +4,9 @@ evaluation and its masks for raw images (a research tool, not a diagnostic devic
 * ``evaluate``: ``covidnet lungs eval``, Dice, IoU and HD95 with patient-bootstrap intervals
   (``covidnet.metrics.segmentation``) and an HTML page of the worst cases; ``covidnet lungs predict``,
   mask PNGs for raw images;
-* ``figures``: that page's figures and the mask overlays;
-* ``fill``: ``open_segmenter``, a segmenter opened for a caller that segments several batches side by side,
-  as ``data build --lungs`` does: the CLI opens it and hands it to the build, which draws the masks
-  (``covidnet.data.build.lungs``) and never imports this package.
+* ``figures``: that page's figures and the mask overlays.
 
-A segmenter is loaded like any model (``covidnet.load``: a checkpoint or its ONNX export); masks as data are
+A segmenter is loaded like any model (``covidnet.load``: a checkpoint or its ONNX export; ``data build --lungs``
+is handed one, opened by its caller, ``covidnet.data.build.lungs``); masks as data are
 ``covidnet.data.lungmasks``; a lung-field classifier is the registered model ``models/lung_field.py``.
 """

@@ -1,5 +1,5 @@
 """The lung-mask stage of a build (``--lungs MODEL``): the segmenter its caller opened
-(``covidnet.lungs.fill.open_segmenter``; data is a lower layer than ``covidnet.lungs`` and never imports
+(``covidnet.load``; data is a lower layer than ``covidnet.runtime`` and never imports
 it), checked against the build's contract before anything is read; its masks for the stored images without
 an annotated one, written into their rows of ``masks.npy``; and the report's ``lung_masks`` section.
 """
@@ -35,6 +35,14 @@ class StoreSegmenter(Protocol):
     def masks(self, images: np.ndarray) -> np.ndarray: ...
 
 
+def segmenter_threads(processes: int) -> int | None:
+    """The threads a build's segmenter should run on (``covidnet.load(cfg.lungs, threads=...)``): with several
+    build processes, one per batch, so the build segments that many batches side by side (on two cores about a
+    fifth faster than one batch on two threads: a small network parallelises poorly within a batch); with one,
+    the runtime's default (every core)."""
+    return 1 if processes > 1 else None
+
+
 def check_segmenter(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
     """A segmenter is passed exactly when ``cfg.lungs`` names one (the file config.json records), and it was
     trained on this build's top crop (the framing it learnt; another stored size is resized). One line each,
@@ -43,7 +51,7 @@ def check_segmenter(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
         if cfg.lungs:
             raise ConfigError(
                 "BuildConfig.lungs is set: pass the segmenter, build_dataset(cfg, "
-                "segmenter=covidnet.lungs.fill.open_segmenter(cfg.lungs, workers=cfg.processes))"
+                "segmenter=covidnet.load(cfg.lungs, threads=segmenter_threads(cfg.processes)))"
             )
         return
     if not cfg.lungs:
@@ -78,7 +86,8 @@ def predict_masks(tmp: Path, cfg: BuildConfig, records, order: list[int], segmen
 def segment_store_rows(lm: StoreSegmenter, folder: Path, rows: np.ndarray, progress: bool, workers: int = 1):
     """``lm``'s lung masks for ``rows`` of the store being written in ``folder`` (its images.npy), into the
     same rows of its masks.npy, a batch at a time; a ``concurrent`` segmenter takes ``workers`` batches at
-    once (``open_segmenter(..., workers=...)`` gave an ONNX model one thread per batch), the masks written in
+    once (``segmenter_threads``: an ONNX model one thread per batch when the build has several processes), the
+    masks written in
     row order as they come. Returns the report's ``predicted`` section."""
     from concurrent.futures import ThreadPoolExecutor
 
