@@ -34,7 +34,7 @@ def timed_build(sources, out: Path, size: int, workers: int, lungs: Path | None)
     cfg = BuildConfig(sources=sources, out=out, size=size, paediatric="include", workers=workers, progress=False,
                       lungs=lungs)  # fmt: skip
     t0 = time.perf_counter()  # opening the segmenter is part of the build, as in `covidnet data build --lungs`
-    build_dataset(cfg, segmenter=load(lungs, threads=segmenter_threads(cfg.processes)) if lungs else None)
+    build_dataset(cfg, segmenter=load(lungs, threads=segmenter_threads(cfg.processes, cfg.lungs)) if lungs else None)
     return time.perf_counter() - t0
 
 

@@ -110,3 +110,17 @@ def test_operating_point_meets_the_sensitivity_on_validation():
     assert (probs[pos, 2] >= op["threshold"]).mean() >= 0.95 and op["class"] == "COVID-19"
     op2 = choose_operating_point(y, probs, CLASSES, "specificity=0.9")
     assert (probs[~pos, 2] < op2["threshold"]).mean() >= 0.9
+
+
+def test_average_precision_is_scikit_learns_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from covidnet.metrics.classification import average_precision
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 60))
+        y, score = rng.random(n) < 0.3, np.round(rng.random(n), 1)  # rounded: many ties
+        if y.any():
+            assert average_precision(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+    assert np.isnan(average_precision(np.zeros(5, bool), np.arange(5.0)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import covidnet.tasks.image
+import covidnet.models
 from covidnet.checkpoint import read_checkpoint
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.lungmasks import MaskSpec
@@ -52,7 +52,7 @@ def assert_same_weights(ours: dict, theirs: dict) -> None:
 
 @pytest.mark.slow
 def test_classification_ends_with_the_weights_the_old_covidnet_train_ended_with(legacy_ds, tmp_path, monkeypatch):
-    monkeypatch.setattr(covidnet.tasks.image, "create_model", tiny_create)
+    monkeypatch.setattr(covidnet.models, "create_model", tiny_create)
     fast = dict(epochs=2, batch_size=8, lr=3e-3, progress=False, precise_bn=16, device="cpu")
     train(TrainConfig(data=str(legacy_ds), out=str(tmp_path / "cls"), **fast))
     assert_same_weights(read_checkpoint(tmp_path / "cls" / "last.pt")["model"],

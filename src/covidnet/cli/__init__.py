@@ -20,6 +20,7 @@ COMMANDS = (
     "models",
     "profile",
     "train",
+    "pretrain",
     "eval",
     "predict",
     "export",

@@ -67,7 +67,7 @@ def run_build(args) -> int:
         from ..data.build.lungs import segmenter_threads
         from ..runtime import load
 
-        segmenter = load(cfg.lungs, threads=segmenter_threads(cfg.processes), tasks=("segmentation",))
+        segmenter = load(cfg.lungs, threads=segmenter_threads(cfg.processes, cfg.lungs), tasks=("segmentation",))
     report = build_dataset(cfg, segmenter)
     _warn_exclusions(report)
     if args.json:

@@ -28,6 +28,19 @@ def register(sub, flags: bool = True) -> None:
     s.set_defaults(func=run)
     if flags and (cls := config_class(s, "study", "StudyConfig")):  # None without the [torch] extra
         add_config_flags(s, cls)
+    t = ssub.add_parser(
+        "transfer",
+        help="does pretraining help? ImageNet, chest-X-ray self-supervised and random initialisation compared",
+        description="Train efficientnet-lite0 from random, ImageNet, mean-var and self-supervised (SimSiam on the "
+        "training films) initialisation, and covidnet-cxr3b from random and self-supervised, each with all and "
+        "with a tenth of the training labels, with the same seeds on the same split or folds; evaluate and audit "
+        "each, and compare each with random initialisation of the same architecture: accuracy, sensitivity, PPV, "
+        "AUROC, AUPRC, within-source AUC, occlusion, convergence. Writes study.json, table.md and index.html; "
+        "--resume continues a stopped study. Research tool, not a diagnosis.",
+    )
+    t.set_defaults(func=run_transfer)
+    if flags and (cls := config_class(t, "study", "TransferConfig")):  # None without the [torch] extra
+        add_config_flags(t, cls)
 
 
 def run(args) -> int:
@@ -38,6 +51,18 @@ def run(args) -> int:
     print(markdown_table(*summary_rows(s)))
     for f in s["findings"]:
         print(f"- {f}")
+    out = Path(cfg.out)
+    print(f"study: {out / 'study.json'}, table: {out / 'table.md'}, page: {out / 'index.html'}")
+    return 0
+
+
+def run_transfer(args) -> int:
+    from ..study import TransferConfig, markdown_table, run_transfer
+    from ..study.transfer import transfer_rows
+
+    cfg = config_from_args(TransferConfig, args)
+    s = run_transfer(cfg)["summary"]
+    print(markdown_table(*transfer_rows(s)))
     out = Path(cfg.out)
     print(f"study: {out / 'study.json'}, table: {out / 'table.md'}, page: {out / 'index.html'}")
     return 0

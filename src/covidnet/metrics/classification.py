@@ -164,6 +164,22 @@ def rank_auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+    """The area under the precision-recall curve as scikit-learn's ``average_precision_score`` computes it (the
+    mean of the precision at each positive, ties taken together), without its input checks; NaN without a
+    positive."""
+    positive = np.asarray(positive, bool)
+    n1 = int(positive.sum())
+    if n1 == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    s, hits = np.asarray(score, dtype=np.float64)[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the end of each run of tied scores
+    tp = np.cumsum(hits)[last]
+    precision, recall = tp / (last + 1), tp / n1
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def pairwise_score(probs: np.ndarray, a: int, b: int) -> np.ndarray:
     """P(a) / (P(a) + P(b)) per row (0.5 where both are 0): the probability of class a given a or b."""
     pa, pb = probs[:, a].astype(np.float64), probs[:, b].astype(np.float64)

@@ -40,6 +40,7 @@ from .page import markdown_table, pair_rows, plot_study, summary_rows, write_out
 from .planning import STUDY_FILE, STUDY_SETS, StudyConfig, check_folder, plan, run_dir
 from .runs import AUDIT_FILE, PREDICTIONS_FILE, RESULT_FILE, audit_figures, run_one
 from .summary import findings, pair_key, reference_of, signed_ci, summarize
+from .transfer import TransferConfig, run_transfer
 from .variants import ACQUISITION, DEFAULT_VARIANTS, SHORTCUTS, VARIANTS, Variant
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "VARIANTS",
     "Design",
     "StudyConfig",
+    "TransferConfig",
     "Variant",
     "audit_figures",
     "check_folder",
@@ -67,6 +69,7 @@ __all__ = [
     "run_dir",
     "run_one",
     "run_study",
+    "run_transfer",
     "signed_ci",
     "summarize",
     "summary_rows",

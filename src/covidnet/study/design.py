@@ -20,13 +20,20 @@ class Design:
     arms: every arm it can run, by name; an arm has a ``name``, ``about`` (what it changes), ``settings``
         (the ``TrainConfig`` settings that make it) and ``needs_lungs`` (``variants.Variant``).
     reference: the arm every other is compared with (paired differences, findings); it runs first and is
-        the first of the summary's arms.
+        the first of the summary's arms. ``references``, where given, names another reference per arm (the
+        transfer study compares each initialisation with random weights of the same architecture and label
+        fraction).
     """
 
     command: str
     title: str
     arms: dict
     reference: str
+    references: dict | None = None  # arm -> the arm it is compared with, where not ``reference`` (per architecture)
+
+    def reference_for(self, name: str) -> str:
+        """The arm ``name`` is compared with (itself for a reference arm)."""
+        return (self.references or {}).get(name, self.reference)
 
     @property
     def sets(self) -> frozenset[str]:
@@ -35,4 +42,4 @@ class Design:
 
     def order(self, names: list[str]) -> list[str]:
         """``names`` with the reference first, each once: the order the runs run and the tables read."""
-        return list(dict.fromkeys([self.reference, *names]))
+        return list(dict.fromkeys([self.reference, *(self.reference_for(n) for n in names), *names]))

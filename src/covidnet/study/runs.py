@@ -43,6 +43,16 @@ def audit_figures(audit: dict) -> dict:
     return out
 
 
+def convergence(run: Path) -> dict:
+    """How a run converged: its validation loss per epoch (log.csv) and the epoch of its best.pt."""
+    import csv
+
+    with open(run / "log.csv", newline="") as f:
+        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    best = json.loads((run / "run.json").read_text()).get("best_score") or {}
+    return {"val_loss": val_loss, "best_epoch": best.get("epoch")}
+
+
 def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | None = None) -> dict:
     """Train (or resume, or reuse) one run, evaluate it on the split (``fold``: its fold, the test split of its
     derived dataset ``tc.data``), audit it; its result.json."""
@@ -92,6 +102,7 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | 
         "accuracy": point["accuracy"],
         "per_class": point["per_class"],
         "audit": {k: v["verdict"] for k, v in audit["tests"].items()},
+        "convergence": convergence(run),
         "seconds": time.time() - t0,
     }
     write_json(run / RESULT_FILE, result)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics.bootstrap import bootstrap_info, format_ci, patient_bootstrap
-from ..metrics.classification import pairwise_auc, point_metrics, within_source_auc
+from ..metrics.classification import average_precision, pairwise_auc, point_metrics, rank_auc, within_source_auc
 from .planning import StudyConfig, run_dir
 from .runs import AUDIT_FILE, PREDICTIONS_FILE, audit_figures
 
@@ -23,6 +23,10 @@ def _figures(y, probs, classes, sources, pairs) -> dict[str, float]:
     for c in classes:
         out[f"{c}.sensitivity"] = point["per_class"][c]["sensitivity"]
         out[f"{c}.ppv"] = point["per_class"][c]["ppv"]
+    aucs = [rank_auc(y == k, probs[:, k]) for k in range(len(classes))]
+    out["macro.auroc"] = _nanmean(aucs)
+    out[f"{classes[-1]}.auroc"] = aucs[-1]  # COVID-19 (positive when binary) against the rest
+    out[f"{classes[-1]}.auprc"] = average_precision(y == len(classes) - 1, probs[:, -1])
     within, covid = [], []
     positive = classes[-1]  # COVID-19 (positive when binary): the last class, by the project's order
     for p in pairs:
@@ -130,7 +134,7 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
         for n in names:
             for k, v in means[n].items():
                 out[f"{n}|{k}"] = v
-                out[f"{n}|diff|{k}"] = v - means[design.reference][k]
+                out[f"{n}|diff|{k}"] = v - means[design.reference_for(n)][k]
         return out
 
     cis = patient_bootstrap(flat, patients, cfg.resamples, seed=0)
@@ -145,7 +149,7 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
                 **cis[f"{n}|{k}"],
                 "sd_over_seeds": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 "seeds": values,
-                "difference_from_baseline": cis[f"{n}|diff|{k}"] if n != design.reference else None,
+                "difference_from_baseline": cis[f"{n}|diff|{k}"] if n != design.reference_for(n) else None,
             }
         audits = _seed_audits(cfg, results, n)
         variants[n] = {
@@ -164,7 +168,7 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
         "within_source_note": ws["note"],
         "bootstrap": {**bootstrap_info(cfg.resamples, 0), "of": "the mean over seeds"},
         "variants": variants,
-        "findings": findings(variants, pairs, design.reference),
+        "findings": findings(variants, pairs, design.reference_for if design.references else design.reference),
     }
 
 
@@ -204,7 +208,7 @@ def _spread(values: list) -> dict:
     }
 
 
-def findings(variants: dict, pairs: list, reference: str) -> list[str]:
+def findings(variants: dict, pairs: list, reference) -> list[str]:
     """The sentences a reader needs, from the numbers alone: for each mitigation and each within-source
     figure, whether its interval excludes the value of the ``reference`` arm (the baseline), and its paired
     difference."""
@@ -213,13 +217,15 @@ def findings(variants: dict, pairs: list, reference: str) -> list[str]:
             "No source holds two classes in the evaluated split: no within-source figure exists, so the study "
             "cannot say whether a mitigation helps where the source gives nothing away."
         ]
-    base = variants[reference]["figures"]
+    reference_for = reference if callable(reference) else (lambda n: reference)
     out = []
     keys = ["within.macro", "within.covid", *(pair_key(p) for p in pairs)]
     any_excludes = False
     for n, v in variants.items():
-        if n == reference:
+        ref = reference_for(n)
+        if n == ref:
             continue
+        base = variants[ref]["figures"]
         for k in keys:
             f, b = v["figures"].get(k), base.get(k)
             if not f or f["value"] is None or f["value"] != f["value"] or not f["ci95"]:
@@ -231,12 +237,13 @@ def findings(variants: dict, pairs: list, reference: str) -> list[str]:
             if k == "within.macro" or excludes or (dci and (dci[0] > 0 or dci[1] < 0)):
                 any_excludes |= excludes
                 out.append(
-                    f"{n}: {_label(k)} {format_ci(f)} against the {reference}'s {b['value']:.3f} "
-                    f"({'its interval excludes' if excludes else 'its interval includes'} the {reference}'s value; "
+                    f"{n}: {_label(k)} {format_ci(f)} against the {ref}'s {b['value']:.3f} "
+                    f"({'its interval excludes' if excludes else 'its interval includes'} the {ref}'s value; "
                     f"paired difference {signed_ci(d)})."
                 )
     if not any_excludes:
-        out.append(f"No mitigation's within-source interval excludes the {reference}'s value.")
+        said = reference if isinstance(reference, str) else "reference arm"
+        out.append(f"No mitigation's within-source interval excludes the {said}'s value.")
     return out
 
 

@@ -7,7 +7,9 @@ supplies):
   adversary of ``debias.py``); the default, and what a checkpoint without a ``task`` key is;
 * ``severity`` (``severity.py``, COVIDNet-S): geographic and opacity extent, 0-8;
 * ``risk`` (``risk.py``, COVID-RiskNet): bins of days since symptom onset, an ordinal head;
-* ``segmentation`` (``segmentation.py``): the lung fields, one logit per pixel.
+* ``segmentation`` (``segmentation.py``): the lung fields, one logit per pixel;
+* ``self-supervised`` (``selfsup.py``, ``simsiam.py``): SimSiam pretraining of a classifier's backbone on
+  unlabelled films (``covidnet pretrain``).
 
 The first three share ``image.py`` (a classifier with a head per image: its initialisation, freezing and
 lung-field input). ``make_task`` is the one place a task is built from a training config, and
@@ -23,9 +25,12 @@ from .base import COMMON_OPTIONS, Task
 from .classification import ClassificationTask, decide, softmax, triage_rule
 from .risk import DEFAULT_RISK_BINS, RiskTask, bin_names, parse_bins
 from .segmentation import SegmentationTask
+from .selfsup import SelfSupervisedTask
 from .severity import SeverityTask
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SeverityTask, RiskTask, SegmentationTask)}
+TASKS: dict[str, type[Task]] = {
+    t.name: t for t in (ClassificationTask, SeverityTask, RiskTask, SegmentationTask, SelfSupervisedTask)
+}
 
 
 def task_class(name: str) -> type[Task]:
@@ -62,6 +67,7 @@ __all__ = [
     "DEFAULT_RISK_BINS",
     "RiskTask",
     "SegmentationTask",
+    "SelfSupervisedTask",
     "SeverityTask",
     "TASKS",
     "Task",

@@ -118,6 +118,18 @@ class Task:
 
     # --- judging a run ------------------------------------------------------------------------------
 
+    def validate(self, run, outputs) -> dict:
+        """The validation figures of a run after an epoch: the outputs of the validation rows through
+        ``forward`` (``outputs(positions, forward)``: the loop's forward over stored pixels), each image counted
+        exactly once however many processes share the work, against ``validation_targets``."""
+        import torch
+
+        mine = run.val_pos[run.dist.rank :: run.dist.world]
+        out = outputs(mine, lambda x: self.forward(run.model, x, run.contract, run.mem_format))
+        parts = [(p, o) for p, o in run.dist.gather((mine, out)) if len(p)]
+        pos = np.concatenate([p for p, _ in parts])
+        return self.validation(self.validation_targets(run, pos), torch.cat([o for _, o in parts]))
+
     def validation_targets(self, run, pos: np.ndarray):
         """The targets ``validation`` compares the outputs of positions ``pos`` with."""
         import torch

@@ -92,6 +92,7 @@ TRAINING = {
     "group_dro": False,
     "dro_step": 0.01,
     "dro_adjustment": 1.0,
+    "label_fraction": 1.0,
 }
 
 
@@ -128,11 +129,23 @@ class ClassificationTask(ImageTask):
             raise ConfigError(
                 "--group-dro weighs the (class, source) groups itself: give --class-weights none, and no --debias"
             )
+        if not 0 < cfg.label_fraction <= 1:
+            raise ConfigError(
+                f"--label-fraction must be in (0, 1], a share of the training patients, not {cfg.label_fraction}"
+            )
         if cfg.group_dro and (cfg.dro_step <= 0 or cfg.dro_adjustment < 0):
             raise ConfigError("--dro-step must be positive and --dro-adjustment at least 0")
         return cls(BINARY_CLASSES if cfg.binary else CLASSES, **{k: getattr(cfg, k) for k in TRAINING})
 
     # --- data ---------------------------------------------------------------------------------------
+
+    def rows(self, store, split):
+        """A split's rows; with ``--label-fraction`` below 1, the training split's rows of that share of its
+        patients (``labelled_share``), the validation and test splits whole."""
+        rows = store.rows(split)
+        return (
+            labelled_share(store, rows, self.label_fraction) if split == "train" and self.label_fraction < 1 else rows
+        )
 
     def targets(self, store, rows):
         return store.labels(rows, binary=tuple(self.outputs) == BINARY_CLASSES)
@@ -346,6 +359,24 @@ class ClassificationTask(ImageTask):
             }
             for i in worst
         ]
+
+
+def labelled_share(store, rows: np.ndarray, fraction: float) -> np.ndarray:
+    """The rows of a ``fraction`` of the patients of ``rows``, drawn by patient and stratified by class: within
+    each class (a patient's first image's), the patients first in the order of a hash of their id, at least
+    one. The hash, not a seed: every run, arm and seed that asks for the same fraction of the same split gets
+    the same patients, and a smaller fraction's patients are among a larger one's."""
+    import hashlib
+
+    patients = store.patients(rows)
+    first: dict[str, str] = {}
+    for r, p in zip(rows, patients):
+        first.setdefault(p, store.index[r]["label"])
+    keep = set()
+    for label in sorted(set(first.values())):
+        group = sorted((p for p, c in first.items() if c == label), key=lambda p: hashlib.sha1(p.encode()).hexdigest())
+        keep.update(group[: max(1, round(fraction * len(group)))])
+    return rows[np.array([p in keep for p in patients], dtype=bool)]
 
 
 def class_weights(spec: str, labels: np.ndarray, classes: Sequence[str]):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..checkpoint import classifier_arch, read_checkpoint
 from ..errors import ConfigError, CovidnetError
-from ..models import create_model, get_spec
 from .base import Task
 
 HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every classifier has both)
@@ -51,6 +50,8 @@ class ImageTask(Task):
     # --- data ---------------------------------------------------------------------------------------
 
     def contract(self, store, cfg):
+        from ..models import get_spec
+
         mean, std = get_spec(cfg.arch).normalisation(cfg.in_channels)
         return store.contract.for_model(
             cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity, cfg.lungs, cfg.lung_margin
@@ -63,6 +64,7 @@ class ImageTask(Task):
     # --- the network --------------------------------------------------------------------------------
 
     def create_model(self, cfg, run):
+        from ..models import create_model
         from ..models.lung_field import lung_field_model
 
         model = _create(cfg, len(self.outputs))
@@ -103,6 +105,8 @@ class ImageTask(Task):
 
 def _create(cfg, num_outputs: int):
     """The registry's network for ``cfg.arch``, with torchvision's ImageNet weights for ``--init imagenet``."""
+    from ..models import create_model, get_spec
+
     if cfg.init != "imagenet":
         return create_model(cfg.arch, num_classes=num_outputs, in_channels=cfg.in_channels)
     if get_spec(cfg.arch).family != "torchvision":

@@ -24,7 +24,6 @@ import numpy as np
 from ..contract import THRESHOLD, is_lung
 from ..data.lungmasks import IGNORE, LUNG
 from ..errors import ConfigError
-from ..models import get_spec
 from .base import Task
 
 
@@ -68,6 +67,8 @@ class SegmentationTask(Task):
         return None  # the masks are staged as an array
 
     def contract(self, store, cfg):
+        from ..models import get_spec
+
         mean, std = get_spec(cfg.arch).normalisation(1)
         return store.contract.for_model(cfg.size or store.size, 1, mean, std)
 

@@ -24,17 +24,18 @@ from ..models import get_spec, list_models
 from ..tasks import COMMON_OPTIONS, TASKS, Task, make_task, task_class
 
 # a field whose default is the task's is None until the config is made; where a task sets none, this
-NEUTRAL = {"covid_percent": 0.0, "class_weights": "none"}
+NEUTRAL = {"covid_percent": 0.0, "class_weights": "none", "hflip": 0.5, "brightness": 0.10, "aug_gamma": 0.0,
+           "aug_blur": 0.0, "aug_noise": 0.0}  # fmt: skip
 
 
 def _per_task(field: str) -> str:
-    """The help's note on a default that is the task's, e.g. "(default: the task's: classification 2e-05, …)"."""
-    values = []
-    for name, t in TASKS.items():
-        v = t.defaults.get(field, NEUTRAL.get(field))
-        if v is not None and (not values or values[-1][1] != v):
-            values.append((name, v))
-    return "default: the task's; " + ", ".join(f"{n} {v}" for n, v in values)
+    """The help's note on a default that is the task's, e.g. "default 2e-05; segmentation 0.001"."""
+    from collections import Counter
+
+    values = {name: t.defaults.get(field, NEUTRAL.get(field)) for name, t in TASKS.items()}
+    common = Counter(v for v in values.values() if v is not None).most_common(1)[0][0]
+    others = [f"{n} {v}" for n, v in values.items() if v is not None and v != common]
+    return f"default {common}" + (f"; {', '.join(others)}" if others else "")
 
 
 @dataclass
@@ -71,8 +72,10 @@ class TrainConfig:
     )
     translate: float | None = option(None, f"augmentation: max shift, fraction of the side ({_per_task('translate')})")
     rotate: float = option(10.0, "augmentation: max rotation, degrees")
-    hflip: float = option(0.5, "augmentation: horizontal flip probability")
-    brightness: float = option(0.10, "augmentation: max brightness change, fraction (the image only)")
+    hflip: float | None = option(None, f"augmentation: horizontal flip probability ({_per_task('hflip')})")
+    brightness: float | None = option(
+        None, f"augmentation: max brightness change, fraction (the image only) ({_per_task('brightness')})"
+    )
     zoom_min: float | None = option(None, f"augmentation: smallest zoom ({_per_task('zoom_min')})")
     zoom_max: float | None = option(None, f"augmentation: largest zoom ({_per_task('zoom_max')})")
     intensity: str = option(
@@ -119,9 +122,22 @@ class TrainConfig:
     dro_adjustment: float = option(
         1.0, "--group-dro: C of the group-size adjustment C / sqrt(group size) added to each group's loss"
     )
-    aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
-    aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
-    aug_noise: float = option(0.0, "acquisition augmentation: additive noise, std up to this on [0, 1] pixels (0: off)")
+    label_fraction: float = option(
+        1.0,
+        "train on the labels of this share of the training split's patients, drawn by patient and stratified by "
+        "class, the same patients in every run (validation and test splits whole)",
+    )
+    aug_gamma: float | None = option(
+        None,
+        f"acquisition augmentation: gamma curve, |log gamma| at most this per image, 0 off ({_per_task('aug_gamma')})",
+    )
+    aug_blur: float | None = option(
+        None, f"acquisition augmentation: Gaussian blur, sigma up to this many pixels, 0 off ({_per_task('aug_blur')})"
+    )
+    aug_noise: float | None = option(
+        None,
+        f"acquisition augmentation: additive noise, std up to this on [0, 1] pixels, 0 off ({_per_task('aug_noise')})",
+    )
     init: str = option(
         "random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier re-initialised)"
     )

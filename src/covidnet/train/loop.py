@@ -384,19 +384,12 @@ def recalibrate_bn(r: Run, epoch: int) -> None:
 
 
 def validate(r: Run) -> dict:
-    """The task's validation figures over the validation rows, each image counted exactly once however many
-    processes share the work (no padding duplicates), through the same forward as ``covidnet eval``. The
-    plain model runs, not the DDP wrapper: shards differ in length, and DDP's per-forward collectives would
-    wait for each other."""
-    mine = r.val_pos[r.dist.rank :: r.dist.world]
-    out = predict_outputs(
-        r.model,
-        lambda pos: r.arrays["pixels"][pos],
-        mine,
-        r.cfg.eval_batch_size,
-        r.device,
-        lambda x: r.task.forward(r.model, x, r.contract, r.mem_format),
-    )
-    parts = [(p, o) for p, o in r.dist.gather((mine, out)) if len(p)]
-    pos = np.concatenate([p for p, _ in parts])
-    return r.task.validation(r.task.validation_targets(r, pos), torch.cat([o for _, o in parts]))
+    """The task's validation figures (``Task.validate``), with the loop's forward over stored pixels: the plain
+    model runs, not the DDP wrapper (shards differ in length, and DDP's per-forward collectives would wait for
+    each other), in eval mode, through the same loop as ``covidnet eval``."""
+
+    def outputs(positions: np.ndarray, forward) -> torch.Tensor:
+        get = lambda pos: r.arrays["pixels"][pos]  # noqa: E731
+        return predict_outputs(r.model, get, positions, r.cfg.eval_batch_size, r.device, forward)
+
+    return r.task.validate(r, outputs)

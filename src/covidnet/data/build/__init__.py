@@ -65,7 +65,7 @@ __all__ = [
 def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> dict:
     """Build a dataset as ``cfg`` says; returns the report (also written to ``cfg.out/report.json``).
     ``segmenter``: with ``cfg.lungs``, that model opened by the caller
-    (``covidnet.load(cfg.lungs, threads=segmenter_threads(cfg.processes))``), which draws the masks the
+    (``covidnet.load(cfg.lungs, threads=segmenter_threads(cfg.processes, cfg.lungs))``), which draws the masks the
     images have not got; it is checked against the build's contract before any work."""
     t0 = time.perf_counter()
     _check_config(cfg, segmenter)

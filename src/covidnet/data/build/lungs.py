@@ -35,12 +35,13 @@ class StoreSegmenter(Protocol):
     def masks(self, images: np.ndarray) -> np.ndarray: ...
 
 
-def segmenter_threads(processes: int) -> int | None:
-    """The threads a build's segmenter should run on (``covidnet.load(cfg.lungs, threads=...)``): with several
-    build processes, one per batch, so the build segments that many batches side by side (on two cores about a
-    fifth faster than one batch on two threads: a small network parallelises poorly within a batch); with one,
-    the runtime's default (every core)."""
-    return 1 if processes > 1 else None
+def segmenter_threads(processes: int, model: str | Path) -> int | None:
+    """The threads a build's segmenter should run on (``covidnet.load(cfg.lungs, threads=...)``): an ONNX model
+    of a build with several processes, one per batch, so the build segments that many batches side by side (on
+    two cores about a fifth faster than one batch on two threads: a small network parallelises poorly within a
+    batch, and ONNX Runtime's sessions run side by side); otherwise the runtime's default (every core; torch's
+    threads are process-wide, and a checkpoint segments one batch at a time)."""
+    return 1 if processes > 1 and Path(model).suffix.lower() == ".onnx" else None
 
 
 def check_segmenter(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
@@ -51,7 +52,7 @@ def check_segmenter(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
         if cfg.lungs:
             raise ConfigError(
                 "BuildConfig.lungs is set: pass the segmenter, build_dataset(cfg, "
-                "segmenter=covidnet.load(cfg.lungs, threads=segmenter_threads(cfg.processes)))"
+                "segmenter=covidnet.load(cfg.lungs, threads=segmenter_threads(cfg.processes, cfg.lungs)))"
             )
         return
     if not cfg.lungs:

@@ -1,0 +1,28 @@
+"""``covidnet pretrain``: self-supervised pretraining (SimSiam) of a classifier's backbone on a build's training
+images, labelled or not; the same run as ``covidnet train --task self-supervised``."""
+
+from __future__ import annotations
+
+from .flags import add_config_flags, config_class
+
+
+def register(sub, flags: bool = True) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (SimSiam) on a build's training images, labelled or not",
+        description="Pretrain a registered classifier's backbone without labels on the training split of a "
+        "dataset built by `covidnet data build` (never its validation or test split), as `covidnet train --task "
+        "self-supervised` does; `covidnet train --init RUN/best.pt` then fine-tunes it. Research tool, not a "
+        "diagnosis.",
+    )
+    p.set_defaults(func=run)
+    if flags and (cls := config_class(p, "train", "TrainConfig")):  # None without the [torch] extra
+        from ..tasks import COMMON_OPTIONS, SelfSupervisedTask
+
+        add_config_flags(p, cls, only=set(COMMON_OPTIONS + list(SelfSupervisedTask.options)) - {"task"})
+
+
+def run(args) -> int:
+    from .train import run as train
+
+    return train(args, task="self-supervised")
