@@ -1,6 +1,8 @@
 """covidnet: COVID-Net for chest X-rays in PyTorch — a research toolkit, not a diagnostic device.
 
-The public API; the ``covidnet`` command is a thin layer over it. Names are imported on first use
+The public API: ``load`` (a trained model of any task, a checkpoint or its ONNX export), ``create_model``,
+``build_dataset``, ``train``, ``StoreDataset``, and each command's function and config dataclass; the
+``covidnet`` command is a thin layer over it. Names are imported on first use
 (PEP 562), so ``import covidnet`` and the parts that need no torch (reading images, building datasets
 in worker processes, and later the ONNX runtime) stay light.
 """
@@ -53,12 +55,15 @@ _API = {
     "write_severity_file": "covidnet.data.synth",
     "CamExplainer": "covidnet.explain",
     "run_audit": "covidnet.audit",
+    "AuditConfig": "covidnet.audit",
     "evaluate_lungs": "covidnet.lungs.evaluate",
     "LungsEvalConfig": "covidnet.lungs.evaluate",
     "predict_lungs": "covidnet.lungs.evaluate",
     "LungsPredictConfig": "covidnet.lungs.evaluate",
     "run_study": "covidnet.study",
     "StudyConfig": "covidnet.study",
+    "run_transfer": "covidnet.study",
+    "TransferConfig": "covidnet.study",
 }
 
 
