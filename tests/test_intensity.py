@@ -66,16 +66,13 @@ def test_clahe_travels_in_the_contract_to_eval_predict_and_onnx(tmp_path):
     ]
     np.testing.assert_allclose(np.array(p_raw), p_eval, atol=1e-5)
     # the control: without the standardisation the model sees other pixels and answers otherwise
-    from covidnet.runtime import predict_logits, rows_reader
+    import torch
 
-    plain = lm.model
-    raw = predict_logits(
-        plain,
-        rows_reader(np.stack([Contract(stored_size=64).load(f) for f in files])),
-        np.arange(len(files)),
-        8,
-        lm.contract,
-        lm.device,
+    from covidnet.runtime.device import predict_outputs
+
+    plain = np.stack([Contract(stored_size=64).load(f) for f in files])  # stored pixels, not standardised
+    raw = predict_outputs(
+        lm.model, lambda pos: torch.from_numpy(plain[pos]), np.arange(len(files)), 8, lm.device, lm.forward
     ).numpy()
     assert np.abs(softmax(raw) - p_eval).max() > 1e-4
 

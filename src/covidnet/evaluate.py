@@ -3,7 +3,7 @@ classification, for the raw images a COVIDx label file names), its task's metric
 uncertainty (``covidnet.metrics``: the bootstrap over **patients**), and an HTML report; and
 calibration (temperature, operating point) on the validation split.
 
-Training's validation and ``covidnet eval`` run the same ``runtime.predict_logits`` and the same
+Training's validation and ``covidnet eval`` run the same ``runtime.device.predict_outputs`` and the same
 metrics, so they agree exactly on the same data and checkpoint.
 """
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import option
 from .contract import Contract
-from .errors import CovidnetError, UsageError
+from .errors import ConfigError, CovidnetError, UsageError
 from .imageio import IMAGE_SUFFIXES, frontal_problem
 from .runtime import load_either
 
@@ -129,6 +129,8 @@ def predict_paths(cfg: PredictConfig) -> Iterator[dict]:
         raise UsageError("--cam needs the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")
     backend = load_either(cfg.checkpoint, onnx, device=cfg.device, batch_size=batch_size)
     task = backend.task
+    if task.name == "segmentation":
+        raise ConfigError(f"{backend.path}: a lung segmenter; its masks come from covidnet lungs predict")
     rule = task.decision_rule(backend.meta, cfg.threshold, cfg.operating_point)
     cams = CamFiles(cam_dir) if cam_dir else None
     if cams:
