@@ -219,7 +219,9 @@ def _read_dicom(fp: BinaryIO, name: str, force: bool, max_pixels: int | None = N
         if arr.ndim == 3:  # RGB; pydicom has already converted YBR_* to RGB
             return _rgb_to_grey(arr, 2 ** int(ds.get("BitsStored", arr.dtype.itemsize * 8)) - 1)
         grey = _monochrome_to_uint8(arr, ds)
-    except Exception as exc:
+    except BaseException as exc:
+        if not _decoder_fault(exc):
+            raise
         raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_detail(exc)})") from exc
     return 255 - grey if photometric == "MONOCHROME1" else grey  # MONOCHROME1: low values are white
 
@@ -274,6 +276,13 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     np.clip(out, 0, 255, out=out)
     return np.rint(out).astype(np.uint8)
+
+
+def _decoder_fault(exc: BaseException) -> bool:
+    """Whether a decoder's exception is the file's fault: any Exception, and the ``PanicException`` of
+    decoders written in Rust (pylibjpeg-rle indexes past its buffer on a corrupt RLE segment), which pyo3
+    derives from BaseException; KeyboardInterrupt and SystemExit are not."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _detail(exc: BaseException) -> str:
