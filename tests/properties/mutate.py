@@ -25,19 +25,47 @@ EXAMPLE_S = float(os.environ.get("COVIDNET_EXAMPLE_S", "60"))  # one example; pa
 
 
 @contextlib.contextmanager
-def bounded(max_bytes: int) -> Iterator[None]:
-    """One example: ended (with every thread's stack) if it runs past EXAMPLE_S, and its peak of traced
-    allocations (Python objects and NumPy arrays; not Pillow's own decoder buffers, which ``max_pixels``
-    bounds before decoding) must stay under ``max_bytes``."""
+def bounded(max_traced: int | None = None, max_resident: int | None = None) -> Iterator[None]:
+    """One example: ended (with every thread's stack) if it runs past EXAMPLE_S; its peak of traced
+    allocations (Python objects and NumPy arrays) must stay under ``max_traced``, and its peak resident
+    memory (the kernel's high-water mark, reset at the start) under ``max_resident`` above where it began.
+    Traced allocations bound what is decoded in memory; resident memory bounds file readers, for which
+    CPython's ``f.read(n)`` allocates the n bytes a mutated length field asks for before it reads the few
+    that are there: address space, not memory (never touched, it is never resident)."""
     faulthandler.dump_traceback_later(EXAMPLE_S, exit=True)
-    tracemalloc.start()
+    resident = max_resident is not None and _reset_peak_rss()
+    start = _status_kb("VmRSS") if resident else 0
+    if max_traced is not None:
+        tracemalloc.start()
     try:
         yield
-        peak = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1] if max_traced is not None else 0
+        grown = (_status_kb("VmHWM") - start) * 1024 if resident else 0
     finally:
-        tracemalloc.stop()
+        if max_traced is not None:
+            tracemalloc.stop()
         faulthandler.cancel_dump_traceback_later()
-    assert peak <= max_bytes, f"peak traced allocation {peak:,} bytes > the bound of {max_bytes:,}"
+    if max_traced is not None:
+        assert peak <= max_traced, f"peak traced allocation {peak:,} bytes > the bound of {max_traced:,}"
+    if resident:
+        assert grown <= max_resident, f"resident memory grew {grown:,} bytes > the bound of {max_resident:,}"
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak resident set size (Linux 4.0+)
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 # --- seed images ------------------------------------------------------------------------------------------

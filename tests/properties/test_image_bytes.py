@@ -54,7 +54,7 @@ def test_mutated_bytes_decode_or_fail_in_one_line(kind, ops, min_side):
 
     name, data = SEEDS[kind]
     mutated = apply(data, ops)
-    with bounded(MAX_TRACED):
+    with bounded(MAX_TRACED, 2 * MAX_TRACED):
         check(mutated, name, min_side)
         assert frontal_problem(name, mutated) in (None,) or isinstance(frontal_problem(name, mutated), str)
 
@@ -75,7 +75,7 @@ def test_declared_dimensions_are_refused_before_decoding_or_fail_in_one_line(kin
 
     name, data = SEEDS[kind]
     mutated = apply(declare_size(kind, data, width, height), ops)
-    with bounded(MAX_TRACED):
+    with bounded(MAX_TRACED, 2 * MAX_TRACED):
         image = check(mutated, name)
     if image is not None:
         assert image.size <= MAX_PIXELS
@@ -89,7 +89,7 @@ def test_the_contract_turns_mutated_uploads_into_its_pixels_or_one_line(kind, op
 
     name, data = SEEDS[kind]
     contract = Contract(stored_size=32, top_crop=0.08)
-    with bounded(MAX_TRACED):
+    with bounded(MAX_TRACED, 2 * MAX_TRACED):
         try:
             pixels = contract.load_bytes(apply(data, ops), name, MAX_PIXELS)
         except CovidnetError as e:

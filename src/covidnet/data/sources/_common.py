@@ -41,17 +41,21 @@ def require_dir(root: Path, source: str) -> Path:
     return root
 
 
-def read_table(path: Path, source: str, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV metadata file as dicts; stops the build if the file or a column is missing."""
+def read_table(path: Path, source: str, required: tuple[str, ...], delimiter: str = ",") -> list[dict[str, str]]:
+    """Rows of a CSV (or, with ``delimiter``, TSV) metadata file as dicts of text: a row shorter than the
+    header has "" in its missing cells, cells past the header's are dropped. Stops the build if the file
+    or a column is missing or the file is not UTF-8 text."""
     if not path.is_file():
         raise SourceError(f"{path}: metadata file of source {source!r} not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, delimiter=delimiter, restval="")
             rows = list(reader)
             columns = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise SourceError(f"{path}: cannot be read as CSV ({e})") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise SourceError(f"{path}: cannot be read as {'CSV' if delimiter == ',' else 'a table'} ({e})") from None
+    for row in rows:
+        row.pop(None, None)  # DictReader's key for the cells past the header's
     missing = [c for c in required if c not in columns]
     if missing:
         raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)})")
