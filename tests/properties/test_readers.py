@@ -173,3 +173,12 @@ def test_a_bimcv_table_that_is_not_utf8_or_is_a_folder_is_one_line_naming_it(tmp
     table.rmdir()
     (tmp_path / "participants.tsv").write_text("participant\tage\tgender\nsub-S1\n")  # a short row
     assert check("bimcv", tmp_path).records
+
+
+def test_a_header_with_a_newline_in_a_quoted_name_is_named_on_one_line(tmp_path):
+    """Found by the property: the 'missing column' error quoted the header as read, and a quote mutated
+    into it made the header span the file: a message of many lines."""
+    (tmp_path / "metadata.csv").write_text('"patientid,finding\nA1,x.png\n')
+    with pytest.raises(CovidnetError) as e:
+        read_source("actualmed", tmp_path)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{tmp_path / 'metadata.csv'}: missing column")

@@ -58,8 +58,15 @@ def read_table(path: Path, source: str, required: tuple[str, ...], delimiter: st
         row.pop(None, None)  # DictReader's key for the cells past the header's
     missing = [c for c in required if c not in columns]
     if missing:
-        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)})")
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {one_line(', '.join(columns))})")
     return rows
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text from a file, fit for a one-line message: control characters (a newline in a quoted header)
+    escaped, and cut at ``limit`` characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ImageIndex:
