@@ -240,7 +240,8 @@ def write_xlsx(path: Path, rows: list[list[str]]) -> Path:
         )
         z.writestr(
             "xl/worksheets/sheet1.xml",
-            f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{main}"><sheetData>{cells}</sheetData></worksheet>',
+            f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{main}">'
+            f"<sheetData>{cells}</sheetData></worksheet>",
         )
         z.writestr(
             "xl/sharedStrings.xml",

@@ -103,7 +103,6 @@ def test_a_corrupt_rle_segment_is_a_read_error_not_a_decoder_panic():
     an RLE segment makes pylibjpeg-rle (Rust) index past its buffer and raise pyo3's PanicException, a
     BaseException that ``except Exception`` let through (a traceback in `data build`, a dropped request in
     `serve`)."""
-    from mutate import apply
 
     name, data = SEEDS["dicom_rle"]
     assert len(data) == 4672  # the seed these bytes were found in

@@ -182,3 +182,27 @@ def test_a_header_with_a_newline_in_a_quoted_name_is_named_on_one_line(tmp_path)
     with pytest.raises(CovidnetError) as e:
         read_source("actualmed", tmp_path)
     assert "\n" not in str(e.value) and str(e.value).startswith(f"{tmp_path / 'metadata.csv'}: missing column")
+
+
+@pytest.mark.parametrize(
+    "cell, needle",
+    [
+        ('<c r="A9" t="s"><v>99</v></c>', "IndexError"),  # found by the property: a shared string past the table
+        ('<c r="A9" t="s"><v>-1</v></c>', "IndexError"),  # Python's negative index read the last string
+        ('<c r="A9" t="s"><v>x</v></c>', "ValueError"),
+        ('<c r="A9" t="s"><v></v></c>', "TypeError"),
+        ('<c r="ZZZZZZZZ9" t="s"><v>0</v></c>', "past Excel's last column"),  # would allocate 2e11 cells
+    ],
+)
+def test_a_sheet_cell_that_points_nowhere_is_one_line_naming_the_workbook(tmp_path, cell, needle):
+    seed_tree("sirm", tmp_path)
+    book = tmp_path / "COVID.metadata.xlsx"
+    rewrite_member(
+        book,
+        "xl/worksheets/sheet1.xml",
+        lambda b: b.replace(b"</sheetData>", b'<row r="9">' + cell.encode() + b"</row></sheetData>"),
+    )
+    with bounded(max_resident=MAX_RESIDENT), pytest.raises(CovidnetError) as e:
+        read_source("sirm", tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"{book}: cannot be read as an Excel workbook") and needle in message, message

@@ -165,14 +165,41 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
             sheet = ElementTree.fromstring(z.read(target))
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError) as e:
         raise SourceError(f"{path}: cannot be read as an Excel workbook (.xlsx): {type(e).__name__}: {e}") from None
+    try:
+        table = _sheet_table(sheet, shared, ns)
+    except (ValueError, IndexError, TypeError) as e:  # a shared-string index or a cell reference that is not one
+        raise SourceError(f"{path}: cannot be read as an Excel workbook (.xlsx): {type(e).__name__}: {e}") from None
+    while table and not any(table[0]):
+        table.pop(0)
+    header = [h.strip() for h in table[0]] if table else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        has = one_line(", ".join(h for h in header if h))
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {has})")
+    return [
+        {h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
+        for r in table[1:]
+        if any(x.strip() for x in r)
+    ]
+
+
+MAX_COLUMNS = 16384  # Excel's last column is XFD
+
+
+def _sheet_table(sheet, shared: list[str], ns: dict) -> list[list[str]]:
+    """A worksheet's cells as rows of text (shared strings resolved, gaps filled with "")."""
     table: list[list[str]] = []
     for row in sheet.iter(f"{{{ns['m']}}}row"):
         cells: dict[int, str] = {}
         for k, c in enumerate(row.findall("m:c", ns)):
             ref = re.match(r"([A-Z]+)", c.get("r", "")) if c.get("r") else None
             col = _column_number(ref.group(1)) if ref else k
+            if col >= MAX_COLUMNS:
+                raise ValueError(f"cell {c.get('r')} is past Excel's last column")
             kind, v = c.get("t", "n"), c.find("m:v", ns)
             if kind == "s" and v is not None:
+                if int(v.text) < 0:
+                    raise IndexError(f"shared string {v.text}")
                 text = shared[int(v.text)]
             elif kind == "inlineStr":
                 text = "".join(t.text or "" for t in c.iter(f"{{{ns['m']}}}t"))
@@ -182,17 +209,7 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
                     text = text[:-2]  # a whole number stored as a float
             cells[col] = text
         table.append([cells.get(k, "") for k in range(max(cells) + 1)] if cells else [])
-    while table and not any(table[0]):
-        table.pop(0)
-    header = [h.strip() for h in table[0]] if table else []
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(h for h in header if h)})")
-    return [
-        {h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
-        for r in table[1:]
-        if any(x.strip() for x in r)
-    ]
+    return table
 
 
 def _column_number(letters: str) -> int:
