@@ -198,3 +198,13 @@ def test_a_config_json_that_is_not_json_is_one_line_naming_it(store_dir, tmp_pat
     config.write_text("[]")
     with pytest.raises(CovidnetError, match=rf"^{config}: not a JSON object"):
         store.build_config()
+
+
+@pytest.mark.parametrize("text", ["[]", '{"stored_size": 3}', '{"stored_size": 32, "intensity": "loud"}'])
+def test_a_contract_json_of_the_wrong_shape_or_values_is_one_line_naming_it(store_dir, tmp_path, text):
+    """Found by the property: a contract.json holding a list raised AttributeError, and one whose values
+    the contract refuses said what was wrong (--intensity must be one of ...) without naming the file."""
+    root = damaged_copy(store_dir, tmp_path)
+    (root / "contract.json").write_text(text)
+    with pytest.raises(CovidnetError, match=rf"^{root / 'contract.json'}: not a readable preprocessing contract"):
+        open_store(root)
