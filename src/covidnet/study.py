@@ -246,7 +246,14 @@ def _check_folder(cfg: StudyConfig) -> None:
         return
     if not saved.is_file():
         raise ConfigError(f"{out}: no study to resume ({STUDY_FILE} not found); start it without --resume")
-    was = json.loads(saved.read_text())["config"]
+    try:
+        was = json.loads(saved.read_text(encoding="utf-8"))["config"]
+        if not isinstance(was, dict):
+            raise TypeError("its config is not a JSON object")
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: not UTF-8, not JSON
+        raise ConfigError(
+            f"{saved}: not a readable study file ({type(e).__name__}: {e}); start the study in a new --out"
+        ) from None
     for f in dataclasses.fields(StudyConfig):
         if f.name not in RESUME_MAY_CHANGE and was.get(f.name) != getattr(cfg, f.name):
             raise ConfigError(

@@ -31,6 +31,6 @@ HANG_S = float(os.environ.get("COVIDNET_PROPERTY_HANG_S", "600"))  # one propert
 def _no_hang():
     """A property that runs past HANG_S (a decoder in an endless loop) dumps every thread's stack and
     ends the run, rather than holding CI until its own time limit."""
-    faulthandler.dump_traceback_later(HANG_S, exit=True)
+    faulthandler.dump_traceback_later(HANG_S, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()

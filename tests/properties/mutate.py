@@ -11,6 +11,7 @@ import io
 import os
 import random
 import struct
+import sys
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ def bounded(max_traced: int | None = None, max_resident: int | None = None) -> I
     Traced allocations bound what is decoded in memory; resident memory bounds file readers, for which
     CPython's ``f.read(n)`` allocates the n bytes a mutated length field asks for before it reads the few
     that are there: address space, not memory (never touched, it is never resident)."""
-    faulthandler.dump_traceback_later(EXAMPLE_S, exit=True)
+    faulthandler.dump_traceback_later(EXAMPLE_S, exit=True, file=sys.__stderr__)
     resident = max_resident is not None and _reset_peak_rss()
     start = _status_kb("VmRSS") if resident else 0
     if max_traced is not None:

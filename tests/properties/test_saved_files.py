@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from mutate import apply, apply_text, bounded, ops_strategy, text_ops
 
@@ -116,6 +116,7 @@ def study_dir(store_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@settings(max_examples=max(5, settings().max_examples // 4))  # each example resumes a study: seconds
 @given(ops=text_ops(30, 4))
 def test_a_mutated_study_json_is_one_line_naming_it_or_the_study_resumes(store_dir, study_dir, ops, capsys):
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,3 +209,15 @@ def test_a_contract_json_of_the_wrong_shape_or_values_is_one_line_naming_it(stor
     (root / "contract.json").write_text(text)
     with pytest.raises(CovidnetError, match=rf"^{root / 'contract.json'}: not a readable preprocessing contract"):
         open_store(root)
+
+
+@pytest.mark.parametrize("text", [b"\x80{", b"{", b"[]", b'{"config": 3}', b'{"state": "running"}'])
+def test_a_study_json_that_is_not_a_study_is_one_line_naming_it(store_dir, study_dir, tmp_path, capsys, text):
+    """Found by the property: --resume read study.json with a bare json.loads(...)["config"]: UnicodeDecodeError,
+    JSONDecodeError, TypeError or KeyError as a traceback."""
+    out = shutil.copytree(study_dir, tmp_path / "study")
+    (out / "study.json").write_bytes(text)
+    capsys.readouterr()
+    assert main([*STUDY, "--data", str(store_dir), "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"covidnet: error: {out / 'study.json'}: not a readable study file") and "\n" not in err
