@@ -163,11 +163,14 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
     from python_multipart import create_form_parser
 
     found: list = []
-    # in memory only: the parser would spill files above MAX_MEMORY_FILE_SIZE to disk, and none is that large
-    parser = create_form_parser(
-        {"Content-Type": content_type.encode("latin-1")}, None, found.append, config={"MAX_MEMORY_FILE_SIZE": limit + 1}
-    )
     try:
+        # in memory only: the parser would spill files above MAX_MEMORY_FILE_SIZE to disk, and none is that large
+        parser = create_form_parser(
+            {"Content-Type": content_type.encode("latin-1", "replace")},
+            None,
+            found.append,
+            config={"MAX_MEMORY_FILE_SIZE": limit + 1},
+        )  # inside the try: a multipart type without a boundary fails here
         parser.write(body)
         parser.finalize()
     except Exception as e:
