@@ -110,3 +110,21 @@ def test_a_corrupt_rle_segment_is_a_read_error_not_a_decoder_panic():
     with pytest.raises(ImageReadError, match=r"^x\.dcm: cannot decode DICOM pixel data") as e:
         read_image_bytes(mutated, name)
     assert type(e.value.__cause__).__name__ == "PanicException"
+
+
+def test_a_dicom_element_with_a_broken_vr_is_a_read_error_not_a_traceback():
+    """Found by test_declared_dimensions_... (long profile): pydicom converts an element's value when it is
+    first read, so a Rows whose VR was mutated ('US' -> 'U\\0') raised NotImplementedError from
+    ``ds.get('Rows')``, outside the (TypeError, ValueError) the reader caught; the same in frontal_problem
+    for ViewPosition, which the service calls first: a 500."""
+    from mutate import dicom_with
+
+    name, data = SEEDS["dicom"]
+    rows = b"\x28\x00\x10\x00US"  # (0028,0010) Rows, explicit VR little endian
+    assert data.count(rows) == 1
+    with pytest.raises(ImageReadError, match=r"^x\.dcm: DICOM Rows/Columns are not numbers"):
+        read_image_bytes(data.replace(rows, b"\x28\x00\x10\x00U\x00"), name)
+    lateral = dicom_with(data, ViewPosition="LL")
+    view = b"\x18\x00\x01\x51CS"  # (0018,5101) ViewPosition
+    assert frontal_problem(name, lateral) is not None and lateral.count(view) == 1
+    assert frontal_problem(name, lateral.replace(view, b"\x18\x00\x01\x51C\x00")) is None  # the pixels will say

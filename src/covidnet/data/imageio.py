@@ -109,9 +109,9 @@ def frontal_problem(path: str | os.PathLike[str], data: bytes | None = None) -> 
     try:
         source = path if data is None else io.BytesIO(data)
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
+        view = str(ds.get("ViewPosition", "") or "").strip().upper()  # converted when read: may raise too
     except Exception:
         return None  # reading the pixels will say what is wrong
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
     if view in LATERAL_VIEWS:
         return f"lateral view (DICOM ViewPosition {view!r}); the models are for frontal radiographs"
     return None
@@ -205,9 +205,9 @@ def _read_dicom(fp: BinaryIO, name: str, force: bool, max_pixels: int | None = N
         if force:  # no preamble and no pixels: most likely not DICOM at all
             raise ImageReadError(f"{name}: not a DICOM image (no DICM preamble and no pixel data)")
         raise ImageReadError(f"{name}: DICOM file has no pixel data")
-    try:
+    try:  # pydicom converts a value when it is first read: a damaged element raises here, of any type
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
         raise ImageReadError(f"{name}: DICOM Rows/Columns are not numbers") from exc
     _too_large(name, cols, rows, max_pixels)
     try:
