@@ -206,3 +206,28 @@ def test_a_sheet_cell_that_points_nowhere_is_one_line_naming_the_workbook(tmp_pa
         read_source("sirm", tmp_path)
     message = str(e.value)
     assert message.startswith(f"{book}: cannot be read as an Excel workbook") and needle in message, message
+
+
+@pytest.mark.parametrize("reader", ["ricord", "stonybrook"])
+@pytest.mark.parametrize(
+    "tag, vr",
+    [
+        (b"\x08\x00\x60\x00", b"CS"),
+        (b"\x10\x00\x20\x00", b"LO"),
+        (b"\x18\x00\x01\x51", b"CS"),
+        (b"\x20\x00\x0d\x00", b"UI"),
+    ],
+    ids=["Modality", "PatientID", "ViewPosition", "StudyInstanceUID"],
+)
+def test_a_dicom_header_element_with_a_broken_vr_leaves_its_file_out_not_a_traceback(reader, tag, vr, tmp_path):
+    """Found with the DICOM image property's gap (pydicom converts a value when it is first read): ricord and
+    stonybrook read Modality, PatientID, ViewPosition and StudyInstanceUID after the try around dcmread, so a
+    mutated VR raised NotImplementedError out of the reader. Every value is now converted inside the try."""
+    _, binary = seed_tree(reader, tmp_path)
+    for rel in binary:
+        path = tmp_path / rel
+        path.write_bytes(path.read_bytes().replace(tag + vr, tag + vr[:1] + b"\x00"))
+    data = check(reader, tmp_path)
+    if data is not None:
+        assert {e.reason for e in data.exclusions} <= {"unreadable image", "not an X-ray", "lateral view"}
+        assert all(e.item.endswith(".dcm") for e in data.exclusions if e.reason == "unreadable image")

@@ -69,6 +69,18 @@ def one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def read_header(path: Path, **options):
+    """A DICOM file's header (``pydicom.dcmread`` with ``options``) with every value converted now: pydicom
+    converts an element when it is first read, and a damaged one (a mutated VR) would raise then, outside the
+    caller's try, of a type it does not expect (NotImplementedError)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, **options)
+    for _ in ds:  # iterating converts each top-level element
+        pass
+    return ds
+
+
 class ImageIndex:
     """Images under a folder, looked up by file name or, failing that, by stem (metadata written for
     one encoding still finds the image after re-encoding, e.g. ``x.png`` listed, ``x.jpg`` on disk)."""
