@@ -6,9 +6,10 @@ client hangs up), malformed multipart, and bodies over the upload limit. Every D
 and PatientID that are marker strings unique to its request.
 
 It asserts what the issue asks: no 5xx, no response body and no line of the server's log that contains a
-marker, the server still answering /healthz at the end, and its resident memory (VmRSS of its process) under
-``--rss-mb``. It writes a JSON of the figures: requests by kind, status codes by kind, latency percentiles,
-the server's resident memory before and after (and its peak, VmHWM).
+marker, the server still answering /healthz at the end, and the growth of its resident memory (VmRSS of its
+process) under ``--rss-mb``; and no traceback in its log (the project's rule: tracebacks are for bugs). It
+writes a JSON of the figures: requests by kind, status codes by kind, latency percentiles, the server's
+resident memory before and after (and its peak, VmHWM).
 
     .venv/bin/python scripts/serve_storm.py                 # 300 requests, a checkpoint trained here
     .venv/bin/python scripts/serve_storm.py --long          # 5,000
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             (bool(leaks), f"{len(leaks)} responses echo a DICOM marker"),
             (bool(log_leaks), f"{len(log_leaks)} log lines echo a DICOM marker, e.g. {log_leaks[:2]}"),
             (not alive, "the server is not answering /healthz at the end"),
+            (tracebacks > 0, f"{tracebacks} tracebacks in the server's log"),
             (grown_mb > args.rss_mb, f"resident memory grew {grown_mb:.0f} MB > {args.rss_mb:.0f} MB"),
         ]
         figures["failures"] = [why for bad, why in failures if bad]

@@ -43,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import DISCLAIMER, __version__
 from ..config import option
@@ -149,10 +150,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, "payload_too_large", f"upload of {int(length):,} bytes; the limit is {limit:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "payload_too_large", f"upload larger than the limit of {limit:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "payload_too_large", f"upload larger than the limit of {limit:,} bytes")
+    except ClientDisconnect:  # gone before the body's end: nobody reads the answer, but the log gets one line
+        raise ApiError(400, "client_disconnected", "the client hung up before sending the whole body") from None
     return bytes(body)
 
 
