@@ -31,7 +31,7 @@ from _phantom_model import phantom_checkpoint
 
 from covidnet.data.store import open_store
 from covidnet.export import ExportConfig, export_model
-from covidnet.predict import OnnxBackend, TorchBackend
+from covidnet.runtime import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,10 +60,10 @@ def latency(work: Path, runs: int) -> dict:
         ExportConfig(str(ckpt), str(work / "m.onnx"), int8=True, data=str(ds), calibration_images=32, quiet=True)
     )
     x = np.asarray(open_store(ds).images[:1])
-    eager = TorchBackend(ckpt, "cpu", batch_size=1)
-    nchw = TorchBackend(ckpt, "cpu", batch_size=1)
+    eager = load(ckpt, "cpu", batch_size=1)
+    nchw = load(ckpt, "cpu", batch_size=1)
     nchw.memory_format = torch.contiguous_format
-    fp32, int8 = OnnxBackend(work / "m.fp32.onnx", "cpu"), OnnxBackend(work / "m.onnx", "cpu")
+    fp32, int8 = load(work / "m.fp32.onnx", "cpu"), load(work / "m.onnx", "cpu")
     out = median_ms(
         {
             "eager": lambda: eager.logits(x),
@@ -88,9 +88,9 @@ def accuracy(ckpt: str, data: str, work: Path) -> dict:
     report = export_model(ExportConfig(ckpt, str(work / "acc.onnx"), int8=True, data=data, quiet=True))
     store = open_store(data)
     runtimes = {
-        "torch": TorchBackend(ckpt, "cpu", batch_size=32),
-        "onnx_fp32": OnnxBackend(work / "acc.fp32.onnx", "cpu"),
-        "onnx_int8": OnnxBackend(work / "acc.onnx", "cpu"),
+        "torch": load(ckpt, "cpu", batch_size=32),
+        "onnx_fp32": load(work / "acc.fp32.onnx", "cpu"),
+        "onnx_int8": load(work / "acc.onnx", "cpu"),
     }
     out = {"checkpoint": ckpt, "data": data, "stored_size": store.size, "export": report["int8"]}
     for split in ("val", "test"):

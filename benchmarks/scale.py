@@ -198,8 +198,9 @@ def train_and_eval(ds: Path, work: Path, steps: int) -> tuple[dict, dict]:
     t.update(steps=steps, images_per_s=round(status["images_per_s"], 1))
     # eval in a process of its own (its peak RSS), timed inside it: the images' cost, not the interpreter's start
     code = (
-        "import sys, time; from covidnet.evaluate import evaluate_checkpoint; t = time.perf_counter(); "
-        "m = evaluate_checkpoint(sys.argv[1], data=sys.argv[2], split='test', resamples=100, device='cpu'); "
+        "import sys, time; from covidnet.evaluate import EvalConfig, evaluate_checkpoint; t = time.perf_counter(); "
+        "m = evaluate_checkpoint(EvalConfig(sys.argv[1], data=sys.argv[2], split='test', resamples=100, "
+        "device='cpu')); "
         "print(m['processed'], time.perf_counter() - t)"
     )
     e = measured([sys.executable, "-c", code, str(run / "best.pt"), str(ds)])

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_study import marked_hospitals  # noqa: E402
 
 from covidnet.evaluate import predict_store  # noqa: E402
-from covidnet.runtime import LoadedModel  # noqa: E402
+from covidnet.runtime import load  # noqa: E402
 from covidnet.tasks import softmax  # noqa: E402
 from covidnet.train import TrainConfig, train  # noqa: E402
 
@@ -40,7 +40,7 @@ def main(work: str, name: str, seeds: str, options: str = "{}") -> None:
                 data=str(root / "ds"), out=str(out), epochs=8, lr=3e-4, seed=seed, progress=False, **json.loads(options)
             )
         )
-        lm = LoadedModel.open(out / "best.pt", "auto", tasks=("classification",))
+        lm = load(out / "best.pt", "auto", tasks=("classification",), backend="torch")
         pred = predict_store(lm, str(root / "ds"), "test")
         p, y, src = softmax(pred.out), pred.y, np.array(pred.sources)
         covid = lm.classes.index("COVID-19")

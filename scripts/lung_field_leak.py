@@ -28,11 +28,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from covidnet.audit import LungFields, macro_auc, occlude
+from covidnet.contract import uint8_to_unit
 from covidnet.data.store import open_store
 from covidnet.errors import CovidnetError
-from covidnet.lungs.field import LungFieldClassifier, apply_lung_field
 from covidnet.metrics.bootstrap import patient_bootstrap
-from covidnet.runtime import LoadedModel, uint8_to_unit
+from covidnet.models.lung_field import LungFieldClassifier, apply_lung_field
+from covidnet.runtime import load
 from covidnet.tasks import softmax
 
 CHUNK = 128
@@ -49,7 +50,7 @@ class Leak:
     """The lung-field model of a checkpoint taken apart: its segmenter's field and its classifier alone."""
 
     def __init__(self, checkpoint: str):
-        self.lm = LoadedModel.open(checkpoint, "cpu", tasks=("classification",))
+        self.lm = load(checkpoint, "cpu", tasks=("classification",))
         self.m = self.lm.model.eval()
         if not isinstance(self.m, LungFieldClassifier) or self.m.mode != "mask":
             raise CovidnetError(f"{checkpoint}: not a --lungs mask model")

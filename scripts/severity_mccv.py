@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from covidnet import __version__
+from covidnet.contract import uint8_to_unit
 from covidnet.data.severity import SCORES
 from covidnet.data.store import open_store
 from covidnet.files import write_json
 from covidnet.metrics.regression import severity_point_metrics
-from covidnet.runtime import LoadedModel, uint8_to_unit
+from covidnet.runtime import load
 from covidnet.tasks import SeverityTask
 
 PUBLISHED = {
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     from sklearn.model_selection import GroupShuffleSplit
 
     t0 = time.perf_counter()
-    lm = LoadedModel.open(args.checkpoint, "cpu")
+    lm = load(args.checkpoint, "cpu")
     model, meta = lm.model, lm.meta
     store = open_store(args.data)
     lm.check_store(store, args.data)

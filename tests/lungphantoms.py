@@ -7,7 +7,7 @@ from covidnet.data.lungmasks import MaskSpec
 from covidnet.data.synth import MASKS_DIR, SynthConfig, write_phantom_dataset
 
 SIZE = 64
-FAST = dict(arch="lung-unet-tiny", epochs=10, batch_size=4, lr=3e-3, progress=False, device="cpu")
+FAST = dict(task="segmentation", arch="lung-unet-tiny", epochs=10, batch_size=4, lr=3e-3, progress=False, device="cpu")
 
 
 def phantom_build(root: Path, n: int, seed: int = 0, masks: bool = True, **kw) -> Path:

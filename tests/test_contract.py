@@ -13,9 +13,9 @@ from covidnet.checkpoint import read_checkpoint, save_checkpoint
 from covidnet.contract import CONTRACT_FILE, Contract
 from covidnet.data.store import open_store
 from covidnet.errors import CovidnetError
-from covidnet.evaluate import evaluate_checkpoint, predict_store
-from covidnet.predict import predict_paths
-from covidnet.runtime import LoadedModel
+from covidnet.evaluate import EvalConfig, evaluate_checkpoint, predict_store
+from covidnet.predict import PredictConfig, predict_paths
+from covidnet.runtime import load
 from covidnet.tasks import softmax
 from covidnet.train import TrainConfig, train
 
@@ -57,10 +57,10 @@ def test_top_crop_travels_from_the_build_to_predict_eval_and_export(cropped, tmp
     pre = read_checkpoint(ckpt)["preprocess"]
     assert pre["top_crop"] == 0.15 and pre["stored_size"] == 96  # from the store, not a literal
 
-    lm = LoadedModel.open(ckpt, "cpu")
+    lm = load(ckpt, "cpu")
     stored = predict_store(lm, str(ds), "test")  # what eval computes its metrics from
     files = raw_files(ds, store.rows("test"), store)
-    from_files = list(predict_paths(str(ckpt), [str(f) for f in files], device="cpu"))
+    from_files = list(predict_paths(PredictConfig([str(f) for f in files], checkpoint=str(ckpt), device="cpu")))
     assert all(r["status"] == "ok" for r in from_files)
     p_eval = softmax(stored.out, lm.meta.get("temperature"))
     p_raw = np.array([[r["probabilities"][c] for c in lm.classes] for r in from_files])
@@ -74,7 +74,7 @@ def test_top_crop_travels_from_the_build_to_predict_eval_and_export(cropped, tmp
     from covidnet.export import ExportConfig, export_model
 
     export_model(ExportConfig(checkpoint=str(ckpt), out=str(tmp_path / "m.onnx"), data=str(ds), quiet=True))
-    from_onnx = list(predict_paths(None, [str(f) for f in files], onnx=str(tmp_path / "m.onnx")))
+    from_onnx = list(predict_paths(PredictConfig([str(f) for f in files], onnx=str(tmp_path / "m.onnx"))))
     p_onnx = np.array([[r["probabilities"][c] for c in lm.classes] for r in from_onnx])
     np.testing.assert_allclose(p_onnx, p_eval, atol=1e-4)
 
@@ -83,7 +83,7 @@ def test_a_store_built_with_another_top_crop_is_refused_with_one_clear_line(crop
     ds, ckpt = cropped
     other = make_dataset(tmp_path, n=12, size=96, top_crop=0.08)
     with pytest.raises(CovidnetError, match=r"top_crop 0.08.*top_crop 0.15"):
-        evaluate_checkpoint(str(ckpt), data=str(other), split="train", resamples=0, device="cpu")
+        evaluate_checkpoint(EvalConfig(str(ckpt), data=str(other), split="train", resamples=0, device="cpu"))
 
 
 def test_a_checkpoint_written_before_the_contract_existed_still_loads(cropped, tmp_path):
@@ -91,7 +91,7 @@ def test_a_checkpoint_written_before_the_contract_existed_still_loads(cropped, t
     old = read_checkpoint(ckpt)
     old["preprocess"] = {k: v for k, v in old["preprocess"].items() if k != "top_crop"}  # as train.py wrote them
     save_checkpoint(tmp_path / "old.pt", {k: v for k, v in old.items() if k not in ("format", "version")})
-    lm = LoadedModel.open(tmp_path / "old.pt", "cpu")
+    lm = load(tmp_path / "old.pt", "cpu")
     assert lm.contract == Contract(
         stored_size=96,
         top_crop=0.08,

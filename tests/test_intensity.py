@@ -13,8 +13,8 @@ from covidnet.checkpoint import read_checkpoint
 from covidnet.contract import Contract
 from covidnet.errors import CovidnetError
 from covidnet.evaluate import predict_store
-from covidnet.predict import predict_paths
-from covidnet.runtime import LoadedModel
+from covidnet.predict import PredictConfig, predict_paths
+from covidnet.runtime import load
 from covidnet.tasks import softmax
 from covidnet.train import TrainConfig, train
 
@@ -54,13 +54,16 @@ def test_clahe_travels_in_the_contract_to_eval_predict_and_onnx(tmp_path):
     )
     ckpt = run / "best.pt"
     assert read_checkpoint(ckpt)["preprocess"]["intensity"] == "clahe"
-    lm = LoadedModel.open(ckpt, "cpu")
+    lm = load(ckpt, "cpu")
     stored = predict_store(lm, str(ds), "val")
     with open(ds / "records.csv", newline="") as f:
         by_name = {Path(r["path"]).name: r["path"] for r in csv.DictReader(f)}
     files = [by_name[n] for n in stored.names]
     p_eval = softmax(stored.out)
-    p_raw = [[r["probabilities"][c] for c in lm.classes] for r in predict_paths(str(ckpt), files, device="cpu")]
+    p_raw = [
+        [r["probabilities"][c] for c in lm.classes]
+        for r in predict_paths(PredictConfig(files, checkpoint=str(ckpt), device="cpu"))
+    ]
     np.testing.assert_allclose(np.array(p_raw), p_eval, atol=1e-5)
     # the control: without the standardisation the model sees other pixels and answers otherwise
     from covidnet.runtime import predict_logits, rows_reader
@@ -80,6 +83,7 @@ def test_clahe_travels_in_the_contract_to_eval_predict_and_onnx(tmp_path):
 
     export_model(ExportConfig(checkpoint=str(ckpt), out=str(tmp_path / "m.onnx"), data=str(ds), quiet=True))
     p_onnx = [
-        [r["probabilities"][c] for c in lm.classes] for r in predict_paths(None, files, onnx=str(tmp_path / "m.onnx"))
+        [r["probabilities"][c] for c in lm.classes]
+        for r in predict_paths(PredictConfig(files, onnx=str(tmp_path / "m.onnx")))
     ]
     np.testing.assert_allclose(np.array(p_onnx), p_eval, atol=1e-4)

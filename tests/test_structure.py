@@ -1,13 +1,31 @@
-"""The package's structure, read from its source: no import cycle among its modules (deferred imports
-inside functions count too), no private name imported from another module, no function over 80 lines.
-Each failure names the modules or the function."""
+"""The package's structure, read from its source: every import follows the declared layer order (a module
+never imports from a higher layer; deferred imports inside functions count too), no import cycle among its
+modules, no private name imported from another module, no function over 80 lines. Each failure names the
+modules or the function. The layer order is declared here, once, and docs/architecture.md shows it."""
 
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "covidnet"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 MAX_FUNCTION_LINES = 80
+
+# The layers, lowest first: a module may import from its own layer or a lower one, never from a higher one.
+# A name is a top-level module or package of covidnet (``covidnet.<name>``); "" is the package root, which
+# imports nothing eagerly and whose ``__version__`` and ``DISCLAIMER`` every layer may read.
+LAYERS = (
+    ("", "errors", "files", "config"),  # the ground: what a user can get wrong, atomic files, config fields
+    ("imageio",),  # file bytes -> 2-D uint8 arrays (PNG, JPEG, WebP, DICOM), with their limits
+    ("contract",),  # THE preprocessing contract and the image operations it defines
+    ("data", "models", "metrics", "augment", "explain", "report", "profile"),  # datasets, networks, figures
+    ("checkpoint",),  # self-describing checkpoints, read into today's form
+    ("tasks",),  # what differs between classification, severity, risk and segmentation, and nothing else
+    ("runtime",),  # a loaded model of any task and backend: covidnet.load
+    ("train", "evaluate", "predict", "lungs"),  # the one training loop; evaluation; prediction
+    ("audit", "study", "export", "serve", "demo"),  # what runs the above: audits, studies, deployment
+    ("cli", "__main__"),  # thin: parses arguments, calls the Python API
+)
 
 
 def module_name(path: Path) -> str:
@@ -94,6 +112,42 @@ def test_no_import_cycle_among_the_package_modules():
     assert cycles(edges) == [], "import cycles (modules that import each other, directly or around a loop)"
 
 
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else ""
+    for k, names in enumerate(LAYERS):
+        if top in names:
+            return k
+    raise AssertionError(f"{module}: its top-level name {top!r} is in no layer of LAYERS; declare it there")
+
+
+def test_every_module_is_in_a_declared_layer():
+    assert [m for m in modules() if not any(layer_of(m) == k for k in range(len(LAYERS)))] == []
+
+
+def test_no_import_goes_against_the_layer_order():
+    against = []
+    for importer, target, _, line in imports(modules()):
+        if target == "covidnet":  # the root: only __version__ and DISCLAIMER are read from it
+            continue
+        if layer_of(target) > layer_of(importer):
+            against.append(f"{importer}:{line} imports {target} (layer {layer_of(target)} over {layer_of(importer)})")
+    assert against == []
+
+
+def test_the_checks_see_an_import_against_the_layers():
+    assert layer_of("covidnet.data.build") < layer_of("covidnet.runtime") < layer_of("covidnet.train")
+    assert layer_of("covidnet.contract") < layer_of("covidnet.data.store")
+    assert layer_of("covidnet") == 0 and layer_of("covidnet.cli.train") == len(LAYERS) - 1
+
+
+def test_architecture_page_shows_the_declared_layers():
+    # docs/architecture.md lists the layers in a table, one row a layer, its names in backticks, lowest first
+    page = ARCHITECTURE.read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "`" in line and line[2:3].isdigit()]
+    shown = [tuple(part.strip("`") for part in row.split("|")[2].split() if part.startswith("`")) for row in rows]
+    assert shown == [tuple(n for n in layer if n) for layer in LAYERS]
+
+
 def test_the_package_root_imports_no_submodule_at_import_time():
     # covidnet/__init__.py loads its API lazily (PEP 562), so every module may import __version__ from it
     _, tree = modules()["covidnet"]
@@ -145,5 +199,8 @@ def test_the_checks_see_a_cycle_a_private_import_and_the_modules():
     mods = modules()
     assert {"covidnet.contract", "covidnet.runtime", "covidnet.metrics.classification", "covidnet.cli"} <= set(mods)
     found = {(a, b) for a, b, _, _ in imports(mods)}
-    assert ("covidnet.runtime", "covidnet.contract") in found and ("covidnet.evaluate", "covidnet.runtime") in found
+    assert ("covidnet.runtime.base", "covidnet.contract") in found and (
+        "covidnet.evaluate",
+        "covidnet.runtime",
+    ) in found
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -242,7 +242,7 @@ def marked_hospitals(root: Path) -> tuple[Path, Path]:
     a lung segmenter trained on the build's true lung masks."""
     from covidnet.data.lungmasks import MaskSpec
     from covidnet.data.store import open_store
-    from covidnet.lungs.train import LungsConfig, train_lungs
+    from covidnet.train import TrainConfig, train
 
     faint = dict(hospitals=1, size=128, images_per_patient=(1, 1), contrast=0.2)
     a_mix = {"COVID-19": 0.6, "normal": 0.4}
@@ -274,8 +274,9 @@ def marked_hospitals(root: Path) -> tuple[Path, Path]:
         for r in built.index
     ]
     built.derive(root / "ds", splits)
-    train_lungs(
-        LungsConfig(
+    train(
+        TrainConfig(
+            task="segmentation",
             data=str(root / "built"),
             out=str(root / "seg"),
             arch="lung-unet-tiny",

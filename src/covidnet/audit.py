@@ -48,7 +48,7 @@ from .data.store import open_store
 from .errors import ConfigError
 from .metrics.bootstrap import format_ci
 from .metrics.classification import within_source_auc
-from .runtime import LoadedModel
+from .runtime import LoadedModel, load
 from .tasks import softmax
 
 # verdict thresholds, reported with each figure
@@ -615,7 +615,7 @@ def _without_source(store, held: str, checkpoint_meta: dict, tmp: Path, epochs: 
         train(TrainConfig(**cfg))
     except ConfigError as e:  # e.g. --debias source with no class left in two sources
         return {"skipped": f"the checkpoint's recipe cannot train without {held}: {e}"}
-    lm = LoadedModel.open(tmp / f"run-{held}" / "best.pt", device, tasks=("classification",))
+    lm = load(tmp / f"run-{held}" / "best.pt", device, tasks=("classification",), backend="torch")
     scores = {}
     for split in ("test", "external"):
         if not any(r["split"] == split for r in open_store(ds).index):
@@ -739,7 +739,7 @@ def run_audit(
 ) -> dict:
     """The shortcut audit of a classification ``checkpoint`` on the built dataset ``data`` (the
     within-source and occlusion tests on ``split``); an HTML page in ``report`` when given."""
-    lm = LoadedModel.open(checkpoint, device, tasks=("classification",))
+    lm = load(checkpoint, device, tasks=("classification",), backend="torch")
     store = open_store(data)
     lm.check_store(store, str(data))
     classes = lm.classes

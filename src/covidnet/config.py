@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import ConfigError
+
 
 def option(
     default: Any = dataclasses.MISSING,
@@ -25,6 +27,8 @@ def option(
     metavar: str | None = None,
     flag: str | None = None,
     negate: bool = False,
+    may_change_on_resume: bool = False,
+    positional: bool = False,
 ) -> Any:
     """A ``dataclasses.field`` that is also a command-line flag; its metadata holds the rest.
 
@@ -34,6 +38,37 @@ def option(
     choices: the only values the flag accepts. metavar: the value's name in the usage line.
     flag: the flag, where it is not "--" and the field name with "-" for "_" (``--source`` for ``sources``).
     negate: a bool field that the flag turns off (``--quiet`` for ``progress``), instead of ``--x/--no-x``.
+    positional: an argument, not a flag (``predict IMAGE_OR_DIR...``; a list field takes one or more, or any
+        number when it has a default).
+    may_change_on_resume: ``--resume`` may give this field another value than the run it continues had
+        (``check_resumed``): where it writes, how it reports, how long it goes on; never what a result depends on.
     """
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "negate": negate}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "metavar": metavar,
+        "flag": flag,
+        "negate": negate,
+        "may_change_on_resume": may_change_on_resume,
+        "positional": positional,
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def check_resumed(cfg, saved: dict, where: str, what: str = "run") -> None:
+    """``cfg``, a command's config given with ``--resume``, against ``saved``, the config the run (or study)
+    in ``where`` was started with: every field must be the same but those declared
+    ``may_change_on_resume``. A field newer than the saved run had its default then. One line naming the
+    first difference otherwise. The one resume rule of every command that resumes."""
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("may_change_on_resume"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        was, now = saved.get(f.name, default), getattr(cfg, f.name)
+        if isinstance(now, tuple):
+            now = list(now)
+        if was != now:
+            raise ConfigError(
+                f"{where}: --{f.name.replace('_', '-')} was {was!r} in this {what}, not {now!r}; "
+                f"resume with the {what}'s own settings"
+            )

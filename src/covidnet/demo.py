@@ -40,7 +40,7 @@ def _say(cfg: DemoConfig, msg: str) -> None:
 def run_demo(cfg: DemoConfig) -> dict:
     from .data.build import BuildConfig, SourceSpec, build_dataset
     from .data.synth import SynthConfig, write_phantom_dataset, write_severity_file
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import EvalConfig, evaluate_checkpoint
     from .files import write_json
     from .train import TrainConfig, train
 
@@ -91,7 +91,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     _say(cfg, f"4/{steps} evaluating on the test split")
     metrics = evaluate_checkpoint(
-        str(out / "run" / "best.pt"), data=str(out / "dataset"), split="test", resamples=500, report=str(out / "report")
+        EvalConfig(
+            str(out / "run" / "best.pt"),
+            data=str(out / "dataset"),
+            split="test",
+            resamples=500,
+            report=str(out / "report"),
+        )
     )
     write_json(out / "report" / "metrics.json", metrics)
     result = {"metrics": metrics, "report": str(out / "report" / "index.html")}
@@ -102,7 +108,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _severity_step(cfg: DemoConfig, out: Path, steps: int) -> dict:
     """Step 5: fine-tune the classifier into a severity head, scored against the phantoms' known extent."""
-    from .evaluate import evaluate_task_checkpoint
+    from .evaluate import EvalConfig, evaluate_checkpoint
     from .files import write_json
     from .train import TrainConfig, train
 
@@ -126,13 +132,16 @@ def _severity_step(cfg: DemoConfig, out: Path, steps: int) -> dict:
             progress=cfg.progress,
         )
     )
-    sev = evaluate_task_checkpoint(
-        str(out / "severity_run" / "best.pt"),
-        str(out / "dataset"),
-        "test",
-        resamples=500,
-        device="cpu",
-        report=str(out / "severity_report"),
+    sev = evaluate_checkpoint(
+        EvalConfig(
+            str(out / "severity_run" / "best.pt"),
+            data=str(out / "dataset"),
+            split="test",
+            resamples=500,
+            device="cpu",
+            report=str(out / "severity_report"),
+            errors_shown=8,
+        )
     )
     write_json(out / "severity_report" / "metrics.json", sev)
     return {"severity": sev, "severity_report": str(out / "severity_report" / "index.html")}

@@ -19,12 +19,16 @@ import torch
 
 from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
+from .config import option
 from .data.labelfile import find_image, read_label_file
 from .data.store import open_store
 from .errors import ConfigError, CovidnetError, UsageError
+from .files import write_json
 from .metrics.calibration import choose_operating_point, expected_calibration_error, fit_temperature
-from .runtime import LoadedModel
+from .runtime import LoadedModel, load
 from .tasks import softmax
+
+IMAGE_TASKS = ("classification", "severity", "risk")  # eval's; a segmenter is evaluated by `covidnet lungs eval`
 
 
 @dataclass
@@ -109,30 +113,40 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
-def evaluate_checkpoint(
-    checkpoint: str,
-    data: str | None = None,
-    split: str = "test",
-    labels: str | None = None,
-    images: str | None = None,
-    resamples: int = 1000,
-    seed: int = 0,
-    device: str = "auto",
-    report: str | None = None,
-    cam_method: str = "gradcam",
-    errors_shown: int = 12,
-    progress: bool = False,
-) -> dict:
-    """Evaluate ``checkpoint`` (any task) on a built dataset's ``split`` (``data``) or, for
-    classification, on the raw ``images`` named in a COVIDx ``labels`` file; write an HTML report to
-    ``report`` when given. Returns the metrics JSON."""
+@dataclass
+class EvalConfig:
+    """``covidnet eval``: a checkpoint on a built dataset's split or on the raw images of a label file."""
+
+    checkpoint: str = option(help="a checkpoint written by `covidnet train` (best.pt)")
+    data: str | None = option(None, "a dataset folder written by `covidnet data build`")
+    split: str = option("test", "split of --data", choices=("train", "val", "test"))
+    labels: str | None = option(None, "a COVIDx label file: patientid filename label [source]")
+    images: str | None = option(None, "the folder of the raw images --labels names (PNG, JPEG, WebP, DICOM)")
+    resamples: int = option(1000, "bootstrap resamples of patients (0: no CIs)")
+    seed: int = option(0, "seed of the bootstrap")
+    json: str | None = option(None, "write the metrics as JSON to OUT", metavar="OUT")
+    report: str | None = option(None, "write an HTML report with figures to OUT_DIR", metavar="OUT_DIR")
+    cam_method: str = option("gradcam", "heat maps in the report: gradcam or gradcam++")
+    device: str = option("auto", "auto, cpu, cuda")
+    progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
+    errors_shown: int = 12  # images with their heat map in the report
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict:
+    """Evaluate ``cfg.checkpoint`` (classification, severity or risk) on a built dataset's ``split``
+    (``data``) or, for classification, on the raw ``images`` named in a COVIDx ``labels`` file; write an HTML
+    report to ``report`` and the metrics to ``json`` when given. Returns the metrics JSON."""
+    checkpoint, data, split, labels, images = cfg.checkpoint, cfg.data, cfg.split, cfg.labels, cfg.images
     if (data is None) == (labels is None):
         raise ConfigError("give either --data DIR [--split NAME] or --labels FILE --images DIR")
     if labels is not None and images is None:
         raise ConfigError("--labels needs --images DIR, the folder of the raw images it names")
-    lm = LoadedModel.open(checkpoint, device)
-    pred = predict_store(lm, data, split) if data is not None else predict_label_file(lm, labels, images, progress)
-    metrics = lm.task.evaluate(pred.y, pred.out, pred.patients, pred.sources, lm.meta, resamples, seed)
+    lm = load(checkpoint, cfg.device, backend="torch", tasks=IMAGE_TASKS)
+    if data is not None:
+        pred = predict_store(lm, data, split)
+    else:
+        pred = predict_label_file(lm, labels, images, cfg.progress)
+    metrics = lm.task.evaluate(pred.y, pred.out, pred.patients, pred.sources, lm.meta, cfg.resamples, cfg.seed)
     for entry, name, patient in zip(metrics.get("predictions", ()), pred.names, pred.patients):
         entry.update(name=name, patient=patient)
     metrics.update(
@@ -140,7 +154,7 @@ def evaluate_checkpoint(
             "task": lm.task.name,
             "task_meta": lm.task.meta(),
             "checkpoint": str(checkpoint),
-            "arch": lm.meta["arch"],
+            "arch": lm.arch,
             "data": str(data) if data else None,
             "split": split if data else None,
             "labels": str(labels) if labels else None,
@@ -151,33 +165,11 @@ def evaluate_checkpoint(
             "version": __version__,
         }
     )
-    if report:
-        _write_report(report, lm, metrics, pred, cam_method, errors_shown)
+    if cfg.report:
+        _write_report(cfg.report, lm, metrics, pred, cfg.cam_method, cfg.errors_shown)
+    if cfg.json:
+        write_json(cfg.json, metrics)
     return metrics
-
-
-def evaluate_task_checkpoint(
-    checkpoint: str,
-    data: str,
-    split: str = "test",
-    resamples: int = 1000,
-    seed: int = 0,
-    device: str = "auto",
-    report: str | None = None,
-    cam_method: str = "gradcam",
-) -> dict:
-    """``evaluate_checkpoint`` for a built dataset (the name the severity and risk heads had)."""
-    return evaluate_checkpoint(
-        checkpoint,
-        data=data,
-        split=split,
-        resamples=resamples,
-        seed=seed,
-        device=device,
-        report=report,
-        cam_method=cam_method,
-        errors_shown=8,
-    )
 
 
 def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, cam_method: str, k: int) -> None:
@@ -197,13 +189,25 @@ def _write_report(out_dir, lm: LoadedModel, metrics: dict, pred: Predictions, ca
 # --- calibration: temperature and operating point ----------------------------------------------------
 
 
-def calibrate_checkpoint(
-    checkpoint: str, data: str, temperature: bool = True, operating_point: str | None = None, device: str = "auto"
-) -> dict:
+@dataclass
+class CalibrateConfig:
+    """``covidnet calibrate``: a temperature and/or an operating point, fitted on the validation split."""
+
+    checkpoint: str = option(help="a classification checkpoint (best.pt); rewritten with what is fitted")
+    data: str = option(help="the dataset folder; its val split is used, never test")
+    temperature: bool = option(False, "fit temperature scaling")
+    operating_point: str | None = option(None, "choose the COVID-19 threshold meeting this", metavar="sensitivity=0.95")
+    device: str = option("auto", "auto, cpu, cuda")
+
+
+def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
     """Fit a temperature and/or choose an operating point on the **validation** split of ``data`` and
     store them in ``checkpoint`` (rewritten atomically). ``operating_point``: 'sensitivity=0.95' or
     'specificity=0.9' for the positive class (COVID-19, or 'positive' for binary checkpoints)."""
-    lm = LoadedModel.open(checkpoint, device, tasks=("classification",))
+    checkpoint, data, temperature, operating_point = cfg.checkpoint, cfg.data, cfg.temperature, cfg.operating_point
+    if not temperature and not operating_point:
+        raise UsageError("give --temperature and/or --operating-point sensitivity=0.95")
+    lm = load(checkpoint, cfg.device, backend="torch", tasks=("classification",))
     pred = predict_store(lm, data, "val")
     out: dict = {}
     logits = torch.from_numpy(pred.out)

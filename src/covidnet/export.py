@@ -6,7 +6,7 @@ holds the rest of the preprocessing contract (scaling, resizing to the model's i
 replication, normalisation: ``tensors.model_input``, traced), so a client cannot normalise differently
 from training. Its output is the logits ``(batch, K)``; the checkpoint's contract, class names,
 temperature and operating point travel in the model's metadata (key ``covidnet``, JSON) and
-``predict.OnnxBackend`` reads them. The batch dimension is dynamic.
+``runtime.onnx.OnnxModel`` reads them. The batch dimension is dynamic.
 
 Every export is checked against PyTorch on real inputs (images of a built dataset, else phantom
 radiographs from ``data.synth``): the largest absolute difference of any class probability is reported,
@@ -29,13 +29,13 @@ import numpy as np
 
 from . import DISCLAIMER
 from .config import option
-from .contract import Contract
+from .contract import Contract, is_lung
 from .data.records import CLASSES
 from .errors import ConfigError, CovidnetError
-from .lungs.segmenter import TASK as LUNGS_TASK
-from .lungs.segmenter import OnnxLungModel, is_lung, sigmoid
-from .predict import ONNX_FORMAT, ONNX_META_KEY, OnnxBackend
+from .runtime.onnx import ONNX_FORMAT, ONNX_META_KEY, OnnxModel
 from .tasks import softmax
+
+SEGMENTATION = "segmentation"
 
 PARITY_TOLERANCE = 1e-4  # fp32: largest |p_onnx - p_torch| over classes and images
 PARITY_IMAGES = 16
@@ -128,7 +128,7 @@ class _Calibration:
         pass
 
 
-def _accuracy(backend: OnnxBackend, store, rows: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
+def _accuracy(backend: OnnxModel, store, rows: np.ndarray, y: np.ndarray, batch: int = 32) -> float:
     """Accuracy on ``rows`` of ``store``, read ``batch`` rows at a time."""
     pred = [backend.logits(store.read(rows[k : k + batch])).argmax(1) for k in range(0, len(rows), batch)]
     return float((np.concatenate(pred) == y).mean())
@@ -186,14 +186,14 @@ def _to_onnx(cfg: ExportConfig, wrapper, images: np.ndarray, dest: Path, lungs: 
 
 def export_model(cfg: ExportConfig) -> dict:
     """Write ``cfg.out`` and return what was checked: parity, and for int8 the accuracy change. A lung
-    segmenter (``covidnet lungs train``) is exported too: see ``_lungs_side``."""
+    segmenter (``covidnet train --task segmentation``) is exported too: see ``_lungs_side``."""
     from . import __version__
     from .checkpoint import read_checkpoint
 
     _check_config(cfg)
     out = Path(cfg.out)
     ckpt = read_checkpoint(cfg.checkpoint)  # read once: the task decides which side opens the model
-    lungs = ckpt.get("task") == LUNGS_TASK
+    lungs = ckpt.get("task") == SEGMENTATION
     if lungs and cfg.int8:
         raise ConfigError(f"{cfg.checkpoint}: a lung segmenter; --int8 is for classifiers, export it in fp32")
     lm, wrapper, info = _lungs_side(cfg, ckpt) if lungs else _classifier_side(cfg, ckpt)
@@ -226,27 +226,33 @@ def export_model(cfg: ExportConfig) -> dict:
 
 def _classifier_side(cfg: ExportConfig, ckpt: dict):
     """A classifier: the graph is the contract's model input and the network (uint8 (B, 1, S, S) -> logits)."""
-    from .runtime import LoadedModel
+    from .runtime.pytorch import TorchModel
 
-    lm = LoadedModel.open(cfg.checkpoint, "cpu", tasks=("classification",), ckpt=ckpt)
+    if ckpt.get("task", "classification") != "classification":
+        raise ConfigError(
+            f"{cfg.checkpoint}: a {ckpt.get('task')} checkpoint; covidnet export takes classification and "
+            "segmentation checkpoints"
+        )
+    lm = TorchModel.open(cfg.checkpoint, "cpu", ckpt=ckpt)
     meta = lm.meta
     info = {k: meta.get(k) for k in ("arch", "arch_args", "classes", "temperature", "operating_point", "memory_format")}
     info.update(task=lm.task.name, preprocess=lm.contract.to_dict())
-    return lm, _wrapper(lm.model, lambda net, unit: net(lm.contract.model_input(unit, lm.memory_format))), info
+    return lm, _wrapper(lm.model, lambda net, unit: lm.task.forward(net, unit, lm.contract, lm.memory_format)), info
 
 
 def _lungs_side(cfg: ExportConfig, ckpt: dict):
-    """A lung segmenter: the graph is ``lungs.infer.lung_logits`` (uint8 pixels (B, 1, S, S) of any side S
+    """A lung segmenter: the graph is ``models.segment.lung_logits`` (uint8 pixels (B, 1, S, S) of any side S
     -> lung logits (B, 1, S, S)), so ``data build --lungs MODEL.onnx`` segments a build of any stored size
     as the checkpoint does; parity is on the sigmoid probabilities, and the masks' agreement is reported."""
-    from .lungs.infer import LungModel, lung_logits
+    from .models.segment import lung_logits
+    from .runtime.pytorch import TorchModel
 
-    lm = LungModel.open(cfg.checkpoint, "cpu", ckpt=ckpt)
+    lm = TorchModel.open(cfg.checkpoint, "cpu", ckpt=ckpt)
     wrapper = _wrapper(lm.model, lambda net, unit: lung_logits(net, unit, lm.contract, lm.memory_format, any_side=True))
     meta = lm.meta
-    info = {k: meta.get(k) for k in ("arch", "arch_args", "memory_format", "threshold")}
+    info = {k: meta.get(k) for k in ("arch", "arch_args", "memory_format", "threshold", "classes")}
     info.update(
-        task=LUNGS_TASK,
+        task=SEGMENTATION,
         preprocess=lm.contract.to_dict(),
         train_config={"eval_batch_size": lm.batch_size},
     )
@@ -263,14 +269,15 @@ def _parity(cfg: ExportConfig, wrapper, contract: Contract, fp32: Path, images: 
         # parity on the graph's own output, before any fitted temperature: a large temperature flattens
         # every probability towards 1/K and would make the check vacuous
         ref = wrapper(torch.from_numpy(contract.standardise(images)[:, None].copy())).numpy()
+    onnx_model = OnnxModel(fp32, device="cpu")
     if lungs:
-        onnx_model = OnnxLungModel(fp32, device="cpu")
+        from scipy.special import expit
+
         logits = np.concatenate([onnx_model.batch_logits(images[:1]), onnx_model.batch_logits(images[1:])])
-        got, want = sigmoid(logits), sigmoid(ref[:, 0])
+        got, want = expit(logits), expit(ref[:, 0])
         agree = float((is_lung(logits) == is_lung(ref[:, 0])).mean())
         check = {"max_abs_prob_diff": float(np.abs(got - want).max()), "mask_pixel_agreement": agree}
         return {**check, "tolerance": PARITY_TOLERANCE, "images": len(images)}, onnx_model, want
-    onnx_model = OnnxBackend(fp32, device="cpu")
     got = softmax(np.concatenate([onnx_model.logits(images[:1]), onnx_model.logits(images[1:])]))
     ref = softmax(ref)
     check = {"max_abs_prob_diff": float(np.abs(got - ref).max()), "tolerance": PARITY_TOLERANCE}
@@ -278,7 +285,7 @@ def _parity(cfg: ExportConfig, wrapper, contract: Contract, fp32: Path, images: 
 
 
 def _quantise(
-    cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: OnnxBackend, ref: np.ndarray, images: np.ndarray
+    cfg: ExportConfig, fp32: Path, dest: Path, info: dict, onnx_fp32: OnnxModel, ref: np.ndarray, images: np.ndarray
 ) -> dict:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -308,7 +315,7 @@ def _quantise(
             "int8_calibration": {"images": int(len(pick)), "split": "train", "method": "MinMax, QDQ, per-channel"},
         },
     )
-    onnx_int8 = OnnxBackend(dest, device="cpu")
+    onnx_int8 = OnnxModel(dest, device="cpu")
     got = softmax(onnx_int8.logits(images))
     out = {"max_abs_prob_diff": float(np.abs(got - ref).max()), "calibration_images": int(len(pick))}
     val = store.rows("val")

@@ -14,8 +14,41 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import ConfigError
-from .models import create_model, get_spec
+from .config import option
+from .errors import ConfigError, UsageError
+from .models import create_model, get_spec, list_models
+
+
+@dataclass
+class ProfileConfig:
+    """``covidnet profile``: which architectures, at which size, measured how."""
+
+    arch: list[str] = option(
+        default_factory=list, help="architecture name(s); see `covidnet models`", metavar="ARCH", positional=True
+    )
+    all_models: bool = option(False, "every registered architecture at its default size", flag="--all")
+    paper: bool = option(False, "the reference's published model table beside our measurements")
+    size: int | None = option(None, "input side in pixels (default: the architecture's own)")
+    in_channels: int = option(3, "input channels", choices=(1, 3))
+    runs: int = option(10, "timed forwards; 0 skips latency and memory")
+    warmup: int = option(3, "untimed forwards before timing")
+    device: str = option("cpu", "device for latency and memory, e.g. cpu or cuda")
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
+    json: bool = option(False, "print one JSON object (a list for several)")
+    progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
+
+    def names(self) -> list[str]:
+        """The architectures to profile; one line when none is given or a name is unknown."""
+        if self.paper:
+            if self.arch or self.all_models:
+                raise UsageError("--paper profiles the reference's configurations; give it no ARCH and no --all")
+            return []
+        names = list_models() if self.all_models else list(self.arch)
+        if not names:
+            raise UsageError("give an architecture (ARCH), --all or --paper; names: " + ", ".join(list_models()))
+        for n in names:
+            get_spec(n)  # fail on a wrong name before profiling anything
+        return names
 
 
 @dataclass

@@ -170,6 +170,8 @@ def _train_options(cfg: StudyConfig) -> dict:
         if key in STUDY_SETS:
             raise ConfigError(f"--train-option {text!r}: {key} is set by the study itself (its own flag or a variant)")
         kind = hints[key]
+        if type(None) in typing.get_args(kind):  # a setting whose default is the task's: ``X | None``
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         try:
             if kind is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -292,7 +294,7 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
     """Train (or resume, or reuse) one run, evaluate it on the split, audit it; its result.json."""
     from .audit import run_audit
     from .evaluate import predict_store
-    from .runtime import LoadedModel
+    from .runtime import load
     from .tasks import softmax
     from .train import train
 
@@ -304,7 +306,7 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say) -> dict:
         say("training")
         train(dataclasses.replace(tc, resume=(run / "last.pt").is_file()))
     say("evaluating and auditing")
-    lm = LoadedModel.open(run / "best.pt", cfg.device, tasks=("classification",))
+    lm = load(run / "best.pt", cfg.device, tasks=("classification",), backend="torch")
     pred = predict_store(lm, cfg.data, cfg.split)
     probs = softmax(pred.out, lm.meta.get("temperature"))
     with atomic_path(run / PREDICTIONS_FILE) as tmp:

@@ -88,7 +88,7 @@ def test_phantom_build_writes_label_files_store_and_report(phantom_source, tmp_p
 
 
 def test_stored_image_is_the_preprocessed_file(phantom_source, tmp_path):
-    from covidnet.data.preprocess import load_image
+    from covidnet.contract import load_image
 
     build(tmp_path, f"cohen={phantom_source}")
     store = open_store(tmp_path / "out")

@@ -12,8 +12,8 @@ from dicomfiles import dicom, save_dicom
 from PIL import Image, ImageFile
 from pydicom import Dataset, uid
 
-from covidnet.data.imageio import read_image, read_image_bytes
 from covidnet.errors import CovidnetError, ImageReadError
+from covidnet.imageio import read_image, read_image_bytes
 
 
 def gradient(h: int = 48, w: int = 64) -> np.ndarray:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.contract import Contract
-from covidnet.data.imageio import image_shape, read_image
-from covidnet.data.preprocess import DEFAULT_SIZE, TOP_CROP, load_image, preprocess
+from covidnet.contract import DEFAULT_SIZE, TOP_CROP, Contract, load_image, preprocess
 from covidnet.errors import ConfigError, ImageReadError
+from covidnet.imageio import image_shape, read_image
 
 
 def test_reference_constants():

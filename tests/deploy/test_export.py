@@ -18,7 +18,9 @@ from covidnet.checkpoint import read_checkpoint
 from covidnet.data.store import open_store
 from covidnet.errors import CovidnetError
 from covidnet.export import ExportConfig, export_model
-from covidnet.predict import OnnxBackend, TorchBackend, predict_paths, softmax
+from covidnet.predict import PredictConfig, predict_paths
+from covidnet.runtime import load
+from covidnet.tasks import softmax
 
 
 def phantom_files(root: Path, k: int = 6) -> list[str]:
@@ -32,8 +34,8 @@ def test_fp32_export_matches_pytorch_on_validation_images_with_a_dynamic_batch(t
     # checked again here, independently of the exporter: torch backend vs ONNX Runtime at batch 1, 3 and 7
     store = open_store(ds)
     x = np.asarray(store.images[store.rows("test")[:7]])
-    ref = softmax(TorchBackend(ckpt, "cpu").logits(x))
-    onnx_model = OnnxBackend(fp32["path"], "cpu")
+    ref = softmax(load(ckpt, "cpu").logits(x))
+    onnx_model = load(fp32["path"], "cpu")
     for b in (1, 3, 7):
         assert np.abs(softmax(onnx_model.logits(x[:b])) - ref[:b]).max() <= 1e-4
 
@@ -61,12 +63,12 @@ def test_int8_export_reports_its_validation_accuracy_change_and_keeps_the_fp32_m
     val = store.rows("val")
     y = store.labels(val)
     x = np.asarray(store.images[val])
-    acc = lambda path: float((OnnxBackend(path, "cpu").logits(x).argmax(1) == y).mean())
+    acc = lambda path: float((load(path, "cpu").logits(x).argmax(1) == y).mean())
     assert q["val_images"] == len(val)
     assert q["val_accuracy_int8"] == pytest.approx(acc(int8["path"]))
     assert q["val_accuracy_fp32"] == pytest.approx(acc(int8["fp32_path"]))
     assert q["val_accuracy_change"] == pytest.approx(q["val_accuracy_int8"] - q["val_accuracy_fp32"])
-    assert Path(int8["fp32_path"]).is_file() and OnnxBackend(int8["path"], "cpu").meta["int8"] is True
+    assert Path(int8["fp32_path"]).is_file() and load(int8["path"], "cpu").meta["int8"] is True
     # int8 really is int8: quantised weights, a quarter of the size
     assert Path(int8["path"]).stat().st_size < 0.4 * Path(int8["fp32_path"]).stat().st_size
     assert q["max_abs_prob_diff"] < 0.2
@@ -76,8 +78,8 @@ def test_predict_onnx_gives_the_checkpoints_predictions(trained, exported):
     root, _, ckpt = trained
     fp32, _ = exported
     files = phantom_files(root)
-    a = list(predict_paths(str(ckpt), files, device="cpu", threshold="COVID-19=0.3"))
-    b = list(predict_paths(None, files, device="cpu", threshold="COVID-19=0.3", onnx=fp32["path"]))
+    a = list(predict_paths(PredictConfig(files, checkpoint=str(ckpt), device="cpu", threshold="COVID-19=0.3")))
+    b = list(predict_paths(PredictConfig(files, onnx=fp32["path"], device="cpu", threshold="COVID-19=0.3")))
     assert [r["label"] for r in a] == [r["label"] for r in b] and all(r["status"] == "ok" for r in b)
     for ra, rb in zip(a, b):
         assert max(abs(ra["probabilities"][c] - rb["probabilities"][c]) for c in ra["probabilities"]) <= 1e-4
@@ -131,7 +133,7 @@ def test_pip_install_onnx_extra_runs_predict_without_torch(trained, exported, tm
     )
     assert r.returncode == 0, r.stderr
     edge = [json.loads(line) for line in r.stdout.splitlines()]
-    here = list(predict_paths(None, files, onnx=fp32["path"], device="cpu"))
+    here = list(predict_paths(PredictConfig(files, onnx=fp32["path"], device="cpu")))
     assert len(edge) == len(here) == 4
     for e, h in zip(edge, here):
         assert e["label"] == h["label"] and e["probabilities"] == pytest.approx(h["probabilities"], abs=1e-6)

@@ -13,7 +13,7 @@ from dicomfiles import dicom, save_dicom
 from PIL import Image
 from servefixtures import Server
 
-from covidnet.predict import predict_paths
+from covidnet.predict import PredictConfig, predict_paths
 
 AUTH = {"Authorization": "Bearer s3cret"}
 PHI = ["Doe^Jane", "PID-4711-XYZ", "19470312", "20200402", "ACC-99173", "St Elsewhere General"]
@@ -73,7 +73,9 @@ def test_valid_images_get_the_predictions_of_covidnet_predict(server, trained, f
     r = post(server, files[kind])
     assert r.status_code == 200, r.text
     body = r.json()
-    (expected,) = predict_paths(str(ckpt), [str(files[kind])], device="cpu", threshold="COVID-19=0.5")
+    (expected,) = predict_paths(
+        PredictConfig([str(files[kind])], checkpoint=str(ckpt), device="cpu", threshold="COVID-19=0.5")
+    )
     assert body["label"] == expected["label"]
     assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
     assert body["triage"]["flag"] == expected["triage"]["flag"] and body["triage"]["class"] == "COVID-19"
@@ -167,7 +169,7 @@ def test_onnx_service_predicts_like_the_checkpoint_and_refuses_heat_maps(trained
     try:
         with httpx.Client(base_url=s.url, timeout=60) as c:
             r = c.post("/v1/predict", files={"file": ("x.png", files["png"].read_bytes())})
-            (expected,) = predict_paths(str(trained[2]), [str(files["png"])], device="cpu")
+            (expected,) = predict_paths(PredictConfig([str(files["png"])], checkpoint=str(trained[2]), device="cpu"))
             assert r.status_code == 200 and r.json()["runtime"] == "onnx"
             assert r.json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
             r = c.post("/v1/predict?cam=1", files={"file": ("x.png", files["png"].read_bytes())})

@@ -10,7 +10,7 @@ from PIL import Image
 from servefixtures import Server
 from test_report import CHROMIUM, CHROMIUM_ARGS
 
-from covidnet.predict import predict_paths
+from covidnet.predict import PredictConfig, predict_paths
 
 ARTIFACTS = Path(os.environ.get("COVIDNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
@@ -23,7 +23,9 @@ def test_upload_on_the_page_shows_probabilities_triage_and_the_heat_map(trained,
     root, _, ckpt = trained
     xray = tmp_path / "xray.png"
     Image.open(sorted((root / "phantoms" / "images").glob("*.png"))[3]).convert("L").save(xray)
-    (expected,) = predict_paths(str(ckpt), [str(xray)], device="cpu", threshold="COVID-19=0.5")
+    (expected,) = predict_paths(
+        PredictConfig([str(xray)], checkpoint=str(ckpt), device="cpu", threshold="COVID-19=0.5")
+    )
     s = Server(tmp_path, "--checkpoint", str(ckpt), "--threshold", "COVID-19=0.5", "--token", "pagetoken")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"

@@ -3,7 +3,7 @@
 import pytest
 from lungphantoms import FAST, phantom_build
 
-from covidnet.lungs.train import LungsConfig, train_lungs
+from covidnet.train import TrainConfig, train
 
 
 @pytest.fixture(scope="session")
@@ -11,5 +11,5 @@ def trained(tmp_path_factory):
     """48 phantoms at 64 px with their true lungs, and a lung-unet-tiny trained on them for 10 epochs."""
     root = tmp_path_factory.mktemp("lungs")
     ds = phantom_build(root, n=48)
-    train_lungs(LungsConfig(data=str(ds), out=str(root / "run"), **FAST))
+    train(TrainConfig(data=str(ds), out=str(root / "run"), **FAST))
     return ds, root / "run" / "best.pt"

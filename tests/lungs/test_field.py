@@ -13,9 +13,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from covidnet.checkpoint import read_checkpoint
 from covidnet.errors import ConfigError, CovidnetError
-from covidnet.lungs.field import LungFieldClassifier, apply_lung_field
-from covidnet.predict import predict_paths
-from covidnet.runtime import LoadedModel
+from covidnet.models.lung_field import LungFieldClassifier, apply_lung_field
+from covidnet.predict import PredictConfig, predict_paths
+from covidnet.runtime import load
 from covidnet.train import TrainConfig, train
 
 
@@ -82,10 +82,14 @@ def lung_field_run(trained, tmp_path_factory):
 def test_the_checkpoint_carries_its_segmenter_and_the_model_applies_it(lung_field_run):
     ds, lungs, ckpt = lung_field_run
     c = read_checkpoint(ckpt)
-    assert c["preprocess"]["lungs"] == "mask" and c["lung_model"]["arch"] == "lung-unet-tiny"
+    assert (
+        c["preprocess"]["lungs"] == "mask"
+        and c["arch"] == "lung-field"
+        and c["arch_args"]["segmenter"]["arch"] == "lung-unet-tiny"
+    )
     seg = read_checkpoint(lungs)["model"]
     assert all(torch.equal(c["model"][f"segmenter.{k}"], v) for k, v in seg.items())  # frozen: as trained
-    lm = LoadedModel.open(ckpt, "cpu")
+    lm = load(ckpt, "cpu")
     assert isinstance(lm.model, LungFieldClassifier)
     from covidnet.data.store import open_store
 
@@ -109,8 +113,10 @@ def test_export_puts_the_segmenter_in_the_graph(lung_field_run, tmp_path):
     report = json.loads((tmp_path / "m.onnx.json").read_text())
     assert report["fp32"]["max_abs_prob_diff"] <= report["fp32"]["tolerance"]
     files = [str(f) for f in sorted((ds.parent / "phantoms" / "images").glob("*.png"))[:4]]
-    torch_calls = list(predict_paths(str(ckpt), files, device="cpu"))  # raw files: segmented by the model itself
-    onnx_calls = list(predict_paths(None, files, device="cpu", onnx=str(out)))
+    torch_calls = list(
+        predict_paths(PredictConfig(files, checkpoint=str(ckpt), device="cpu"))
+    )  # raw files: segmented by the model itself
+    onnx_calls = list(predict_paths(PredictConfig(files, onnx=str(out), device="cpu")))
     for a, b in zip(torch_calls, onnx_calls, strict=True):
         assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) < 1e-3
 

@@ -24,17 +24,16 @@ from covidnet.data.lungmasks import MaskSpec
 from covidnet.data.store import open_store
 from covidnet.data.synth import MASKS_DIR
 from covidnet.errors import ConfigError, CovidnetError
-from covidnet.lungs.evaluate import evaluate_lungs, predict_lungs
+from covidnet.lungs.evaluate import LungsEvalConfig, LungsPredictConfig, evaluate_lungs, predict_lungs
 from covidnet.lungs.fill import open_segmenter
-from covidnet.lungs.infer import LungModel
-from covidnet.lungs.segmenter import OnnxLungModel
-from covidnet.lungs.train import LungsConfig, train_lungs
 from covidnet.metrics.segmentation import box_mask, dice
+from covidnet.runtime import load
+from covidnet.train import TrainConfig, train
 
 
 def test_a_short_cpu_training_beats_a_fixed_box_by_far(trained):
     ds, ckpt = trained
-    m = evaluate_lungs(ckpt, ds, "test", resamples=100, device="cpu", box=LUNG_BOX)
+    m = evaluate_lungs(LungsEvalConfig(str(ckpt), str(ds), "test", resamples=100, device="cpu", box=LUNG_BOX))
     box = m["box_baseline"]["lungs"]["dice"]["value"]
     assert m["n"] >= 6 and m["lungs"]["dice"]["value"] >= 0.90 and m["lungs"]["dice"]["value"] > box + 0.2
     assert m["right"]["dice"]["value"] >= 0.85 and m["left"]["dice"]["value"] >= 0.85  # each lung on its own
@@ -43,8 +42,12 @@ def test_a_short_cpu_training_beats_a_fixed_box_by_far(trained):
 
 def test_eval_reports_the_metrics_modules_figures_and_writes_a_page(trained, tmp_path):
     ds, ckpt = trained
-    m = evaluate_lungs(ckpt, ds, "test", resamples=50, device="cpu", report=tmp_path / "rep", box=LUNG_BOX)
-    store, lm = open_store(ds), LungModel.open(ckpt, "cpu")
+    m = evaluate_lungs(
+        LungsEvalConfig(
+            str(ckpt), str(ds), "test", resamples=50, device="cpu", report=str(tmp_path / "rep"), box=LUNG_BOX
+        )
+    )
+    store, lm = open_store(ds), load(ckpt, "cpu")
     rows = store.mask_rows("test")
     truth, pred = store.read_masks(rows) == 255, lm.masks(store, rows) == 255
     per_image = [dice(p, t) for p, t in zip(pred, truth)]  # phantom masks have no ignore pixels
@@ -63,14 +66,15 @@ def test_checkpoints_describe_themselves(trained):
     ds, ckpt = trained
     c = read_checkpoint(ckpt)
     contract = open_store(ds).contract
-    assert c["task"] == "lungs" and c["arch"] == "lung-unet-tiny" and c["classes"] == ["lung"]
+    assert c["task"] == "segmentation" and c["arch"] == "lung-unet-tiny" and c["classes"] == ["lung"]
     assert c["preprocess"] == contract.for_model(SIZE, 1, (0.0,), (1.0,)).to_dict()
-    assert c["train_config"]["lr"] == 3e-3 and c["val_metrics"]["dice"] == c["best_val_dice"] > 0.85
+    assert c["train_config"]["lr"] == 3e-3 and c["val_metrics"]["dice"] == c["best_score"]["value"] > 0.85
+    assert c["best_score"]["metric"] == "val_dice" and c["best_score"]["mode"] == "max"
     run = Path(ckpt).parent
     log = list(csv.DictReader(open(run / "log.csv")))
     assert len(log) == 10 and float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
     assert json.loads((run / "run.json").read_text())["state"] == "complete"
-    assert json.loads((run / "config.json").read_text())["command"] == "lungs train"
+    assert json.loads((run / "config.json").read_text())["task"] == "segmentation"
 
 
 def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(trained, tmp_path):
@@ -100,7 +104,7 @@ def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(trained, tmp_pa
 def test_streamed_images_and_masks_give_the_weights_of_the_in_memory_run(trained, tmp_path):
     ds, _ = trained
     for name, gb in (("memory", 0.0), ("streamed", 1e-6)):  # 1 kB: nothing fits, every batch is read
-        train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / name), **{**FAST, "epochs": 2, "host_memory_gb": gb}))
+        train(TrainConfig(data=str(ds), out=str(tmp_path / name), **{**FAST, "epochs": 2, "host_memory_gb": gb}))
     a = read_checkpoint(tmp_path / "memory" / "last.pt")["model"]
     b = read_checkpoint(tmp_path / "streamed" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -120,7 +124,9 @@ def test_predict_writes_masks_of_each_files_own_size_and_overlays(trained, tmp_p
         assert mask.shape == truth.shape == (2 * SIZE, 2 * SIZE) and set(np.unique(mask)) <= {0, 255}
         assert dice(mask == 255, truth) > 0.85  # at the file's resolution, on the file's pixels
         assert x["mask"].endswith(".lungs.png") and np.asarray(Image.open(x["overlay"])).shape == (*mask.shape, 3)
-    missing = list(predict_lungs(ckpt, [str(tmp_path / "nowhere.png")], tmp_path / "q", device="cpu"))
+    missing = list(
+        predict_lungs(LungsPredictConfig(str(ckpt), [str(tmp_path / "nowhere.png")], str(tmp_path / "q"), device="cpu"))
+    )
     assert missing[0]["status"] == "failed" and "no such file" in missing[0]["error"]
 
 
@@ -178,17 +184,17 @@ def test_wrong_inputs_are_one_line_errors(trained, tmp_path):
     ds, ckpt = trained
     bare = phantom_build(tmp_path, n=12, masks=False)
     with pytest.raises(CovidnetError, match="--lung-masks NAME=DIR"):
-        train_lungs(LungsConfig(data=str(bare), out=str(tmp_path / "r"), **FAST))
+        train(TrainConfig(data=str(bare), out=str(tmp_path / "r"), **FAST))
     with pytest.raises(ConfigError, match="is a classifier"):
-        train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / "r"), **{**FAST, "arch": "covidnet-cxr3b"}))
+        train(TrainConfig(data=str(ds), out=str(tmp_path / "r"), **{**FAST, "arch": "covidnet-cxr3b"}))
     with pytest.raises(CovidnetError, match="no test image has an annotated lung mask"):
-        evaluate_lungs(ckpt, bare, "test", device="cpu")
+        evaluate_lungs(LungsEvalConfig(str(ckpt), str(bare), "test", device="cpu"))
     r = covidnet("eval", "--checkpoint", str(ckpt), "--data", str(ds))
     assert r.returncode == 1 and "covidnet lungs eval" in r.stderr and "Traceback" not in r.stderr
     small = tmp_path / "other"
     other = phantom_build(small, n=12, top_crop=0.2)
     with pytest.raises(CovidnetError, match="top_crop"):
-        evaluate_lungs(ckpt, other, "train", device="cpu")
+        evaluate_lungs(LungsEvalConfig(str(ckpt), str(other), "train", device="cpu"))
     with pytest.raises(CovidnetError, match="--top-crop 0.08"):
         build_dataset(BuildConfig(sources=[SourceSpec("cohen", small / "phantoms", "cohen")], out=tmp_path / "x",
                                   size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt))  # fmt: skip
@@ -207,9 +213,9 @@ def lungs_onnx(trained, tmp_path_factory):
 def test_lung_export_matches_pytorch_at_the_stored_side_and_any_other(trained, lungs_onnx):
     ds, ckpt = trained
     path, report = lungs_onnx
-    assert report["task"] == "lungs" and report["fp32"]["max_abs_prob_diff"] <= 1e-4
+    assert report["task"] == "segmentation" and report["fp32"]["max_abs_prob_diff"] <= 1e-4
     assert report["fp32"]["mask_pixel_agreement"] >= 0.999 and "validation images" in report["parity_inputs"]
-    onnx, torch_model = OnnxLungModel(path), LungModel.open(ckpt, "cpu")
+    onnx, torch_model = load(path), load(ckpt, "cpu")
     assert onnx.contract == torch_model.contract and onnx.arch == torch_model.arch == "lung-unet-tiny"
     store = open_store(ds)
     images = store.read(store.rows()[:6])
@@ -221,8 +227,8 @@ def test_lung_export_matches_pytorch_at_the_stored_side_and_any_other(trained, l
 
 def test_lungs_eval_of_the_export_gives_the_checkpoints_figures(trained, lungs_onnx):
     ds, ckpt = trained
-    a = evaluate_lungs(ckpt, ds, "test", resamples=20, device="cpu")
-    b = evaluate_lungs(lungs_onnx[0], ds, "test", resamples=20, device="cpu")
+    a = evaluate_lungs(LungsEvalConfig(str(ckpt), str(ds), "test", resamples=20, device="cpu"))
+    b = evaluate_lungs(LungsEvalConfig(str(lungs_onnx[0]), str(ds), "test", resamples=20, device="cpu"))
     assert b["arch"] == a["arch"] and b["lungs"]["dice"]["value"] == pytest.approx(
         a["lungs"]["dice"]["value"], abs=1e-3
     )
@@ -260,7 +266,7 @@ def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_pat
 
     relabelled = tmp_path / "classifier.onnx"
     relabelled.write_bytes(lungs_onnx[0].read_bytes())
-    meta = {**OnnxLungModel(lungs_onnx[0]).meta, "task": "classification", "classes": ["normal", "COVID-19"]}
+    meta = {**load(lungs_onnx[0]).meta, "task": "classification", "classes": ["normal", "COVID-19"]}
     _write_meta(relabelled, meta)
     with pytest.raises(ConfigError, match="a classification model, not a lung segmenter"):
         open_segmenter(relabelled)
@@ -280,6 +286,8 @@ def test_phantom_known_answer_dice_at_least_097(tmp_path):
     """The issue's target on phantoms: Dice >= 0.97 on held-out patients after a CPU training of a minute or
     two (96 phantoms at 64 px, lung-unet-tiny, 30 epochs)."""
     ds = phantom_build(tmp_path, n=96, seed=1)
-    train_lungs(LungsConfig(data=str(ds), out=str(tmp_path / "run"), **{**FAST, "epochs": 30}))
-    m = evaluate_lungs(tmp_path / "run" / "best.pt", ds, "test", resamples=200, device="cpu", box=LUNG_BOX)
+    train(TrainConfig(data=str(ds), out=str(tmp_path / "run"), **{**FAST, "epochs": 30}))
+    m = evaluate_lungs(
+        LungsEvalConfig(str(tmp_path / "run" / "best.pt"), str(ds), "test", resamples=200, device="cpu", box=LUNG_BOX)
+    )
     assert m["lungs"]["dice"]["value"] >= 0.97, m["lungs"]["dice"]

@@ -6,8 +6,8 @@ import pytest
 from covidnet.audit import LUNG_BOX
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.lungmasks import MaskSpec
-from covidnet.lungs.evaluate import evaluate_lungs
-from covidnet.lungs.train import LungsConfig, train_lungs
+from covidnet.lungs.evaluate import LungsEvalConfig, evaluate_lungs
+from covidnet.train import TrainConfig, train
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -27,8 +27,9 @@ def test_a_brief_training_on_the_v7labs_masks_beats_the_fixed_box(shared_data, t
     )
     masked = report["lung_masks"]["in_dataset"]
     assert report["lung_masks"]["excluded"]["count"] == 0 and sum(masked["images"].values()) == 329
-    train_lungs(
-        LungsConfig(
+    train(
+        TrainConfig(
+            task="segmentation",
             data=str(tmp_path / "ds"),
             out=str(tmp_path / "run"),
             arch="lung-unet-tiny",
@@ -39,7 +40,11 @@ def test_a_brief_training_on_the_v7labs_masks_beats_the_fixed_box(shared_data, t
             device="cpu",
         )  # fmt: skip
     )
-    m = evaluate_lungs(tmp_path / "run" / "best.pt", tmp_path / "ds", "test", resamples=200, device="cpu", box=LUNG_BOX)
+    m = evaluate_lungs(
+        LungsEvalConfig(
+            str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), "test", resamples=200, device="cpu", box=LUNG_BOX
+        )
+    )
     assert m["n"] == masked["images"]["test"] >= 30 and m["n_patients"] == masked["patients"]["test"]
     box = m["box_baseline"]["lungs"]["dice"]
     assert m["lungs"]["dice"]["ci95"][0] > box["ci95"][1], (m["lungs"]["dice"], box)  # the intervals do not meet

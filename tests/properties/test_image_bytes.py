@@ -12,11 +12,7 @@ from mutate import bounded, declare_size, ops_strategy, seeds
 
 from covidnet.contract import Contract
 from covidnet.errors import CovidnetError, ImageReadError
-
-try:  # its home after the move of data/imageio.py to covidnet/imageio.py
-    from covidnet.imageio import frontal_problem, read_image_bytes
-except ImportError:
-    from covidnet.data.imageio import frontal_problem, read_image_bytes
+from covidnet.imageio import frontal_problem, read_image_bytes
 
 SEEDS = seeds()
 KINDS = sorted(SEEDS)

@@ -12,11 +12,12 @@ from scipy.stats import spearmanr
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 from test_cli import covidnet
 
-from covidnet.checkpoint import load_model, read_checkpoint
+from covidnet.checkpoint import read_checkpoint
 from covidnet.errors import ConfigError
-from covidnet.evaluate import evaluate_task_checkpoint
+from covidnet.evaluate import EvalConfig, evaluate_checkpoint
 from covidnet.metrics.ordinal import risk_metrics
 from covidnet.metrics.regression import severity_metrics
+from covidnet.runtime import load
 from covidnet.tasks import RiskTask, SeverityTask, bin_names, parse_bins
 from covidnet.train import TrainConfig, train
 
@@ -100,10 +101,12 @@ def test_severity_checkpoint_describes_its_task_and_eval_matches_sklearn(sev_ckp
         ckpt["task"] == "severity" and ckpt["scores"] == ["geographic", "opacity"] and ckpt["score_range"] == [0.0, 8.0]
     )
     assert "classes" not in ckpt
-    model, _ = load_model(sev_ckpt, tasks=None)
+    model = load(sev_ckpt, "cpu").model
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
-    m = evaluate_task_checkpoint(
-        str(sev_ckpt), str(sev_ds), "test", resamples=50, device="cpu", report=str(tmp_path / "rep")
+    m = evaluate_checkpoint(
+        EvalConfig(
+            str(sev_ckpt), data=str(sev_ds), split="test", resamples=50, device="cpu", report=str(tmp_path / "rep")
+        )
     )
     y = np.array([p["true"] for p in m["predictions"]])
     pred = np.array([p["pred"] for p in m["predictions"]])
@@ -200,7 +203,9 @@ def test_severity_head_learns_the_phantoms_true_extent_far_better_than_the_mean(
             device="cpu",
         )
     )
-    m = evaluate_task_checkpoint(str(tmp_path / "run" / "best.pt"), str(ds), "test", resamples=200, device="cpu")
+    m = evaluate_checkpoint(
+        EvalConfig(str(tmp_path / "run" / "best.pt"), data=str(ds), split="test", resamples=200, device="cpu")
+    )
     y = np.array([p["true"] for p in m["predictions"]])
     baseline = r2_score(y, np.broadcast_to(y.mean(0), y.shape) + 0.0, multioutput="raw_values")
     assert (baseline <= 1e-9).all()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from covidnet.checkpoint import read_checkpoint
-from covidnet.debias import GradReverse, SourceAdversary, adversary_loss, source_targets
 from covidnet.errors import ConfigError
+from covidnet.tasks.debias import GradReverse, SourceAdversary, adversary_loss, source_targets
 from covidnet.train import TrainConfig, train
 
 
@@ -115,5 +115,7 @@ def test_debiased_training_logs_the_adversary_and_keeps_the_classifier_alone(tmp
 
 
 def test_debias_is_for_classification(tmp_path):
-    with pytest.raises(ConfigError, match="--debias source is for --task classification"):
+    with pytest.raises(ConfigError, match="--debias is not a setting of --task severity"):
         train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "r"), task="severity", debias="source"))
+    with pytest.raises(ConfigError, match="--debias-weight above 0"):
+        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "r"), debias="source", debias_weight=0))

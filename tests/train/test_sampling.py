@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from covidnet.debias import source_index
 from covidnet.errors import ConfigError
-from covidnet.train import Dist, epoch_batches, shard
+from covidnet.tasks.debias import source_index
+from covidnet.train.dist import Dist, shard
+from covidnet.train.sampler import epoch_batches
 
 
 @pytest.mark.parametrize("n, batch, world", [(100, 8, 1), (101, 8, 2), (37, 6, 3), (9, 8, 2)])

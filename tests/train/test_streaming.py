@@ -9,8 +9,8 @@ from phantomdata import make_dataset
 from covidnet.checkpoint import read_checkpoint
 from covidnet.data.store import open_store
 from covidnet.errors import ConfigError
-from covidnet.feed import InMemory, Streamed, memory_budget, prefetch, stage
 from covidnet.train import TrainConfig, train
+from covidnet.train.feed import InMemory, Streamed, memory_budget, prefetch, stage
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 from phantomdata import make_dataset
 from test_cli import covidnet
 
-from covidnet.checkpoint import load_model, read_checkpoint
+from covidnet.checkpoint import read_checkpoint
 from covidnet.errors import ConfigError, CovidnetError
+from covidnet.runtime import load
 from covidnet.train import TrainConfig, train
 
 FAST = dict(epochs=2, batch_size=8, lr=3e-4, progress=False, precise_bn=64)
@@ -48,7 +49,8 @@ def test_a_few_epochs_on_phantoms_beat_chance_on_validation(tmp_path):
         abs(float(log[0]["mix_COVID-19"]) - 2 / 8) < 0.03
     )  # --covid-percent 0.3 of batch 8: 2 per batch, stated per epoch
     assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "complete"
-    model, meta = load_model(tmp_path / "run" / "best.pt")  # self-describing: no flags needed
+    lm = load(tmp_path / "run" / "best.pt", "cpu")  # self-describing: no flags needed
+    model, meta = lm.model, lm.meta
     assert meta["classes"] == ["normal", "pneumonia", "COVID-19"] and meta["preprocess"]["size"] == 64
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 3)
     assert summary["images_per_s"] > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from .flags import add_config_flags, config_class, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
@@ -13,21 +13,15 @@ def register(sub, flags: bool = True) -> None:
         "of a built dataset, and store them in the checkpoint.",
     )
     p.set_defaults(func=run)
-    if not flags:
-        return
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="the dataset folder; its val split is used, never test")
-    p.add_argument("--temperature", action="store_true", help="fit temperature scaling")
-    p.add_argument("--operating-point", metavar="sensitivity=0.95", help="choose the COVID-19 threshold meeting this")
-    p.add_argument("--device", default="auto")
+    if flags and (cls := config_class(p, "evaluate", "CalibrateConfig")):  # None without the [torch] extra
+        add_config_flags(p, cls)
 
 
 def run(args) -> int:
-    from ..evaluate import calibrate_checkpoint
+    from ..evaluate import CalibrateConfig, calibrate_checkpoint
 
-    if not args.temperature and not args.operating_point:
-        raise UsageError("give --temperature and/or --operating-point sensitivity=0.95")
-    out = calibrate_checkpoint(args.checkpoint, args.data, args.temperature, args.operating_point, args.device)
+    cfg = config_from_args(CalibrateConfig, args)
+    out = calibrate_checkpoint(cfg)
     if "temperature" in out:
         print(f"temperature {out['temperature']:.3f}: validation ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f}")
     if out.get("operating_point"):
@@ -36,5 +30,5 @@ def run(args) -> int:
             f"operating point {op['target']}: {op['class']} threshold {op['threshold']:.4f} "
             f"(validation sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f})"
         )
-    print(f"stored in {args.checkpoint}")
+    print(f"stored in {cfg.checkpoint}")
     return 0

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 
 
@@ -27,7 +28,12 @@ def _raise(e: BaseException):
 
 
 def add_config_flags(
-    p: argparse.ArgumentParser, cls, *, defaults: dict | None = None, one_of: tuple[str, ...] = ()
+    p: argparse.ArgumentParser,
+    cls,
+    *,
+    defaults: dict | None = None,
+    one_of: tuple[str, ...] = (),
+    only: Collection[str] | None = None,
 ) -> None:
     """One flag per ``option`` field of the dataclass ``cls``, in field order, its value stored under the
     field's name.
@@ -35,21 +41,25 @@ def add_config_flags(
     defaults: the command's own default for a field, where it is not the dataclass's (``data synth --n``).
     one_of: fields whose flags form a required group of mutually exclusive flags (``serve --checkpoint``
     or ``--onnx``).
+    only: the fields that get a flag, where not every one does (``lungs train``: the segmentation task's).
     """
     hints = typing.get_type_hints(cls)
     group = p.add_mutually_exclusive_group(required=True) if one_of else None
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
+        if "help" not in f.metadata or (only is not None and f.name not in only):
             continue
         default = (defaults or {}).get(f.name, _default(f))
+        if f.metadata.get("positional"):
+            p.add_argument(f.name, **_positional_kwargs(f, hints[f.name], default))
+            continue
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         (group if f.name in one_of else p).add_argument(flag, dest=f.name, **_flag_kwargs(f, hints[f.name], default))
 
 
 def config_from_args(cls, args: argparse.Namespace, **values):
     """``cls`` with every ``option`` field from its flag, ``values`` for the others given here (or for a
-    flag's value converted), and the defaults for the rest."""
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
+    flag's value converted), and the defaults for the rest (and for a field the command has no flag for)."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata and f.name in args}
     return cls(**{**flags, **values})
 
 
@@ -86,6 +96,23 @@ def _flag_kwargs(f: dataclasses.Field, hint, default) -> dict:
         if default is not dataclasses.MISSING and default is not None and not repeated and "default" not in text:
             text = f"{text} (default {default})"
     kw["help"] = text.replace("%", "%%")
+    return kw
+
+
+def _positional_kwargs(f: dataclasses.Field, hint, default) -> dict:
+    """add_argument's keywords for a positional field: a list takes one or more values (any number with a
+    default), anything else one value (or none, with a default)."""
+    kind, repeated = _kind(hint)
+    required = default is dataclasses.MISSING
+    kw: dict = dict(metavar=f.metadata["metavar"], help=f.metadata["help"].replace("%", "%%"))
+    if repeated:
+        kw["nargs"] = "+" if required else "*"
+    elif not required:
+        kw["nargs"] = "?"
+    if not required:
+        kw["default"] = default
+    if kind in (int, float) and not repeated:
+        kw["type"] = kind
     return kw
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,21 +21,24 @@ def register(sub, flags: bool = True) -> None:
     lsub = p.add_subparsers(dest="lungs_command", required=True, metavar="LUNGS_COMMAND")
     t = lsub.add_parser(
         "train",
-        help="train a lung segmenter on a build's annotated masks",
+        help="train a lung segmenter on a build's annotated masks (covidnet train --task segmentation)",
         description="Train a segmenter from the registry (`covidnet models`) from random initialisation on "
-        "the train split's annotated lung masks, selecting by the validation split's Dice.",
+        "the train split's annotated lung masks, selecting by the validation split's Dice: the same run as "
+        "`covidnet train --task segmentation`.",
     )
     t.set_defaults(func=run_train)
-    if flags and (cls := config_class(t, "lungs.train", "LungsConfig")):  # None without the [torch] extra
-        add_config_flags(t, cls)
+    if flags and (cls := config_class(t, "train", "TrainConfig")):  # None without the [torch] extra
+        from ..tasks import COMMON_OPTIONS, SegmentationTask
+
+        add_config_flags(t, cls, only=set(COMMON_OPTIONS + list(SegmentationTask.options)) - {"task"})
     e = lsub.add_parser(
         "eval",
         help="Dice, IoU and HD95 with patient-bootstrap CIs, and a page of the worst cases",
         description="Evaluate a lung segmenter on a build's split (its images with annotated masks).",
     )
     e.set_defaults(func=run_eval)
-    if flags:
-        _eval_flags(e)
+    if flags and (cls := config_class(e, "lungs.evaluate", "LungsEvalConfig")):
+        add_config_flags(e, cls)
     q = lsub.add_parser(
         "predict",
         help="lung mask PNGs for raw images",
@@ -44,77 +46,24 @@ def register(sub, flags: bool = True) -> None:
         "OUT/STEM.lungs.png; with --overlay also the image with the mask over it.",
     )
     q.set_defaults(func=run_predict)
-    if flags:
-        _predict_flags(q)
-
-
-def _eval_flags(p) -> None:
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a checkpoint written by `covidnet lungs train` (best.pt), or its `covidnet export` (.onnx)",
-    )
-    p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build --lung-masks`")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of --data (default test)")
-    p.add_argument(
-        "--resamples", type=int, default=1000, help="bootstrap resamples of patients (default 1000; 0: no CIs)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON to OUT")
-    p.add_argument("--report", metavar="OUT_DIR", help="write an HTML page with the worst cases to OUT_DIR")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _predict_flags(p) -> None:
-    p.add_argument(
-        "checkpoint",
-        metavar="MODEL",
-        help="a checkpoint written by `covidnet lungs train` (best.pt), or its `covidnet export` (.onnx)",
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--out", required=True, help="folder for the mask PNGs")
-    p.add_argument("--overlay", action="store_true", help="also write the image with its mask over it")
-    p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if flags and (cls := config_class(q, "lungs.evaluate", "LungsPredictConfig")):
+        add_config_flags(q, cls)
 
 
 def run_train(args) -> int:
-    from ..lungs.train import LungsConfig, train_lungs
+    from .train import run
 
-    cfg = config_from_args(LungsConfig, args)
-    summary = train_lungs(cfg)
-    if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"done: {cfg.out} — best validation Dice {summary['best_val_dice']:.4f}; last epoch's "
-            f"{summary['final']['val_dice']:.4f}; {summary['images_per_s']:.0f} images/s on {summary['device']}"
-        )
-    return 0
+    return run(args, task="segmentation")
 
 
 def run_eval(args) -> int:
     from ..audit import LUNG_BOX
-    from ..files import write_json
-    from ..lungs.evaluate import evaluate_lungs
+    from ..lungs.evaluate import LungsEvalConfig, evaluate_lungs
     from ..metrics.bootstrap import format_ci
     from ..metrics.segmentation import PARTS
     from .common import table
 
-    m = evaluate_lungs(
-        args.checkpoint,
-        args.data,
-        args.split,
-        args.resamples,
-        args.seed,
-        args.device,
-        args.report,
-        LUNG_BOX,
-        progress=not args.quiet,
-    )
-    if args.json:
-        write_json(args.json, m)
+    m = evaluate_lungs(config_from_args(LungsEvalConfig, args, box=LUNG_BOX))
     print(
         f"lungs: {m['n']} {m['split']} images of {m['n_patients']} patients; 95 % CIs from "
         f"{m['bootstrap']['resamples']} bootstrap resamples of patients; HD95 in px at {m['stored_size']} px"
@@ -132,11 +81,12 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..lungs.evaluate import predict_lungs
+    from ..lungs.evaluate import LungsPredictConfig, predict_lungs
 
     ok = failed = 0
-    results = predict_lungs(args.checkpoint, args.inputs, args.out, args.overlay, args.device, args.batch_size)
-    if not args.quiet and sys.stderr.isatty():
+    cfg = config_from_args(LungsPredictConfig, args)
+    results = predict_lungs(cfg)
+    if cfg.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         results = tqdm(results, unit="img", file=sys.stderr, leave=False)

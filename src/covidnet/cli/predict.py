@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..errors import CovidnetError
+from .flags import add_config_flags, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
@@ -17,56 +18,26 @@ def register(sub, flags: bool = True) -> None:
         "tool, not a diagnosis.",
     )
     p.set_defaults(func=run)
-    if not flags:
-        return
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a PyTorch checkpoint (train's best.pt)")
-    model.add_argument(
-        "--onnx", metavar="MODEL", help="a model written by `covidnet export` (ONNX Runtime; PyTorch not needed)"
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
-    p.add_argument("--cam", metavar="OUT_DIR", help="write a heat-map overlay PNG per image to OUT_DIR")
-    p.add_argument("--cam-method", default="gradcam", help="gradcam or gradcam++")
-    p.add_argument(
-        "--threshold",
-        metavar="CLASS=P",
-        help="flag an image when P(CLASS) >= P, e.g. COVID-19=0.2 "
-        "(default: the checkpoint's operating point, if calibrated)",
-    )
-    p.add_argument(
-        "--operating-point",
-        metavar="sensitivity=0.95",
-        help="use the operating point stored by `covidnet calibrate` for this target",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if flags:
+        from ..predict import PredictConfig  # torch-free: predict --onnx runs without PyTorch
+
+        add_config_flags(p, PredictConfig, one_of=("checkpoint", "onnx"))
 
 
 def run(args) -> int:
-    from ..predict import predict_paths
+    from ..predict import PredictConfig, predict_paths
     from ..tasks import result_line
 
+    cfg = config_from_args(PredictConfig, args)
     ok = failed = 0
-    results = predict_paths(
-        args.checkpoint,
-        args.inputs,
-        args.batch_size,
-        args.device,
-        args.threshold,
-        args.cam,
-        args.cam_method,
-        args.operating_point,
-        onnx=args.onnx,
-    )
-    if not args.quiet and sys.stderr.isatty():
+    results = predict_paths(cfg)
+    if cfg.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         results = tqdm(results, unit="img", file=sys.stderr, leave=False)
     for r in results:
         ok, failed = ok + (r["status"] == "ok"), failed + (r["status"] != "ok")
-        if args.json:
+        if cfg.json:
             print(json.dumps(r), flush=True)
         elif r["status"] == "ok":
             cams = r.get("cam")

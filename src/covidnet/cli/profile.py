@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import UsageError
 from .common import table
+from .flags import add_config_flags, config_class, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
@@ -16,19 +16,8 @@ def register(sub, flags: bool = True) -> None:
         description="Parameters, MACs (FLOPs/2), batch-1 latency (median after warm-up) and peak memory.",
     )
     p.set_defaults(func=run)
-    if not flags:
-        return
-    p.add_argument("arch", nargs="*", metavar="ARCH", help="architecture name(s); see `covidnet models`")
-    p.add_argument("--all", action="store_true", help="every registered architecture at its default size")
-    p.add_argument("--paper", action="store_true", help="the reference's published model table beside our measurements")
-    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the architecture's own)")
-    p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="input channels (default 3)")
-    p.add_argument("--runs", type=int, default=10, help="timed forwards; 0 skips latency and memory (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing (default 3)")
-    p.add_argument("--device", default="cpu", help="device for latency and memory, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (a list for several)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if flags and (cls := config_class(p, "profile", "ProfileConfig")):  # None without the [torch] extra
+        add_config_flags(p, cls)
 
 
 def _fmt(v, unit: str, scale: float, digits: int = 2) -> str:
@@ -39,8 +28,8 @@ def _pct(ours: float, published: float | None) -> str:
     return "" if published is None else f"{(ours / published - 1) * 100:+.1f} %"
 
 
-def _progress(quiet: bool):
-    if quiet:
+def _progress(enabled: bool):
+    if not enabled:
         return None
     from tqdm import tqdm
 
@@ -48,29 +37,22 @@ def _progress(quiet: bool):
 
 
 def run(args) -> int:
-    from ..models import get_spec, list_models
-    from ..profile import profile_model
+    from ..profile import ProfileConfig, profile_model
 
-    common = dict(runs=args.runs, warmup=args.warmup, device=args.device, threads=args.threads)
-    if args.paper:
-        if args.arch or args.all:
-            raise UsageError("--paper profiles the reference's configurations; give it no ARCH and no --all")
-        return _paper(args, common)
-
-    names = list_models() if args.all else args.arch
-    if not names:
-        raise UsageError("give an architecture (ARCH), --all or --paper; names: " + ", ".join(list_models()))
-    for n in names:
-        get_spec(n)  # fail on a wrong name before profiling anything
-    progress = _progress(args.quiet or len(names) == 1)
+    cfg = config_from_args(ProfileConfig, args)
+    names = cfg.names()
+    common = dict(runs=cfg.runs, warmup=cfg.warmup, device=cfg.device, threads=cfg.threads)
+    if cfg.paper:
+        return _paper(cfg, common)
+    progress = _progress(cfg.progress and len(names) > 1)
     profiles = [
-        profile_model(n, args.size, in_channels=args.in_channels, **common).to_dict()
+        profile_model(n, cfg.size, in_channels=cfg.in_channels, **common).to_dict()
         for n in (progress(names) if progress else names)
     ]
-    if args.json:
+    if cfg.json:
         print(json.dumps(profiles[0] if len(profiles) == 1 else profiles, indent=2))
         return 0
-    dev = args.device.split(":")[0]
+    dev = cfg.device.split(":")[0]
     rows = [
         [
             p["arch"],
@@ -85,7 +67,7 @@ def run(args) -> int:
     print(table(["arch", "input", "params", "MACs", f"latency {dev} b=1", "peak memory"], rows))
     p = profiles[0]
     print(
-        f"(median of {p['latency_runs']} runs after {args.warmup} warm-up, {p['threads']} threads, "
+        f"(median of {p['latency_runs']} runs after {cfg.warmup} warm-up, {p['threads']} threads, "
         f"torch {p['torch_version']})"
         if p["latency_runs"]
         else "(latency not measured: --runs 0)"
@@ -93,18 +75,18 @@ def run(args) -> int:
     return 0
 
 
-def _paper(args, common: dict) -> int:
+def _paper(cfg, common: dict) -> int:
     """The reference's published model table, each configuration beside our measurement of its preset."""
     from ..profile import paper_comparison
 
-    rows = paper_comparison(progress=_progress(args.quiet), **common)
-    if args.json:
+    rows = paper_comparison(progress=_progress(cfg.progress), **common)
+    if cfg.json:
         print(json.dumps(rows, indent=2))
         return 0
     out = []
     for r in rows:
         o = r["ours"]
-        lat = o and o[f"latency_ms_{args.device.split(':')[0]}"]
+        lat = o and o[f"latency_ms_{cfg.device.split(':')[0]}"]
         pub_p = f"{r['params_m']} M" if r["params_m"] else "—"
         pub_m = f"{r['macs_g']:.2f} G" if r["macs_g"] else "—"
         if o:
@@ -137,7 +119,7 @@ def _paper(args, common: dict) -> int:
                 "MACs",
                 "Δ params",
                 "Δ MACs",
-                f"latency {args.device} b=1",
+                f"latency {cfg.device} b=1",
             ],
             out,
         )

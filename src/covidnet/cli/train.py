@@ -19,15 +19,16 @@ def register(sub, flags: bool = True) -> None:
         add_config_flags(p, cls)
 
 
-def run(args) -> int:
+def run(args, **values) -> int:
+    """``covidnet train`` (and ``covidnet lungs train``, which gives ``task="segmentation"`` in ``values``)."""
     from ..train import TrainConfig, train
 
-    cfg = config_from_args(TrainConfig, args)
+    cfg = config_from_args(TrainConfig, args, **values)
     summary = train(cfg)
     if summary.get("final") is not None and int(os.environ.get("RANK", "0")) == 0:
-        final = cfg.make_task().final(summary["final"])
+        final, best = cfg.make_task().final(summary["final"]), summary["best_score"]
         print(
-            f"done: {cfg.out} — best validation loss {summary['best_val_loss']:.4f}; last epoch {final}; "
-            f"{summary['images_per_s']:.0f} images/s on {summary['device']}"
+            f"done: {cfg.out} — best {best['metric'].replace('_', ' ')} {best['value']:.4f} (epoch {best['epoch']}); "
+            f"last epoch {final}; {summary['images_per_s']:.0f} images/s on {summary['device']}"
         )
     return 0

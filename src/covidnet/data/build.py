@@ -27,9 +27,9 @@ import numpy as np
 
 from .. import __version__
 from ..config import option
-from ..contract import Contract
+from ..contract import DEFAULT_SIZE, TOP_CROP, Contract
 from ..errors import ConfigError, CovidnetError, UsageError
-from .imageio import image_shape
+from ..imageio import image_shape
 from .lungmasks import (
     LUNG,
     NAME_KEY,
@@ -42,7 +42,6 @@ from .lungmasks import (
     mask_problem,
     strict_failure,
 )
-from .preprocess import DEFAULT_SIZE, TOP_CROP
 from .records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion, Record, to_binary
 from .severity import SCORES, check_offsets, join_severity
 from .sources import COVIDX_SOURCE_ALIASES, READERS, official_key, read_source

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CovidnetError
-from .imageio import IMAGE_SUFFIXES
+from ..imageio import IMAGE_SUFFIXES
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Lung masks as data, joined at build time: ``covidnet data build --lung-masks NAME=DIR``.
 
 A lung mask is an image file of the same stem as the radiograph it outlines (any format
-``covidnet.data.imageio`` reads, any size: a full-resolution mask of a downsampled image is resized to
+``covidnet.imageio`` reads, any size: a full-resolution mask of a downsampled image is resized to
 the image, nearest neighbour), with the values the V7 Labs masks of the ieee8023 collection have:
 **0** background, **255** lung, **127** ignore (pacemakers, lines and markup over the lungs). ``DIR`` is
 a folder of them (walked recursively) or a ``.zip`` of them read in place, such as the
@@ -25,8 +25,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..contract import dilate
 from ..errors import ConfigError, CovidnetError, ImageReadError, UsageError
-from .imageio import IMAGE_SUFFIXES, read_image, read_image_bytes
+from ..imageio import IMAGE_SUFFIXES, read_image, read_image_bytes
 from .records import Exclusion, Record
 
 BACKGROUND, IGNORE, LUNG = 0, 127, 255
@@ -212,15 +213,6 @@ def strict_failure(excluded: list[Exclusion]) -> CovidnetError:
         f"--strict: {len(excluded)} lung mask(s) left out ({reasons}); first: {e.item}: {e.reason} ({e.detail}); "
         "fix or remove them, or build without --strict"
     )
-
-
-def dilate(lung, margin: float):
-    """A lung field (B, 1, S, S) float tensor, 0 or 1 -> the same dilated by ``round(margin * S)`` pixels with
-    a square structuring element (max-pooling): the one dilation of the audit and of lung-field input."""
-    import torch.nn.functional as F
-
-    r = round(margin * lung.shape[-1])
-    return F.max_pool2d(lung, 2 * r + 1, stride=1, padding=r) if r > 0 else lung
 
 
 def lung_field(masks: np.ndarray, margin: float) -> np.ndarray:

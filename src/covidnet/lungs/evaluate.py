@@ -1,7 +1,7 @@
 """``covidnet lungs eval`` and ``covidnet lungs predict``.
 
 Evaluation reads a built dataset's split: the images with an annotated lung mask (never a predicted
-one), segmented by the checkpoint or its ONNX export (``open_segmenter``) at the stored side, scored by
+one), segmented by the checkpoint or its ONNX export (``covidnet.load``) at the stored side, scored by
 ``covidnet.metrics.segmentation`` (Dice, IoU and HD95 of both lungs and of each, the annotation's ignore
 pixels left out) with 95 % intervals from resampling patients; beside them, what a fixed box scores on
 the same images, when one is given (the CLI gives the audit's ``LUNG_BOX``). Memory stays one batch: the
@@ -15,40 +15,55 @@ PNG of the image with the mask over it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import image_shape, read_image
+from ..config import option
+from ..contract import is_lung
 from ..data.lungmasks import IGNORE, LUNG
 from ..data.store import open_store
 from ..errors import CovidnetError
 from ..files import atomic_write, write_json
+from ..imageio import image_shape, read_image
 from ..metrics.bootstrap import format_ci
 from ..metrics.segmentation import PARTS, box_mask, per_image_metrics, segmentation_metrics
+from ..runtime import LoadedModel as Segmenter
+from ..runtime import load
 from .figures import dice_histogram, overlay, png_bytes, worst_cases_figure
-from .fill import open_segmenter
-from .segmenter import Segmenter, is_lung
 
 WORST = 8  # worst cases on the page
 
 
-def evaluate_lungs(
-    checkpoint: str | Path,
-    data: str | Path,
-    split: str = "test",
-    resamples: int = 1000,
-    seed: int = 0,
-    device: str = "auto",
-    report: str | Path | None = None,
-    box: tuple[float, float, float, float] | None = None,
-    progress: bool = False,
-) -> dict:
+@dataclass
+class LungsEvalConfig:
+    """``covidnet lungs eval``: a segmenter on a built dataset's split (its images with annotated masks)."""
+
+    checkpoint: str = option(
+        help="a segmentation checkpoint (best.pt of `covidnet train --task segmentation`), or its `covidnet "
+        "export` (.onnx)"
+    )
+    data: str = option(help="a dataset folder written by `covidnet data build --lung-masks`")
+    split: str = option("test", "split of --data", choices=("train", "val", "test"))
+    resamples: int = option(1000, "bootstrap resamples of patients (0: no CIs)")
+    seed: int = option(0, "seed of the bootstrap")
+    json: str | None = option(None, "write the metrics as JSON to OUT", metavar="OUT")
+    report: str | None = option(None, "write an HTML page with the worst cases to OUT_DIR", metavar="OUT_DIR")
+    device: str = option("auto", "auto, cpu, cuda")
+    progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
+    box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1), fractions of the side: a baseline
+
+
+def evaluate_lungs(cfg: LungsEvalConfig) -> dict:
     """The segmentation metrics of ``checkpoint`` on the annotated images of ``data``'s ``split`` (JSON-able;
-    also ``report/metrics.json`` and ``report/index.html`` when ``report`` is given). ``box``: (x0, y0, x1,
-    y1) as fractions of the side, scored on the same images as a baseline."""
-    lm = open_segmenter(checkpoint, device)
+    also ``report/metrics.json`` and ``report/index.html`` when ``report`` is given, and ``json``). ``box``:
+    (x0, y0, x1, y1) as fractions of the side, scored on the same images as a baseline."""
+    checkpoint, data, split, resamples, seed, report, box = (
+        cfg.checkpoint, cfg.data, cfg.split, cfg.resamples, cfg.seed, cfg.report, cfg.box
+    )  # fmt: skip
+    lm = load(checkpoint, cfg.device, tasks=("segmentation",))
     store = open_store(data)
     lm.contract.check_store(store, str(data))
     rows = store.mask_rows(split)
@@ -57,7 +72,7 @@ def evaluate_lungs(
             f"{data}: no {split} image has an annotated lung mask; build it with --lung-masks NAME=DIR "
             "(masks a model drew, --lungs, are not evaluated)"
         )
-    per, box_per = _score(lm, store, rows, box, progress)
+    per, box_per = _score(lm, store, rows, box, cfg.progress)
     patients = store.patients(rows)
     m = {
         "task": "lungs",
@@ -79,6 +94,8 @@ def evaluate_lungs(
     if report:
         write_json(Path(report) / "metrics.json", m)
         _write_page(report, m, lm, store, rows, per)
+    if cfg.json:
+        write_json(cfg.json, m)
     return m
 
 
@@ -146,21 +163,35 @@ def _short(name: str, n: int = 30) -> str:
     return name if len(name) <= n else name[: n // 2 - 1] + "…" + name[len(name) - (n - n // 2) :]
 
 
-def predict_lungs(
-    checkpoint: str | Path,
-    inputs: Iterable[str],
-    out: str | Path,
-    overlay_images: bool = False,
-    device: str = "auto",
-    batch_size: int = 16,
-) -> Iterator[dict]:
+@dataclass
+class LungsPredictConfig:
+    """``covidnet lungs predict``: lung mask PNGs for raw images."""
+
+    checkpoint: str = option(
+        help="a segmentation checkpoint (best.pt of `covidnet train --task segmentation`), or its `covidnet "
+        "export` (.onnx)",
+        metavar="MODEL",
+        positional=True,
+    )
+    inputs: list[str] = option(help="image files, or folders walked recursively", metavar="IMAGE_OR_DIR",
+                               positional=True)  # fmt: skip
+    out: str = option(help="folder for the mask PNGs")
+    overlay: bool = option(False, "also write the image with its mask over it")
+    json: bool = option(False, "one JSON object per image, one per line")
+    batch_size: int = option(16, "images a forward pass takes")
+    device: str = option("auto", "auto, cpu, cuda")
+    progress: bool = option(True, "no progress bar", flag="--quiet", negate=True)
+
+
+def predict_lungs(cfg: LungsPredictConfig) -> Iterator[dict]:
     """For each image file (or image under a folder) of ``inputs``, in order: its lung mask written to
-    ``out/STEM.lungs.png`` (and with ``overlay_images`` the image with the mask over it, ``STEM.overlay.lungs.png``);
+    ``out/STEM.lungs.png`` (and with ``overlay`` the image with the mask over it, ``STEM.overlay.lungs.png``);
     yields ``{"path", "status": "ok", "mask", "overlay", "lung_fraction"}`` or ``{"path", "status": "failed",
     "error"}``. ``lung_fraction``: the share of the contract's square the model calls lung."""
     from ..predict import CamFiles, read_batches
 
-    lm = open_segmenter(checkpoint, device, batch_size)
+    inputs, out, overlay_images, batch_size = cfg.inputs, cfg.out, cfg.overlay, cfg.batch_size
+    lm = load(cfg.checkpoint, cfg.device, batch_size, tasks=("segmentation",))
     files = CamFiles(out, ".lungs.png")
     for batch in read_batches(inputs, lm.contract, batch_size):
         ready = [img for _, img, error in batch if error is None]

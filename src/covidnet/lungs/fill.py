@@ -12,7 +12,8 @@ import numpy as np
 
 from ..contract import Contract
 from ..errors import CovidnetError
-from .segmenter import OnnxLungModel, Segmenter
+from ..runtime import LoadedModel as Segmenter
+from ..runtime import load
 
 
 def open_segmenter(
@@ -21,11 +22,9 @@ def open_segmenter(
     """The lung segmenter in ``path``: an exported ``.onnx`` on ONNX Runtime (``threads`` intra-op threads,
     default all cores), otherwise a checkpoint in PyTorch on ``device``. Anything else (a classifier, a file
     that is neither) is one line naming it."""
-    if Path(path).suffix.lower() == ".onnx":
-        return OnnxLungModel(path, "cpu" if device == "auto" else device, threads, batch_size)
-    from .infer import LungModel  # torch: only a checkpoint pays for it
-
-    return LungModel.open(path, device, batch_size)
+    if Path(path).suffix.lower() == ".onnx" and device == "auto":
+        device = "cpu"
+    return load(path, device, batch_size, threads, tasks=("segmentation",))
 
 
 def open_segmenter_for(model: str | Path, contract: Contract, workers: int = 1) -> Segmenter:

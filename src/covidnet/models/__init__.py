@@ -4,9 +4,11 @@
 >>> model = create_model("covidnet-cxr3b", num_classes=3, in_channels=1)
 
 Each entry carries its default input contract (size, normalisation) and, for COVID-Net presets, the
-published complexity it is held to (``Published``). Two kinds share the registry: ``classifier``
-(logits per image; ``list_models()``) and ``segmenter`` (a logit per pixel, ``models/segment.py``, the
-``segment`` family; ``list_models("segmenter")``), created alike by ``create_model``.
+published complexity it is held to (``Published``). Three kinds share the registry: ``classifier``
+(logits per image; ``list_models()``), ``segmenter`` (a logit per pixel, ``models/segment.py``, the
+``segment`` family; ``list_models("segmenter")``), and ``lung-field``, the classifier behind a frozen
+segmenter that ``train --lungs crop|mask`` makes (``models/lung_field.py``): every checkpoint, of any task,
+is rebuilt by ``create_model(arch, **arch_args)`` and its state dict.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
-from . import zoo
+from . import lung_field, zoo
 from .covidnet import CXR3B, CXR_LARGE, CXR_SMALL, CovidNet, CovidNetConfig
 from .segment import LUNG_UNET, LUNG_UNET_TINY, UNet, UNetConfig
 
@@ -45,7 +47,7 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     published: Published | None = None
     family: str = field(default="covidnet")
-    kind: str = "classifier"  # or "segmenter": one logit per pixel and class
+    kind: str = "classifier"  # or "segmenter" (one logit per pixel and class), or "lung-field" (``train --lungs``)
 
     def normalisation(self, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Mean and std for ``in_channels`` inputs (a grey image uses the RGB average)."""
@@ -69,7 +71,7 @@ def register_model(name: str, *, description: str, input_size: int, **spec):
     return wrap
 
 
-KINDS = ("classifier", "segmenter")
+KINDS = ("classifier", "segmenter", "lung-field")
 
 
 def list_models(kind: str | None = "classifier") -> list[str]:
@@ -162,5 +164,17 @@ for _name, _config, _desc in [
     ("lung-unet-tiny", LUNG_UNET_TINY, "U-Net for lung fields, widths 8-64, for tests and the smallest CPUs"),
 ]:
     register_model(_name, description=_desc, input_size=256, family="segment", kind="segmenter")(_unet(_config))
+
+register_model(
+    lung_field.ARCH,
+    description="a classifier behind a frozen lung segmenter (made by covidnet train --lungs crop|mask)",
+    input_size=480,
+    family="lung-field",
+    kind="lung-field",
+)(
+    lambda num_classes=3, in_channels=1, **parts: lung_field.build(
+        num_classes, in_channels, create=create_model, **parts
+    )
+)
 
 __all__ = ["KINDS", "ModelSpec", "Published", "create_model", "get_spec", "list_models", "register_model"]

@@ -22,12 +22,16 @@ class (``num_classes`` 1: lung), at the input's resolution.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .covidnet import ConvBNReLU
+
+if TYPE_CHECKING:
+    from ..contract import Contract
 
 
 class DoubleConv(nn.Sequential):
@@ -114,3 +118,15 @@ class UNet(nn.Module):
 # The presets: base width 16 (the default, for 128-256 px) and 8 (tests, and the smallest CPUs).
 LUNG_UNET = UNetConfig(widths=(16, 32, 64, 128, 256))
 LUNG_UNET_TINY = UNetConfig(widths=(8, 16, 32, 64))
+
+
+def lung_logits(
+    model, unit: torch.Tensor, contract: Contract, memory_format=torch.contiguous_format, any_side: bool = False
+) -> torch.Tensor:
+    """The traceable core (``covidnet export`` writes exactly this graph, with ``any_side``: a dynamic side):
+    stored pixels as floats in [0, 1] (B, 1, H, W) -> lung logits (B, 1, H, W): the contract's model input
+    (resized to the model's side, normalised), the network, and its logits resized back to H x W (bilinear)."""
+    logits = model(contract.model_input(unit, memory_format, any_side)).float()
+    if any_side or logits.shape[-2:] != unit.shape[-2:]:
+        logits = F.interpolate(logits, size=unit.shape[-2:], mode="bilinear", align_corners=False)
+    return logits

@@ -48,7 +48,8 @@ from starlette.requests import ClientDisconnect
 from .. import DISCLAIMER, __version__
 from ..config import option
 from ..errors import ConfigError, CovidnetError, ImageReadError, ImageTooLargeError
-from ..predict import Backend, decide, describe, open_backend, softmax, triage_rule
+from ..runtime import LoadedModel, load_either
+from ..tasks import decide, softmax, triage_rule
 from .batcher import DynamicBatcher
 
 log = logging.getLogger("covidnet.serve")
@@ -214,7 +215,7 @@ UPLOAD_SCHEMA = {
 class Service:
     """What the routes do: one model behind a dynamic batcher, the limits, the triage rule."""
 
-    def __init__(self, cfg: ServeConfig, backend: Backend):
+    def __init__(self, cfg: ServeConfig, backend: LoadedModel):
         self.cfg, self.backend, self.meta = cfg, backend, backend.meta
         if not backend.task.reads_label_files:  # a classifier: what the service's triage is about
             raise ConfigError(f"covidnet serve takes classification models; this one is for {backend.task.name}")
@@ -252,7 +253,7 @@ class Service:
     def model_info(self) -> dict:
         cfg = self.cfg
         return {
-            **describe(self.backend),
+            **self.backend.describe(),
             "triage_rule": self.rule,
             "disclaimer": DISCLAIMER,
             "limits": {
@@ -324,7 +325,7 @@ class Service:
 
     def decode(self, data: bytes, kind: str) -> np.ndarray:
         """An upload -> the model's stored pixels, through the model's contract."""
-        from ..data.imageio import frontal_problem
+        from ..imageio import frontal_problem
 
         name = f"upload.{'dcm' if kind == 'dicom' else kind}"  # never the client's file name
         try:
@@ -383,11 +384,11 @@ def _install_errors(app: FastAPI) -> None:
         return response
 
 
-def create_app(cfg: ServeConfig, backend: Backend | None = None) -> FastAPI:
+def create_app(cfg: ServeConfig, backend: LoadedModel | None = None) -> FastAPI:
     """The FastAPI app for ``cfg`` (for your own ASGI server); ``backend``: an opened model, else opened here."""
     cfg.validate()
     _quiet_dicom_values()
-    service = Service(cfg, backend or open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads))
+    service = Service(cfg, backend or load_either(cfg.checkpoint, cfg.onnx, device=cfg.device, threads=cfg.threads))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -475,7 +476,7 @@ def serve(cfg: ServeConfig) -> None:
             pass
     except OSError as e:
         raise CovidnetError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e})") from None
-    backend = open_backend(cfg.checkpoint, cfg.onnx, cfg.device, threads=cfg.threads)
+    backend = load_either(cfg.checkpoint, cfg.onnx, device=cfg.device, threads=cfg.threads)
     app = create_app(cfg, backend)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:

@@ -12,7 +12,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from ...errors import SourceError
-from ..imageio import IMAGE_SUFFIXES
+from ...imageio import IMAGE_SUFFIXES
 from ..records import Exclusion, Record
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_SHARE = 0.5  # of the memory available when the run starts, if --host-memory-gb is not given
 PREFETCH = 3  # batches read ahead

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class GradReverse(torch.autograd.Function):

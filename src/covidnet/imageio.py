@@ -2,7 +2,7 @@
 
 This is the only place the project decodes image bytes: the dataset build, training, evaluation,
 prediction and the HTTP service all come through ``read_image`` / ``read_image_bytes`` (usually via
-``covidnet.data.preprocess.load_image``), so an X-ray looks the same to every one of them.
+``covidnet.contract.load_image``), so an X-ray looks the same to every one of them.
 
 Every failure the file can cause raises ``ImageReadError`` with one line that names the file.
 """

@@ -1,10 +1,16 @@
-"""Lung-field input (``covidnet train --lungs crop|mask``): the classifier sees only the lungs.
+"""The lung-field classifier (``covidnet train --lungs crop|mask``): a classifier that sees only the lungs.
 
-A model trained with ``--lungs`` is a ``LungFieldClassifier``: a trained lung segmenter (``covidnet lungs
-train``), frozen, in front of the classifier. Its forward takes the classifier's usual input (the
-contract's ``model_input``), segments it, and
+It is a registered model, ``lung-field``, like any other: a checkpoint of one is rebuilt by
+``create_model("lung-field", **arch_args)`` and loads its state dict, which holds the segmenter's weights
+beside the classifier's. ``arch_args`` name the classifier (``classifier``: its arch and arch_args), the
+segmenter (``segmenter``: arch, arch_args and its own preprocessing contract) and what to do with the lung
+field (``mode``, ``margin``, and the classifier's normalisation ``mean`` and ``std``, which its input is
+undone by): all copied from the training run's contract when the model is made (``lung_field_model``).
 
-* ``mask``: sets every pixel outside the lung mask (dilated by the contract's ``lung_margin`` of the side)
+Its forward takes the classifier's usual input (the contract's ``model_input``), segments it with the
+frozen segmenter, and
+
+* ``mask``: sets every pixel outside the lung mask (dilated by ``margin`` of the side, ``contract.dilate``)
   to the mean of those pixels, so markers, text, borders and the mediastinum carry no information beyond
   their mean grey;
 * ``crop``: resamples the bounding box of the dilated lung mask, squared about its centre, to the whole
@@ -13,8 +19,7 @@ contract's ``model_input``), segments it, and
 then runs the classifier on the result. Because the segmenter is part of the network, the lung field is
 applied identically wherever the network runs: training (after augmentation, on the image the classifier
 is about to see), ``eval``, ``predict``, ``serve``, the audit, and inside the graph ``covidnet export``
-writes. The checkpoint holds the segmenter's weights beside the classifier's (``lung_model`` in its
-metadata), so a model file is all a user needs. An image where no lung is found is passed as it is.
+writes. An image where no lung is found is passed as it is.
 """
 
 from __future__ import annotations
@@ -23,32 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import LUNG_FIELDS, Contract, contract_of
-from ..data.lungmasks import dilate
+from ..contract import LUNG_FIELDS, Contract, dilate, is_lung
 from ..errors import ConfigError
-from ..models import create_model
-from ..models.base import Classifier
+from .base import Classifier
+from .segment import lung_logits
 
-__all__ = [
-    "LUNG_FIELDS",
-    "LungFieldClassifier",
-    "apply_lung_field",
-    "classifier_of",
-    "lung_logits",
-    "wrap",
-]
-
-
-def lung_logits(
-    model, unit: torch.Tensor, contract: Contract, memory_format=torch.contiguous_format, any_side: bool = False
-) -> torch.Tensor:
-    """The traceable core (``covidnet export`` writes exactly this graph, with ``any_side``: a dynamic side):
-    stored pixels as floats in [0, 1] (B, 1, H, W) -> lung logits (B, 1, H, W): the contract's model input
-    (resized to the model's side, normalised), the network, and its logits resized back to H x W (bilinear)."""
-    logits = model(contract.model_input(unit, memory_format, any_side)).float()
-    if any_side or logits.shape[-2:] != unit.shape[-2:]:
-        logits = F.interpolate(logits, size=unit.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
+ARCH = "lung-field"  # the registry's name of the wrapper
 
 
 def _extent(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,22 +77,23 @@ def apply_lung_field(unit: torch.Tensor, lung: torch.Tensor, mode: str) -> torch
 
 class LungFieldClassifier(Classifier):
     """A classifier behind a frozen lung segmenter (the module's docstring). ``net``: the classifier;
-    ``segmenter``: a ``covidnet lungs train`` network; ``lung_contract``: the segmenter's contract;
-    ``contract``: the classifier's, whose ``lungs`` and ``lung_margin`` say what to do and whose
-    ``mean``/``std`` undo the normalisation of its input. It has the registry's interface
-    (``models/base.py``), the classifier's: features, head, CAM layer, arch_args."""
+    ``segmenter``: a segmentation network; ``lung_contract``: the segmenter's contract; ``mode`` (crop or
+    mask) and ``margin``: the lung field; ``mean``/``std``: the classifier's input normalisation, undone to
+    segment. It has the registry's interface (``models/base.py``), the classifier's: features, head, CAM
+    layer."""
 
-    def __init__(self, net: Classifier, segmenter: nn.Module, lung_contract: Contract, contract: Contract):
+    def __init__(
+        self, net: Classifier, segmenter: nn.Module, lung_contract: Contract, mode: str, margin: float, mean, std
+    ):
         super().__init__()
-        if contract.lungs not in LUNG_FIELDS[1:]:
-            raise ConfigError(f"a lung-field classifier needs --lungs crop or mask, not {contract.lungs!r}")
+        if mode not in LUNG_FIELDS[1:]:
+            raise ConfigError(f"a lung-field classifier needs --lungs crop or mask, not {mode!r}")
         self.net, self.segmenter = net, segmenter.eval().requires_grad_(False)
-        self.lung_contract, self.mode, self.margin = lung_contract, contract.lungs, contract.lung_margin
-        self.register_buffer("mean", torch.tensor(contract.mean[0]), persistent=False)
-        self.register_buffer("std", torch.tensor(contract.std[0]), persistent=False)
-        for name in ("num_features", "num_classes", "in_channels", "arch_args"):
-            if hasattr(net, name):
-                setattr(self, name, getattr(net, name))
+        self.lung_contract, self.mode, self.margin = lung_contract, mode, float(margin)
+        self.register_buffer("mean", torch.tensor(float(mean[0])), persistent=False)
+        self.register_buffer("std", torch.tensor(float(std[0])), persistent=False)
+        for name in ("num_features", "num_classes", "in_channels"):
+            setattr(self, name, getattr(net, name))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -118,7 +104,7 @@ class LungFieldClassifier(Classifier):
         """Pixels in [0, 1] (B, 1, S, S) -> the segmenter's lung mask dilated by the margin (B, 1, S, S, 0 or 1)."""
         with torch.no_grad():
             logits = lung_logits(self.segmenter, unit, self.lung_contract)
-            return dilate((logits >= 0).float(), self.margin)  # is_lung, as every segmenter consumer decides
+            return dilate(is_lung(logits).float(), self.margin)
 
     def field(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's input (B, C, S, S), normalised -> the same with only the lung field kept."""
@@ -158,15 +144,59 @@ class LungFieldClassifier(Classifier):
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The classifier itself: ``net`` of a lung-field model, the model otherwise (``--freeze-backbone``
-    and ``--init`` act on it)."""
+    """The classifier itself: ``net`` of a lung-field model, the model otherwise (``--freeze-backbone``,
+    ``--init`` and precise BatchNorm act on it)."""
     return model.net if isinstance(model, LungFieldClassifier) else model
 
 
-def wrap(net: Classifier, lung_meta: dict, contract: Contract, state: dict | None = None) -> LungFieldClassifier:
-    """``net`` behind the segmenter ``lung_meta`` describes (``covidnet.train``'s ``lung_model``), with the segmenter's
-    trained weights ``state`` when given (training; a saved classifier loads its whole state dict)."""
-    segmenter = create_model(lung_meta["arch"], **lung_meta["arch_args"])
-    if state is not None:
-        segmenter.load_state_dict(state)
-    return LungFieldClassifier(net, segmenter, contract_of(lung_meta), contract)
+def build(
+    num_classes: int,
+    in_channels: int,
+    *,
+    classifier: dict,
+    segmenter: dict,
+    mode: str,
+    margin: float,
+    mean,
+    std,
+    create,
+) -> LungFieldClassifier:
+    """The registry's builder (``create``: the registry's ``create_model``, handed in by it): both networks
+    made from their arch and arch_args, untrained; a checkpoint's state dict fills them."""
+    net = create(classifier["arch"], **classifier["arch_args"])
+    if (net.num_classes, net.in_channels) != (num_classes, in_channels):
+        raise ConfigError(
+            f"lung-field: the classifier has {net.num_classes} outputs and {net.in_channels} channels, "
+            f"not {num_classes} and {in_channels}"
+        )
+    seg = create(segmenter["arch"], **segmenter["arch_args"])
+    return LungFieldClassifier(net, seg, Contract.from_dict(segmenter["preprocess"]), mode, margin, mean, std)
+
+
+def lung_field_model(
+    net: Classifier, segmenter: nn.Module, segmenter_meta: dict, contract: Contract
+) -> LungFieldClassifier:
+    """``net`` behind the trained ``segmenter`` (``segmenter_meta``: its arch, arch_args, preprocess and where
+    it came from), as the classifier ``contract`` (with ``lungs`` crop or mask) says: what training makes.
+    Its ``arch`` and ``arch_args`` are those ``create_model`` rebuilds it from."""
+    model = LungFieldClassifier(
+        net,
+        segmenter,
+        Contract.from_dict(segmenter_meta["preprocess"]),
+        contract.lungs,
+        contract.lung_margin,
+        contract.mean,
+        contract.std,
+    )
+    model.arch = ARCH
+    model.arch_args = {
+        "num_classes": net.num_classes,
+        "in_channels": net.in_channels,
+        "classifier": {"arch": net.arch, "arch_args": net.arch_args},
+        "segmenter": dict(segmenter_meta),
+        "mode": contract.lungs,
+        "margin": float(contract.lung_margin),
+        "mean": list(contract.mean),
+        "std": list(contract.std),
+    }
+    return model
