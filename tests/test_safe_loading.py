@@ -269,3 +269,14 @@ def test_checkpoints_the_code_writes_load_and_run(work, tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--data", work / "ds", "--out", run, "--epochs", "2", *TRAIN[2:], "--resume")
     assert rc == 0, err
     assert read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_the_python_api_load_refuses_a_crafted_checkpoint_and_runs_no_payload(tmp_path):
+    """``covidnet.load(path)``, the one way the Python API opens a model of any task."""
+    import covidnet
+
+    marker = tmp_path / "pwned.txt"
+    evil = craft(tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafeCheckpointError, match="refused"):
+        covidnet.load(evil)
+    assert not marker.exists()
