@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/dicomfiles
 COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("ci", max_examples=40, derandomize=True, database=None, print_blob=True, **COMMON)
 settings.register_profile("long", max_examples=2000, derandomize=False, database=None, print_blob=True, **COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
 
-HANG_S = float(os.environ.get("COVIDNET_PROPERTY_HANG_S", "600"))  # one property, all its examples
+# a test's limit until its first example (each example then has its own, mutate.EXAMPLE_S, which replaces this
+# one: faulthandler keeps one timer): a fixture that builds a store, seeds that do not decode
+HANG_S = float(os.environ.get("COVIDNET_PROPERTY_HANG_S", "7200" if PROFILE == "long" else "600"))
 
 
 @pytest.fixture(autouse=True)
 def _no_hang():
-    """A property that runs past HANG_S (a decoder in an endless loop) dumps every thread's stack and
-    ends the run, rather than holding CI until its own time limit."""
+    """A test that runs past HANG_S dumps every thread's stack and ends the run, rather than holding CI until
+    its own time limit; tracemalloc, which ``mutate.bounded`` leaves on across a property's examples, is
+    stopped after it."""
     faulthandler.dump_traceback_later(HANG_S, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
+    if tracemalloc.is_tracing():
+        tracemalloc.stop()
