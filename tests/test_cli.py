@@ -92,8 +92,8 @@ def test_profile_several_archs_grey_input_table():
 def test_models_lists_the_registry_and_version_prints():
     r = covidnet("models", "--json")
     listed = json.loads(r.stdout)
-    assert [m["arch"] for m in listed] == list_models() + list_models("segmenter")
-    assert [m["kind"] for m in listed] == ["classifier"] * len(list_models()) + ["segmenter"] * 2
+    assert [m["arch"] for m in listed] == list_models() + list_models("segmenter") + list_models("lung-field")
+    assert [m["kind"] for m in listed] == ["classifier"] * len(list_models()) + ["segmenter"] * 2 + ["lung-field"]
     v = covidnet("--version")
     assert v.returncode == 0 and v.stdout.startswith("covidnet ")
 
@@ -105,8 +105,27 @@ CONFIGS = [
     ("export", "covidnet.export", "ExportConfig"),
     ("serve", "covidnet.serve.app", "ServeConfig"),
     ("demo", "covidnet.demo", "DemoConfig"),
-    ("lungs train", "covidnet.lungs.train", "LungsConfig"),
+    ("lungs train", "covidnet.train", "TrainConfig"),
+    ("eval", "covidnet.evaluate", "EvalConfig"),
+    ("calibrate", "covidnet.evaluate", "CalibrateConfig"),
+    ("predict", "covidnet.predict", "PredictConfig"),
+    ("profile", "covidnet.profile", "ProfileConfig"),
+    ("lungs eval", "covidnet.lungs.evaluate", "LungsEvalConfig"),
+    ("lungs predict", "covidnet.lungs.evaluate", "LungsPredictConfig"),
+    ("audit", "covidnet.audit", "AuditConfig"),
 ]
+
+
+def flagged_fields(command: str, cls) -> list:
+    """The option fields a command has a flag for: all of them, but for ``lungs train`` the segmentation
+    task's (it is ``train --task segmentation``)."""
+    fields = [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+    if command == "lungs train":
+        from covidnet.tasks import COMMON_OPTIONS, SegmentationTask
+
+        keep = set(COMMON_OPTIONS) | set(SegmentationTask.options)
+        fields = [f for f in fields if f.name in keep and f.name != "task"]
+    return fields
 
 
 def subparser(command: str):
@@ -122,7 +141,7 @@ def subparser(command: str):
 def test_every_option_field_is_a_flag_whose_help_is_the_fields(command, module, name):
     cls = getattr(pytest.importorskip(module), name)
     actions = {a.dest: a for a in subparser(command)._actions}
-    options = [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+    options = flagged_fields(command, cls)
     assert options
     for f in options:
         assert f.name in actions, f"{command}: field {f.name} has no flag"
@@ -142,9 +161,17 @@ def test_the_required_flags_alone_give_the_configs_defaults(command, module, nam
         "export": (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
         "serve": (["--checkpoint", "c"], dict(checkpoint="c")),
         "demo": ([], {}),
-        "lungs train": (["--data", "d", "--out", "o"], dict(data="d", out="o")),
+        "lungs train": (["--data", "d", "--out", "o"], dict(data="d", out="o", task="segmentation")),
+        "eval": (["--checkpoint", "c"], dict(checkpoint="c")),
+        "calibrate": (["--checkpoint", "c", "--data", "d"], dict(checkpoint="c", data="d")),
+        "predict": (["--checkpoint", "c", "x.png"], dict(checkpoint="c", inputs=["x.png"])),
+        "profile": ([], {}),
+        "lungs eval": (["--checkpoint", "c", "--data", "d"], dict(checkpoint="c", data="d")),
+        "lungs predict": (["c", "x.png", "--out", "o"], dict(checkpoint="c", inputs=["x.png"], out="o")),
+        "audit": (["--checkpoint", "c", "--data", "d"], dict(checkpoint="c", data="d")),
     }[command]
-    got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]))
+    extra = {"task": "segmentation"} if command == "lungs train" else {}  # what `lungs train` gives itself
+    got = config_from_args(cls, build_parser().parse_args([*command.split(), *argv]), **extra)
     expected = cls(**given)
     if command == "data synth":  # the one CLI default that is not the API's: a bigger phantom set
         assert got.n == 120

@@ -23,7 +23,7 @@ from covidnet.study import (
     STUDY_FILE,
     VARIANTS,
     StudyConfig,
-    _check_folder,
+    check_folder,
     plan,
     summarize,
     summary_rows,
@@ -114,6 +114,8 @@ def test_the_plan_is_every_variant_by_every_seed_with_its_own_settings(two_sourc
         train_options=["lr=3e-4", "size=32", "channels_last=false"],
     )
     runs = plan(cfg)
+    assert all(fold is None for _, _, fold, _ in runs)  # without --folds: the build's split
+    runs = [(v, s, tc) for v, s, _, tc in runs]
     assert [(v.name, s) for v, s, _ in runs] == [
         ("baseline", 0),
         ("baseline", 1),
@@ -136,11 +138,41 @@ def test_the_plan_is_every_variant_by_every_seed_with_its_own_settings(two_sourc
 def test_resuming_may_add_variants_and_seeds_but_not_change_a_run(tmp_path):
     was = StudyConfig(data="ds", out=str(tmp_path), variants="baseline,clahe", seeds=2, epochs=3)
     (tmp_path / STUDY_FILE).write_text(json.dumps({"config": was.to_dict()}))
-    _check_folder(dataclasses.replace(was, variants="baseline,clahe,balance", seeds=3, resamples=10, resume=True))
+    check_folder(dataclasses.replace(was, variants="baseline,clahe,balance", seeds=3, resamples=10, resume=True))
     with pytest.raises(ConfigError, match="--epochs was 3 in this study, not 4"):
-        _check_folder(dataclasses.replace(was, epochs=4, resume=True))
+        check_folder(dataclasses.replace(was, epochs=4, resume=True))
     with pytest.raises(ConfigError, match="holds a study already"):
-        _check_folder(was)
+        check_folder(was)
+
+
+def test_folds_score_every_image_once_per_seed_and_never_with_a_model_that_saw_its_patient(two_sources, tmp_path):
+    from covidnet.data.store import open_store
+
+    cfg = StudyConfig(data=str(two_sources), out=str(tmp_path / "s"), variants="baseline", seeds=2, folds=3)
+    runs = plan(cfg)
+    assert [(v.name, s, k) for v, s, k, _ in runs] == [("baseline", s, k) for s in range(2) for k in range(3)]
+    store = open_store(two_sources)
+    patients = np.array(store.patients())
+    scored = []
+    for _, seed, k, tc in runs:
+        assert tc.out == str(tmp_path / "s" / "runs" / "baseline" / f"seed{seed}" / f"fold{k}")
+        fold = open_store(tc.data)
+        splits = np.array([r["split"] for r in fold.index])
+        assert set(splits) == {"train", "val", "test"} and len(fold.index) == len(store.index)
+        seen = set(patients[splits != "test"])
+        assert not seen & set(patients[splits == "test"])  # no patient of the scored fold was trained or selected on
+        if seed == 0:
+            scored += np.flatnonzero(splits == "test").tolist()
+    assert sorted(scored) == list(range(len(store.index)))  # every image exactly once per seed
+    again = plan(cfg)  # the fold datasets are made once and found again
+    assert [tc.data for *_, tc in again] == [tc.data for *_, tc in runs]
+
+
+@pytest.mark.parametrize("folds, says", [(1, "give at least 2"), (500, "patients of")])
+def test_a_fold_count_the_data_cannot_fill_is_one_line_before_anything_is_written(two_sources, tmp_path, folds, says):
+    r = study("--data", str(two_sources), "--out", str(tmp_path / "s"), "--variants", "baseline", "--folds", str(folds))
+    one_line_error(r, says)
+    assert not (tmp_path / "s").exists()
 
 
 def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources) -> dict:

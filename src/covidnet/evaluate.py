@@ -141,7 +141,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         raise ConfigError("give either --data DIR [--split NAME] or --labels FILE --images DIR")
     if labels is not None and images is None:
         raise ConfigError("--labels needs --images DIR, the folder of the raw images it names")
-    lm = load(checkpoint, cfg.device, backend="torch", tasks=IMAGE_TASKS)
+    lm = load(checkpoint, cfg.device, backend="torch")
+    if lm.task.name not in IMAGE_TASKS:
+        raise ConfigError(f"{checkpoint}: a {lm.task.name} checkpoint; evaluate it with `covidnet lungs eval`")
     if data is not None:
         pred = predict_store(lm, data, split)
     else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_cli import covidnet
 
-from covidnet.audit import LUNG_BOX, LUNG_MARGIN, LungFields, leakage, occlude, population, run_audit
+from covidnet.audit import LUNG_BOX, LUNG_MARGIN, AuditConfig, LungFields, leakage, occlude, population, run_audit
 from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.lungmasks import MaskSpec, lung_field
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
@@ -88,7 +88,7 @@ def without(tmp_path_factory):
 
 @pytest.mark.slow
 def test_planted_shortcut_fails_source_predictability_and_occlusion(with_marker):
-    a = run_audit(str(with_marker / "run" / "best.pt"), str(with_marker / "ds"))
+    a = run_audit(AuditConfig(str(with_marker / "run" / "best.pt"), str(with_marker / "ds")))
     sp = a["tests"]["source_predictability"]
     assert sp["verdict"] == "fail" and sp["worst_label"] == "COVID-19"
     assert sp["features_balanced_accuracy"] > 0.8
@@ -98,7 +98,7 @@ def test_planted_shortcut_fails_source_predictability_and_occlusion(with_marker)
 
 @pytest.mark.slow
 def test_without_a_signature_source_predictability_does_not_fail(without):
-    a = run_audit(str(without / "run" / "best.pt"), str(without / "ds"))
+    a = run_audit(AuditConfig(str(without / "run" / "best.pt"), str(without / "ds")))
     sp = a["tests"]["source_predictability"]
     assert sp["verdict"] != "fail" and sp["excess_over_chance"] < 0.2
     assert sp["mutual_information_share_of_label"] > 0.3  # the dataset itself is confounded: said, as a warning
@@ -200,14 +200,16 @@ def test_leave_one_source_out_retrains_without_each_mixed_source(tmp_path):
             data=str(tmp_path / "ds"), out=str(tmp_path / "run"), epochs=1, lr=3e-4, progress=False, precise_bn=32
         )
     )
-    r = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), loso_epochs=1)["tests"][
+    r = run_audit(AuditConfig(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"), loso_epochs=1))["tests"][
         "leave_one_source_out"
     ]
     assert set(r["per_source"]) == {"hosp-a", "hosp-b"} and r["verdict"] in ("ok", "warning", "fail")
     for s in r["per_source"].values():
         assert 0 <= s["external_balanced_accuracy"] <= 1 and 0 <= s["internal_balanced_accuracy"] <= 1
     assert not any(tmp_path.glob("**/without-*"))  # derived datasets are temporary
-    skipped = run_audit(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds"))["tests"]["leave_one_source_out"]
+    skipped = run_audit(AuditConfig(str(tmp_path / "run" / "best.pt"), str(tmp_path / "ds")))["tests"][
+        "leave_one_source_out"
+    ]
     assert skipped["verdict"] == "skipped" and "--loso-epochs" in skipped["reason"]
 
 
@@ -237,7 +239,7 @@ def test_with_lung_masks_the_audit_hides_them_and_measures_attention_inside(with
     """The same phantoms built again with their true lung masks: occlusion hides each image's dilated mask,
     and the attention test reports every source x class group with an interval, and draws its figure."""
     build_hospitals(without, tmp_path / "ds", lung_masks=True)
-    a = run_audit(str(without / "run" / "best.pt"), str(tmp_path / "ds"), report=str(tmp_path / "rep"))
+    a = run_audit(AuditConfig(str(without / "run" / "best.pt"), str(tmp_path / "ds"), report=str(tmp_path / "rep")))
     oc, at = a["tests"]["occlusion"], a["tests"]["attention_inside_lungs"]
     n_test = oc["n"]
     assert oc["lungs"]["lung_fields"] == "masks" and oc["lungs"]["annotated_masks"] == n_test
@@ -273,11 +275,15 @@ def test_attention_inside_the_lungs_fails_a_marker_reader_and_not_a_disease_read
     pneumonias put 0.41 of their mass in lungs covering 0.47 (excess -0.06 at 128 px; a consolidation
     effaces the heart border, outside the masks, which may be what it reads), so that fixture is not a
     clean answer for this test."""
-    marked = run_audit(str(marker_128 / "run" / "best.pt"), str(marker_128 / "ds"))["tests"]["attention_inside_lungs"]
+    marked = run_audit(AuditConfig(str(marker_128 / "run" / "best.pt"), str(marker_128 / "ds")))["tests"][
+        "attention_inside_lungs"
+    ]
     assert marked["verdict"] == "fail"
     assert (marked["worst"]["source"], marked["worst"]["class"]) == ("hosp-a", "COVID-19")
     assert marked["worst"]["excess"]["ci95"][1] < -0.05
-    clean = run_audit(str(clean_128 / "run" / "best.pt"), str(clean_128 / "ds"))["tests"]["attention_inside_lungs"]
+    clean = run_audit(AuditConfig(str(clean_128 / "run" / "best.pt"), str(clean_128 / "ds")))["tests"][
+        "attention_inside_lungs"
+    ]
     assert clean["verdict"] != "fail"
     judged = [g for g in clean["groups"] if g["images"] >= clean["min_images"]]
     assert {(g["source"], g["class"]) for g in judged} == {("hosp-a", "COVID-19"), ("hosp-b", "normal")}

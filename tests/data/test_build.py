@@ -6,12 +6,14 @@ import json
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import imagehash
 import numpy as np
 import pytest
 from PIL import Image
 
+from covidnet.contract import Contract
 from covidnet.data.build import NEAR_DUP_BITS, PHASH_SIZE, BuildConfig, SourceSpec, build_dataset, near_duplicate_pairs
 from covidnet.data.records import CLASSES
 from covidnet.data.store import open_store
@@ -198,6 +200,28 @@ def test_existing_output_is_refused_unless_overwrite(phantom_source, tmp_path):
     assert (tmp_path / "out" / "keep.txt").exists()
     build(tmp_path, f"cohen={phantom_source}", overwrite=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "report.json").exists()
+
+
+def test_lungs_without_the_opened_segmenter_is_one_line_before_anything_is_written(phantom_source, tmp_path):
+    # data is a lower layer than covidnet.lungs: the caller opens the model of --lungs and hands it over
+    model = tmp_path / "lungs.onnx"
+    model.write_bytes(b"not read")
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not read")
+    framed = Contract(stored_size=64, top_crop=0.2)
+    cases = [
+        (model, None, r"BuildConfig.lungs is set: pass the segmenter, build_dataset\(cfg, segmenter=covidnet.lungs"),
+        (None, SimpleNamespace(path=model, contract=framed), "BuildConfig.lungs is not set"),
+        (model, SimpleNamespace(path=other, contract=framed), "the segmenter passed is not BuildConfig.lungs"),
+        (model, SimpleNamespace(path=model, contract=framed), "trained on a top crop of 0.2.*--top-crop 0.2"),
+    ]
+    for lungs, segmenter, message in cases:
+        cfg = BuildConfig(sources=[SourceSpec("cohen", phantom_source, "cohen")], out=tmp_path / "new" / "out",
+                          size=64, workers=1, progress=False, lungs=lungs)  # fmt: skip
+        with pytest.raises(CovidnetError, match=message) as e:
+            build_dataset(cfg, segmenter=segmenter)
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / "new").exists()
 
 
 # --- real data ----------------------------------------------------------------------------------------

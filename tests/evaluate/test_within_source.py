@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covidnet.audit import WITHIN_FAIL, WITHIN_WARN, run_audit, within_source_discrimination
+from covidnet.audit import WITHIN_FAIL, WITHIN_WARN, AuditConfig, run_audit, within_source_discrimination
 from covidnet.cli.common import print_evaluation
 from covidnet.files import write_json
 from covidnet.metrics.classification import MIN_IMAGES_PER_CLASS, NO_WITHIN_SOURCE, compute_metrics, within_source_auc
@@ -218,7 +218,7 @@ def test_report_shows_the_within_source_section_or_its_note(tmp_path):
 
 def test_audit_lists_within_source_discrimination_first(trained, tmp_path):
     _, ds, ckpt = trained
-    a = run_audit(str(ckpt), str(ds), report=str(tmp_path / "rep"))
+    a = run_audit(AuditConfig(str(ckpt), str(ds), report=str(tmp_path / "rep")))
     assert a["summary"][0]["test"] == "within-source discrimination" and list(a["tests"])[0] == "within_source"
     ws = a["tests"]["within_source"]
     assert ws["verdict"] in ("ok", "warning", "fail") and ws["pairs"]  # one source, phantoms of three classes

@@ -25,7 +25,6 @@ from covidnet.data.store import open_store
 from covidnet.data.synth import MASKS_DIR
 from covidnet.errors import ConfigError, CovidnetError
 from covidnet.lungs.evaluate import LungsEvalConfig, LungsPredictConfig, evaluate_lungs, predict_lungs
-from covidnet.lungs.fill import open_segmenter
 from covidnet.metrics.segmentation import box_mask, dice
 from covidnet.runtime import load
 from covidnet.train import TrainConfig, train
@@ -141,7 +140,8 @@ def test_build_with_lungs_predicts_the_masks_it_has_not_got(trained, tmp_path):
             workers=1,
             progress=False,
             lungs=ckpt,
-        )  # fmt: skip
+        ),  # fmt: skip
+        segmenter=load(ckpt),
     )
     store = open_store(tmp_path / "ds")
     assert {r["lung_mask"] for r in store.index} == {"predicted"} and len(store.mask_rows()) == 0
@@ -168,7 +168,8 @@ def test_build_with_lungs_keeps_the_annotated_masks(trained, tmp_path):
             progress=False,
             lung_masks=[MaskSpec("phantom", folder)],
             lungs=ckpt,
-        )  # fmt: skip
+        ),  # fmt: skip
+        segmenter=load(ckpt),
     )
     store = open_store(tmp_path / "ds")
     kinds = [r["lung_mask"] for r in store.index]
@@ -197,7 +198,9 @@ def test_wrong_inputs_are_one_line_errors(trained, tmp_path):
         evaluate_lungs(LungsEvalConfig(str(ckpt), str(other), "train", device="cpu"))
     with pytest.raises(CovidnetError, match="--top-crop 0.08"):
         build_dataset(BuildConfig(sources=[SourceSpec("cohen", small / "phantoms", "cohen")], out=tmp_path / "x",
-                                  size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt))  # fmt: skip
+                                  size=SIZE, top_crop=0.2, workers=1, progress=False, lungs=ckpt),
+                      segmenter=load(ckpt))  # fmt: skip
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +256,7 @@ def test_build_with_an_onnx_segmenter_needs_no_torch_and_stores_the_checkpoints_
     assert report["lung_masks"]["predicted"]["runtime"] == "onnx"
     assert report["lung_masks"]["predicted"]["model"].startswith("lung-unet-tiny-onnx@")
     build_dataset(BuildConfig(sources=[SourceSpec("cohen", src, "cohen")], out=tmp_path / "pt", size=SIZE,
-                              workers=1, progress=False, lungs=ckpt))  # fmt: skip
+                              workers=1, progress=False, lungs=ckpt), segmenter=load(ckpt))  # fmt: skip
     a, b = open_store(tmp_path / "onnx"), open_store(tmp_path / "pt")
     assert len(a.index) == len(b.index) == len(a.mask_rows(predicted=True)) > 0
     agree = (a.read_masks(a.rows()) == b.read_masks(b.rows())).mean()
@@ -268,8 +271,8 @@ def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_pat
     relabelled.write_bytes(lungs_onnx[0].read_bytes())
     meta = {**load(lungs_onnx[0]).meta, "task": "classification", "classes": ["normal", "COVID-19"]}
     _write_meta(relabelled, meta)
-    with pytest.raises(ConfigError, match="a classification model, not a lung segmenter"):
-        open_segmenter(relabelled)
+    with pytest.raises(ConfigError, match="a classification model, but this takes segmentation models"):
+        load(relabelled, tasks=("segmentation",))
     src = ds.parent / "phantoms"
     for model, message in ((relabelled, "not a lung segmenter"), (tmp_path / "none.onnx", "not found")):
         r = covidnet("data", "build", "--source", f"cohen={src}", "--out", str(tmp_path / "b"), "--lungs", str(model))

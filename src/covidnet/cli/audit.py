@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import table
+from .flags import add_config_flags, config_class, config_from_args
 
 
 def register(sub, flags: bool = True) -> None:
@@ -17,37 +18,15 @@ def register(sub, flags: bool = True) -> None:
         "figure, a threshold and a verdict.",
     )
     p.set_defaults(func=run)
-    if not flags:
-        return
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="a dataset folder written by `covidnet data build`")
-    p.add_argument(
-        "--split",
-        default="test",
-        help="split for the within-source and occlusion tests (train, val, test or all; default test)",
-    )
-    p.add_argument("--max-images", type=int, default=0, help="audit a random subset of this many images (0: all)")
-    p.add_argument(
-        "--loso-epochs",
-        type=int,
-        default=0,
-        help="leave-one-source-out: retrain without each source for this many epochs (0: skip; optional)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", metavar="OUT_DIR", help="write an HTML report (summary table first) to OUT_DIR")
-    p.add_argument("--json", metavar="OUT", help="write the audit as JSON to OUT")
-    p.add_argument("--device", default="auto")
+    if flags and (cls := config_class(p, "audit", "AuditConfig")):  # None without the [torch] extra
+        add_config_flags(p, cls)
 
 
 def run(args) -> int:
-    from ..audit import run_audit
-    from ..files import write_json
+    from ..audit import AuditConfig, run_audit
 
-    a = run_audit(
-        args.checkpoint, args.data, args.split, args.device, args.max_images, args.seed, args.report, args.loso_epochs
-    )
-    if args.json:
-        write_json(args.json, a)
+    cfg = config_from_args(AuditConfig, args)
+    a = run_audit(cfg)
     print(
         table(
             ["test", "verdict", "what it means"],
@@ -57,6 +36,6 @@ def run(args) -> int:
             ],
         )
     )
-    if args.report:
-        print(f"report: {Path(args.report) / 'index.html'}")
+    if cfg.report:
+        print(f"report: {Path(cfg.report) / 'index.html'}")
     return 0

@@ -1,6 +1,13 @@
-"""What several commands share: plain-text tables and the terminal summary of an evaluation."""
+"""What several commands share: plain-text tables, the terminal summary of an evaluation, and the stream of
+per-image results that ``predict`` and ``lungs predict`` print."""
 
 from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+
+from ..errors import CovidnetError
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -67,3 +74,28 @@ def print_within_source(ws: dict) -> None:
     for p in ws["skipped"]:
         counts = ", ".join(f"{c} {n['images']}" for c, n in p["counts"].items())
         print(f"  skipped: {p['source']} {' vs '.join(p['classes'])} ({p['reason']}; images: {counts})")
+
+
+def print_results(
+    results: Iterable[dict], as_json: bool, progress: bool, line: Callable[[dict], str], done: str
+) -> int:
+    """Each result as it comes (``{"path", "status": "ok", …}`` or ``{"path", "status": "failed", "error"}``):
+    one JSON object a line with ``as_json``, else ``path: line(result)`` or ``path: FAILED: error``; a progress
+    bar on a terminal; then ``N images DONE, M failed`` on stderr. None processed is one line, exit 1."""
+    ok = failed = 0
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        results = tqdm(results, unit="img", file=sys.stderr, leave=False)
+    for r in results:
+        ok, failed = ok + (r["status"] == "ok"), failed + (r["status"] != "ok")
+        if as_json:
+            print(json.dumps(r), flush=True)
+        elif r["status"] == "ok":
+            print(f"{r['path']}: {line(r)}", flush=True)
+        else:
+            print(f"{r['path']}: FAILED: {r['error']}", flush=True)
+    print(f"{ok} images {done}, {failed} failed (research tool: not a diagnosis)", file=sys.stderr)
+    if ok == 0:
+        raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
+    return 0

@@ -51,7 +51,7 @@ def _synth_flags(p) -> None:
 
 
 def run_build(args) -> int:
-    from ..data.build import BuildConfig, SourceSpec, build_dataset, parse_split_file_arg
+    from ..data.build import BuildConfig, SourceSpec, build_dataset, check_config, parse_split_file_arg
     from ..data.lungmasks import MaskSpec
 
     cfg = config_from_args(
@@ -61,7 +61,14 @@ def run_build(args) -> int:
         split_files=[parse_split_file_arg(s) for s in args.split_files],
         lung_masks=[MaskSpec.parse(s) for s in args.lung_masks],
     )
-    report = build_dataset(cfg)
+    check_config(cfg)  # a bad flag fails before the --lungs model is loaded
+    segmenter = None
+    if cfg.lungs:  # opened here, handed to the build (data never imports runtime); torch only for a .pt
+        from ..data.build.lungs import segmenter_threads
+        from ..runtime import load
+
+        segmenter = load(cfg.lungs, threads=segmenter_threads(cfg.processes), tasks=("segmentation",))
+    report = build_dataset(cfg, segmenter)
     _warn_exclusions(report)
     if args.json:
         print(json.dumps(report, indent=2))

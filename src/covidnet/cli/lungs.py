@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from ..errors import CovidnetError
+from .common import print_results
 from .flags import add_config_flags, config_class, config_from_args
 
 
@@ -83,23 +81,10 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from ..lungs.evaluate import LungsPredictConfig, predict_lungs
 
-    ok = failed = 0
     cfg = config_from_args(LungsPredictConfig, args)
-    results = predict_lungs(cfg)
-    if cfg.progress and sys.stderr.isatty():
-        from tqdm import tqdm
 
-        results = tqdm(results, unit="img", file=sys.stderr, leave=False)
-    for r in results:
-        ok, failed = ok + (r["status"] == "ok"), failed + (r["status"] != "ok")
-        if args.json:
-            print(json.dumps(r), flush=True)
-        elif r["status"] == "ok":
-            extra = f"  overlay: {r['overlay']}" if r["overlay"] else ""
-            print(f"{r['path']}: lungs {r['lung_fraction']:.1%} of the square  mask: {r['mask']}{extra}", flush=True)
-        else:
-            print(f"{r['path']}: FAILED: {r['error']}", flush=True)
-    print(f"{ok} images segmented, {failed} failed (research tool: not a diagnosis)", file=sys.stderr)
-    if ok == 0:
-        raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
-    return 0
+    def line(r: dict) -> str:
+        extra = f"  overlay: {r['overlay']}" if r["overlay"] else ""
+        return f"lungs {r['lung_fraction']:.1%} of the square  mask: {r['mask']}{extra}"
+
+    return print_results(predict_lungs(cfg), cfg.json, cfg.progress, line, "segmented")

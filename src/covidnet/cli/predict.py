@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
-from ..errors import CovidnetError
+from .common import print_results
 from .flags import add_config_flags, config_from_args
 
 
@@ -29,23 +26,10 @@ def run(args) -> int:
     from ..tasks import result_line
 
     cfg = config_from_args(PredictConfig, args)
-    ok = failed = 0
-    results = predict_paths(cfg)
-    if cfg.progress and sys.stderr.isatty():
-        from tqdm import tqdm
 
-        results = tqdm(results, unit="img", file=sys.stderr, leave=False)
-    for r in results:
-        ok, failed = ok + (r["status"] == "ok"), failed + (r["status"] != "ok")
-        if cfg.json:
-            print(json.dumps(r), flush=True)
-        elif r["status"] == "ok":
-            cams = r.get("cam")
-            cams = ", ".join(cams.values()) if isinstance(cams, dict) else cams
-            print(f"{r['path']}: {result_line(r)}" + (f"  cam: {cams}" if cams else ""), flush=True)
-        else:
-            print(f"{r['path']}: FAILED: {r['error']}", flush=True)
-    print(f"{ok} images processed, {failed} failed (research tool: not a diagnosis)", file=sys.stderr)
-    if ok == 0:
-        raise CovidnetError("no image could be processed" if failed else "no images found in the given paths")
-    return 0
+    def line(r: dict) -> str:
+        cams = r.get("cam")
+        cams = ", ".join(cams.values()) if isinstance(cams, dict) else cams
+        return result_line(r) + (f"  cam: {cams}" if cams else "")
+
+    return print_results(predict_paths(cfg), cfg.json, cfg.progress, line, "processed")

@@ -16,6 +16,7 @@ BINARY_CLASSES = ("negative", "positive")
 # one is COVID-19, as in COVIDx, where every COVID-19 image is positive and every positive one COVID-19.
 NEGATIVE_ONLY = "negative"
 LABELS = (*CLASSES, NEGATIVE_ONLY)
+PAEDIATRIC_AGE = 18  # years; below it a record is paediatric (excluded by the build unless asked; an audit group)
 
 
 def to_binary(label: str) -> str:

@@ -6,6 +6,7 @@ evaluation and its masks for raw images (a research tool, not a diagnostic devic
   mask PNGs for raw images;
 * ``figures``: that page's figures and the mask overlays.
 
-A segmenter is loaded like any model (``covidnet.load``: a checkpoint or its ONNX export); masks as data are
+A segmenter is loaded like any model (``covidnet.load``: a checkpoint or its ONNX export; ``data build --lungs``
+is handed one, opened by its caller, ``covidnet.data.build.lungs``); masks as data are
 ``covidnet.data.lungmasks``; a lung-field classifier is the registered model ``models/lung_field.py``.
 """

@@ -6,7 +6,9 @@ Its training options, which no other task has:
 * the reference's **rebalancing**: ``--covid-percent`` of every batch drawn from COVID-19
   (``train.sampler``) and **class weights** in the loss (``--class-weights``: the reference's COVID-19 x4,
   balanced, none, or one number per class);
-* ``--balance-sources``: within each class, every source drawn equally often;
+* ``--balance-sources``: within each class, every source drawn equally often, or tempered
+  (``--balance-temper``: each image's draw weighs its class-and-source group's size to the power minus alpha);
+* ``--group-dro``: the worst (class, source) group's loss minimised, with online group weights (``dro``);
 * ``--debias source``: a source adversary on the pooled features through gradient reversal (``debias``).
 
 And its **decision rule**: softmax with the fitted temperature, the triage threshold (``--threshold``, or
@@ -79,34 +81,36 @@ def decide(probs: np.ndarray, classes: list[str], rule: dict | None) -> dict:
     return out
 
 
+# the training options only classification has, as TrainConfig names them, with their neutral values
+TRAINING = {
+    "covid_percent": 0.0,
+    "class_weights": "none",
+    "debias": "none",
+    "debias_weight": 0.1,
+    "balance_sources": False,
+    "balance_temper": 1.0,
+    "group_dro": False,
+    "dro_step": 0.01,
+    "dro_adjustment": 1.0,
+}
+
+
 class ClassificationTask(ImageTask):
     name = "classification"
-    options = (
-        *ImageTask.options,
-        "binary",
-        "covid_percent",
-        "class_weights",
-        "debias",
-        "debias_weight",
-        "balance_sources",
-    )
+    options = (*ImageTask.options, "binary", *TRAINING)
     defaults = {**ImageTask.defaults, "covid_percent": 0.3, "class_weights": "reference"}
     reads_label_files = True
 
-    def __init__(
-        self,
-        classes: Sequence[str] = CLASSES,
-        covid_percent: float = 0.0,
-        class_weights: str = "none",
-        debias: str = "none",
-        debias_weight: float = 0.1,
-        balance_sources: bool = False,
-    ):
+    def __init__(self, classes: Sequence[str] = CLASSES, **training):
+        """``training``: the training options (``TRAINING``, as ``TrainConfig`` names them); their neutral
+        values where not given (an evaluation's task needs none)."""
         self.outputs = list(classes)
-        self.covid_percent, self.class_weights = covid_percent, class_weights
-        self.debias, self.debias_weight, self.balance_sources = debias, debias_weight, balance_sources
+        for name, value in {**TRAINING, **training}.items():
+            setattr(self, name, value)
         self.weights = None  # the loss's class weights, once the training split is known
         self.adversary = None  # --debias source: the source adversary, with the model
+        self.dro = None  # --group-dro: the group weights, with the training split
+        self.groups = None  # --balance-sources: each training image's source
 
     @classmethod
     def from_config(cls, cfg) -> ClassificationTask:
@@ -114,14 +118,19 @@ class ClassificationTask(ImageTask):
             raise ConfigError("--debias source needs a --debias-weight above 0")
         if not 0 <= cfg.covid_percent < 1:
             raise ConfigError(f"--covid-percent must be in [0, 1), not {cfg.covid_percent}")
-        return cls(
-            BINARY_CLASSES if cfg.binary else CLASSES,
-            cfg.covid_percent,
-            cfg.class_weights,
-            cfg.debias,
-            cfg.debias_weight,
-            cfg.balance_sources,
-        )
+        if not 0 <= cfg.balance_temper <= 1:
+            raise ConfigError(
+                f"--balance-temper must be in [0, 1] (1: balance, 0: the natural mix), not {cfg.balance_temper}"
+            )
+        if cfg.balance_temper != 1.0 and not cfg.balance_sources:
+            raise ConfigError("--balance-temper tempers --balance-sources: give both")
+        if cfg.group_dro and (cfg.debias != "none" or cfg.class_weights != "none"):
+            raise ConfigError(
+                "--group-dro weighs the (class, source) groups itself: give --class-weights none, and no --debias"
+            )
+        if cfg.group_dro and (cfg.dro_step <= 0 or cfg.dro_adjustment < 0):
+            raise ConfigError("--dro-step must be positive and --dro-adjustment at least 0")
+        return cls(BINARY_CLASSES if cfg.binary else CLASSES, **{k: getattr(cfg, k) for k in TRAINING})
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -147,6 +156,11 @@ class ClassificationTask(ImageTask):
         self.weights = class_weights(self.class_weights, run.y_train, self.outputs)
         sources = run.store.sources(run.train_rows)
         self.groups = source_index(sources, run.y_train, "--balance-sources")[0] if self.balance_sources else None
+        if self.group_dro:
+            from .dro import GroupDRO, group_index
+
+            groups, _ = group_index(run.y_train, np.array(sources))
+            self.dro = GroupDRO(groups, self.dro_step, self.dro_adjustment, run.device)
         if self.debias == "source":
             index, weight, names = source_targets(sources, run.y_train)
             self.sources, self.adv_weight = (
@@ -177,9 +191,8 @@ class ClassificationTask(ImageTask):
         return Debiased(model, self.adversary, self.debias_weight), params + list(self.adversary.parameters())
 
     def sampling(self, run):
-        if not self.covid_percent:
-            return {"groups": self.groups}
-        return {"covid_class": self.positive, "covid_percent": self.covid_percent, "groups": self.groups}
+        rebalance = {"covid_class": self.positive, "covid_percent": self.covid_percent} if self.covid_percent else {}
+        return {**rebalance, "groups": self.groups, "temper": self.balance_temper}
 
     def start_epoch(self, run, batches):
         import torch
@@ -192,11 +205,17 @@ class ClassificationTask(ImageTask):
         import torch
 
         b = super().batch(run, pos, params, hosts)
-        if self.debias == "source":
+        if self.debias == "source" or self.group_dro:
             b["pos"] = torch.from_numpy(pos).to(run.device)
         return b
 
     def step(self, net, batch):
+        if self.group_dro:
+            import torch.nn.functional as F
+
+            out = net(batch["x"]).float()
+            loss = self.dro.loss(out, batch["y"], batch["pos"])
+            return loss, {"acc": self.agreement(out.detach(), batch["y"]), "loss": F.cross_entropy(out, batch["y"])}
         if self.debias != "source":
             return super().step(net, batch)
         from .debias import adversary_loss
@@ -221,14 +240,22 @@ class ClassificationTask(ImageTask):
             row = {"train_adversary_acc": correct / n if n > 0 else float("nan"), **row}
             text = f" | adversary acc {row['train_adversary_acc']:.3f}" + text
             self.adv = {"correct": 0.0, "n": 0.0}
+        if self.dro is not None:  # the worst group's adjusted batch loss this epoch, and the weights' spread
+            worst = run.dist.all_sum([float(self.dro.worst)], run.device)[0] / run.dist.world
+            row = {"train_worst_group_loss": worst, "dro_max_weight": float(self.dro.q.max()), **row}
+            text = f" | worst group {worst:.3f}" + text
+            self.dro.worst.zero_()
         return row, text
 
     def state(self):
-        return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
+        state = {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
+        return {**state, "group_dro": self.dro.state_dict()} if self.dro is not None else state
 
     def load_state(self, ckpt):
         if self.adversary is not None:
             self.adversary.load_state_dict(ckpt["adversary"])
+        if self.dro is not None:
+            self.dro.load_state_dict(ckpt["group_dro"])
 
     def meta(self):
         return {"task": self.name, "classes": list(self.outputs)}

@@ -24,7 +24,7 @@ import numpy as np
 from ..contract import THRESHOLD, is_lung
 from ..data.lungmasks import IGNORE, LUNG
 from ..errors import ConfigError
-from ..models import get_spec, list_models
+from ..models import get_spec
 from .base import Task
 
 
@@ -57,11 +57,6 @@ class SegmentationTask(Task):
             raise ConfigError(f"--dice-weight must be >= 0, not {cfg.dice_weight}")
         if cfg.size and cfg.size < 32:
             raise ConfigError(f"--size must be at least 32 px (or 0: the stored size), not {cfg.size}")
-        if get_spec(cfg.arch).kind != "segmenter":
-            raise ConfigError(
-                f"--arch {cfg.arch} is not a segmenter; --task segmentation takes one of "
-                f"{', '.join(list_models('segmenter'))}"
-            )
         return cls(cfg.dice_weight)
 
     # --- data ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..augment import AugmentConfig
 from ..config import option
 from ..contract import LUNG_FIELDS, LUNG_MARGIN
 from ..errors import ConfigError
-from ..models import get_spec
+from ..models import get_spec, list_models
 from ..tasks import COMMON_OPTIONS, TASKS, Task, make_task, task_class
 
 # a field whose default is the task's is None until the config is made; where a task sets none, this
@@ -46,7 +46,6 @@ class TrainConfig:
         "classification; severity (COVIDNet-S geographic and opacity extent, 0-8; needs a build with --severity); "
         "risk (COVID-RiskNet: COVID-19 images in bins of days since symptom onset); segmentation (the lung fields; "
         "needs a build with --lung-masks; also `covidnet lungs train`)",
-        choices=tuple(TASKS),
     )
     arch: str | None = option(None, f"architecture (see `covidnet models`; {_per_task('arch')})")
     epochs: int | None = option(None, f"epochs ({_per_task('epochs')})", may_change_on_resume=True)
@@ -105,6 +104,20 @@ class TrainConfig:
         False,
         "draw each class's images so that every source of the class is drawn equally often (with replacement); "
         "the class mix is unchanged",
+    )
+    balance_temper: float = option(
+        1.0,
+        "--balance-sources: draw each image with weight (its class-and-source group's size)^-this within its "
+        "class; 1 draws every source of a class equally often, 0 the natural mix, between them tempered balancing",
+    )
+    group_dro: bool = option(
+        False,
+        "group DRO (Sagawa et al. 2020): minimise the worst (class, source) group's loss, with online group "
+        "weights and the group-size adjustment (give --class-weights none)",
+    )
+    dro_step: float = option(0.01, "--group-dro: the step (eta) of the online group weights")
+    dro_adjustment: float = option(
+        1.0, "--group-dro: C of the group-size adjustment C / sqrt(group size) added to each group's loss"
     )
     aug_gamma: float = option(0.0, "acquisition augmentation: gamma curve, |log gamma| at most this per image (0: off)")
     aug_blur: float = option(0.0, "acquisition augmentation: Gaussian blur, sigma up to this many pixels (0: off)")
@@ -196,5 +209,10 @@ class TrainConfig:
                 "--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
                 "torchvision baselines)"
             )
-        get_spec(self.arch)
+        kind, task = get_spec(self.arch).kind, task_class(self.task)
+        if kind != task.kind:
+            raise ConfigError(
+                f"--arch {self.arch} is a {kind}; --task {self.task} takes a {task.kind}: "
+                f"{', '.join(list_models(task.kind))}"
+            )
         return self.make_task()  # a malformed task option (--risk-bins, --class-weights, …) fails here

@@ -27,6 +27,7 @@ def epoch_batches(
     covid_class: int | None = None,
     covid_percent: float = 0.0,
     groups: np.ndarray | None = None,
+    temper: float = 1.0,
 ) -> list[np.ndarray]:
     """The global batches of one epoch, as positions into ``labels`` (the training rows).
 
@@ -36,7 +37,8 @@ def epoch_batches(
     drawn from a cycling permutation of the COVID-19 images (oversampled, as in the reference).
 
     With ``groups`` (each image's source, ``--balance-sources``): as many images of each class as above,
-    drawn with replacement so that within a class every source is drawn equally often."""
+    drawn with replacement, each with weight (the size of its source's share of the class)^-``temper``: 1 draws
+    every source of a class equally often, 0 keeps the natural mix (``--balance-temper``)."""
     rng = np.random.default_rng([seed, epoch, 0xBA7C4])
     n = len(labels)
 
@@ -44,7 +46,7 @@ def epoch_batches(
         if groups is None:  # each image once per pass, passes cycled
             return np.concatenate([rng.permutation(pos) for _ in range(math.ceil(size / len(pos)))])[:size]
         _, inverse, counts = np.unique(groups[pos], return_inverse=True, return_counts=True)
-        w = 1.0 / counts[inverse]
+        w = counts[inverse].astype(float) ** -temper
         return rng.choice(pos, size=size, replace=True, p=w / w.sum())
 
     def each_class(pos: np.ndarray) -> np.ndarray:

@@ -1,0 +1,237 @@
+"""A study's outputs: ``study.json``, ``table.md`` (a row per arm, and every within-source pair) and the HTML
+page (``index.html`` with ``study.png``: within-source AUCs and the audit's occlusion AUCs per arm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..files import atomic_write, write_json
+from ..metrics.bootstrap import finite, format_ci
+from .planning import STUDY_FILE, StudyConfig
+from .summary import pair_key, reference_of, signed_ci
+
+
+def _cell(f: dict | None) -> str:
+    if not f:
+        return "—"
+    sd = finite(f.get("sd_over_seeds"))
+    return format_ci(f) + (f" ±{sd:.3f}" if sd is not None and finite(f.get("value")) is not None else "")
+
+
+def _spread_cell(s: dict | None) -> str:
+    if not s or finite(s["mean"]) is None:
+        return "—"
+    sd = finite(s["sd_over_seeds"])
+    return f"{s['mean']:.3f}" + (f" ±{sd:.3f}" if sd is not None else "")
+
+
+def _verdicts(vs: list[str]) -> str:
+    from collections import Counter
+
+    c = Counter(vs)
+    return ", ".join(f"{v} x{k}" if k > 1 else v for v, k in c.items())
+
+
+def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The study's one table: a row per variant, the reference (the baseline) first."""
+    positive, reference = summary["classes"][-1], reference_of(summary)
+    header = [
+        "variant",
+        "seeds",
+        "accuracy",
+        f"{positive} sensitivity",
+        f"{positive} PPV",
+        "within-source AUC",
+        f"vs {reference}",
+        f"within-source {positive} AUC",
+        "occlusion AUC: lungs hidden / border only",
+        "audit: within / occlusion / attention",
+    ]
+    loso = any("loso_external_balanced_accuracy" in v["audit"] for v in summary["variants"].values())
+    if loso:
+        header.append("held-out source: balanced accuracy (drop from the others' test split)")
+    rows = []
+    for n, v in summary["variants"].items():
+        f, a = v["figures"], v["audit"]
+        verdicts = " / ".join(
+            _verdicts(a["verdicts"].get(t, ["—"])) for t in ("within_source", "occlusion", "attention_inside_lungs")
+        )
+        row = [
+            n,
+            str(len(v["seeds"])),
+            _cell(f["accuracy"]),
+            _cell(f.get(f"{positive}.sensitivity")),
+            _cell(f.get(f"{positive}.ppv")),
+            _cell(f["within.macro"]),
+            signed_ci(f["within.macro"]["difference_from_baseline"]) if n != reference else "",
+            _cell(f["within.covid"]),
+            f"{_spread_cell(a.get('occlusion_auc_lungs'))} / {_spread_cell(a.get('occlusion_auc_border'))}",
+            verdicts,
+        ]
+        if loso:
+            ext, drop = a.get("loso_external_balanced_accuracy") or {}, a.get("loso_drop") or {}
+            row.append(
+                "; ".join(f"{s} {_spread_cell(x)} (drop {_spread_cell(drop.get(s))})" for s, x in ext.items()) or "—"
+            )
+        rows.append(row)
+    return header, rows
+
+
+def pair_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Every within-source pair, a row per variant, with its paired difference from the reference (the baseline)."""
+    reference = reference_of(summary)
+    header = ["variant", "source", "pair", "images", "AUC (95 % CI) ±SD over seeds", f"vs {reference}"]
+    rows = []
+    for p in summary["pairs"]:
+        k = pair_key(p)
+        counts = " / ".join(str(p["counts"][c]["images"]) for c in p["classes"])
+        for n, v in summary["variants"].items():
+            f = v["figures"][k]
+            diff = signed_ci(f["difference_from_baseline"]) if n != reference else ""
+            rows.append([n, p["source"], " vs ".join(p["classes"]), counts, _cell(f), diff])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def plot_study(summary: dict):
+    """Within-source AUC (seed mean with its interval, each seed a dot) and the occlusion AUCs with the lungs
+    hidden and with only the border kept (each seed a mark), per variant, beside chance and the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..audit.verdicts import OCCLUSION_FAIL, OCCLUSION_WARN
+
+    names = list(summary["variants"])
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(names) + 4), 4.4), dpi=110)
+    for key, color, shift, label in (
+        ("within.macro", "#1f77b4", -0.12, "all pairs"),
+        ("within.covid", "#d62728", 0.12, "pairs with " + summary["classes"][-1]),
+    ):
+        for i, n in enumerate(names):
+            f = summary["variants"][n]["figures"][key]
+            if f["value"] is None or f["value"] != f["value"]:
+                continue
+            lo, hi = f["ci95"] or (f["value"], f["value"])
+            ax1.errorbar(
+                i + shift,
+                f["value"],
+                yerr=[[f["value"] - lo], [hi - f["value"]]],
+                fmt="o",
+                color=color,
+                capsize=4,
+                label=label if i == 0 else None,
+            )
+            seeds = [s for s in f["seeds"] if s == s]
+            ax1.scatter(np.full(len(seeds), i + shift + 0.06), seeds, s=10, color=color, alpha=0.5)
+        base = summary["variants"][reference_of(summary)]["figures"][key]["value"]
+        if base == base and base is not None:
+            ax1.axhline(base, color=color, ls=":", lw=1)
+    ax1.axhline(0.5, color="grey", ls="--", lw=1)
+    ax1.set_title("Within-source pairwise AUC\n(mean over seeds, 95 % CI; dots: seeds)", fontsize=10)
+    ax1.set_ylabel("AUC")
+    ax1.set_ylim(0, 1.02)
+    ax1.legend(loc="lower right", fontsize=8)
+    for mode, marker, shift, label in (("lungs", "o", -0.1, "lungs hidden"), ("border", "^", 0.1, "border only")):
+        for i, n in enumerate(names):
+            occ = summary["variants"][n]["audit"].get(f"occlusion_auc_{mode}")
+            if occ:
+                vals = [v for v in occ["seeds"] if v is not None]
+                ax2.scatter(
+                    np.full(len(vals), i + shift),
+                    vals,
+                    color="#2ca02c",
+                    marker=marker,
+                    s=18,
+                    label=label if i == 0 else None,
+                )
+                ax2.plot([i + shift - 0.1, i + shift + 0.1], [occ["mean"]] * 2, color="#2ca02c", lw=2)
+    ax2.axhline(0.5, color="grey", ls="--", lw=1)
+    ax2.axhspan(0.5 + OCCLUSION_FAIL, 1.0, color="#d62728", alpha=0.08, lw=0)
+    ax2.axhspan(0.5 + OCCLUSION_WARN, 0.5 + OCCLUSION_FAIL, color="#ff7f0e", alpha=0.08, lw=0)
+    ax2.set_title(
+        "Audit, occlusion: macro AUC with the lungs hidden or only the border\n"
+        "(marks: seeds; the higher decides; shaded: warning, fail)",
+        fontsize=10,
+    )
+    ax2.legend(loc="lower right", fontsize=8)
+    ax2.set_ylim(0.3, 1.02)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, names, rotation=20)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(cfg: StudyConfig, out: dict) -> None:
+    """study.json, table.md and the HTML page (index.html with study.png)."""
+    from ..report import html_table, write_page
+
+    folder = Path(cfg.out)
+    write_json(folder / STUDY_FILE, out)
+    s = out["summary"]
+    if s is None:
+        return
+    title, reference = cfg.design.title, reference_of(s)
+    head, rows = summary_rows(s)
+    phead, prows = pair_rows(s)
+    note = (
+        f"Test split: {s['n']} images of {s['n_patients']} patients. Cells: the mean over seeds, its 95 % interval "
+        f'from {cfg.resamples} bootstrap resamples of patients, ±SD over seeds. "vs {reference}": the paired '
+        "difference of the within-source AUC, with its interval."
+    )
+    text = "\n\n".join(
+        [
+            f"# {title}",
+            note,
+            markdown_table(head, rows),
+            "## Within-source pairs",
+            markdown_table(phead, prows) if prows else s["within_source_note"] or "",
+            "## Findings",
+            "\n".join(f"- {f}" for f in s["findings"]),
+        ]
+    )
+    atomic_write(folder / "table.md", text + "\n")
+    about = "".join(f"<li><b>{n}</b>: {v['about']}</li>" for n, v in s["variants"].items())
+    write_page(
+        folder,
+        title,
+        f"<p>{note}</p>"
+        + html_table(head, rows, id="summary")
+        + "<ul>"
+        + "".join(f"<li>{f}</li>" for f in s["findings"])
+        + "</ul>",
+        figures=[
+            (
+                "study.png",
+                plot_study(s),
+                "Left: within-source pairwise AUC, the figure a source shortcut cannot inflate (dotted: the "
+                f"{reference}; "
+                "dashed: chance). Right: the audit's macro AUC with the lungs hidden and with only the border kept; "
+                "the higher of the two decides the occlusion verdict; shaded: warning and fail.",
+                "study-plot",
+            )
+        ],
+        context={
+            "data": cfg.data,
+            "split": cfg.split,
+            "seeds": str(cfg.seeds),
+            "epochs": str(cfg.epochs),
+            "train options": " ".join(cfg.train_options) or "—",
+            "version": __version__,
+        },
+        after=[
+            "<section><h2>Within-source pairs</h2>" + html_table(phead, prows, id="pairs") + "</section>",
+            f"<section><h2>Variants</h2><ul>{about}</ul></section>",
+        ],
+    )

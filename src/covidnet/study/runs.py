@@ -1,0 +1,98 @@
+"""One run of a study: train it (or resume it, or reuse it), evaluate it on the study's split, audit it, and
+write its result files (``result.json``, the test predictions, the audit) when it is done."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_path, write_json
+from ..metrics.classification import point_metrics
+from .planning import StudyConfig
+from .variants import Variant
+
+RESULT_FILE = "result.json"  # one run's figures, written when the run is done
+PREDICTIONS_FILE = "predictions.npz"  # one run's test predictions (what the summary is computed from) ...
+AUDIT_FILE = "audit.json"  # ... and its audit
+
+
+def _trained(run: Path) -> bool:
+    status = run / "run.json"
+    return (
+        (run / "best.pt").is_file() and status.is_file() and json.loads(status.read_text()).get("state") == "complete"
+    )
+
+
+def audit_figures(audit: dict) -> dict:
+    """What the study keeps of one audit: each test's verdict and the figures it compares."""
+    t = audit["tests"]
+    out = {"verdicts": {k: v["verdict"] for k, v in t.items()}}
+    oc = t["occlusion"]
+    if oc.get("auc"):
+        out["occlusion_auc"] = oc["auc"]
+    at = t["attention_inside_lungs"]
+    if at.get("worst"):
+        out["attention_worst_excess"] = at["worst"]["excess"]["value"]
+    loso = t["leave_one_source_out"]
+    if loso.get("per_source"):
+        out["loso"] = loso["per_source"]
+    return out
+
+
+def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | None = None) -> dict:
+    """Train (or resume, or reuse) one run, evaluate it on the split (``fold``: its fold, the test split of its
+    derived dataset ``tc.data``), audit it; its result.json."""
+    from ..audit import AuditConfig, run_audit
+    from ..data.store import open_store
+    from ..evaluate import predict_store
+    from ..runtime import load
+    from ..tasks import softmax
+    from ..train import train
+
+    run = Path(tc.out)
+    if (run / RESULT_FILE).is_file() and (run / PREDICTIONS_FILE).is_file():
+        return json.loads((run / RESULT_FILE).read_text())
+    t0 = time.time()
+    if not _trained(run):
+        say("training")
+        train(dataclasses.replace(tc, resume=(run / "last.pt").is_file()))
+    say("evaluating and auditing")
+    lm = load(run / "best.pt", cfg.device, tasks=("classification",), backend="torch")
+    data, split = (tc.data, "test") if fold is not None else (cfg.data, cfg.split)
+    pred = predict_store(lm, data, split)
+    rows = lm.task.rows(open_store(data), split)  # the rows predict_store scored, in its order
+    probs = softmax(pred.out, lm.meta.get("temperature"))
+    with atomic_path(run / PREDICTIONS_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                rows=rows,
+                names=np.array(pred.names),
+                y=pred.y,
+                probs=probs,
+                patients=np.array(pred.patients),
+                sources=np.array(pred.sources),
+            )
+    audit = run_audit(
+        AuditConfig(str(run / "best.pt"), data, split, seed=0, loso_epochs=cfg.loso_epochs, device=cfg.device)
+    )
+    write_json(run / AUDIT_FILE, audit)
+    point = point_metrics(pred.y, probs, lm.classes)
+    result = {
+        "variant": variant.name,
+        "seed": seed,
+        "fold": fold,
+        "run": str(run),
+        "classes": lm.classes,
+        "n": int(len(pred.y)),
+        "accuracy": point["accuracy"],
+        "per_class": point["per_class"],
+        "audit": {k: v["verdict"] for k, v in audit["tests"].items()},
+        "seconds": time.time() - t0,
+    }
+    write_json(run / RESULT_FILE, result)
+    return result
