@@ -9,9 +9,9 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from mutate import radiograph
+from xlsxfiles import write_xlsx
 
 PNG = None  # filled on first use: one tiny PNG's bytes
 
@@ -211,45 +211,6 @@ def sirm(root: Path) -> tuple[list[str], list[str]]:
     return ["COVID.metadata.xlsx!xl/sharedStrings.xml", "COVID.metadata.xlsx!xl/worksheets/sheet1.xml"], [
         "COVID.metadata.xlsx"
     ]
-
-
-def write_xlsx(path: Path, rows: list[list[str]]) -> Path:
-    """A minimal, complete .xlsx (as tests/data/test_covidx9_sources.py writes it): a workbook, its
-    relationships, one sheet whose text cells point into a shared-strings table."""
-    strings: list[str] = [v for row in rows for v in row]
-    strings = list(dict.fromkeys(strings))
-    cells = "".join(
-        f'<row r="{i + 1}">'
-        + "".join(f'<c r="{chr(65 + j)}{i + 1}" t="s"><v>{strings.index(v)}</v></c>' for j, v in enumerate(row))
-        + "</row>"
-        for i, row in enumerate(rows)
-    )
-    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-    pkg = "http://schemas.openxmlformats.org/package/2006/relationships"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(
-            "xl/workbook.xml",
-            f'<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
-            '<sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>',
-        )
-        z.writestr(
-            "xl/_rels/workbook.xml.rels",
-            f'<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="{pkg}">'
-            f'<Relationship Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/></Relationships>',
-        )
-        z.writestr(
-            "xl/worksheets/sheet1.xml",
-            f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{main}">'
-            f"<sheetData>{cells}</sheetData></worksheet>",
-        )
-        z.writestr(
-            "xl/sharedStrings.xml",
-            f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{main}">'
-            + "".join(f"<si><t>{escape(s)}</t></si>" for s in strings)
-            + "</sst>",
-        )
-    return path
 
 
 def rewrite_member(archive: Path, member: str, fn) -> None:
