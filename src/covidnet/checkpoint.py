@@ -9,14 +9,23 @@ Checkpoints written by earlier versions are read into today's form by ``upgrade`
 too): a lung-field classifier recorded as its classifier's arch plus ``lung_model`` becomes the registered
 ``lung-field`` model; the lung segmenter's task ``lungs`` is now ``segmentation``; ``best_val_loss`` and
 ``best_val_dice`` become ``best_score``. torch is imported only to read and write, so ``upgrade`` runs without it.
+
+Read without running code: ``read_checkpoint`` is the one place a ``.pt`` is opened, with
+``torch.load(weights_only=True)``, whose unpickler builds tensors, their storages and plain containers
+(dict, list, tuple, str, numbers, None) and refuses every other Python global before it is imported.
+Everything a checkpoint holds is of those types (docs/reliability.md), so nothing more is allowed.
 """
 
 from __future__ import annotations
 
+import pickle
+import pickletools
+import re
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, CovidnetError
+from .errors import ConfigError, CovidnetError, UnsafeCheckpointError
 from .files import atomic_path
 
 FORMAT = "covidnet-checkpoint/1"
@@ -33,19 +42,65 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 def read_checkpoint(path: Path | str) -> dict:
     """The checkpoint at ``path`` as a dict, in today's form (``upgrade``); one line for a file that is
-    missing, unreadable or not a covidnet checkpoint."""
+    missing, unreadable or not a covidnet checkpoint. Read with torch's restricted unpickler: a file that
+    names any Python object other than tensors and plain containers is refused (``UnsafeCheckpointError``)
+    before that object is imported, so a crafted file cannot run code here."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CovidnetError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # a plain pickle's protocol: the refusal below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CovidnetError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        unsafe = _unsafe(path, e)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{path}: refused: it {unsafe}; a covidnet checkpoint holds only tensors and plain containers, "
+                "and unpickling anything else could run code; ask its author for a checkpoint written by "
+                "`covidnet train`"
+            ) from None
+        detail = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CovidnetError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CovidnetError(f"{path}: not a covidnet checkpoint (no {FORMAT!r} format marker)")
     return upgrade(ckpt)
+
+
+def _unsafe(path: Path, error: Exception) -> str | None:
+    """What the restricted unpickler refused, in words, or None when the file failed for another reason
+    (not a pickle at all). The globals are read from the pickle (``pickletools``: nothing is imported):
+    torch's own scan of a zip checkpoint, torch's message for its legacy format, our scan of a plain pickle."""
+    import torch
+
+    if not isinstance(error, pickle.UnpicklingError) or "Weights only load failed" not in str(error):
+        return None
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint
+        names = re.findall(r"GLOBAL ([\w.]+)", str(error))[:1] or _pickle_globals(path.read_bytes())
+    if not names:
+        return None
+    return "would import " + ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` of every global a plain pickle imports, read op by op without running it;
+    [] for bytes that are not a pickle."""
+    names, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if "UNICODE" in op.name or "STRING" in op.name:
+                strings.append(str(arg))
+            elif op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+    except Exception:
+        return []
+    return list(dict.fromkeys(names))
 
 
 def upgrade(meta: dict) -> dict:

@@ -318,7 +318,7 @@ class Contract:
             return None
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, AttributeError, CovidnetError) as e:  # CovidnetError: a value out of range
             raise CovidnetError(f"{path}: not a readable preprocessing contract ({e})") from None
 
 

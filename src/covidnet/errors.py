@@ -41,3 +41,8 @@ class ImageReadError(CovidnetError):
 
 class ImageTooLargeError(ImageReadError):
     """An image whose pixel count exceeds the limit set for it (a decompression bomb, or just too big)."""
+
+
+class UnsafeCheckpointError(CovidnetError):
+    """A checkpoint that names Python objects other than tensors and plain containers: refused unread,
+    since unpickling them could run code (``covidnet.checkpoint.read_checkpoint``)."""

@@ -109,9 +109,9 @@ def frontal_problem(path: str | os.PathLike[str], data: bytes | None = None) -> 
     try:
         source = path if data is None else io.BytesIO(data)
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
+        view = str(ds.get("ViewPosition", "") or "").strip().upper()  # converted when read: may raise too
     except Exception:
         return None  # reading the pixels will say what is wrong
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
     if view in LATERAL_VIEWS:
         return f"lateral view (DICOM ViewPosition {view!r}); the models are for frontal radiographs"
     return None
@@ -205,9 +205,9 @@ def _read_dicom(fp: BinaryIO, name: str, force: bool, max_pixels: int | None = N
         if force:  # no preamble and no pixels: most likely not DICOM at all
             raise ImageReadError(f"{name}: not a DICOM image (no DICM preamble and no pixel data)")
         raise ImageReadError(f"{name}: DICOM file has no pixel data")
-    try:
+    try:  # pydicom converts a value when it is first read: a damaged element raises here, of any type
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
         raise ImageReadError(f"{name}: DICOM Rows/Columns are not numbers") from exc
     _too_large(name, cols, rows, max_pixels)
     try:
@@ -219,7 +219,9 @@ def _read_dicom(fp: BinaryIO, name: str, force: bool, max_pixels: int | None = N
         if arr.ndim == 3:  # RGB; pydicom has already converted YBR_* to RGB
             return _rgb_to_grey(arr, 2 ** int(ds.get("BitsStored", arr.dtype.itemsize * 8)) - 1)
         grey = _monochrome_to_uint8(arr, ds)
-    except Exception as exc:
+    except BaseException as exc:
+        if not _decoder_fault(exc):
+            raise
         raise ImageReadError(f"{name}: cannot decode DICOM pixel data ({_detail(exc)})") from exc
     return 255 - grey if photometric == "MONOCHROME1" else grey  # MONOCHROME1: low values are white
 
@@ -274,6 +276,13 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     np.clip(out, 0, 255, out=out)
     return np.rint(out).astype(np.uint8)
+
+
+def _decoder_fault(exc: BaseException) -> bool:
+    """Whether a decoder's exception is the file's fault: any Exception, and the ``PanicException`` of
+    decoders written in Rust (pylibjpeg-rle indexes past its buffer on a corrupt RLE segment), which pyo3
+    derives from BaseException; KeyboardInterrupt and SystemExit are not."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _detail(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..contract import dilate
-from ..errors import ConfigError, CovidnetError, UsageError
+from ..errors import ConfigError, CovidnetError, ImageReadError, UsageError
 from ..imageio import IMAGE_SUFFIXES, read_image, read_image_bytes
 from .records import Exclusion, Record
 
@@ -36,6 +36,7 @@ PREDICTED = "predicted"  # the index's lung_mask for a mask a model drew (``data
 REF_KEY = "lung_mask_ref"  # Record.extra: the MaskRef joined to the record
 NAME_KEY = "lung_mask"  # Record.extra: the annotation set of a mask that reached the store
 ASPECT_TOLERANCE = 0.01  # relative, plus two pixels: masks rendered from polygons at another size
+MAX_MEMBER_BYTES = 256 << 20  # a mask in a zip unpacks to at most this (a 16-bit 8000 x 8000 PNG is less)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,11 @@ def list_masks(spec: MaskSpec) -> list[MaskRef]:
     """The image files of an annotation set (sorted), from its folder or its zip."""
     path = spec.path
     if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            members = [m.filename for m in z.infolist() if not m.is_dir()]
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = [m.filename for m in z.infolist() if not m.is_dir()]
+        except Exception as e:  # zipfile raises BadZipFile, OSError, ValueError, ... on a damaged archive
+            raise ConfigError(f"{path}: --lung-masks {spec.name}= is a damaged zip ({type(e).__name__}: {e})") from None
         return [
             MaskRef(spec.name, str(path.absolute()), m)
             for m in sorted(members)
@@ -101,8 +105,17 @@ class MaskReader:
         """The mask as a (H, W) uint8 array; ``ImageReadError`` for a file that cannot be read."""
         if ref.member is None:
             return read_image(ref.path)
-        z = self.zips.get(ref.path) or self.zips.setdefault(ref.path, zipfile.ZipFile(ref.path))
-        return read_image_bytes(z.read(ref.member), ref.item)
+        try:
+            z = self.zips.get(ref.path) or self.zips.setdefault(ref.path, zipfile.ZipFile(ref.path))
+            size = z.getinfo(ref.member).file_size
+            if size > MAX_MEMBER_BYTES:  # what z.read would hold in memory (it stops at the declared size)
+                raise ImageReadError(f"{ref.item}: {size:,} bytes unpacked, more than any mask ({MAX_MEMBER_BYTES:,})")
+            data = z.read(ref.member)
+        except ImageReadError:
+            raise
+        except Exception as e:  # a damaged member: BadZipFile (CRC, header), zlib.error, NotImplementedError, ...
+            raise ImageReadError(f"{ref.item}: cannot be unpacked ({type(e).__name__}: {e})") from None
+        return read_image_bytes(data, ref.item)
 
 
 def mask_problem(mask: np.ndarray, image_shape: tuple[int, int] | None = None) -> tuple[str, str] | None:

@@ -21,7 +21,7 @@ import numpy as np
 from ..contract import Contract
 from ..errors import CovidnetError
 from .lungmasks import NAME_KEY, PREDICTED
-from .records import BINARY_CLASSES, CLASSES, NEGATIVE_ONLY, Record, patient_uid, to_binary
+from .records import BINARY_CLASSES, CLASSES, LABELS, NEGATIVE_ONLY, Record, patient_uid, to_binary
 
 IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"  # lung masks, rows aligned with images.npy (a build with --lung-masks or --lungs)
@@ -43,6 +43,21 @@ INDEX_COLUMNS = (
     "lung_mask",
 )  # geographic, opacity, offset: severity scores (0-8) and days since onset, or empty; lung_mask: the
 #   annotation set of the row's lung mask, "predicted", or empty
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A store's ``.npy`` of (N, S, S) uint8 images, memory-mapped (no page read); a damaged one (its header
+    mutated or cut) is a one-line error naming it."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except Exception as e:  # NumPy raises ValueError, SyntaxError, TokenError, OSError, ... on a bad header
+        detail = " ".join(str(e).split())[:120]
+        raise CovidnetError(
+            f"{path}: not a readable .npy array ({type(e).__name__}: {detail}); the dataset is damaged"
+        ) from None
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
+        raise CovidnetError(f"{path}: not a store of square uint8 images ({arr.dtype}, shape {arr.shape})")
+    return arr
 
 
 def _num(v) -> str:
@@ -81,9 +96,7 @@ class RowFile:
     at 480 px (19.5 GB) holds one row, not the file."""
 
     def __init__(self, path: Path, writable: bool = False):
-        header = np.load(path, mmap_mode="r")  # the header only: no page of the data is touched
-        if header.dtype != np.uint8 or header.ndim != 3:
-            raise CovidnetError(f"{path}: not a store of uint8 images ({header.dtype}, shape {header.shape})")
+        header = load_array(path)  # the header only: no page of the data is touched
         self.path, self.shape, self.offset = Path(path), header.shape, header.offset
         self.row_bytes = int(np.prod(header.shape[1:]))
         del header
@@ -149,9 +162,12 @@ class Store:
         """The options ``covidnet data build`` was given (``config.json``; empty where it is missing)."""
         path = self.root / "config.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else {}
+            config = json.loads(path.read_text()) if path.is_file() else {}
         except ValueError:
             raise CovidnetError(f"{path}: not readable JSON; the dataset is damaged") from None
+        if not isinstance(config, dict):
+            raise CovidnetError(f"{path}: not a JSON object of build options; the dataset is damaged")
+        return config
 
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The stored pixels of ``rows`` (B, S, S), read by row (``RowFile``): unlike indexing the memory
@@ -166,7 +182,7 @@ class Store:
         """The lung masks (N, S, S) uint8, memory-mapped; None for a store built without them."""
         if not hasattr(self, "_masks"):
             path = self.root / MASKS_FILE
-            self._masks = np.load(path, mmap_mode="r") if path.is_file() else None
+            self._masks = load_array(path) if path.is_file() else None
             if self._masks is not None and self._masks.shape != self.images.shape:
                 raise CovidnetError(
                     f"{path}: {self._masks.shape} masks for {self.images.shape} images; the dataset is damaged"
@@ -274,14 +290,59 @@ def open_store(root: Path | str) -> Store:
     for p in (images_path, index_path):
         if not p.is_file():
             raise CovidnetError(f"{p}: not found; is {root} a dataset written by `covidnet data build`?")
-    images = np.load(images_path, mmap_mode="r")
-    with open(index_path, newline="") as f:
-        index = list(csv.DictReader(f))
+    images = load_array(images_path)
+    index = _read_index(index_path)
     if len(index) != len(images):
         raise CovidnetError(
             f"{root}: index.csv has {len(index)} rows but images.npy {len(images)}; the dataset is damaged"
         )
     return Store(root, images, index, _read_contract(root, int(images.shape[-1])))
+
+
+NUMERIC_COLUMNS = ("age", "geographic", "opacity", "offset")
+
+
+def _read_index(path: Path) -> list[dict[str, str]]:
+    """index.csv, every row checked as ``write_index`` writes it (its row number, a known label and binary
+    label, numbers where numbers go; the split is free: the audit's derived stores add "external"), so that
+    a damaged index is one line naming it and its line, not a wrong answer or a traceback later in training,
+    evaluation or the audit."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, restval="")
+            index = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CovidnetError(f"{path}: not a readable index ({e}); the dataset is damaged") from None
+    missing = [
+        c for c in ("row", "patient_id", "filename", "label", "label_binary", "source", "split") if c not in columns
+    ]
+    if missing:
+        raise CovidnetError(f"{path}: no column {', '.join(missing)}; the dataset is damaged")
+    for n, r in enumerate(index):
+        r.pop(None, None)  # cells past the header's
+        bad = next((why for wrong, why in _checks(r, n) if wrong), None)
+        if bad:
+            raise CovidnetError(f"{path}:{n + 2}: {bad}; the dataset is damaged, rebuild it with `covidnet data build`")
+    return index
+
+
+def _checks(r: dict[str, str], n: int):
+    """(wrong, why) of each thing a row of index.csv must be."""
+    yield r["row"] != str(n), f"row {r['row']!r} where {n} belongs"
+    yield r["label"] not in LABELS, f"label {r['label']!r}"
+    yield r["label_binary"] not in BINARY_CLASSES, f"binary label {r['label_binary']!r}"
+    for c in NUMERIC_COLUMNS:
+        v = r.get(c) or ""
+        yield v != "" and not _is_number(v), f"{c} {v!r} is not a number"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _read_contract(root: Path, stored: int) -> Contract:
@@ -291,8 +352,13 @@ def _read_contract(root: Path, stored: int) -> Contract:
         config = root / "config.json"
         if not config.is_file():
             raise CovidnetError(f"{root}: neither contract.json nor config.json; rebuild it with `covidnet data build`")
-        build = json.loads(config.read_text())
-        contract = Contract(stored_size=int(build["size"]), top_crop=float(build["top_crop"]))
+        try:
+            build = json.loads(config.read_text())
+            contract = Contract(stored_size=int(build["size"]), top_crop=float(build["top_crop"]))
+        except (ValueError, TypeError, KeyError, CovidnetError) as e:
+            raise CovidnetError(
+                f"{config}: no readable size and top_crop ({type(e).__name__}: {e}); the dataset is damaged"
+            ) from None
     if contract.stored_size != stored:
         raise CovidnetError(
             f"{root}: images.npy holds {stored}-px images but its contract says {contract.stored_size}; "

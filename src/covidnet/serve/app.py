@@ -43,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import DISCLAIMER, __version__
 from ..config import option
@@ -150,10 +151,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, "payload_too_large", f"upload of {int(length):,} bytes; the limit is {limit:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "payload_too_large", f"upload larger than the limit of {limit:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "payload_too_large", f"upload larger than the limit of {limit:,} bytes")
+    except ClientDisconnect:  # gone before the body's end: nobody reads the answer, but the log gets one line
+        raise ApiError(400, "client_disconnected", "the client hung up before sending the whole body") from None
     return bytes(body)
 
 
@@ -164,11 +168,14 @@ def parse_upload(body: bytes, content_type: str, limit: int) -> tuple[bytes, str
     from python_multipart import create_form_parser
 
     found: list = []
-    # in memory only: the parser would spill files above MAX_MEMORY_FILE_SIZE to disk, and none is that large
-    parser = create_form_parser(
-        {"Content-Type": content_type.encode("latin-1")}, None, found.append, config={"MAX_MEMORY_FILE_SIZE": limit + 1}
-    )
     try:
+        # in memory only: the parser would spill files above MAX_MEMORY_FILE_SIZE to disk, and none is that large
+        parser = create_form_parser(
+            {"Content-Type": content_type.encode("latin-1", "replace")},
+            None,
+            found.append,
+            config={"MAX_MEMORY_FILE_SIZE": limit + 1},
+        )  # inside the try: a multipart type without a boundary fails here
         parser.write(body)
         parser.finalize()
     except Exception as e:

@@ -192,4 +192,12 @@ def check_folder(cfg: StudyConfig) -> None:
         return
     if not saved.is_file():
         raise ConfigError(f"{out}: no study to resume ({STUDY_FILE} not found); start it without --resume")
-    check_resumed(cfg, json.loads(saved.read_text())["config"], str(out), "study")
+    try:
+        was = json.loads(saved.read_text(encoding="utf-8"))["config"]
+        if not isinstance(was, dict):
+            raise TypeError("its config is not a JSON object")
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: not UTF-8, not JSON
+        raise ConfigError(
+            f"{saved}: not a readable study file ({type(e).__name__}: {e}); start the study in a new --out"
+        ) from None
+    check_resumed(cfg, was, str(out), "study")

@@ -41,21 +41,44 @@ def require_dir(root: Path, source: str) -> Path:
     return root
 
 
-def read_table(path: Path, source: str, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV metadata file as dicts; stops the build if the file or a column is missing."""
+def read_table(path: Path, source: str, required: tuple[str, ...], delimiter: str = ",") -> list[dict[str, str]]:
+    """Rows of a CSV (or, with ``delimiter``, TSV) metadata file as dicts of text: a row shorter than the
+    header has "" in its missing cells, cells past the header's are dropped. Stops the build if the file
+    or a column is missing or the file is not UTF-8 text."""
     if not path.is_file():
         raise SourceError(f"{path}: metadata file of source {source!r} not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, delimiter=delimiter, restval="")
             rows = list(reader)
             columns = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise SourceError(f"{path}: cannot be read as CSV ({e})") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise SourceError(f"{path}: cannot be read as {'CSV' if delimiter == ',' else 'a table'} ({e})") from None
+    for row in rows:
+        row.pop(None, None)  # DictReader's key for the cells past the header's
     missing = [c for c in required if c not in columns]
     if missing:
-        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns)})")
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {one_line(', '.join(columns))})")
     return rows
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text from a file, fit for a one-line message: control characters (a newline in a quoted header)
+    escaped, and cut at ``limit`` characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def read_header(path: Path, **options):
+    """A DICOM file's header (``pydicom.dcmread`` with ``options``) with every value converted now: pydicom
+    converts an element when it is first read, and a damaged one (a mutated VR) would raise then, outside the
+    caller's try, of a type it does not expect (NotImplementedError)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, **options)
+    for _ in ds:  # iterating converts each top-level element
+        pass
+    return ds
 
 
 class ImageIndex:
@@ -154,14 +177,41 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
             sheet = ElementTree.fromstring(z.read(target))
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, OSError) as e:
         raise SourceError(f"{path}: cannot be read as an Excel workbook (.xlsx): {type(e).__name__}: {e}") from None
+    try:
+        table = _sheet_table(sheet, shared, ns)
+    except (ValueError, IndexError, TypeError) as e:  # a shared-string index or a cell reference that is not one
+        raise SourceError(f"{path}: cannot be read as an Excel workbook (.xlsx): {type(e).__name__}: {e}") from None
+    while table and not any(table[0]):
+        table.pop(0)
+    header = [h.strip() for h in table[0]] if table else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        has = one_line(", ".join(h for h in header if h))
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {has})")
+    return [
+        {h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
+        for r in table[1:]
+        if any(x.strip() for x in r)
+    ]
+
+
+MAX_COLUMNS = 16384  # Excel's last column is XFD
+
+
+def _sheet_table(sheet, shared: list[str], ns: dict) -> list[list[str]]:
+    """A worksheet's cells as rows of text (shared strings resolved, gaps filled with "")."""
     table: list[list[str]] = []
     for row in sheet.iter(f"{{{ns['m']}}}row"):
         cells: dict[int, str] = {}
         for k, c in enumerate(row.findall("m:c", ns)):
             ref = re.match(r"([A-Z]+)", c.get("r", "")) if c.get("r") else None
             col = _column_number(ref.group(1)) if ref else k
+            if col >= MAX_COLUMNS:
+                raise ValueError(f"cell {c.get('r')} is past Excel's last column")
             kind, v = c.get("t", "n"), c.find("m:v", ns)
             if kind == "s" and v is not None:
+                if int(v.text) < 0:
+                    raise IndexError(f"shared string {v.text}")
                 text = shared[int(v.text)]
             elif kind == "inlineStr":
                 text = "".join(t.text or "" for t in c.iter(f"{{{ns['m']}}}t"))
@@ -171,17 +221,7 @@ def read_sheet(path: Path, source: str, required: tuple[str, ...]) -> list[dict[
                     text = text[:-2]  # a whole number stored as a float
             cells[col] = text
         table.append([cells.get(k, "") for k in range(max(cells) + 1)] if cells else [])
-    while table and not any(table[0]):
-        table.pop(0)
-    header = [h.strip() for h in table[0]] if table else []
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(h for h in header if h)})")
-    return [
-        {h: (r[k].strip() if k < len(r) else "") for k, h in enumerate(header) if h}
-        for r in table[1:]
-        if any(x.strip() for x in r)
-    ]
+    return table
 
 
 def _column_number(letters: str) -> int:

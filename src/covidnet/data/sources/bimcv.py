@@ -23,7 +23,6 @@ sessions on purpose; the official-split report lists the names it could not matc
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ from pydicom.datadict import keyword_for_tag
 
 from ...errors import SourceError
 from ..records import Record
-from ._common import SourceData, parse_sex, require_dir, view_kind
+from ._common import SourceData, parse_sex, read_table, require_dir, view_kind
 
 NAME = "bimcv"
 ENTITY = re.compile(r"(?:^|_)([a-z]+)-([A-Za-z0-9]+)")
@@ -66,9 +65,8 @@ def read_sidecar(path: Path) -> dict[str, str]:
     return out
 
 
-def _tsv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+def _tsv(path: Path, source: str) -> list[dict[str, str]]:
+    return read_table(path, source, (), delimiter="\t")
 
 
 def _age(text: str) -> float | None:
@@ -112,14 +110,14 @@ def _read_tables(root: Path, source: str, out: SourceData) -> tuple[dict, dict, 
     participants or findings table is noted and leaves its fields empty."""
     participants, sessions, findings = {}, {}, {}
     if (root / "participants.tsv").is_file():
-        participants = {r.get("participant", "").strip(): r for r in _tsv(root / "participants.tsv")}
+        participants = {r.get("participant", "").strip(): r for r in _tsv(root / "participants.tsv", source)}
     else:
         out.notes.append(f"{source}: {root / 'participants.tsv'} not found; ages and sexes from the sidecars only")
     for table in sorted(root.glob("sub-*/sub-*_sessions.tsv")):
-        for r in _tsv(table):
+        for r in _tsv(table, source):
             sessions[r.get("session_id", "").strip()] = r
     for table in sorted((root / "derivatives" / "labels").glob("labels_covid*posi*.tsv")):
-        for r in _tsv(table):
+        for r in _tsv(table, source):
             findings[r.get("ReportID", "").strip()] = r.get("Labels", "").strip()
     if not findings:
         out.notes.append(

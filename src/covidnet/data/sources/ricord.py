@@ -14,11 +14,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pydicom
-
 from ...errors import SourceError
 from ..records import Record
-from ._common import SourceData, parse_age, parse_sex, require_dir
+from ._common import SourceData, parse_age, parse_sex, read_header, require_dir
 
 NAME = "ricord"
 PREFIX = "MIDRC-RICORD-1C-"
@@ -35,7 +33,7 @@ def read(root: Path, source: str = NAME) -> SourceData:
         k = in_study[path.parent.parent]
         in_study[path.parent.parent] += 1
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = read_header(path, stop_before_pixels=True)
         except Exception as e:
             out.exclude(source, str(path), "unreadable image", f"DICOM header unreadable: {type(e).__name__}: {e}")
             continue

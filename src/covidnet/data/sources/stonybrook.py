@@ -25,12 +25,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pydicom
 from pydicom import Dataset
 
 from ...errors import SourceError
 from ..records import Record
-from ._common import SourceData, parse_age, parse_sex, require_dir, view_kind
+from ._common import SourceData, parse_age, parse_sex, read_header, require_dir, view_kind
 
 NAME = "stonybrook"
 TAGS = [
@@ -105,7 +104,7 @@ def _radiograph_series(files: list[Path], source: str, out: SourceData) -> tuple
     headers = {}
     for folder, members in series.items():
         try:
-            first = pydicom.dcmread(members[0], stop_before_pixels=True, specific_tags=TAGS)
+            first = read_header(members[0], stop_before_pixels=True, specific_tags=TAGS)
         except Exception:
             continue  # each file is tried, and reported, by _read_header
         modality = str(first.get("Modality", "") or "").upper()
@@ -125,7 +124,7 @@ def _radiograph_series(files: list[Path], source: str, out: SourceData) -> tuple
 def _read_header(path: Path, headers: dict[Path, Dataset], source: str, out: SourceData) -> Dataset | None:
     """A file's header (already read, or read now); None, and the file left out, where it is unreadable."""
     try:
-        return headers[path] if path in headers else pydicom.dcmread(path, stop_before_pixels=True, specific_tags=TAGS)
+        return headers[path] if path in headers else read_header(path, stop_before_pixels=True, specific_tags=TAGS)
     except Exception as e:
         out.exclude(source, str(path), "unreadable image", f"DICOM header unreadable: {type(e).__name__}: {e}")
         return None

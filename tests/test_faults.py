@@ -1,0 +1,217 @@
+"""`covidnet train` killed with SIGKILL at chosen points (after an optimisation step, while a checkpoint is
+being written, between two checkpoint writes, before the final status): what it leaves is either resumed
+with ``--resume`` to exactly the weights of an uninterrupted run of the same seed, or refused with one line
+that says what to do. The kill points are set by a small driver that runs the real command
+(``covidnet.cli.main``) in a subprocess and kills its own process from inside torch's optimiser step hook,
+``torch.save`` or ``os.replace``: the same points on every run, so the test is deterministic."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from covidnet.cli import main
+
+DRIVER = r'''
+"""covidnet ARGS, killed (SIGKILL, by itself) at $KILL_AT:
+step:N               after this process's N-th optimisation step (every step is counted in $STEP_LOG)
+save:N               half-way through writing the N-th torch.save (its temporary file left torn)
+replace:NAME:N       just after the N-th os.replace onto a file called NAME
+before:NAME:N        just before it"""
+import os, signal, sys
+
+kind, *arg = (os.environ.get("KILL_AT") or "none").split(":")
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+count = [0]
+
+if kind in ("step", "none"):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def on_step(opt, args, kwargs):
+        count[0] += 1
+        if os.environ.get("STEP_LOG"):
+            with open(os.environ["STEP_LOG"], "a") as f:
+                f.write("step\n")
+        if kind == "step" and count[0] == int(arg[0]):
+            die()
+
+    register_optimizer_step_post_hook(on_step)
+elif kind == "save":
+    import io, torch
+
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        count[0] += 1
+        if count[0] != int(arg[0]):
+            return real_save(obj, f, *a, **k)
+        buf = io.BytesIO()
+        real_save(obj, buf, *a, **k)
+        with open(f, "wb") as out:
+            out.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            out.flush()
+            os.fsync(out.fileno())
+        die()
+
+    torch.save = save
+elif kind in ("replace", "before"):
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        hit = os.path.basename(dst) == arg[0]
+        if hit:
+            count[0] += 1
+        if hit and kind == "before" and count[0] == int(arg[1]):
+            die()
+        real_replace(src, dst, *a, **k)
+        if hit and kind == "replace" and count[0] == int(arg[1]):
+            die()
+
+    os.replace = replace
+
+from covidnet.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+EPOCHS = 3
+TRAIN = [
+    *["--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "3e-3", "--precise-bn", "8", "--seed", "5"],
+    *["--device", "cpu", "--no-progress", "--compile", "off"],
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """30 phantoms built at 32 px (the CLI), the driver, and an uninterrupted run of the same seed."""
+    root = tmp_path_factory.mktemp("faults")
+    assert main(["data", "synth", "--out", str(root / "ph"), "--n", "30", "--size", "64", "--quiet"]) == 0
+    build = ["data", "build", "--source", f"cohen={root / 'ph'}", "--out", str(root / "ds"), "--size", "32"]
+    assert main([*build, "--workers", "1", "--quiet", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
+    driver = root / "driver.py"
+    driver.write_text(DRIVER)
+    ref = root / "reference"
+    r = train(root, driver, ref, env={"STEP_LOG": str(root / "steps.log")})
+    assert r.returncode == 0, r.stderr
+    steps = len((root / "steps.log").read_text().splitlines())
+    assert steps % EPOCHS == 0 and steps // EPOCHS >= 3, steps
+    return root, driver, ref, steps // EPOCHS
+
+
+def train(
+    root: Path, driver: Path, out: Path, kill: str = "", resume: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_AT": kill, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    args = ["train", "--data", str(root / "ds"), "--out", str(out), *TRAIN, *(["--resume"] if resume else [])]
+    return subprocess.run(
+        [sys.executable, str(driver), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
+    )
+
+
+def killed(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == -9, f"expected SIGKILL, got {r.returncode}: {r.stderr[-2000:]}"
+
+
+def same_weights(a: Path, b: Path) -> None:
+    """Two checkpoints hold the same model, optimiser state, epoch and best validation figure, exactly."""
+    x, y = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert (x["epoch"], x["step"]) == (y["epoch"], y["step"])
+    best = lambda c: c.get("best_score", c.get("best_val_loss"))  # noqa: E731 (best_val_loss: before train/)
+    assert best(x) == best(y)
+    assert x["model"].keys() == y["model"].keys()
+    for k in x["model"]:
+        assert torch.equal(x["model"][k], y["model"][k]), f"{a} and {b} differ in {k}"
+    if x.get("optimizer"):
+        for i, s in x["optimizer"]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(y["optimizer"]["state"][i][k])), (i, k)
+
+
+def epochs_logged(run: Path) -> list[int]:
+    with open(run / "log.csv", newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def assert_like_reference(run: Path, ref: Path) -> None:
+    same_weights(run / "last.pt", ref / "last.pt")
+    same_weights(run / "best.pt", ref / "best.pt")
+    assert json.loads((run / "run.json").read_text())["state"] == "complete"
+
+
+@pytest.fixture(scope="module")
+def chained(setup):
+    """One run killed four times and resumed (or restarted) each time:
+    1. after its first optimisation step (no checkpoint yet): --resume is refused with one line saying to
+       start without it, and starting again is allowed;
+    2. inside epoch 2 (epoch 1's last.pt and best.pt on disk);
+    3. half-way through writing epoch 2's last.pt (its temporary file torn, the old last.pt intact);
+    4. after the last checkpoint, just before run.json says complete;
+    then resumed to its end."""
+    root, driver, ref, steps = setup  # steps: per epoch
+    run = root / "run"
+
+    killed(train(root, driver, run, kill="step:1"))
+    assert not (run / "last.pt").exists()
+    r = train(root, driver, run, resume=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "nothing to resume" in lines[0] and "without --resume" in lines[0] and str(run) in lines[0]
+
+    killed(train(root, driver, run, kill=f"step:{steps + 2}"))  # restarted: epoch 1 done, killed inside epoch 2
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+
+    killed(train(root, driver, run, kill="save:1", resume=True))  # the first save of this process: last.pt
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # the torn write never replaced it
+    assert any(p.name.startswith(".last.pt.") for p in run.iterdir())  # the torn temporary file
+
+    killed(train(root, driver, run, kill="before:run.json:2", resume=True))  # 1: running, 2: complete
+    assert json.loads((run / "run.json").read_text())["state"] == "running"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == EPOCHS
+
+    r = train(root, driver, run, resume=True)
+    assert r.returncode == 0, r.stderr
+    return run, ref
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_each_point_resumes_to_the_weights_of_an_uninterrupted_run(chained):
+    run, ref = chained
+    assert_like_reference(run, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="covidnet/train/loop.py end_epoch appends the epoch's row to log.csv before it writes last.pt: killed "
+    "in between (here half-way through writing last.pt), the resumed run redoes the epoch and appends its row "
+    "again, so log.csv lists epoch 2 twice ([1, 2, 2, 3])",
+)
+def test_a_run_killed_at_each_point_logs_each_epoch_once(chained):
+    run, ref = chained
+    assert epochs_logged(run) == epochs_logged(ref) == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="covidnet/train/loop.py end_epoch writes last.pt, then best.pt: killed between the two, last.pt "
+    "already holds the epoch's best figure (best_score), so the resumed run never writes that epoch's best.pt "
+    "(improved is computed against it) and ends 'complete' with best.pt missing or from an earlier epoch",
+)
+def test_a_run_killed_between_last_pt_and_best_pt_resumes_to_the_reference_best_pt(setup):
+    root, driver, ref, _ = setup
+    run = root / "run_between"
+    best_epoch = torch.load(ref / "best.pt", weights_only=True)["epoch"]
+    killed(train(root, driver, run, kill=f"replace:last.pt:{best_epoch}"))  # epoch k's last.pt, before its best.pt
+    r = train(root, driver, run, resume=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "run.json").read_text())["state"] == "complete"
+    assert (run / "best.pt").is_file(), "the resumed run ended complete without a best.pt"
+    same_weights(run / "best.pt", ref / "best.pt")
