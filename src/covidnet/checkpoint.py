@@ -8,7 +8,9 @@ loading one never needs flags that restate them. Written atomically (temporary f
 Checkpoints written by earlier versions are read into today's form by ``upgrade`` (ONNX exports' metadata
 too): a lung-field classifier recorded as its classifier's arch plus ``lung_model`` becomes the registered
 ``lung-field`` model; the lung segmenter's task ``lungs`` is now ``segmentation``; ``best_val_loss`` and
-``best_val_dice`` become ``best_score``. torch is imported only to read and write, so ``upgrade`` runs without it.
+``best_val_dice`` become ``best_score``; a torchvision baseline trained from ``--init imagenet`` recorded
+``weights="imagenet"`` among its arguments, which would download ImageNet's weights again to rebuild it (the
+checkpoint holds its own), and loses it. torch is imported only to read and write, so ``upgrade`` runs without it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def upgrade(meta: dict) -> dict:
             "std": list(contract["std"]),
         }
         meta["arch"] = LUNG_FIELD
+    args = meta.get("arch_args") or {}
+    if "weights" in args:  # a torchvision baseline of --init imagenet: its weights are in the checkpoint
+        meta["arch_args"] = args = {k: v for k, v in args.items() if k != "weights"}
+    inner = args.get("classifier")
+    if isinstance(inner, dict) and "weights" in inner.get("arch_args", {}):  # the same, behind a segmenter
+        inner = {**inner, "arch_args": {k: v for k, v in inner["arch_args"].items() if k != "weights"}}
+        meta["arch_args"] = {**args, "classifier": inner}
     for key, mode in (("best_val_loss", "min"), ("best_val_dice", "max")):
         if key in meta and "best_score" not in meta:
             meta["best_score"] = {"metric": key.removeprefix("best_"), "mode": mode, "value": meta.pop(key)}
