@@ -23,6 +23,7 @@ DEFAULT_TARGETS = {
     "vgg19": "features.36",
     "densenet121": "features.1",
     "mobilenet_v3_large": "features.16",
+    "efficientnet-lite0": "conv_head",
 }
 
 _MODELS: dict[tuple[str, int], torch.nn.Module] = {}

@@ -63,3 +63,15 @@ def test_every_task_records_its_best_score_the_same_way_after_upgrade():
     for name, metric, mode in [("classification", "val_loss", "min"), ("lungs", "val_dice", "max")]:
         best = read_checkpoint(LEGACY / f"{name}.pt")["best_score"]
         assert best["metric"] == metric and best["mode"] == mode and np.isfinite(best["value"])
+
+
+def test_a_torchvision_imagenet_run_no_longer_asks_for_imagenets_weights_to_be_rebuilt():
+    # --init imagenet of a torchvision baseline recorded weights="imagenet" among the arguments, so rebuilding
+    # the network downloaded ImageNet's weights (or hung offline) only to overwrite them with the checkpoint's
+    from covidnet.checkpoint import upgrade
+
+    args = {"num_classes": 3, "in_channels": 1, "weights": "imagenet"}
+    assert upgrade({"arch": "resnet50", "arch_args": args})["arch_args"] == {"num_classes": 3, "in_channels": 1}
+    behind = {"arch": "lung-field", "arch_args": {"classifier": {"arch": "resnet50", "arch_args": args}}}
+    assert "weights" not in upgrade(behind)["arch_args"]["classifier"]["arch_args"]
+    assert args["weights"] == "imagenet"  # the caller's dict is left as it was

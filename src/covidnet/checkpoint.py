@@ -8,9 +8,12 @@ loading one never needs flags that restate them. Written atomically (temporary f
 Checkpoints written by earlier versions are read into today's form by ``upgrade`` (ONNX exports' metadata
 too): a lung-field classifier recorded as its classifier's arch plus ``lung_model`` becomes the registered
 ``lung-field`` model; the lung segmenter's task ``lungs`` is now ``segmentation``; ``best_val_loss`` and
-``best_val_dice`` become ``best_score``. torch is imported only to read and write, so ``upgrade`` runs without it.
+``best_val_dice`` become ``best_score``; a torchvision baseline trained from ``--init imagenet`` recorded
+``weights="imagenet"`` among its arguments, which would download ImageNet's weights again to rebuild it (the
+checkpoint holds its own), and loses it. torch is imported only to read and write, so ``upgrade`` runs without it.
 
-Read without running code: ``read_checkpoint`` is the one place a ``.pt`` is opened, with
+Read without running code: ``read_checkpoint`` is the one place a checkpoint is opened (the ``[pretrained]``
+extra's ImageNet weights are read the same way, ``models.efficientnet``), with
 ``torch.load(weights_only=True)``, whose unpickler builds tensors, their storages and plain containers
 (dict, list, tuple, str, numbers, None) and refuses every other Python global before it is imported.
 Everything a checkpoint holds is of those types (docs/reliability.md), so nothing more is allowed.
@@ -122,6 +125,13 @@ def upgrade(meta: dict) -> dict:
             "std": list(contract["std"]),
         }
         meta["arch"] = LUNG_FIELD
+    args = meta.get("arch_args") or {}
+    if "weights" in args:  # a torchvision baseline of --init imagenet: its weights are in the checkpoint
+        meta["arch_args"] = args = {k: v for k, v in args.items() if k != "weights"}
+    inner = args.get("classifier")
+    if isinstance(inner, dict) and "weights" in inner.get("arch_args", {}):  # the same, behind a segmenter
+        inner = {**inner, "arch_args": {k: v for k, v in inner["arch_args"].items() if k != "weights"}}
+        meta["arch_args"] = {**args, "classifier": inner}
     for key, mode in (("best_val_loss", "min"), ("best_val_dice", "max")):
         if key in meta and "best_score" not in meta:
             meta["best_score"] = {"metric": key.removeprefix("best_"), "mode": mode, "value": meta.pop(key)}

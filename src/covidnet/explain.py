@@ -20,6 +20,7 @@ resnet50               ``features.7``     ``layer4``, the last residual stage
 vgg19                  ``features.36``    the last max-pool, after the last conv + ReLU
 densenet121            ``features.1``     the ReLU that closes the dense trunk
 mobilenet_v3_large     ``features.16``    the last 1x1 conv + BN + hardswish block
+efficientnet-lite0     ``conv_head``      the last 1x1 conv + BN + ReLU6, to 1280 channels
 =====================  =================  ===============================================
 
 At the input sizes of the registry the last feature map is 1/32 of the input side (15 px at 480),

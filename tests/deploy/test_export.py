@@ -55,6 +55,23 @@ def test_onnx_metadata_carries_the_checkpoints_contract(trained, exported):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 48, 48]
 
 
+def test_efficientnet_lite0_exports_with_its_tensorflow_padding_and_matches_pytorch(tmp_path):
+    from phantomdata import make_dataset
+
+    from covidnet.train import TrainConfig, train
+
+    ds = make_dataset(tmp_path, n=48, size=48, seed=11)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(ds), out=str(run), arch="efficientnet-lite0", epochs=1, lr=3e-4, progress=False))
+    out = export_model(ExportConfig(str(run / "best.pt"), str(tmp_path / "lite0.onnx"), data=str(ds), quiet=True))
+    assert out["fp32"]["max_abs_prob_diff"] <= 1e-4
+    x = np.asarray(open_store(ds).images[:5])
+    assert (
+        np.abs(softmax(load(out["path"], "cpu").logits(x)) - softmax(load(run / "best.pt", "cpu").logits(x))).max()
+        <= 1e-4
+    )
+
+
 def test_int8_export_reports_its_validation_accuracy_change_and_keeps_the_fp32_model(trained, exported):
     root, ds, _ = trained
     _, int8 = exported

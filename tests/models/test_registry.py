@@ -8,7 +8,7 @@ from covidnet.models.zoo import adapt_input_conv
 ALL = list_models()
 
 
-def test_registry_holds_the_three_presets_and_four_baselines():
+def test_registry_holds_the_three_presets_four_baselines_and_efficientnet_lite0():
     assert set(ALL) == {
         "covidnet-cxr-small",
         "covidnet-cxr-large",
@@ -17,6 +17,7 @@ def test_registry_holds_the_three_presets_and_four_baselines():
         "vgg19",
         "densenet121",
         "mobilenet_v3_large",
+        "efficientnet-lite0",
     }
 
 

@@ -181,6 +181,8 @@ def test_not_a_built_dataset_is_one_line(tmp_path):
         ({"class_weights": "1,2"}, "--class-weights"),
         ({"arch": "nosuchnet"}, "unknown architecture"),
         ({"init": "imagenet"}, "torchvision baselines"),
+        ({"init": "mean-var"}, "--init mean-var needs ImageNet weights"),
+        ({"init": "imagnet"}, "neither random, imagenet, mean-var nor a checkpoint file"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_written(small_ds, tmp_path, override, needle):
@@ -217,6 +219,56 @@ def test_init_from_a_checkpoint_keeps_the_trunk_and_resets_the_head(small_ds, tm
     a, b = weights(tmp_path / "a" / "best.pt"), weights(tmp_path / "b" / "last.pt")
     assert b["classifier.weight"].shape == (2, a["classifier.weight"].shape[1])
     assert torch.allclose(a["stem.0.0.weight"], b["stem.0.0.weight"], atol=1e-6)
+
+
+def lite0_imagenet() -> dict:
+    """Google's ImageNet weights of efficientnet-lite0, for one channel; skips the test without the extra."""
+    from covidnet.models.efficientnet import imagenet_state_dict
+
+    try:
+        return imagenet_state_dict(in_channels=1)
+    except CovidnetError as e:
+        pytest.skip(str(e))
+
+
+def test_init_imagenet_trains_efficientnet_lite0_offline_from_the_packages_weights(small_ds, tmp_path):
+    ref = lite0_imagenet()
+    cfg = dict(arch="efficientnet-lite0", init="imagenet", **{**FAST, "epochs": 1, "lr": 1e-12})
+    train(TrainConfig(data=str(small_ds), out=str(tmp_path / "run"), **cfg))
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["train_config"]["init"] == "imagenet" and "weights" not in ckpt["arch_args"]
+    for k in ("stem.conv.weight", "blocks.7.depthwise.conv.weight", "conv_head.bn.weight"):
+        assert torch.allclose(ckpt["model"][k], ref[k], atol=1e-6), k
+    assert ckpt["model"]["classifier.weight"].shape == (3, 1280)  # a new head for the task's classes
+    assert load(tmp_path / "run" / "last.pt", "cpu").model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+
+
+def test_init_mean_var_trains_from_weights_uncorrelated_with_imagenets_that_depend_on_the_seed(small_ds, tmp_path):
+    ref = lite0_imagenet()
+    cfg = dict(arch="efficientnet-lite0", init="mean-var", **{**FAST, "epochs": 1, "lr": 1e-12})
+    for seed in (0, 1):
+        train(TrainConfig(data=str(small_ds), out=str(tmp_path / f"s{seed}"), seed=seed, **cfg))
+    a, b = (read_checkpoint(tmp_path / f"s{seed}" / "last.pt") for seed in (0, 1))
+    assert a["train_config"]["init"] == "mean-var"
+    k = "blocks.12.expand.conv.weight"  # 1152 x 192 weights
+    w, p = a["model"][k].flatten(), ref[k].flatten()
+    assert abs(float(torch.corrcoef(torch.stack([w, p]))[0, 1])) < 0.02
+    assert float(w.mean()) == pytest.approx(float(p.mean()), abs=3 * float(p.std()) / len(p) ** 0.5)
+    assert float(w.std()) == pytest.approx(float(p.std()), rel=0.01)
+    assert not torch.allclose(a["model"][k], b["model"][k])
+
+
+def test_init_imagenet_without_the_extra_is_one_line_before_anything_is_written(small_ds, tmp_path, monkeypatch):
+    from covidnet.models import efficientnet
+
+    monkeypatch.setattr(efficientnet, "WEIGHTS_PACKAGE", "no_such_package_for_covidnet_tests")
+    for init in ("imagenet", "mean-var"):
+        with pytest.raises(CovidnetError) as e:
+            train(
+                TrainConfig(data=str(small_ds), out=str(tmp_path / init), arch="efficientnet-lite0", init=init, **FAST)
+            )
+        assert "pip install 'covidnet[pretrained]'" in str(e.value) and "\n" not in str(e.value)
+        assert not (tmp_path / init).exists()
 
 
 def test_existing_run_needs_resume_and_resume_needs_the_same_settings(small_ds, tmp_path):

