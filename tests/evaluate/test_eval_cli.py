@@ -204,10 +204,12 @@ def test_report_opens_in_a_real_browser(trained, tmp_path):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        ("p1 a.png normal cohen extra\n", "3 or 4 columns"),
+        ("p1 a.png normal cohen site PA extra\n", "3 to 6 columns"),
         ("p1 a.png influenza\n", "unknown label"),
         ("", "empty"),
-        ("patient one a.png normal cohen\n", "3 or 4 columns"),
+        ("patient one a.png normal cohen\n", "a patient id or file name containing spaces?"),
+        ("p1 a.png normal cohen site_a\np2 b.png normal cohen\n", "no site column, but line 1 has one"),
+        ("p1 a.png normal cohen AP\n", "site column 'AP' is a view"),
     ],
 )
 def test_bad_label_files_stop_with_file_and_line(trained, tmp_path, content, needle):
