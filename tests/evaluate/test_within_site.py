@@ -3,13 +3,19 @@ within (site, view) strata, and of the view alone; its site-stratified patient b
 terminal, JSON and report; the audit's first test). Known answers: a hand-counted example, scikit-learn where
 there is one site, and models that read the hospital or the positioning instead of the disease."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from covidnet.audit import within_source_discrimination
+from covidnet.cli.common import print_evaluation
+from covidnet.files import write_json
 from covidnet.metrics.bootstrap import resample_patients
-from covidnet.metrics.classification import within_source_auc
+from covidnet.metrics.classification import compute_metrics, within_source_auc
 from covidnet.metrics.within import stratified_auc, stratum_pair_counts, within_site_auc
+from covidnet.report import write_report
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
 
@@ -183,3 +189,58 @@ def test_no_site_or_no_site_with_two_classes_is_a_note():
         "no site holds two classes" in one_class_each["note"]
         and one_class_each["pooled"]["site"]["all"]["image_pairs"] == 0
     )
+
+
+def cohort():
+    """Two sources; cohen's films from two hospitals and from nowhere said; nih from one hospital."""
+    rng = np.random.default_rng(4)
+    y = np.array([2] * 30 + [0] * 6 + [2] * 6 + [0] * 6 + [2] * 5 + [0] * 30 + [1] * 30)
+    sources = np.array(["cohen"] * 53 + ["nih"] * 60)
+    sites = np.array(["Hannover"] * 36 + ["Tokyo"] * 12 + [""] * 5 + ["NIH Clinical Center"] * 60)
+    views = rng.choice(["PA", "AP", "AP supine", ""], len(y))
+    patients = np.array([f"{s}:{k // 2}" for k, s in enumerate(sources)])
+    alpha = np.ones((len(y), 3)) + 1.5 * np.eye(3)[y]
+    probs = np.array([rng.dirichlet(a) for a in alpha])
+    return y, probs, patients, sources, sites, views
+
+
+def test_eval_json_terminal_and_report_show_the_within_site_figures(tmp_path, capsys):
+    y, probs, patients, sources, sites, views = cohort()
+    m = compute_metrics(y, probs, CLASSES, patients, sources, resamples=50)
+    m["within_site"] = within_site_auc(y, probs, CLASSES, patients, sources, sites, views, resamples=50)
+    ws = json.loads(json.dumps(m["within_site"]))
+    assert {(p["source"], p["site"], tuple(p["classes"])) for p in ws["pairs"]} == {
+        ("cohen", "Hannover", ("normal", "COVID-19")),
+        ("cohen", "Tokyo", ("normal", "COVID-19")),
+        ("nih", "NIH Clinical Center", ("normal", "pneumonia")),
+    }
+    assert ws["unknown_site"] == {"images": 5, "patients": 3} and ws["positive_class"] == "COVID-19"
+    assert ws["pooled"]["site"]["covid"]["image_pairs"] == 30 * 6 + 6 * 6
+    assert ws["pooled"]["site"]["all"]["image_pairs"] == 30 * 6 + 6 * 6 + 30 * 30
+    m.update(task="classification", task_meta={"task": "classification", "classes": CLASSES}, temperature=None)
+    print_evaluation(m)
+    out = capsys.readouterr().out
+    assert "within site" in out and "5 images of unknown site left out" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("within site  "))
+    assert f"{ws['pooled']['site']['all']['value']:.3f}" in line and "1116 / 216" in line
+    assert any(ln.startswith("cohen") and "Tokyo" in ln and "6 / 6" in ln for ln in out.splitlines())
+    write_json(tmp_path / "m.json", m)
+    page = write_report(tmp_path / "r", m, y, probs, CLASSES).read_text()
+    section = page[page.index('id="within-site"') : page.index("</section>", page.index('id="within-site"'))]
+    assert "within site and view" in section and "1116 / 216" in section and "Tokyo" in section
+    assert page.index('id="within-source"') < page.index('id="within-site"')
+
+
+def test_the_audits_first_test_carries_the_within_site_figures_and_judges_the_pooled_ones():
+    # within source, cohen's pair looks fine because its hospitals differ; within its sites the model is at chance
+    y = np.array([2] * 40 + [0] * 4 + [2] * 4 + [0] * 40)
+    sites = np.array(["A"] * 44 + ["B"] * 44)
+    patients = np.array([f"p{k // 2}" for k in range(len(y))])
+    p = np.where((sites == "A")[:, None], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1])
+    sources = np.array(["cohen"] * len(y))
+    blind = within_source_discrimination(y, p, CLASSES, patients, sources, resamples=100)
+    assert blind["verdict"] == "ok" and blind["within_site"]["note"]  # no sites given: the source figure alone
+    seen = within_source_discrimination(y, p, CLASSES, patients, sources, resamples=100, sites=sites)
+    assert seen["verdict"] == "fail" and seen["worst"]["pooled"] == "within site"
+    assert "Pooled within sites" in seen["reading"] and "0.500 (0.500–0.500)" in seen["reading"]
+    assert seen["within_site"]["pooled"]["site"]["all"]["image_pairs"] == 320
