@@ -42,6 +42,8 @@ class Predictions:
     sources: list[str]
     load: Callable[[int], np.ndarray]  # row -> stored uint8 image (for the report's heat maps)
     failed: list[dict]
+    sites: list[str] | None = None  # where each film was taken ('' unknown)
+    views: list[str] | None = None  # 'PA', 'AP', 'AP supine', '' unknown (records.view_position)
 
 
 def predict_store(lm: LoadedModel, data: str, split: str) -> Predictions:
@@ -60,6 +62,8 @@ def predict_store(lm: LoadedModel, data: str, split: str) -> Predictions:
         sources=store.sources(rows),
         load=lambda i: np.asarray(store.images[rows[i]]),
         failed=[],
+        sites=store.sites(rows),
+        views=store.views(rows),
     )
 
 
@@ -102,6 +106,8 @@ def predict_label_file(lm: LoadedModel, labels: str, images: str, progress: bool
         sources=[r.source or "(none)" for r in ok_rows],
         load=lambda i: stack[i],
         failed=failed,
+        sites=[r.site for r in ok_rows],
+        views=[r.view for r in ok_rows],
     )
 
 
@@ -120,7 +126,7 @@ class EvalConfig:
     checkpoint: str = option(help="a checkpoint written by `covidnet train` (best.pt)")
     data: str | None = option(None, "a dataset folder written by `covidnet data build`")
     split: str = option("test", "split of --data", choices=("train", "val", "test"))
-    labels: str | None = option(None, "a COVIDx label file: patientid filename label [source]")
+    labels: str | None = option(None, "a COVIDx label file: patientid filename label [source [site [view]]]")
     images: str | None = option(None, "the folder of the raw images --labels names (PNG, JPEG, WebP, DICOM)")
     resamples: int = option(1000, "bootstrap resamples of patients (0: no CIs)")
     seed: int = option(0, "seed of the bootstrap")
@@ -148,7 +154,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         pred = predict_store(lm, data, split)
     else:
         pred = predict_label_file(lm, labels, images, cfg.progress)
-    metrics = lm.task.evaluate(pred.y, pred.out, pred.patients, pred.sources, lm.meta, cfg.resamples, cfg.seed)
+    metrics = lm.task.evaluate(
+        pred.y, pred.out, pred.patients, pred.sources, lm.meta, cfg.resamples, cfg.seed, pred.sites, pred.views
+    )
     for entry, name, patient in zip(metrics.get("predictions", ()), pred.names, pred.patients):
         entry.update(name=name, patient=patient)
     metrics.update(

@@ -1,5 +1,6 @@
 """`covidnet eval`, `predict` and `calibrate` as a user runs them, on a checkpoint trained here."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -204,10 +205,12 @@ def test_report_opens_in_a_real_browser(trained, tmp_path):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        ("p1 a.png normal cohen extra\n", "3 or 4 columns"),
+        ("p1 a.png normal cohen site PA extra\n", "3 to 6 columns"),
         ("p1 a.png influenza\n", "unknown label"),
         ("", "empty"),
-        ("patient one a.png normal cohen\n", "3 or 4 columns"),
+        ("patient one a.png normal cohen\n", "a patient id or file name containing spaces?"),
+        ("p1 a.png normal cohen site_a\np2 b.png normal cohen\n", "no site column, but line 1 has one"),
+        ("p1 a.png normal cohen AP\n", "site column 'AP' is a view"),
     ],
 )
 def test_bad_label_files_stop_with_file_and_line(trained, tmp_path, content, needle):
@@ -312,3 +315,35 @@ def test_calibrate_stores_temperature_and_operating_point_that_predict_uses(trai
 def test_missing_checkpoint_is_one_line(tmp_path):
     r = covidnet("predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path))
     assert r.returncode == 1 and "checkpoint not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_gives_within_site_figures_from_the_store_and_from_a_label_files_site_and_view_columns(trained, tmp_path):
+    root, ds, ckpt = trained
+    r = covidnet(
+        "eval", "--checkpoint", str(ckpt), "--data", str(ds), "--json", str(tmp_path / "store.json"),
+        "--resamples", "20", "--quiet",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from_store = json.loads((tmp_path / "store.json").read_text())["within_site"]
+    assert "within site" in r.stdout and from_store["unknown_site"]["images"] == 0
+    assert {p["site"] for p in from_store["pairs"]} <= {"Phantom Hospital A", "Phantom Hospital B"}
+    assert from_store["pooled"]["site"]["all"]["image_pairs"] > 0
+    # the same test films as raw files, with the site and view of the phantoms' metadata in the label file
+    labels, images = label_file_of_raw_images(root, tmp_path)
+    meta = {Path(m["filename"]).stem: m for m in csv.DictReader(open(root / "phantoms" / "metadata.csv"))}
+    lines = []
+    for line in labels.read_text().splitlines():
+        m = meta[Path(line.split()[1]).stem]
+        lines.append(f"{line} {m['location'].replace(' ', '_')} {m['view']}")
+    labels.write_text("\n".join(lines) + "\n")
+    r = covidnet(
+        "eval", "--checkpoint", str(ckpt), "--labels", str(labels), "--images", str(images),
+        "--json", str(tmp_path / "labels.json"), "--resamples", "20", "--quiet",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from_labels = json.loads((tmp_path / "labels.json").read_text())["within_site"]
+    for figure in ("site", "site_view", "view_alone"):  # the same films in the same strata: the same pairs
+        assert from_labels["pooled"][figure]["all"]["image_pairs"] == from_store["pooled"][figure]["all"]["image_pairs"]
+    assert [(p["site"], p["counts"]) for p in from_labels["pairs"]] == [
+        (p["site"], p["counts"]) for p in from_store["pairs"]
+    ]

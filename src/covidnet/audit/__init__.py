@@ -7,7 +7,9 @@ fail), and a plain-language reading:
 
 1. within-source discrimination: the pairwise AUC of each class pair inside each source that holds two
    classes (``metrics.classification.within_source_auc``) on the audited split, where the source cannot
-   give the class away: the one figure a source shortcut cannot inflate, listed first.
+   give the class away: the one figure a source shortcut cannot inflate, listed first; beside it the
+   within-site figures (``metrics.within.within_site_auc``: pairs taken at one site, pooled; within site
+   and view; the view alone), the pooled ones judged with the source pairs.
 2. source predictability: a linear probe (scikit-learn logistic regression, cross-validated by patient)
    predicts the source from the model's frozen features and from raw downsampled pixels, among images
    of the same class (when sources contribute different classes, the disease alone predicts the
@@ -185,7 +187,14 @@ def run_audit(cfg: AuditConfig) -> dict:
     attention, examples = attention_inside_lungs(lm, evaluated, labels[eval_rows], groups[eval_rows], lungs, seed)
     tests = {
         "within_source": within_source_discrimination(
-            labels[eval_rows], eval_probs, classes, groups[eval_rows], sources[eval_rows], seed=seed
+            labels[eval_rows],
+            eval_probs,
+            classes,
+            groups[eval_rows],
+            sources[eval_rows],
+            seed=seed,
+            sites=store.sites(rows[eval_rows]),
+            views=store.views(rows[eval_rows]),
         ),
         "source_predictability": source_predictability(feats, pixels, sources, labels, groups, classes, seed),
         "leave_one_source_out": leave_one_source_out(lm.meta, data, loso_epochs, device, seed),

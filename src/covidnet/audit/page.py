@@ -17,8 +17,8 @@ VERDICT_COLOUR = {"ok": "#1e8449", "warning": "#b9770e", "fail": "#c0392b", "ski
 
 
 def plot_audit(tests: dict):
-    """The audit's figures in one: the within-source pairwise AUCs (with their 95 % intervals), the source
-    probes' balanced accuracies and the occlusion AUCs."""
+    """The audit's figures in one: the within-source pairwise AUCs and the pooled within-site ones (with their
+    95 % intervals), the source probes' balanced accuracies and the occlusion AUCs."""
     bars, names, errs = [], [], []
     sp, oc = tests["source_predictability"], tests["occlusion"]
     for p in (tests.get("within_source") or {}).get("pairs", ()):
@@ -26,6 +26,19 @@ def plot_audit(tests: dict):
         names.append(f"within {p['source']}: {' vs '.join(p['classes'])}")
         bars.append(v)
         errs.append((len(bars) - 1, v - ci[0], ci[1] - v))
+    pooled = ((tests.get("within_source") or {}).get("within_site") or {}).get("pooled") or {}
+    for key, group, label in (
+        ("site", "all", "within sites, pooled: all pairs"),
+        ("site", "covid", "within sites, pooled: positive-class pairs"),
+        ("site_view", "all", "within site and view, pooled"),
+        ("view_alone", "all", "within sites: the view alone"),
+    ):
+        f = (pooled.get(key) or {}).get(group) or {}
+        if f.get("image_pairs") and f.get("value") == f.get("value"):  # pairs, and not NaN
+            v, ci = f["value"], f["ci95"] or [f["value"]] * 2
+            names.append(label)
+            bars.append(v)
+            errs.append((len(bars) - 1, v - ci[0], ci[1] - v))
     if "features_balanced_accuracy" in sp:
         names += [f"source from features ({sp['worst_label']})", f"source from pixels ({sp['worst_label']})"]
         bars += [sp["features_balanced_accuracy"], sp["pixels_balanced_accuracy"]]
@@ -66,7 +79,7 @@ def plot_audit(tests: dict):
         ax.axvline(oc["chance"], color="#000", ls="--", lw=1)
     ax.set_xlim(0, 1)
     ax.set_xlabel(
-        "within a source: pairwise AUC (95 % CI)\nclass: macro AUC (dashed: chance)\n"
+        "within a source or site: (pooled) pairwise AUC (95 % CI)\nclass: macro AUC (dashed: chance)\n"
         "source: balanced accuracy (dotted: chance)\nattention: share of Grad-CAM mass inside the lungs (95 % CI)"
     )
     return fig

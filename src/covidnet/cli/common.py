@@ -38,6 +38,8 @@ def print_evaluation(m: dict) -> None:
         print(table(["", *cm["labels"]], [[c, *map(str, row)] for c, row in zip(cm["labels"], cm["matrix"])]))
     if "within_source" in m:
         print_within_source(m["within_source"])
+    if "within_site" in m:
+        print_within_site(m["within_site"])
     for source, sm in (m.get("per_source") or {}).items():
         print(
             f"source {source}: {sm['n']} images, accuracy {format_ci(sm['accuracy'])}, "
@@ -74,6 +76,78 @@ def print_within_source(ws: dict) -> None:
     for p in ws["skipped"]:
         counts = ", ".join(f"{c} {n['images']}" for c, n in p["counts"].items())
         print(f"  skipped: {p['source']} {' vs '.join(p['classes'])} ({p['reason']}; images: {counts})")
+
+
+POOLED_ROWS = (
+    ("site", "within site"),
+    ("site_view", "within site and view"),
+    ("view_alone", "view alone ('is AP')"),
+    ("view_alone_best", "view alone, best per site"),
+)
+
+
+def pooled_rows(ws: dict) -> list[list[str]]:
+    """The pooled within-site figures as table rows: figure, all pairs, pairs with the positive class, image
+    pairs behind each (all / positive), strata."""
+    from ..metrics.bootstrap import format_ci
+
+    rows = []
+    for key, name in POOLED_ROWS:
+        f = ws["pooled"][key]
+        rows.append(
+            [
+                name,
+                format_ci(f["all"]),
+                format_ci(f["covid"]),
+                f"{f['all']['image_pairs']} / {f['covid']['image_pairs']}",
+                str(f["all"]["strata"]),
+            ]
+        )
+    return rows
+
+
+def print_within_site(ws: dict) -> None:
+    """The pooled within-site figures (all class pairs, pairs with the positive class), then the pairwise AUC
+    of each class pair inside each site, with counts; images of unknown site and view; or the note."""
+    print(
+        "within site (pairs of images taken at one site of one source: the figure a hospital cannot give away; "
+        f"{ws['unknown_site']['images']} images of unknown site left out)"
+    )
+    if ws["note"]:
+        print(f"  {ws['note']}")
+        return
+    positive = ws["positive_class"]
+    header = ["pooled AUC", "all pairs (95 % CI)", f"pairs with {positive}", "image pairs", "strata"]
+    print(table(header, pooled_rows(ws)))
+    print(
+        f"  view alone: 0.5 = the view says nothing of the class within its sites; "
+        f"{ws['unknown_view']['images']} images of unknown view left out of the view rows"
+    )
+    if ws["pairs"]:
+        print_site_pairs(ws)
+
+
+def print_site_pairs(ws: dict) -> None:
+    """The pairwise AUC of each class pair inside each site, with its counts; skipped pairs."""
+    from ..metrics.bootstrap import format_ci
+
+    rows = [
+        [
+            p["source"],
+            p["site"],
+            " vs ".join(p["classes"]),
+            format_ci(p["auc"]),
+            " / ".join(str(p["counts"][c]["images"]) for c in p["classes"]),
+            " / ".join(str(p["counts"][c]["patients"]) for c in p["classes"]),
+        ]
+        for p in ws["pairs"]
+    ]
+    print(table(["source", "site", "classes", "AUC (95 % CI)", "images", "patients"], rows))
+    if ws["skipped"]:
+        print(
+            f"  {len(ws['skipped'])} site pair(s) with fewer than {ws['min_images_per_class']} images of a class "
+            "(in the pooled figures, not listed)"
+        )
 
 
 def print_results(

@@ -6,6 +6,7 @@ dedup, split, store, training) sees only records.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ BINARY_CLASSES = ("negative", "positive")
 NEGATIVE_ONLY = "negative"
 LABELS = (*CLASSES, NEGATIVE_ONLY)
 PAEDIATRIC_AGE = 18  # years; below it a record is paediatric (excluded by the build unless asked; an audit group)
+VIEWS = ("PA", "AP", "AP supine")  # the views the within-(site, view) figures stratify by (``view_position``)
 
 
 def to_binary(label: str) -> str:
@@ -38,6 +40,8 @@ class Record:
     extra: dict = field(default_factory=dict)  # anything else the source has (finding, date, location, …)
     name: str | None = None  # the image's name as COVIDx writes it, where the file's own name does not say it
     #                          (a TCIA tree's .../1-1.dcm); None: path.name
+    site: str = ""  # the hospital or institution where the film was taken, as far as the source's metadata says
+    #                 (``site_name``; one rule per reader, docs/data.md); "" is unknown
 
     @property
     def filename(self) -> str:
@@ -53,6 +57,28 @@ class Record:
     def uid(self) -> str:
         """Patient id qualified by source (sources number their patients independently)."""
         return patient_uid(self.source, self.patient_id)
+
+
+def site_name(text: str | None) -> str:
+    """A site as a source's metadata writes it, normalised and nothing more: white space folded (none before
+    a comma), stripped, trailing punctuation and '?' dropped; '' (unknown) where nothing is left.
+    'Riccione, Italy ' and 'Boca Raton, Florida , USA' become 'Riccione, Italy' and 'Boca Raton, Florida, USA';
+    '?' becomes ''. No place is guessed: 'Italy' stays 'Italy', a mis-encoded letter stays as written."""
+    folded = re.sub(r"\s+,", ",", " ".join(str(text or "").split()))
+    return folded.rstrip(" .,;:!?")
+
+
+def view_position(view: str | None) -> str:
+    """A view as the within-(site, view) figures stratify it (``VIEWS``): 'PA'; 'AP' (erect, semi-erect,
+    portable or unqualified); 'AP supine'; '' where it is unknown, lateral, or says both AP and PA. Read word by
+    word, so 'AP Supine', 'AP_supine', 'CHEST_AP_PORT' and 'AP semi erect' are read as a person would."""
+    words = set(re.split(r"[^A-Z]+", str(view or "").upper())) - {""}
+    ap, pa = "AP" in words, "PA" in words
+    if ap == pa:
+        return ""
+    if pa:
+        return "PA"
+    return "AP supine" if "SUPINE" in words else "AP"
 
 
 def patient_uid(source: str, patient_id: str) -> str:

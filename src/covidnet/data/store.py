@@ -21,7 +21,7 @@ import numpy as np
 from ..contract import Contract
 from ..errors import CovidnetError
 from .lungmasks import NAME_KEY, PREDICTED
-from .records import BINARY_CLASSES, CLASSES, LABELS, NEGATIVE_ONLY, Record, patient_uid, to_binary
+from .records import BINARY_CLASSES, CLASSES, LABELS, NEGATIVE_ONLY, Record, patient_uid, to_binary, view_position
 
 IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"  # lung masks, rows aligned with images.npy (a build with --lung-masks or --lungs)
@@ -41,8 +41,10 @@ INDEX_COLUMNS = (
     "opacity",
     "offset",
     "lung_mask",
+    "site",
 )  # geographic, opacity, offset: severity scores (0-8) and days since onset, or empty; lung_mask: the
-#   annotation set of the row's lung mask, "predicted", or empty
+#   annotation set of the row's lung mask, "predicted", or empty; site: where the film was taken (``Record.site``),
+#   empty where unknown (and in a store built before the column: it reads as unknown)
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -85,6 +87,7 @@ def write_index(path: Path, rows: list[tuple[Record, str]]) -> None:
                     _num(r.extra.get("opacity")),
                     _num(r.extra.get("offset_days")),
                     r.extra.get(NAME_KEY) or "",
+                    r.site,
                 ]
             )
 
@@ -245,6 +248,16 @@ class Store:
 
     def sources(self, rows: np.ndarray) -> list[str]:
         return [self.index[i]["source"] for i in rows]
+
+    def sites(self, rows: np.ndarray) -> list[str]:
+        """Where each film of ``rows`` was taken (``Record.site``); '' where unknown, and for every row of a
+        store built before the index had the column."""
+        return [self.index[i].get("site") or "" for i in rows]
+
+    def views(self, rows: np.ndarray) -> list[str]:
+        """The view of each film of ``rows`` as the within-(site, view) figures stratify it
+        (``records.view_position``: 'PA', 'AP', 'AP supine'; '' where unknown)."""
+        return [view_position(self.index[i].get("view")) for i in rows]
 
     def patients(self, rows: np.ndarray | None = None) -> list[str]:
         """Patient uids (``source:patient``) of ``rows``: the unit of the bootstrap and of grouped folds."""

@@ -12,21 +12,15 @@ DASH = "—"
 
 
 def patient_bootstrap(
-    flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int, seed: int
+    flat_metrics: Callable[[np.ndarray], dict[str, float]], patients, resamples: int, seed: int, strata=None
 ) -> dict[str, dict]:
     """``{key: {"value", "ci95"}}`` for every number ``flat_metrics(idx)`` returns: the value on all
     rows, and the 2.5th and 97.5th percentiles over ``resamples`` bootstrap samples of **patients**
-    (each drawn patient brings all of its rows); NaN resamples are ignored, no CI when none is left."""
+    (each drawn patient brings all of its rows; with ``strata``, ``resample_patients``' stratified draw);
+    NaN resamples are ignored, no CI when none is left."""
     patients = np.asarray(patients)
     flat = flat_metrics(np.arange(len(patients)))
-    boots = []
-    if resamples > 0 and len(patients):
-        rng = np.random.default_rng(seed)
-        uniq, inverse = np.unique(patients, return_inverse=True)
-        members = [np.flatnonzero(inverse == p) for p in range(len(uniq))]
-        for _ in range(resamples):
-            pick = rng.integers(0, len(uniq), len(uniq))
-            boots.append(flat_metrics(np.concatenate([members[p] for p in pick])))
+    boots = [flat_metrics(idx) for idx in resample_patients(patients, resamples, seed, strata)]
     out = {}
     for key, value in flat.items():
         vals = np.array([b[key] for b in boots], dtype=float) if boots else np.array([])
@@ -36,6 +30,33 @@ def patient_bootstrap(
             "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else None,
         }
     return out
+
+
+def resample_patients(patients, resamples: int, seed: int, strata=None):
+    """The rows of each of ``resamples`` bootstrap samples, one array each. Without ``strata``: as many
+    patients as there are, drawn with replacement, each bringing all of its rows. With ``strata`` (one label per
+    row, e.g. the site), the bootstrap is stratified: each stratum's patients are drawn among themselves, as
+    many as the stratum has, and a drawn patient brings its rows *in that stratum*; so every sample holds each
+    stratum with its own number of patients, and no stratum's patient ever stands in for another's."""
+    patients = np.asarray(patients)
+    if resamples <= 0 or not len(patients):
+        return
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        uniq, inverse = np.unique(patients, return_inverse=True)
+        members = [np.flatnonzero(inverse == p) for p in range(len(uniq))]
+        for _ in range(resamples):
+            pick = rng.integers(0, len(uniq), len(uniq))
+            yield np.concatenate([members[p] for p in pick])
+        return
+    strata = np.asarray(strata)
+    units = []  # per stratum, the rows of each of its patients
+    for s in np.unique(strata):
+        rows = np.flatnonzero(strata == s)
+        uniq, inverse = np.unique(patients[rows], return_inverse=True)
+        units.append([rows[inverse == p] for p in range(len(uniq))])
+    for _ in range(resamples):
+        yield np.concatenate([members[p] for members in units for p in rng.integers(0, len(members), len(members))])
 
 
 def bootstrap_info(resamples: int, seed: int) -> dict:

@@ -241,6 +241,20 @@ def _source_pairs(y, probs, classes, patients, resamples: int, seed: int) -> tup
     return out, skipped, {"classes": [classes[c] for c in present], "pairs": len(scored), "macro_auc": cis["macro"]}
 
 
+def pairs_by_group(
+    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], patients, groups, resamples: int, seed: int
+):
+    """For each group of images (``groups``: one label per row; sorted), ``(group, scored pairs, skipped pairs,
+    summary or None)``: the pairwise AUC of every class pair inside the group with at least
+    ``MIN_IMAGES_PER_CLASS`` images of each class, with a 95 % interval from a bootstrap over the group's own
+    patients; the pairs below that, with their counts; the macro average of its pairs. Within source, the groups
+    are sources; within site, sites."""
+    groups = np.asarray(groups)
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        yield (g, *_source_pairs(y[m], probs[m], classes, patients[m], resamples, seed))
+
+
 def within_source_auc(
     y: np.ndarray, probs: np.ndarray, classes: Sequence[str], patients, sources, resamples: int = 1000, seed: int = 0
 ) -> dict:
@@ -262,10 +276,7 @@ def within_source_auc(
     }
     if sources is None:
         return {**out, "note": "the images carry no source: no within-source figure can be computed"}
-    sources = np.asarray(sources)
-    for s in sorted(set(sources.tolist())):
-        m = sources == s
-        pairs, skipped, summary = _source_pairs(y[m], probs[m], classes, patients[m], resamples, seed)
+    for s, pairs, skipped, summary in pairs_by_group(y, probs, classes, patients, sources, resamples, seed):
         out["pairs"] += [{"source": s, **p} for p in pairs]
         out["skipped"] += [{"source": s, **p} for p in skipped]
         if summary:

@@ -137,6 +137,76 @@ def _within_source_html(ws: dict) -> str:
     )
 
 
+POOLED = (
+    ("site", "within site"),
+    ("site_view", "within site and view"),
+    ("view_alone", "view alone (\u2018is AP\u2019)"),
+    ("view_alone_best", "view alone, best orientation per site"),
+)
+
+
+def _pooled_rows(ws: dict) -> list[list[str]]:
+    rows = []
+    for key, name in POOLED:
+        f = (ws.get("pooled") or {}).get(key) or {}
+        a, c = f.get("all") or {}, f.get("covid") or {}
+        rows.append(
+            [
+                escape(name),
+                escape(format_ci(a)),
+                escape(format_ci(c)),
+                escape(f"{a.get('image_pairs', DASH)} / {c.get('image_pairs', DASH)}"),
+                escape(a.get("strata", DASH)),
+            ]
+        )
+    return rows
+
+
+def _site_pair_row(p: dict, shown: str) -> list[str]:
+    """A row of the per-site table: source, site, pair, ``shown``, images and patients of a / of b."""
+    return [escape(p["source"]), *_pair_row({**p, "source": p["site"]}, shown)]
+
+
+def _within_site_html(ws: dict) -> str:
+    """The pooled within-site figures (``metrics.within.within_site_auc``) with their image pairs, the view-alone
+    figures beside them, the pairwise AUCs per site; or the note that there is no such figure."""
+    unknown = (ws.get("unknown_site") or {}).get("images", 0)
+    head = (
+        '<section id="within-site"><h2>Within site</h2>\n<p class="note">A source is not a hospital: these '
+        "figures compare only images taken at the same site of the same source, so neither the hospital nor the "
+        f"collection can order them. {escape(unknown)} images of unknown site take no part.</p>\n"
+    )
+    if ws.get("note"):
+        return head + f'<p id="within-site-note">{escape(ws["note"])}</p>\n</section>'
+    positive = ws.get("positive_class", "COVID-19")
+    pooled = escaped_table(
+        ["pooled AUC", "all class pairs (95 % CI)", f"pairs with {positive}", "image pairs", "strata"],
+        _pooled_rows(ws),
+        id="within-site-pooled",
+        numeric_from=1,
+    )
+    rows = [_site_pair_row(p, format_ci(p["auc"])) for p in ws.get("pairs") or ()]
+    rows += [_site_pair_row(p, f"skipped: {p['reason']}") for p in ws.get("skipped") or ()]
+    sites = escaped_table(
+        ["source", "site", "classes", "pairwise AUC (95 % CI)", "images", "patients"],
+        rows,
+        id="within-site-table",
+        numeric_from=3,
+    )
+    unknown_view = (ws.get("unknown_view") or {}).get("images", 0)
+    return (
+        head
+        + pooled
+        + '\n<p class="note">Pooled AUC: the share of correctly ordered (a, b) image pairs among all pairs taken '
+        "within one site (ties count a half), of P(a) / (P(a) + P(b)); <em>within site and view</em>: pairs whose "
+        "films also share the view (PA, AP, AP supine), so positioning cannot order them; <em>view alone</em>: "
+        "the same share for the view itself as the score (AP for the later class of each pair): 0.5 means the "
+        "view says nothing of the class within its sites, and the farther from 0.5, the more of a figure "
+        f"positioning could explain ({escape(unknown_view)} images of unknown view take no part in these rows). "
+        "Intervals: bootstrap over patients, resampled within their site.</p>\n" + sites + "\n</section>"
+    )
+
+
 def _errors_html(errors: Sequence[dict]) -> str:
     if not errors:
         return '<p id="no-errors">No misclassified images to show.</p>'
@@ -214,6 +284,7 @@ def write_report(
         "confidence.</p>\n</section>"
     )
     before = [per_class] + ([_within_source_html(metrics["within_source"])] if "within_source" in metrics else [])
+    before += [_within_site_html(metrics["within_site"])] if "within_site" in metrics else []
     per_source = metrics.get("per_source") or {}
     after = [f"<section><h2>Per source</h2>\n{_per_source_html(per_source, classes)}</section>"] if per_source else []
     after.append(f"<section>\n<h2>Most confident errors</h2>\n{_errors_html(errors)}\n</section>")

@@ -161,9 +161,19 @@ class Task:
     # --- evaluation and prediction ------------------------------------------------------------------
 
     def evaluate(
-        self, y: np.ndarray, out: np.ndarray, patients, sources, meta: dict, resamples: int, seed: int
+        self,
+        y: np.ndarray,
+        out: np.ndarray,
+        patients,
+        sources,
+        meta: dict,
+        resamples: int,
+        seed: int,
+        sites=None,
+        views=None,
     ) -> dict:
-        """The evaluation JSON of outputs ``out`` against targets ``y``."""
+        """The evaluation JSON of outputs ``out`` against targets ``y``; ``sites`` and ``views`` (one per row:
+        where the film was taken, '' unknown; 'PA', 'AP', 'AP supine', '' unknown) for the figures within them."""
         raise NotImplementedError
 
     def results(self, out: np.ndarray, meta: dict, rule: dict | None) -> list[dict]:

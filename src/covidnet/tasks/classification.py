@@ -306,11 +306,15 @@ class ClassificationTask(ImageTask):
     def probabilities(self, out: np.ndarray, meta: dict) -> np.ndarray:
         return softmax(out, meta.get("temperature"))
 
-    def evaluate(self, y, out, patients, sources, meta, resamples, seed):
+    def evaluate(self, y, out, patients, sources, meta, resamples, seed, sites=None, views=None):
         from ..metrics.classification import compute_metrics
+        from ..metrics.within import within_site_auc
 
         probs = self.probabilities(out, meta)
         metrics = compute_metrics(y, probs, self.outputs, patients, sources, resamples, seed)
+        metrics["within_site"] = within_site_auc(
+            y, probs, self.outputs, patients, sources, sites, views, resamples, seed
+        )
         return {**metrics, "temperature": meta.get("temperature"), "classes": list(self.outputs)}
 
     def results(self, out, meta, rule):

@@ -96,7 +96,7 @@ class RiskTask(ImageTask):
         loss = float(self.loss(as_tensor(out), as_tensor(y))) if len(y) else float("nan")
         return {"loss": loss, **risk_point_metrics(y, self.decode(out))}
 
-    def evaluate(self, y, out, patients, sources, meta, resamples, seed):
+    def evaluate(self, y, out, patients, sources, meta, resamples, seed, sites=None, views=None):
         from ..metrics.ordinal import risk_metrics
 
         pred = self.decode(out)

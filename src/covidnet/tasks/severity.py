@@ -65,7 +65,7 @@ class SeverityTask(ImageTask):
         loss = float(self.loss(as_tensor(out), as_tensor(y))) if len(y) else float("nan")
         return {"loss": loss, **severity_point_metrics(y, self.decode(out))}
 
-    def evaluate(self, y, out, patients, sources, meta, resamples, seed):
+    def evaluate(self, y, out, patients, sources, meta, resamples, seed, sites=None, views=None):
         from ..metrics.regression import severity_metrics
 
         pred = self.decode(out)

@@ -18,6 +18,8 @@ from ..records import CLASSES, LABELS, NEGATIVE_ONLY, Exclusion
 from .config import FILTER_REASONS, SPLITS, BuildConfig
 from .dedup import NEAR_DUP_BITS, PHASH_SIZE, hash_matrix, near_duplicate_pairs
 
+UNKNOWN_SITE = "(unknown)"  # report.json's key for the images of a source whose site is not known
+
 
 def run_checks(records, kept, split_of, phash, digests) -> dict:
     """The build's guarantees on the split, checked before anything is written: report.json's ``checks``."""
@@ -82,6 +84,7 @@ def write_records_table(path: Path, records, alive, split_of, exclusions) -> Non
                 "path",
                 "label",
                 "source",
+                "site",
                 "view",
                 "age",
                 "sex",
@@ -99,6 +102,7 @@ def write_records_table(path: Path, records, alive, split_of, exclusions) -> Non
                     str(r.path),
                     r.label,
                     r.source,
+                    r.site,
                     r.view or "",
                     "" if r.age is None else f"{r.age:g}",
                     r.sex or "",
@@ -125,6 +129,7 @@ def build_report(cfg, records, order, split_of, exclusions, notes, checks, offic
         "size": cfg.size,
         "counts": counts,
         "totals": totals,
+        "sites": site_counts(records, order, split_of, labels),
         "excluded": {
             "count": len(exclusions),
             "by_reason": dict(Counter(e.reason for e in exclusions)),
@@ -137,6 +142,19 @@ def build_report(cfg, records, order, split_of, exclusions, notes, checks, offic
         "images_per_s": round(images_per_s, 1),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def site_counts(records, order, split_of, labels) -> dict:
+    """Images per site and class, within each source (a site is where a source's films were taken; the same
+    name from two sources stays two entries): over the dataset (``all``) and per split; ``UNKNOWN_SITE`` holds
+    a source's images whose site its metadata does not say."""
+    out: dict = {key: {} for key in ("all", *SPLITS)}
+    for i in order:
+        r = records[i]
+        for key in ("all", split_of[i]):
+            cell = out[key].setdefault(r.source, {}).setdefault(r.site or UNKNOWN_SITE, dict.fromkeys(labels, 0))
+            cell[r.label] += 1
+    return {key: {src: dict(sorted(v.items())) for src, v in sorted(by.items())} for key, by in out.items()}
 
 
 def severity_in_splits(section: dict, records, order, split_of) -> dict:

@@ -7,6 +7,7 @@ import csv
 import os
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -125,6 +126,22 @@ def official_key(name: str) -> str:
     stem = Path(name.strip()).stem
     stem = re.sub(r"-corrected$", "", stem)
     return re.sub(r"\s*\((\d+)\)$", r"-\1", stem)
+
+
+# --- sites --------------------------------------------------------------------------------------------
+
+
+def one_spelling(records: list[Record]) -> None:
+    """One spelling per site among a reader's records: sites that differ only in letter case are written as
+    the most frequent of their spellings (the first in sorted order among equals). Nothing else is merged."""
+    spellings: dict[str, Counter] = {}
+    for r in records:
+        if r.site:
+            spellings.setdefault(r.site.casefold(), Counter())[r.site] += 1
+    chosen = {k: min(c, key=lambda s: (-c[s], s)) for k, c in spellings.items()}
+    for r in records:
+        if r.site:
+            r.site = chosen[r.site.casefold()]
 
 
 # --- views --------------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ in an ``imagename`` column.
 Figure 1 writes a patient's second image as a letter suffix on the id ('COVID-00003a', 'COVID-00003b');
 the reference builder took those for two patients, which lets one patient straddle train and test. We
 strip the suffix, so both images belong to patient 'COVID-00003'.
+
+Sites: Actualmed's images are one company's (Actualmed, Spain), so every record's site is ``ACTUALMED_SITE``;
+Figure 1's are cases that clinicians posted to a case-sharing platform from wherever they worked, and its
+metadata names no hospital, so their site is unknown ('').
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from ..records import Record
 from ._common import ImageIndex, SourceData, parse_age, parse_sex, read_table, require_dir
 
+ACTUALMED_SITE = "Actualmed"
 LABELS = {"covid-19": "COVID-19", "pneumonia": "pneumonia", "no finding": "normal", "normal": "normal"}
 
 
@@ -22,7 +27,7 @@ def _patient(pid: str) -> str:
     return re.sub(r"(?<=\d)[a-z]$", "", pid.strip())
 
 
-def _read(root: Path, source: str, image_column: str | None) -> SourceData:
+def _read(root: Path, source: str, image_column: str | None, site: str) -> SourceData:
     root = require_dir(root, source)
     meta = root / "metadata.csv"
     rows = read_table(meta, source, ("patientid", "finding") + ((image_column,) if image_column else ()))
@@ -56,14 +61,15 @@ def _read(root: Path, source: str, image_column: str | None) -> SourceData:
                 age=parse_age(row.get("age")),
                 sex=parse_sex(row.get("sex")),
                 extra={"finding": finding},
+                site=site,
             )
         )
     return out
 
 
 def read_figure1(root: Path, source: str = "figure1") -> SourceData:
-    return _read(root, source, None)
+    return _read(root, source, None, "")
 
 
 def read_actualmed(root: Path, source: str = "actualmed") -> SourceData:
-    return _read(root, source, "imagename")
+    return _read(root, source, "imagename", ACTUALMED_SITE)

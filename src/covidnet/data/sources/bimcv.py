@@ -19,6 +19,10 @@ COVIDx lists these images by a name of its own, '<stem>-corrected.png' (its wind
 build matches that to the stem (``official_key``). Left open by the documentation: which sidecar fields
 every release fills (ViewPosition is often empty, hence the fallbacks), and whether COVIDx dropped some
 sessions on purpose; the official-split report lists the names it could not match.
+
+Sites. The bank gathers the films of the Valencian region's public hospitals; its tables name none, and its
+headers are de-identified. Where a sidecar keeps InstitutionName (0008,0080), that is the site
+(``records.site_name``); otherwise the site is unknown, never the bank itself (a region is not a hospital).
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from pathlib import Path
 from pydicom.datadict import keyword_for_tag
 
 from ...errors import SourceError
-from ..records import Record
+from ..records import Record, site_name
 from ._common import SourceData, parse_sex, read_table, require_dir, view_kind
 
 NAME = "bimcv"
 ENTITY = re.compile(r"(?:^|_)([a-z]+)-([A-Za-z0-9]+)")
-SIDECAR_FIELDS = ("ViewPosition", "SeriesDescription", "Modality", "BodyPartExamined", "PatientSex")
+SIDECAR_FIELDS = ("ViewPosition", "SeriesDescription", "Modality", "BodyPartExamined", "PatientSex", "InstitutionName")
 
 
 def entities(stem: str) -> dict[str, str]:
@@ -186,6 +190,7 @@ def _record(
         view=view or ent.get("vp", "").upper() or None,
         age=_age(who.get("age", "")),
         sex=parse_sex(who.get("gender") or side.get("PatientSex")),
+        site=site_name(side.get("InstitutionName")),
         extra={
             "session": session,
             "study_date": sessions.get(session, {}).get("study_date", ""),

@@ -10,6 +10,10 @@ views are excluded, each with its reason.
 'Pneumocystis', 'COVID-19, ARDS', … are left out), and COVID-19 rows whose ``url`` is eurorad, SIRM or
 ml-workgroup dropped, since COVIDx takes those images from the COVID-19 Radiography Database.
 docs/readers-vs-torchxrayvision.md compares the two rules.
+
+The site is the ``location`` column (a hospital, a city or only a country, as each contributor wrote it),
+normalised (``records.site_name``: white space, trailing punctuation and '?') with one spelling per place
+(``one_spelling``); blank or '?' is unknown.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import UsageError
-from ..records import Record
-from ._common import ImageIndex, SourceData, map_finding, parse_age, parse_sex, read_table, require_dir
+from ..records import Record, site_name
+from ._common import ImageIndex, SourceData, map_finding, one_spelling, parse_age, parse_sex, read_table, require_dir
 
 NAME = "cohen"
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
@@ -101,6 +105,8 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
                 age=parse_age(row.get("age")),
                 sex=parse_sex(row.get("sex")),
                 extra=extra,
+                site=site_name(row.get("location")),
             )
         )
+    one_spelling(out.records)
     return out

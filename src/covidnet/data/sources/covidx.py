@@ -38,6 +38,12 @@ Known defects of the released files are handled and reported, never silently fix
 * a listed image absent from its folder: left out, per file ("image missing"; fatal with ``--strict``);
   an image on disk that no label file lists: left out ("image not in the label files").
 
+Sites: a line names its image's origin (the source column), not its hospital. An origin that is one hospital
+gives it (``ORIGIN_SITES``: rsna is NIH ChestX-ray14's, so the NIH Clinical Center; actmed, Actualmed; stonybrook,
+Stony Brook University Hospital); ricord gives the site code its patient ids carry (``ricord.site_of``); the
+collections of many hospitals (cohen, fig1, sirm, bimcv), an origin not listed and a line without a source column
+leave the site unknown: the line holds nothing finer (cohen's ``location`` is not in it).
+
 Bad input stops the build with one line naming the file: a folder without label files, a line with
 fewer than three fields, a class that is none of the five above.
 """
@@ -49,6 +55,7 @@ from pathlib import Path
 
 from ...errors import SourceError
 from ..records import NEGATIVE_ONLY, Record
+from . import agchung, nih, ricord, stonybrook
 from ._common import ImageIndex, SourceData, require_dir
 
 NAME = "covidx"
@@ -56,6 +63,15 @@ SPLITS = ("train", "val", "test")
 THREE_CLASS = {"normal": "normal", "pneumonia": "pneumonia", "covid-19": "COVID-19"}
 BINARY = {"positive": "COVID-19", "negative": NEGATIVE_ONLY}
 KNOWN = {**THREE_CLASS, **BINARY}
+# the site of an origin that is one hospital, by the name COVIDx's source column writes ('rnsa': 199 RSNA lines of
+# train_COVIDx9A.txt); ricord's site comes from the patient id, the other origins' is unknown
+ORIGIN_SITES = {"rsna": nih.SITE, "rnsa": nih.SITE, "actmed": agchung.ACTUALMED_SITE, "stonybrook": stonybrook.SITE}
+
+
+def origin_site(origin: str, patient_id: str) -> str:
+    """The site of a line's image from its source column and patient id ('' where the line holds none)."""
+    origin = origin.strip().lower()
+    return ricord.site_of(patient_id) if origin == "ricord" else ORIGIN_SITES.get(origin, "")
 
 
 def label_files(root: Path) -> dict[str, Path]:
@@ -292,6 +308,7 @@ def _record(split: str, row: dict, path: Path, source: str) -> Record:
         path=path,
         label=row["record_label"],
         source=_origin(source, row),
+        site=origin_site(row["origin"], row["patient_id"]),
         extra={
             "official_split": split,
             "covidx_label": row["label"],

@@ -5,6 +5,10 @@ Kermany set, and the COVID-19 Radiography Database, which is laid out the same w
 Such layouts carry no patient ids. Where file names hold one (Kermany's original 'person12_virus_34'),
 it is used; otherwise each image counts as its own patient, and the report says that patient-level
 splitting cannot be guaranteed for this source.
+
+Sites: a folder of images says nothing of where they were taken, so the site is unknown (''), except for
+Kermany's set, whose every film was taken at Guangzhou Women and Children's Medical Center (``KERMANY_SITE``,
+Kermany et al., Cell 2018). The COVID-19 Radiography Database gathers films from many web sources: unknown.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ...errors import SourceError
 from ..records import Record
 from ._common import IMAGE_SUFFIXES, SourceData, require_dir
 
+KERMANY_SITE = "Guangzhou Women and Children's Medical Center"
 CLASS_FOLDERS = {
     "normal": "normal",
     "no finding": "normal",
@@ -41,7 +46,7 @@ def _patient(path: Path) -> tuple[str, bool]:
     return (m.group(1), True) if m else (path.stem, False)
 
 
-def read(root: Path, source: str = "folder", population: str | None = None) -> SourceData:
+def read(root: Path, source: str = "folder", population: str | None = None, site: str = "") -> SourceData:
     root = require_dir(root, source)
     out = SourceData()
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
@@ -65,7 +70,9 @@ def read(root: Path, source: str = "folder", population: str | None = None) -> S
             extra = {"class_folder": d.name}
             if population:
                 extra["population"] = population
-            out.records.append(Record(patient_id=pid, path=p, label=CLASS_FOLDERS[key], source=source, extra=extra))
+            out.records.append(
+                Record(patient_id=pid, path=p, label=CLASS_FOLDERS[key], source=source, extra=extra, site=site)
+            )
     if any_unknown_patient:
         out.notes.append(
             f"{source}: no patient ids in this layout; each image counts as its own patient, so "
@@ -78,7 +85,7 @@ def read(root: Path, source: str = "folder", population: str | None = None) -> S
 
 def read_kermany(root: Path, source: str = "kermany") -> SourceData:
     """Kermany et al.'s paediatric set: a folder layout whose every record is a child."""
-    return read(root, source, population="paediatric")
+    return read(root, source, population="paediatric", site=KERMANY_SITE)
 
 
 def read_radiography_db(root: Path, source: str = "radiography-db") -> SourceData:

@@ -2,7 +2,8 @@
 
 ``Finding Labels`` holds '|'-separated labels. 'No Finding' is normal; any image labelled Pneumonia
 (alone or with co-labels) is pneumonia; images with other findings only are excluded, since COVIDx's
-three classes do not describe them. NIH images are frontal (PA or AP).
+three classes do not describe them. NIH images are frontal (PA or AP). Every film was taken at one
+hospital, the NIH Clinical Center (Bethesda, Maryland): the site of every record (``SITE``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..records import Record
 from ._common import ImageIndex, SourceData, parse_age, parse_sex, read_table, require_dir
 
 NAME = "nih"
+SITE = "NIH Clinical Center"
 
 
 def read(root: Path, source: str = NAME) -> SourceData:
@@ -50,6 +52,7 @@ def read(root: Path, source: str = NAME) -> SourceData:
                 age=parse_age(row.get("Patient Age")),
                 sex=parse_sex(row.get("Patient Gender")),
                 extra={"finding": row["Finding Labels"], "follow_up": row.get("Follow-up #", "")},
+                site=SITE,
             )
         )
     return out

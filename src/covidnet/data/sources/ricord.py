@@ -7,10 +7,16 @@ COVIDx names each image 'MIDRC-RICORD-1C-<patient>-<last 5 of the StudyInstanceU
 the study's files in sorted order (create_ricord_dataset.ipynb); ``Record.name`` is that name (with
 ``.dcm``), so ``--split-file`` lists match by stem. COVIDx also cropped some of these images (its
 ricord_data_set.txt); the build does not.
+
+Sites. RICORD-1c's films come from four institutions (TCIA's collection page), which its de-identified headers
+do not name; its patient ids do, in pseudonym: each is written '<site>-<patient>' ('419639-000918',
+'440808-000055', 'SITE2-000216', the second site spelled out as such). The site is that code, as
+'RICORD site 419639' (``site_of``); an id of another form leaves it unknown.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +26,14 @@ from ._common import SourceData, parse_age, parse_sex, read_header, require_dir
 
 NAME = "ricord"
 PREFIX = "MIDRC-RICORD-1C-"
+SITE_CODE = re.compile(r"^([A-Za-z0-9]+)-\d+$")  # '<site>-<patient>'
+
+
+def site_of(patient_id: str) -> str:
+    """The contributing site of a RICORD-1c patient, from its id: '419639-000918' -> 'RICORD site 419639'; ''
+    for an id of another form."""
+    m = SITE_CODE.match(patient_id.strip())
+    return f"RICORD site {m.group(1)}" if m else ""
 
 
 def read(root: Path, source: str = NAME) -> SourceData:
@@ -55,6 +69,7 @@ def read(root: Path, source: str = NAME) -> SourceData:
                 sex=parse_sex(ds.get("PatientSex")),
                 extra={"study_uid": study_uid},
                 name=f"{PREFIX}{pid}-{study_uid[-5:]}-{k}.dcm" if study_uid else None,
+                site=site_of(pid),
             )
         )
     return out

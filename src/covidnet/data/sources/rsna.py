@@ -3,7 +3,8 @@
 
 A patient has one image and one row per opacity box, so several rows. As in COVIDx: class 'Normal' is
 normal, Target 1 ('Lung Opacity') is pneumonia, and 'No Lung Opacity / Not Normal' is excluded (other
-abnormalities). Age, sex and view come from the DICOM header (read without the pixel data).
+abnormalities). Age, sex and view come from the DICOM header (read without the pixel data). The challenge's
+images are NIH ChestX-ray14's, so their site is NIH's (``nih.SITE``, the NIH Clinical Center).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pydicom
 
 from ..records import Record
+from . import nih
 from ._common import SourceData, parse_age, parse_sex, read_table, require_dir
 
 NAME = "rsna"
@@ -70,6 +72,7 @@ def read(root: Path, source: str = NAME) -> SourceData:
                 age=age,
                 sex=sex,
                 extra={"rsna_class": "|".join(sorted(cls))},
+                site=nih.SITE,
             )
         )
     return out

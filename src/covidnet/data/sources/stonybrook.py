@@ -17,7 +17,8 @@ CHEST_AP_PORT-59725-3.000000-AP-38183-1-1.jpg', source ``stonybrook``); ``Record
 (with ``.dcm``), so ``--split-file`` lists match by stem. Left open by the documentation: this relies on
 the downloader's descriptive folder names; a tree saved with the classic UID folder names reads the same
 but its names match no COVIDx list. COVIDx 9A also lists 9 LATERAL series of this source, which this
-reader leaves out (they show as missing in the official-split report).
+reader leaves out (they show as missing in the official-split report). The collection is one hospital's, Stony
+Brook University Hospital (New York): the site of every record (``SITE``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..records import Record
 from ._common import SourceData, parse_age, parse_sex, read_header, require_dir, view_kind
 
 NAME = "stonybrook"
+SITE = "Stony Brook University Hospital"
 TAGS = [
     "PatientID",
     "Modality",
@@ -161,6 +163,7 @@ def _record(path: Path, ds: Dataset, pid: str, source: str) -> Record:
         age=parse_age(ds.get("PatientAge")),
         sex=parse_sex(ds.get("PatientSex")),
         name=covidx_name(path),
+        site=SITE,
         extra={
             "study_uid": str(ds.get("StudyInstanceUID", "")),
             "study_date": str(ds.get("StudyDate", "")),
