@@ -274,7 +274,8 @@ def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_pat
     with pytest.raises(ConfigError, match="a classification model, but this takes segmentation models"):
         load(relabelled, tasks=("segmentation",))
     src = ds.parent / "phantoms"
-    for model, message in ((relabelled, "a classification model, but this takes segmentation models"), (tmp_path / "none.onnx", "not found")):
+    wrong = (relabelled, "a classification model, but this takes segmentation models")
+    for model, message in (wrong, (tmp_path / "none.onnx", "not found")):
         r = covidnet("data", "build", "--source", f"cohen={src}", "--out", str(tmp_path / "b"), "--lungs", str(model))
         assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b" / "report.json").exists()
