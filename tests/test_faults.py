@@ -151,7 +151,8 @@ def chained(setup):
     1. after its first optimisation step (no checkpoint yet): --resume is refused with one line saying to
        start without it, and starting again is allowed;
     2. inside epoch 2 (epoch 1's last.pt and best.pt on disk);
-    3. half-way through writing epoch 2's last.pt (its temporary file torn, the old last.pt intact);
+    3. half-way through writing epoch 2's first checkpoint (best.pt where it improved, else last.pt: its
+       temporary file torn, the old ones intact), after its log row;
     4. after the last checkpoint, just before run.json says complete;
     then resumed to its end."""
     root, driver, ref, steps = setup  # steps: per epoch
@@ -167,9 +168,9 @@ def chained(setup):
     killed(train(root, driver, run, kill=f"step:{steps + 2}"))  # restarted: epoch 1 done, killed inside epoch 2
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
 
-    killed(train(root, driver, run, kill="save:1", resume=True))  # the first save of this process: last.pt
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # the torn write never replaced it
-    assert any(p.name.startswith(".last.pt.") for p in run.iterdir())  # the torn temporary file
+    killed(train(root, driver, run, kill="save:1", resume=True))  # the first save of this process: epoch 2's
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # best.pt or last.pt; never replaced
+    assert any(p.name.startswith((".last.pt.", ".best.pt.")) for p in run.iterdir())  # the torn temporary file
 
     killed(train(root, driver, run, kill="before:run.json:2", resume=True))  # 1: running, 2: complete
     assert json.loads((run / "run.json").read_text())["state"] == "running"
@@ -187,29 +188,19 @@ def test_a_run_killed_at_each_point_resumes_to_the_weights_of_an_uninterrupted_r
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="covidnet/train/loop.py end_epoch appends the epoch's row to log.csv before it writes last.pt: killed "
-    "in between (here half-way through writing last.pt), the resumed run redoes the epoch and appends its row "
-    "again, so log.csv lists epoch 2 twice ([1, 2, 2, 3])",
-)
 def test_a_run_killed_at_each_point_logs_each_epoch_once(chained):
     run, ref = chained
     assert epochs_logged(run) == epochs_logged(ref) == list(range(1, EPOCHS + 1))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="covidnet/train/loop.py end_epoch writes last.pt, then best.pt: killed between the two, last.pt "
-    "already holds the epoch's best figure (best_score), so the resumed run never writes that epoch's best.pt "
-    "(improved is computed against it) and ends 'complete' with best.pt missing or from an earlier epoch",
-)
-def test_a_run_killed_between_last_pt_and_best_pt_resumes_to_the_reference_best_pt(setup):
+def test_a_run_killed_between_best_pt_and_last_pt_resumes_to_the_reference_best_pt(setup):
+    """The epoch that turns out best writes best.pt, then last.pt: killed between the two (the order was the
+    other way round, and the resumed run then never wrote that epoch's best.pt), it redoes the epoch."""
     root, driver, ref, _ = setup
     run = root / "run_between"
     best_epoch = torch.load(ref / "best.pt", weights_only=True)["epoch"]
-    killed(train(root, driver, run, kill=f"replace:last.pt:{best_epoch}"))  # epoch k's last.pt, before its best.pt
+    killed(train(root, driver, run, kill=f"before:last.pt:{best_epoch}"))  # epoch k's best.pt written, not its last.pt
     r = train(root, driver, run, resume=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "run.json").read_text())["state"] == "complete"

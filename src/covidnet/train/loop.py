@@ -162,6 +162,7 @@ def fit(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     stage_data(r)
     build(r)
     log = RunLog(r.path, dist.main)
+    log.keep_epochs(r.start_epoch)
     write_status(r.path, dist, "running", epoch=r.start_epoch, step=r.start_step)
     with stop_on_signals() as stop, status_on_failure(r.path, dist):
         for epoch in range(r.start_epoch, cfg.epochs):
@@ -354,12 +355,12 @@ def end_epoch(r: Run, epoch: int, a: dict, log: RunLog) -> None:
     improved = figure < r.best if task.mode == "min" else figure > r.best
     if improved:
         r.best, r.best_epoch = figure, epoch + 1
-    if dist.main:
+    if dist.main:  # best.pt before last.pt: a run killed between the two redoes the epoch and writes both again
         p = r.payload(epoch + 1, 0)
-        save_checkpoint(r.path / "last.pt", p)
         if improved:
             metrics = {k: v for k, v in val.items() if k != "confusion"}
             save_checkpoint(r.path / "best.pt", {**p, "optimizer": None, "scheduler": None, "val_metrics": metrics})
+        save_checkpoint(r.path / "last.pt", p)
 
 
 def recalibrate_bn(r: Run, epoch: int) -> None:

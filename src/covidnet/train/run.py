@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..config import check_resumed
 from ..errors import ConfigError, CovidnetError
-from ..files import write_json
+from ..files import atomic_path, write_json
 from .dist import Dist
 
 
@@ -75,6 +75,18 @@ class RunLog:
                 self.tb = SummaryWriter(str(run / "tensorboard"))
             except Exception:  # tensorboard is an optional extra
                 self.tb = None
+
+    def keep_epochs(self, epochs: int) -> None:
+        """Drop the rows of epochs after ``epochs`` (a resumed run's last checkpoint): a run killed after an
+        epoch's row and before its ``last.pt`` redoes that epoch, which must be logged once."""
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= epochs]
+        if len(kept) != len(rows):
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
