@@ -175,11 +175,12 @@ def test_a_fold_count_the_data_cannot_fill_is_one_line_before_anything_is_writte
     assert not (tmp_path / "s").exists()
 
 
-def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources) -> dict:
+def _write_run(root: Path, variant: str, seed: int, y, probs, patients, sources, sites=None, views=None) -> dict:
     run = root / "runs" / variant / f"seed{seed}"
     run.mkdir(parents=True)
     names = np.array([f"img{i}.png" for i in range(len(y))])
-    np.savez(run / PREDICTIONS_FILE, names=names, y=y, probs=probs, patients=patients, sources=sources)
+    extra = {} if sites is None else {"sites": sites, "views": views}
+    np.savez(run / PREDICTIONS_FILE, names=names, y=y, probs=probs, patients=patients, sources=sources, **extra)
     tests = {
         "within_source": {"verdict": "ok"},
         "occlusion": {"verdict": "fail", "auc": {"none": 0.9, "lungs": 0.6 + seed / 10, "border": 0.5}},
@@ -251,6 +252,64 @@ def test_the_summary_is_the_seed_mean_of_scikit_learns_aucs_with_a_paired_differ
     assert loso["loso_drop"]["s2"]["mean"] is None  # held out of no retraining: no figure, not a zero
     header, rows = summary_rows(s)
     assert header[-1].startswith("held-out source") and "s1 0.650" in rows[0][-1] and "drop 0.150" in rows[0][-1]
+
+
+def test_the_summary_judges_the_pooled_within_site_auc_first_and_counts_its_pairs(tmp_path):
+    """Source s1 holds two sites: A sent normal and COVID-19 films, B only COVID-19 ones; a fifth of the images
+    have no site. The baseline scores COVID-19 by site (B's films high: the shortcut), the mitigation by the
+    truth. The pooled within-site COVID-19 AUC is scikit-learn's AUC on site A's images (the one site holding
+    both classes), the image pairs behind it are A's normal x COVID-19 films, and the finding on it comes first."""
+    rng = np.random.default_rng(1)
+    n = 200
+    sources = np.array(["s1"] * n)
+    sites = np.array(["A"] * 80 + ["B"] * 80 + [""] * 40)
+    y = np.concatenate([rng.choice([0, 2], 80), np.full(80, 2), rng.choice([0, 2], 40)])
+    views = np.array(rng.choice(["PA", "AP", ""], n))
+    patients = np.array([f"p{i}" for i in range(n)])
+
+    def probs_from(score_covid):
+        p = np.stack([1 - score_covid, np.full(n, 0.1), score_covid], 1)
+        return p / p.sum(1, keepdims=True)
+
+    results = []
+    for seed in range(2):
+        shortcut = np.where(sites == "B", 0.9, rng.random(n) * 0.6)
+        results.append(_write_run(tmp_path, "baseline", seed, y, probs_from(shortcut), patients, sources, sites, views))
+        good = np.clip((y == 2) * 0.5 + rng.random(n) * 0.5, 0.01, 0.99)
+        results.append(_write_run(tmp_path, "lungs-mask", seed, y, probs_from(good), patients, sources, sites, views))
+    cfg = StudyConfig(data="unused", out=str(tmp_path), variants="baseline,lungs-mask", seeds=2, resamples=200)
+    s = summarize(cfg, results)
+    a = (sites == "A") & np.isin(y, [0, 2])
+    for variant in ("baseline", "lungs-mask"):
+        want = []
+        for r in (r for r in results if r["variant"] == variant):
+            with np.load(Path(r["run"]) / PREDICTIONS_FILE) as z:
+                p = z["probs"][a]
+                want.append(roc_auc_score(y[a] == 0, p[:, 0] / (p[:, 0] + p[:, 2])))
+        f = s["variants"][variant]["figures"]
+        assert f["site.covid"]["seeds"] == pytest.approx(want) and f["site.all"]["seeds"] == pytest.approx(want)
+    counts = s["within_site"]["image_pairs"]["site"]
+    assert counts["all"] == counts["covid"] == int(((y == 0) & a).sum() * ((y == 2) & a).sum())
+    assert s["within_site"]["unknown_site"]["images"] == 40
+    assert s["findings"][0].startswith("lungs-mask: pooled within-site AUC (all class pairs)")
+    header, rows = summary_rows(s)
+    assert "within-site AUC (pooled)" in header and rows[1][header.index("within-site AUC (pooled)") + 1] != ""
+    from covidnet.study.page import write_outputs
+
+    write_outputs(cfg, {"summary": s})
+    table = (tmp_path / "table.md").read_text()
+    assert "## Within sites" in table and f"| {counts['all']} |" in table
+    assert 'id="sites"' in (tmp_path / "index.html").read_text() and (tmp_path / "study.png").stat().st_size > 0
+
+
+def test_a_study_written_before_sites_summarises_without_within_site_figures(tmp_path):
+    rng = np.random.default_rng(2)
+    y, n = rng.choice([0, 2], 40), 40
+    p = np.stack([np.full(n, 0.5), np.full(n, 0.1), rng.random(n)], 1)
+    results = [_write_run(tmp_path, "baseline", 0, y, p, np.arange(n).astype(str), np.array(["s1"] * n))]
+    s = summarize(StudyConfig(data="unused", out=str(tmp_path), variants="baseline", seeds=1, resamples=20), results)
+    assert s["within_site"] is None and "site.all" not in s["variants"]["baseline"]["figures"]
+    assert "within-site AUC (pooled)" not in summary_rows(s)[0]
 
 
 def test_every_variant_has_a_description_and_train_settings_that_exist():

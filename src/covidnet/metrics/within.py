@@ -135,7 +135,7 @@ def _ratio(t: Totals) -> float:
     return t[0] / t[1] if t[1] else float("nan")
 
 
-def _strata(sources, sites, views, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+def strata_codes(sources, sites, views, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Rows of known site; their site codes (one per (source, site)); their view codes (-1 unknown); the
     (source, site) of each code."""
     sources = np.asarray(sources if sources is not None else [""] * n, dtype=object).astype(str)
@@ -169,7 +169,7 @@ def within_site_auc(
     out = _empty(classes, resamples, seed)
     if sites is None:
         return {**out, "note": "the images carry no site: no within-site figure can be computed"}
-    known, site, view, names = _strata(sources, sites, views, len(y))
+    known, site, view, names = strata_codes(sources, sites, views, len(y))
     unknown = np.setdiff1d(np.arange(len(y)), known)
     out["unknown_site"] = {"images": int(len(unknown)), "patients": int(len(np.unique(patients[unknown])))}
     out["unknown_view"] = {"images": int((view < 0).sum())}

@@ -1,5 +1,6 @@
-"""A study's outputs: ``study.json``, ``table.md`` (a row per arm, and every within-source pair) and the HTML
-page (``index.html`` with ``study.png``: within-source AUCs and the audit's occlusion AUCs per arm)."""
+"""A study's outputs: ``study.json``, ``table.md`` (a row per arm with its within-site and within-source figures,
+what the within-site figures rest on, and every within-source pair) and the HTML page (``index.html`` with
+``study.png``: within-site and within-source AUCs and the audit's occlusion AUCs per arm)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         "accuracy",
         f"{positive} sensitivity",
         f"{positive} PPV",
+        *site_header(summary),
         "within-source AUC",
         f"vs {reference}",
         f"within-source {positive} AUC",
@@ -65,6 +67,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             _cell(f["accuracy"]),
             _cell(f.get(f"{positive}.sensitivity")),
             _cell(f.get(f"{positive}.ppv")),
+            *site_cells(summary, n, f),
             _cell(f["within.macro"]),
             signed_ci(f["within.macro"]["difference_from_baseline"]) if n != reference else "",
             _cell(f["within.covid"]),
@@ -78,6 +81,51 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             )
         rows.append(row)
     return header, rows
+
+
+def site_header(summary: dict) -> list[str]:
+    """The within-site columns of the table (none for a study without sites): judged first."""
+    if not summary.get("within_site"):
+        return []
+    positive = summary["classes"][-1]
+    return [
+        "within-site AUC (pooled)",
+        f"vs {reference_of(summary)}",
+        f"within-site {positive} AUC",
+        "within site and view",
+        "view alone",
+    ]
+
+
+def site_cells(summary: dict, n: str, f: dict) -> list[str]:
+    if not summary.get("within_site"):
+        return []
+    diff = signed_ci(f["site.all"]["difference_from_baseline"]) if n != reference_of(summary) else ""
+    return [_cell(f["site.all"]), diff, _cell(f["site.covid"]), _cell(f["site_view.all"]), _cell(f["view_alone.all"])]
+
+
+def site_count_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """What each pooled within-site figure rests on: image pairs (all class pairs; with COVID-19; per class
+    pair) and strata; the same images in every arm."""
+    ws = summary["within_site"]
+    pairs = list(next(iter(ws["image_pairs"].values()))["by_pair"]) if ws["image_pairs"] else []
+    header = ["figure", "image pairs: all", f"with {summary['classes'][-1]}", *pairs, "strata"]
+    rows = [
+        [ws["figures"][name], str(c["all"]), str(c["covid"]), *(str(c["by_pair"][p]) for p in pairs), str(c["strata"])]
+        for name, c in ws["image_pairs"].items()
+    ]
+    return header, rows
+
+
+def site_note(summary: dict) -> str:
+    ws = summary["within_site"]
+    held = sum(1 for p in ws["sites"] if p["counts"])
+    return (
+        f"Pairs of images taken at one site (a hospital within a source); {ws['unknown_site']['images']} images of "
+        f"unknown site and {ws['unknown_view']['images']} of unknown view take no part (counted). {held} "
+        "(site, class pair) cells hold both classes. Intervals: the patient bootstrap of the whole table."
+        + (f" {ws['note']}" if ws.get("note") else "")
+    )
 
 
 def pair_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -113,10 +161,18 @@ def plot_study(summary: dict):
     names = list(summary["variants"])
     x = np.arange(len(names))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(names) + 4), 4.4), dpi=110)
-    for key, color, shift, label in (
-        ("within.macro", "#1f77b4", -0.12, "all pairs"),
-        ("within.covid", "#d62728", 0.12, "pairs with " + summary["classes"][-1]),
-    ):
+    positive = summary["classes"][-1]
+    keys = [
+        ("within.macro", "#1f77b4", -0.12, "within source: all pairs"),
+        ("within.covid", "#d62728", 0.12, f"within source: pairs with {positive}"),
+    ]
+    if summary.get("within_site"):  # judged first: a source is not a hospital
+        keys = [
+            ("site.all", "#9467bd", -0.27, "within site (pooled): all pairs"),
+            ("site.covid", "#8c564b", 0.27, f"within site (pooled): pairs with {positive}"),
+            *keys,
+        ]
+    for key, color, shift, label in keys:
         for i, n in enumerate(names):
             f = summary["variants"][n]["figures"][key]
             if f["value"] is None or f["value"] != f["value"]:
@@ -137,7 +193,11 @@ def plot_study(summary: dict):
         if base == base and base is not None:
             ax1.axhline(base, color=color, ls=":", lw=1)
     ax1.axhline(0.5, color="grey", ls="--", lw=1)
-    ax1.set_title("Within-source pairwise AUC\n(mean over seeds, 95 % CI; dots: seeds)", fontsize=10)
+    ax1.set_title(
+        ("Within-site and within" if summary.get("within_site") else "Within")
+        + "-source pairwise AUC\n(mean over seeds, 95 % CI; dots: seeds)",
+        fontsize=10,
+    )
     ax1.set_ylabel("AUC")
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower right", fontsize=8)
@@ -195,6 +255,7 @@ def write_outputs(cfg: StudyConfig, out: dict) -> None:
             f"# {title}",
             note,
             markdown_table(head, rows),
+            *(["## Within sites", site_note(s), markdown_table(*site_count_rows(s))] if s.get("within_site") else []),
             "## Within-source pairs",
             markdown_table(phead, prows) if prows else s["within_source_note"] or "",
             "## Findings",
@@ -215,7 +276,8 @@ def write_outputs(cfg: StudyConfig, out: dict) -> None:
             (
                 "study.png",
                 plot_study(s),
-                "Left: within-source pairwise AUC, the figure a source shortcut cannot inflate (dotted: the "
+                "Left: within-site (pooled, where the data has sites) and within-source pairwise AUC, the figures "
+                "a hospital or source shortcut cannot inflate (dotted: the "
                 f"{reference}; "
                 "dashed: chance). Right: the audit's macro AUC with the lungs hidden and with only the border kept; "
                 "the higher of the two decides the occlusion verdict; shaded: warning and fail.",
@@ -231,6 +293,15 @@ def write_outputs(cfg: StudyConfig, out: dict) -> None:
             "version": __version__,
         },
         after=[
+            *(
+                [
+                    f"<section><h2>Within sites</h2><p>{site_note(s)}</p>"
+                    + html_table(*site_count_rows(s), id="sites")
+                    + "</section>"
+                ]
+                if s.get("within_site")
+                else []
+            ),
             "<section><h2>Within-source pairs</h2>" + html_table(phead, prows, id="pairs") + "</section>",
             f"<section><h2>Variants</h2><ul>{about}</ul></section>",
         ],

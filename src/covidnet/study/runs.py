@@ -86,6 +86,8 @@ def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | 
                 probs=probs,
                 patients=np.array(pred.patients),
                 sources=np.array(pred.sources),
+                sites=np.array(pred.sites if pred.sites is not None else [""] * len(pred.names)),
+                views=np.array(pred.views if pred.views is not None else [""] * len(pred.names)),
             )
     audit = run_audit(
         AuditConfig(str(run / "best.pt"), data, split, seed=0, loso_epochs=cfg.loso_epochs, device=cfg.device)

@@ -11,13 +11,20 @@ import numpy as np
 from ..errors import ConfigError
 from ..metrics.bootstrap import bootstrap_info, format_ci, patient_bootstrap
 from ..metrics.classification import average_precision, pairwise_auc, point_metrics, rank_auc, within_source_auc
+from ..metrics.within import FIGURES as SITE_FIGURES
+from ..metrics.within import pooled_figures, strata_codes, within_site_auc
 from .planning import StudyConfig, run_dir
 from .runs import AUDIT_FILE, PREDICTIONS_FILE, audit_figures
 
+SITE_KEYS = ("site.all", "site.covid", "site_view.all", "site_view.covid", "view_alone.all")  # pooled within-site
 
-def _figures(y, probs, classes, sources, pairs) -> dict[str, float]:
+
+def _figures(y, probs, classes, sources, pairs, strata=None) -> dict[str, float]:
     """One run's figures on the rows given: accuracy, each class's sensitivity and PPV, each within-source
-    pair's AUC, their mean (``within.macro``) and the mean of the pairs with COVID-19 (``within.covid``)."""
+    pair's AUC, their mean (``within.macro``) and the mean of the pairs with COVID-19 (``within.covid``); with
+    ``strata`` (``_site_strata``: each row's site and view codes, -1 unknown), the pooled within-site figures
+    (``metrics.within``: over sites, over (site, view) strata, the view alone) for all class pairs and the
+    pairs with COVID-19, as ``site.all``, ``site.covid``, …"""
     point = point_metrics(y, probs, classes)
     out = {"accuracy": point["accuracy"]}
     for c in classes:
@@ -39,7 +46,33 @@ def _figures(y, probs, classes, sources, pairs) -> dict[str, float]:
             covid.append(auc)
     out["within.macro"] = _nanmean(within)
     out["within.covid"] = _nanmean(covid)
+    if strata is not None:
+        site, view = strata
+        known = site >= 0
+        k = len(classes)
+        totals = pooled_figures(
+            y[known], probs[known], site[known], view[known], [(a, b) for a in range(k) for b in range(a + 1, k)], k - 1
+        )
+        for key in SITE_KEYS:
+            u, n, _ = totals[key]
+            out[key] = u / n if n else float("nan")
     return out
+
+
+def _site_strata(preds: dict, sources) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's site code (one per (source, site); -1 unknown) and view code (index in ``records.VIEWS``; -1
+    unknown), from the predictions' ``sites`` and ``views``; None for predictions written before they had
+    sites (a study resumed from an earlier version), or where no site is known."""
+    if "sites" not in preds:
+        return None
+    sites = preds["sites"].astype(str)
+    known = sites != ""
+    if not known.any():
+        return None
+    rows, code, view, _ = strata_codes(sources, sites, preds["views"].astype(str), len(sites))
+    site_code, view_code = np.full(len(sites), -1, np.int64), np.full(len(sites), -1, np.int64)
+    site_code[rows], view_code[rows] = code, view
+    return site_code, view_code
 
 
 def _nanmean(values) -> float:
@@ -69,7 +102,7 @@ def _load_predictions(cfg: StudyConfig, results: list[dict]) -> dict:
         preds[key] = p
     first = next(iter(preds.values()))
     for key, p in preds.items():
-        same = all(np.array_equal(p[k], first[k]) for k in ("names", "y", "patients", "sources"))
+        same = all(np.array_equal(p[k], first[k]) for k in ("names", "y", "patients", "sources") if k in p)
         if not same:
             raise ConfigError(f"run {key[0]} seed {key[1]} was evaluated on other images than the rest of the study")
     return preds
@@ -121,9 +154,12 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
     pairs = [{"source": p["source"], "classes": p["classes"], "counts": p["counts"]} for p in ws["pairs"]]
     names = [n for n in design.order(cfg.names()) if n in {r["variant"] for r in results}]
     seeds = {n: sorted(s for v, s in preds if v == n) for n in names}
+    strata = _site_strata(some, sources) if all("sites" in p for p in preds.values()) else None
+    site = _site_counts(some, classes, patients, sources) if strata is not None else None
 
     def per_seed(n, idx):
-        return [_figures(y[idx], preds[(n, s)]["probs"][idx], classes, sources[idx], pairs) for s in seeds[n]]
+        st = None if strata is None else (strata[0][idx], strata[1][idx])
+        return [_figures(y[idx], preds[(n, s)]["probs"][idx], classes, sources[idx], pairs, st) for s in seeds[n]]
 
     def seed_mean(figs: list[dict]) -> dict:
         return {k: _nanmean([f[k] for f in figs]) for k in figs[0]}
@@ -166,9 +202,42 @@ def summarize(cfg: StudyConfig, results: list[dict]) -> dict:
         "pairs": pairs,
         "skipped_pairs": ws["skipped"],
         "within_source_note": ws["note"],
+        "within_site": site,
         "bootstrap": {**bootstrap_info(cfg.resamples, 0), "of": "the mean over seeds"},
         "variants": variants,
-        "findings": findings(variants, pairs, design.reference_for if design.references else design.reference),
+        "findings": findings(
+            variants, pairs, design.reference_for if design.references else design.reference, site is not None
+        ),
+    }
+
+
+def _site_counts(preds: dict, classes, patients, sources) -> dict:
+    """What the pooled within-site figures rest on (the same images in every arm): per figure, the image pairs
+    and strata behind all class pairs, the pairs with COVID-19 and each class pair; the images of unknown site
+    and view; the sites holding two classes with their counts."""
+    ws = within_site_auc(
+        preds["y"], preds["probs"], classes, patients, sources, preds["sites"].astype(str),
+        preds["views"].astype(str), resamples=0,
+    )  # fmt: skip
+    pooled = ws["pooled"] or {}
+    return {
+        "figures": {k: v for k, v in SITE_FIGURES.items()},
+        "unknown_site": ws["unknown_site"],
+        "unknown_view": ws["unknown_view"],
+        "image_pairs": {
+            name: {
+                "all": f["all"]["image_pairs"],
+                "covid": f["covid"]["image_pairs"],
+                "strata": f["all"]["strata"],
+                "by_pair": {" vs ".join(p["classes"]): p["image_pairs"] for p in f["by_pair"]},
+            }
+            for name, f in pooled.items()
+        },
+        "sites": [
+            {"source": p["source"], "site": p["site"], "classes": p["classes"], "counts": p["counts"]}
+            for p in ws["pairs"] + ws["skipped"]
+        ],
+        "note": ws["note"],
     }
 
 
@@ -208,18 +277,19 @@ def _spread(values: list) -> dict:
     }
 
 
-def findings(variants: dict, pairs: list, reference) -> list[str]:
-    """The sentences a reader needs, from the numbers alone: for each mitigation and each within-source
-    figure, whether its interval excludes the value of the ``reference`` arm (the baseline), and its paired
-    difference."""
-    if not pairs:
+def findings(variants: dict, pairs: list, reference, sites: bool = False) -> list[str]:
+    """The sentences a reader needs, from the numbers alone: for each mitigation and each within-site (with
+    ``sites``, first: a source is not a hospital) and within-source figure, whether its interval excludes the
+    value of the ``reference`` arm (the baseline), and its paired difference."""
+    if not pairs and not sites:
         return [
             "No source holds two classes in the evaluated split: no within-source figure exists, so the study "
             "cannot say whether a mitigation helps where the source gives nothing away."
         ]
     reference_for = reference if callable(reference) else (lambda n: reference)
     out = []
-    keys = ["within.macro", "within.covid", *(pair_key(p) for p in pairs)]
+    site_keys = ["site.all", "site.covid", "site_view.all"] if sites else []
+    keys = [*site_keys, "within.macro", "within.covid", *(pair_key(p) for p in pairs)]
     any_excludes = False
     for n, v in variants.items():
         ref = reference_for(n)
@@ -234,7 +304,7 @@ def findings(variants: dict, pairs: list, reference) -> list[str]:
             excludes = not (lo <= b["value"] <= hi)
             d = f["difference_from_baseline"]
             dci = d["ci95"]
-            if k == "within.macro" or excludes or (dci and (dci[0] > 0 or dci[1] < 0)):
+            if k in ("within.macro", "site.all") or excludes or (dci and (dci[0] > 0 or dci[1] < 0)):
                 any_excludes |= excludes
                 out.append(
                     f"{n}: {_label(k)} {format_ci(f)} against the {ref}'s {b['value']:.3f} "
@@ -243,11 +313,23 @@ def findings(variants: dict, pairs: list, reference) -> list[str]:
                 )
     if not any_excludes:
         said = reference if isinstance(reference, str) else "reference arm"
-        out.append(f"No mitigation's within-source interval excludes the {said}'s value.")
+        where = "within-site or within-source" if sites else "within-source"
+        out.append(f"No mitigation's {where} interval excludes the {said}'s value.")
     return out
 
 
+SITE_LABELS = {
+    "site.all": "pooled within-site AUC (all class pairs)",
+    "site.covid": "pooled within-site COVID-19 AUC (pairs with COVID-19)",
+    "site_view.all": "pooled within-site-and-view AUC (all class pairs)",
+    "site_view.covid": "pooled within-site-and-view COVID-19 AUC",
+    "view_alone.all": "the view alone, pooled within sites",
+}
+
+
 def _label(key: str) -> str:
+    if key in SITE_LABELS:
+        return SITE_LABELS[key]
     if key == "within.macro":
         return "within-source AUC (mean of the pairs)"
     if key == "within.covid":

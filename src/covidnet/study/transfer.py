@@ -239,6 +239,7 @@ TABLE_FIGURES = (
     ("COVID-19.ppv", "COVID-19 PPV"),
     ("COVID-19.auroc", "COVID-19 AUROC"),
     ("COVID-19.auprc", "COVID-19 AUPRC"),
+    ("site.covid", "within-site COVID-19 AUC (pooled)"),
     ("within.covid", "within-source COVID-19 AUC"),
 )
 
@@ -248,19 +249,22 @@ def transfer_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     initialisation of the same architecture and fraction; the occlusion figure and the epochs to the best."""
     from .summary import signed_ci
 
-    header = ["arm", *(label for _, label in TABLE_FIGURES), "Δ within-source COVID-19 vs random",
+    header = ["arm", *(label for _, label in TABLE_FIGURES), "Δ within-site COVID-19 vs random",
+              "Δ within-source COVID-19 vs random",
               "occlusion: lungs hidden", "epochs to best"]  # fmt: skip
     rows = []
     for name, v in summary["variants"].items():
         f = v["figures"]
         cells = [_cell(f.get(key)) for key, _ in TABLE_FIGURES]
         diff = f.get("within.covid", {}).get("difference_from_baseline")
+        site_diff = f.get("site.covid", {}).get("difference_from_baseline")
         occ = v["audit"].get("occlusion_auc_lungs") or {}
         conv = summary.get("convergence", {}).get(name, {})
         rows.append(
             [
                 name,
                 *cells,
+                signed_ci(site_diff) if site_diff else ("(reference)" if not diff else "—"),
                 signed_ci(diff) if diff else "(reference)",
                 f"{occ['mean']:.2f}" if occ.get("mean") is not None else "",
                 f"{conv['best_epoch']:.1f}" if conv.get("best_epoch") is not None else "",
