@@ -92,7 +92,12 @@ def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> 
         alive[i] = False
 
     alive = [True] * len(records)
-    # 2. population filter: children as "normal" controls is the best-known shortcut in this literature
+    # 2. a file name that is not UTF-8 text (bytes from another system's encoding) cannot be written to
+    # index.csv, the label files or records.csv: left out, named by its path (escaped in report.json)
+    for i, r in enumerate(records):
+        if not _utf8(str(r.path)):
+            drop(i, "file name not UTF-8", f"{ascii(r.path.name)[1:-1]}: rename it to UTF-8 text to keep it")
+    # then the population filter: children as "normal" controls is the best-known shortcut in this literature
     if cfg.paediatric == "exclude":
         for i, r in enumerate(records):
             if r.extra.get("population") == "paediatric" or (r.age is not None and r.age < PAEDIATRIC_AGE):
@@ -138,6 +143,14 @@ def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of a non-UTF-8 name, kept by Python as a lone surrogate
+        return False
+    return True
 
 
 def _check_config(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:
