@@ -44,8 +44,10 @@ def txv_class(positives: set[str]) -> str | None:
 
 def _ours_by_row(data, rows: list[dict], name_column: str) -> list[tuple]:
     """One outcome per metadata row: ("kept", label, patient) or ("excluded", reason). The readers emit one
-    record or one exclusion per row, in row order; exclusions name their row ``file:line``."""
-    excluded = {int(e.item.rsplit(":", 1)[1]): e.reason for e in data.exclusions}
+    record or one exclusion per row, in row order; exclusions name their row ``file:line``, in the item or, where
+    the item is the row's image, at the head of the detail."""
+    at = lambda e: e.item if e.item.rsplit(":", 1)[-1].isdigit() else e.detail.split(": ", 1)[0]  # noqa: E731
+    excluded = {int(at(e).rsplit(":", 1)[1]): e.reason for e in data.exclusions}
     records = iter(data.records)
     out = []
     for line, row in enumerate(rows, start=2):

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -69,6 +71,7 @@ def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> 
     images have not got; it is checked against the build's contract before any work."""
     t0 = time.perf_counter()
     _check_config(cfg, segmenter)
+    _remove_leftovers(cfg.out)
 
     # 1. read every source; a missing folder or metadata file stops here, before any work
     records: list[Record] = []
@@ -92,7 +95,11 @@ def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> 
         alive[i] = False
 
     alive = [True] * len(records)
-    # 2. population filter: children as "normal" controls is the best-known shortcut in this literature
+    # 2. a file name that is not UTF-8 text (bytes from another system's encoding) cannot be written to
+    # index.csv, the label files or records.csv: left out, named by its path (escaped in report.json)
+    for i in [i for i, r in enumerate(records) if not _utf8(str(r.path))]:
+        drop(i, "file name not UTF-8", f"{ascii(records[i].path.name)[1:-1]}: rename it to UTF-8 text to keep it")
+    # then the population filter: children as "normal" controls is the best-known shortcut in this literature
     if cfg.paediatric == "exclude":
         for i, r in enumerate(records):
             if r.extra.get("population") == "paediatric" or (r.age is not None and r.age < PAEDIATRIC_AGE):
@@ -128,16 +135,75 @@ def build_dataset(cfg: BuildConfig, segmenter: StoreSegmenter | None = None) -> 
         report = _build_into(
             tmp, cfg, records, alive, exclusions, notes, drop, t0, severity, anomalies, masks, segmenter
         )
-        if out.exists():
-            shutil.rmtree(out)  # only reachable with --overwrite (checked at the start)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the dataset is not
-        os.replace(tmp, out)
+        old = _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old)
     return report
+
+
+LEFTOVER = r"\.{name}\.(building|replaced)-[A-Za-z0-9_]+"  # mkdtemp's folders beside --out
+
+
+def _remove_leftovers(out: Path) -> None:
+    """The folders a build of ``out`` killed before its end left beside it (its ``.OUT.building-*``, and
+    the ``.OUT.replaced-*`` holding an overwritten store), removed, in one line on stderr. Only these names:
+    a build running at the same time into the same ``out`` would lose its own."""
+    pattern = re.compile(LEFTOVER.format(name=re.escape(out.name)))
+    found = sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+    for p in found:
+        shutil.rmtree(p)
+    if found:
+        print(
+            f"covidnet: removed {len(found)} unfinished build folder(s) left by an interrupted build: "
+            + ", ".join(str(p) for p in found),
+            file=sys.stderr,
+        )
+
+
+def _swap_in(tmp: Path, out: Path) -> Path | None:
+    """``tmp`` renamed to ``out``. An existing ``out`` (only with --overwrite) is swapped with ``tmp`` in one
+    step where the system can (Linux's ``renameat2``): ``out`` is the old store or the new one at every
+    instant. Elsewhere the old one is renamed aside to ``.OUT.replaced-*`` first, then the new one in: killed
+    between the two, neither is at ``out`` (both stay whole beside it). Returns the folder now holding the
+    old store, for the caller to remove."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the dataset is not
+    if not out.exists():
+        os.replace(tmp, out)
+        return None
+    if _exchange(tmp, out):
+        return tmp
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    os.replace(out, old)  # a folder renamed onto an empty one
+    os.replace(tmp, out)
+    return old
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``); False where the system or the file
+    system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)  # glibc 2.28 and later
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of a non-UTF-8 name, kept by Python as a lone surrogate
+        return False
+    return True
 
 
 def _check_config(cfg: BuildConfig, segmenter: StoreSegmenter | None) -> None:

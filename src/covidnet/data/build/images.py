@@ -43,6 +43,8 @@ def _process(task: tuple) -> tuple[int, str | None, str | None, bytes | None, tu
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()  # exact duplicates: identical files
     except CovidnetError as e:
         return i, str(e), None, None, None
+    except OSError as e:  # decoded, then gone or made unreadable before it was hashed
+        return i, f"{path}: cannot read ({e.strerror or e})", None, None, None
     _WORKER["images"].write(i, img)
     return i, None, digest, perceptual_hash(img), _process_mask(i, path, ref) if ref is not None else None
 

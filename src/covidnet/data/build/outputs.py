@@ -75,7 +75,8 @@ def write_label_files(tmp: Path, records, order: list[int], split_of: dict[int, 
 
 def write_records_table(path: Path, records, alive, split_of, exclusions) -> None:
     reason = {e.item: e for e in exclusions}
-    with open(path, "w", newline="") as f:
+    # errors: the path of a file whose name is not UTF-8 (left out) is written with its bytes escaped
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         w = csv.writer(f)
         w.writerow(
             [

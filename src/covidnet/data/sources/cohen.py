@@ -22,7 +22,17 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ..records import Record, site_name
-from ._common import ImageIndex, SourceData, map_finding, one_spelling, parse_age, parse_sex, read_table, require_dir
+from ._common import (
+    ImageIndex,
+    SourceData,
+    map_finding,
+    one_line,
+    one_spelling,
+    parse_age,
+    parse_sex,
+    read_table,
+    require_dir,
+)
 
 NAME = "cohen"
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
@@ -55,15 +65,24 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
     indexes: dict[str, ImageIndex] = {}
     wanted = {v.lower() for v in views}
     for i, row in enumerate(rows, start=2):  # line 1 is the header
-        item = f"{meta}:{i}"
+        line = f"{meta}:{i}"
+        folder = root / (row.get("folder") or "images").strip()
+        if str(folder) not in indexes:
+            indexes[str(folder)] = ImageIndex(folder)
+        index = indexes[str(folder)]
+        name = row["filename"].strip()
+        path = index.find(name) if name else None
+        # a row left out is named by its image where it names one on disk, with its line in the detail
+        item, at = (line, "") if path is None else (str(path), f"{line}: ")
+
         if row["modality"].strip().lower() not in ("x-ray", "xray", "cr", "dx"):
-            out.exclude(source, item, "not an X-ray", f"modality {row['modality']!r}")
+            out.exclude(source, item, "not an X-ray", at + f"modality {row['modality']!r}")
             continue
         view = row["view"].strip()
         frontal = row["view"] in views if rules == "reference" else view.lower() in wanted  # the reference: exact
         if not frontal:
             reason = "lateral view" if view.upper().startswith("L") else "view not frontal or unknown"
-            out.exclude(source, item, reason, f"view {view!r}")
+            out.exclude(source, item, reason, at + f"view {view!r}")
             continue
         finding = row["finding"].strip()
         if rules == "reference":
@@ -75,7 +94,7 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
                     source,
                     item,
                     OTHER_SOURCE,
-                    f"url {url!r}: the reference takes these from the COVID-19 Radiography Database",
+                    f"{at}url {url!r}: the reference takes these from the COVID-19 Radiography Database",
                 )
                 continue
         else:
@@ -83,15 +102,10 @@ def read(root: Path, source: str = NAME, views: tuple[str, ...] = FRONTAL_VIEWS,
         if label is None:
             reason = "unlabelled" if finding.lower() in ("", "todo") else "finding not in COVIDx classes"
             detail = f"finding {finding!r}" + (" (not in the reference's mapping)" if rules == "reference" else "")
-            out.exclude(source, item, reason, detail)
+            out.exclude(source, item, reason, at + detail)
             continue
-        folder = root / (row.get("folder") or "images").strip()
-        if str(folder) not in indexes:
-            indexes[str(folder)] = ImageIndex(folder)
-        index = indexes[str(folder)]
-        path = index.find(row["filename"].strip())
         if path is None:
-            out.exclude(source, item, "image missing", f"{folder / row['filename'].strip()} not found")
+            out.exclude(source, item, "image missing", at + f"{one_line(str(folder / name))} not found")
             continue
         extra = {k: row[k] for k in ("finding", "offset", "date", "location", "url", "license") if row.get(k)}
         extra.update({k: v for k, v in row.items() if k.startswith("phantom_") and v})
