@@ -210,7 +210,7 @@ def test_lungs_without_the_opened_segmenter_is_one_line_before_anything_is_writt
     other.write_bytes(b"not read")
     framed = Contract(stored_size=64, top_crop=0.2)
     cases = [
-        (model, None, r"BuildConfig.lungs is set: pass the segmenter, build_dataset\(cfg, segmenter=covidnet.lungs"),
+        (model, None, r"BuildConfig.lungs is set: pass the segmenter, build_dataset\(cfg, segmenter=covidnet.load\("),
         (None, SimpleNamespace(path=model, contract=framed), "BuildConfig.lungs is not set"),
         (model, SimpleNamespace(path=other, contract=framed), "the segmenter passed is not BuildConfig.lungs"),
         (model, SimpleNamespace(path=model, contract=framed), "trained on a top crop of 0.2.*--top-crop 0.2"),
