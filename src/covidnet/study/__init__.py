@@ -30,15 +30,10 @@ evaluate, audit, its files), ``summary`` (seed means, intervals, paired differen
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from .. import __version__
-from ..files import write_json
 from .design import Design
 from .page import markdown_table, pair_rows, plot_study, summary_rows, write_outputs
 from .planning import STUDY_FILE, STUDY_SETS, StudyConfig, check_folder, plan, run_dir
-from .runs import AUDIT_FILE, PREDICTIONS_FILE, RESULT_FILE, audit_figures, run_one
+from .runs import AUDIT_FILE, PREDICTIONS_FILE, RESULT_FILE, audit_figures, run_all, run_one
 from .summary import findings, pair_key, reference_of, signed_ci, summarize
 from .transfer import TransferConfig, run_transfer
 from .variants import ACQUISITION, DEFAULT_VARIANTS, SHORTCUTS, VARIANTS, Variant
@@ -82,20 +77,7 @@ def run_study(cfg: StudyConfig) -> dict:
     ``StudyConfig``); returns what study.json holds."""
     check_folder(cfg)
     runs = plan(cfg)  # every refusal before the first run
-    folder = Path(cfg.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = {"command": cfg.design.command, "version": __version__, "config": cfg.to_dict()}
-    write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": [], "summary": None})
-    results = []
-    for k, (variant, seed, fold, tc) in enumerate(runs):
-        where = f"{variant.name} seed {seed}" + (f" fold {fold}" if fold is not None else "")
-
-        def say(what, k=k, where=where):
-            if cfg.progress:
-                print(f"covidnet study: [{k + 1}/{len(runs)}] {where}: {what}", file=sys.stderr)
-
-        results.append(run_one(cfg, variant, seed, tc, say, fold))
-        write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": results, "summary": None})
+    base, results = run_all(cfg, runs)
     out = {**base, "state": "complete", "runs": results, "summary": summarize(cfg, results)}
     write_outputs(cfg, out)
     return out

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..files import atomic_path, write_json
 from ..metrics.classification import point_metrics
-from .planning import StudyConfig
+from .planning import STUDY_FILE, StudyConfig
 from .variants import Variant
 
 RESULT_FILE = "result.json"  # one run's figures, written when the run is done
@@ -51,6 +54,30 @@ def convergence(run: Path) -> dict:
         val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
     best = json.loads((run / "run.json").read_text()).get("best_score") or {}
     return {"val_loss": val_loss, "best_epoch": best.get("epoch")}
+
+
+def run_all(cfg, runs: list, before: Callable | None = None) -> tuple[dict, list[dict]]:
+    """Every run of a plan (``(variant, seed, fold, TrainConfig)``, as ``planning.plan`` gives them) in order,
+    each reused, resumed or started (``run_one``), with progress lines and study.json kept up to date ("running"
+    and the results so far, so a stopped study resumes where it stopped); ``before(variant, fold, say)`` runs
+    first for each (the transfer study's pretraining). Returns study.json's header and the results."""
+    folder = Path(cfg.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {"command": cfg.design.command, "version": __version__, "config": cfg.to_dict()}
+    write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": [], "summary": None})
+    results: list[dict] = []
+    for k, (variant, seed, fold, tc) in enumerate(runs):
+        where = f"{variant.name} seed {seed}" + (f" fold {fold}" if fold is not None else "")
+
+        def say(what, k=k, where=where):
+            if cfg.progress:
+                print(f"covidnet study: [{k + 1}/{len(runs)}] {where}: {what}", file=sys.stderr)
+
+        if before is not None:
+            before(variant, fold, say)
+        results.append(run_one(cfg, variant, seed, tc, say, fold))
+        write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": results, "summary": None})
+    return base, results
 
 
 def run_one(cfg: StudyConfig, variant: Variant, seed: int, tc, say, fold: int | None = None) -> dict:

@@ -16,7 +16,6 @@ PPV, COVID-19 AUROC and AUPRC, macro AUROC, the within-source AUCs, the audit's 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,29 +185,19 @@ def pretrain(ssl, say) -> None:
 
 def run_transfer(cfg: TransferConfig) -> dict:
     """Run (or continue, ``cfg.resume``) the transfer study; returns what study.json holds."""
-    from .planning import STUDY_FILE, check_folder
-    from .runs import run_one
+    from .planning import check_folder
+    from .runs import run_all
     from .summary import summarize
 
     check_folder(cfg)
     runs, pretrains = transfer_plan(cfg)  # every refusal before the first run
-    folder = Path(cfg.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = {"command": "study transfer", "version": __version__, "config": cfg.to_dict()}
-    write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": [], "summary": None})
-    results = []
-    for k, (variant, seed, fold, tc) in enumerate(runs):
-        where = f"{variant.name} seed {seed}" + (f" fold {fold}" if fold is not None else "")
 
-        def say(what, k=k, where=where):
-            if cfg.progress:
-                print(f"covidnet study: [{k + 1}/{len(runs)}] {where}: {what}", file=sys.stderr)
-
+    def pretrain_first(variant, fold, say):
         arch, init = variant.name.split("@")[0].split("+")
         if init == SSL:
             pretrain(pretrains[(arch, fold)], say)
-        results.append(run_one(cfg, variant, seed, tc, say, fold))
-        write_json(folder / STUDY_FILE, {**base, "state": "running", "runs": results, "summary": None})
+
+    base, results = run_all(cfg, runs, before=pretrain_first)
     summary = summarize(cfg, results)
     summary["convergence"] = convergence_summary(results)
     out = {**base, "state": "complete", "runs": results, "summary": summary}
