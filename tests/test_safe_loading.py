@@ -222,6 +222,17 @@ def test_lungs_train_resume_refuses_a_crafted_last_pt_and_runs_no_payload(work, 
     assert_refused(rc, err, run / "last.pt", marker)
 
 
+def test_pretrain_resume_refuses_a_crafted_last_pt_and_runs_no_payload(work, tmp_path, capsys):
+    run = tmp_path / "ssl"
+    args = ["pretrain", "--data", work / "ds", "--out", run, "--epochs", "1", "--max-steps", "2"]
+    args += ["--no-progress", "--device", "cpu"]
+    assert cli(capsys, *args)[0] == 0
+    marker = tmp_path / "pwned.txt"
+    craft(run / "last.pt", marker)
+    rc, _, err = cli(capsys, *args, "--resume")
+    assert_refused(rc, err, run / "last.pt", marker)
+
+
 def test_serve_refuses_a_crafted_checkpoint_at_startup_and_runs_no_payload(tmp_path):
     """The real ``covidnet serve`` in a subprocess (a regression would leave it serving: the timeout ends it)."""
     marker = tmp_path / "pwned.txt"
