@@ -90,5 +90,5 @@ class SimSiam(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z1, p1 = self.project(x1)
         z2, p2 = self.project(x2)
-        spread = F.normalize(z1.detach(), dim=1).std(0).mean()
+        spread = F.normalize(z1.detach(), dim=1).std(0, correction=0).mean()  # a batch of one: 0, not NaN
         return simsiam_loss(p1, p2, z1, z2), spread
