@@ -22,8 +22,10 @@ def test_an_arm_without_its_random_reference_or_an_unknown_arm_is_one_line(two_h
     for arms, says in (
         ("efficientnet-lite0+imagenet", "efficientnet-lite0+random"),
         ("efficientnet-lite0+random,resnet9+imagenet", "unknown arm 'resnet9+imagenet'"),
+        ("efficientnet-lite0+random --fractions 1,0", "--fractions '1,0': give label fractions in (0, 1]"),
     ):
-        r = covidnet("study", "transfer", "--data", str(two_hospitals), "--out", str(tmp_path / "s"), "--arms", arms)
+        args = ["--data", str(two_hospitals), "--out", str(tmp_path / "s"), "--arms", *arms.split()]
+        r = covidnet("study", "transfer", *args)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
         assert not (tmp_path / "s").exists()
