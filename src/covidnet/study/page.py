@@ -156,8 +156,6 @@ def plot_study(summary: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..audit.verdicts import OCCLUSION_FAIL, OCCLUSION_WARN
-
     names = list(summary["variants"])
     x = np.arange(len(names))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(names) + 4), 4.4), dpi=110)
@@ -201,28 +199,7 @@ def plot_study(summary: dict):
     ax1.set_ylabel("AUC")
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower right", fontsize=8)
-    for mode, marker, shift, label in (("lungs", "o", -0.1, "lungs hidden"), ("border", "^", 0.1, "border only")):
-        for i, n in enumerate(names):
-            occ = summary["variants"][n]["audit"].get(f"occlusion_auc_{mode}")
-            if occ:
-                vals = [v for v in occ["seeds"] if v is not None]
-                ax2.scatter(
-                    np.full(len(vals), i + shift),
-                    vals,
-                    color="#2ca02c",
-                    marker=marker,
-                    s=18,
-                    label=label if i == 0 else None,
-                )
-                ax2.plot([i + shift - 0.1, i + shift + 0.1], [occ["mean"]] * 2, color="#2ca02c", lw=2)
-    ax2.axhline(0.5, color="grey", ls="--", lw=1)
-    ax2.axhspan(0.5 + OCCLUSION_FAIL, 1.0, color="#d62728", alpha=0.08, lw=0)
-    ax2.axhspan(0.5 + OCCLUSION_WARN, 0.5 + OCCLUSION_FAIL, color="#ff7f0e", alpha=0.08, lw=0)
-    ax2.set_title(
-        "Audit, occlusion: macro AUC with the lungs hidden or only the border\n"
-        "(marks: seeds; the higher decides; shaded: warning, fail)",
-        fontsize=10,
-    )
+    _plot_occlusion(ax2, summary, names)
     ax2.legend(loc="lower right", fontsize=8)
     ax2.set_ylim(0.3, 1.02)
     for ax in (ax1, ax2):
@@ -231,6 +208,35 @@ def plot_study(summary: dict):
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _plot_occlusion(ax, summary: dict, names: list[str]) -> None:
+    """The audit's occlusion AUCs per variant (each seed a mark, the mean a bar) against chance and the
+    warning and fail bands."""
+    from ..audit.verdicts import OCCLUSION_FAIL, OCCLUSION_WARN
+
+    for mode, marker, shift, label in (("lungs", "o", -0.1, "lungs hidden"), ("border", "^", 0.1, "border only")):
+        for i, n in enumerate(names):
+            occ = summary["variants"][n]["audit"].get(f"occlusion_auc_{mode}")
+            if occ:
+                vals = [v for v in occ["seeds"] if v is not None]
+                ax.scatter(
+                    np.full(len(vals), i + shift),
+                    vals,
+                    color="#2ca02c",
+                    marker=marker,
+                    s=18,
+                    label=label if i == 0 else None,
+                )
+                ax.plot([i + shift - 0.1, i + shift + 0.1], [occ["mean"]] * 2, color="#2ca02c", lw=2)
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.axhspan(0.5 + OCCLUSION_FAIL, 1.0, color="#d62728", alpha=0.08, lw=0)
+    ax.axhspan(0.5 + OCCLUSION_WARN, 0.5 + OCCLUSION_FAIL, color="#ff7f0e", alpha=0.08, lw=0)
+    ax.set_title(
+        "Audit, occlusion: macro AUC with the lungs hidden or only the border\n"
+        "(marks: seeds; the higher decides; shaded: warning, fail)",
+        fontsize=10,
+    )
 
 
 def write_outputs(cfg: StudyConfig, out: dict) -> None:
