@@ -252,9 +252,10 @@ def write_outputs(cfg: StudyConfig, out: dict) -> None:
     head, rows = summary_rows(s)
     phead, prows = pair_rows(s)
     note = (
-        f"Test split: {s['n']} images of {s['n_patients']} patients. Cells: the mean over seeds, its 95 % interval "
+        (f"Out of fold ({cfg.folds} folds by patient)" if cfg.folds else f"The {cfg.split} split")
+        + f": {s['n']} images of {s['n_patients']} patients. Cells: the mean over seeds, its 95 % interval "
         f'from {cfg.resamples} bootstrap resamples of patients, ±SD over seeds. "vs {reference}": the paired '
-        "difference of the within-source AUC, with its interval."
+        "difference of the figure to its left, with its interval."
     )
     text = "\n\n".join(
         [
