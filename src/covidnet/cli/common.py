@@ -78,34 +78,6 @@ def print_within_source(ws: dict) -> None:
         print(f"  skipped: {p['source']} {' vs '.join(p['classes'])} ({p['reason']}; images: {counts})")
 
 
-POOLED_ROWS = (
-    ("site", "within site"),
-    ("site_view", "within site and view"),
-    ("view_alone", "view alone ('is AP')"),
-    ("view_alone_best", "view alone, best per site"),
-)
-
-
-def pooled_rows(ws: dict) -> list[list[str]]:
-    """The pooled within-site figures as table rows: figure, all pairs, pairs with the positive class, image
-    pairs behind each (all / positive), strata."""
-    from ..metrics.bootstrap import format_ci
-
-    rows = []
-    for key, name in POOLED_ROWS:
-        f = ws["pooled"][key]
-        rows.append(
-            [
-                name,
-                format_ci(f["all"]),
-                format_ci(f["covid"]),
-                f"{f['all']['image_pairs']} / {f['covid']['image_pairs']}",
-                str(f["all"]["strata"]),
-            ]
-        )
-    return rows
-
-
 def print_within_site(ws: dict) -> None:
     """The pooled within-site figures (all class pairs, pairs with the positive class), then the pairwise AUC
     of each class pair inside each site, with counts; images of unknown site and view; or the note."""
@@ -118,6 +90,8 @@ def print_within_site(ws: dict) -> None:
         return
     positive = ws["positive_class"]
     header = ["pooled AUC", "all pairs (95 % CI)", f"pairs with {positive}", "image pairs", "strata"]
+    from ..metrics.within import pooled_rows
+
     print(table(header, pooled_rows(ws)))
     print(
         f"  view alone: 0.5 = the view says nothing of the class within its sites; "

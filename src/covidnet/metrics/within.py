@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data.records import VIEWS, positive_class
-from .bootstrap import patient_bootstrap
+from .bootstrap import DASH, format_ci, patient_bootstrap
 from .classification import MIN_IMAGES_PER_CLASS, PAIRWISE_AUC, pairs_by_group, pairwise_score
 
 POOLED_AUC = (
@@ -58,6 +58,12 @@ FIGURES = {
     "view_alone": "the view alone ('is AP') as a score for the later class, pairs within one site",
     "view_alone_best": "the view alone, each site's better orientation (an upper bound)",
 }
+POOLED_ROWS = (  # the pooled figures as the terminal and the report list them
+    ("site", "within site"),
+    ("site_view", "within site and view"),
+    ("view_alone", "view alone ('is AP')"),
+    ("view_alone_best", "view alone, best orientation per site"),
+)
 SEP = "\x1f"  # joins a stratum's parts into one key; never in a name
 
 
@@ -242,3 +248,16 @@ def _pooled(y, probs, classes, patients, site, view, resamples: int, seed: int) 
         }
         for name in FIGURES
     }
+
+
+def pooled_rows(ws: dict) -> list[list[str]]:
+    """``within_site_auc``'s pooled figures as table rows of text (``POOLED_ROWS``): the figure, all class pairs,
+    the pairs with the positive class (each with its interval), the image pairs behind each (all / positive),
+    the strata; a dash where a figure is missing."""
+    rows = []
+    for key, name in POOLED_ROWS:
+        f = (ws.get("pooled") or {}).get(key) or {}
+        a, c = f.get("all") or {}, f.get("covid") or {}
+        pairs = f"{a.get('image_pairs', DASH)} / {c.get('image_pairs', DASH)}"
+        rows.append([name, format_ci(a), format_ci(c), pairs, str(a.get("strata", DASH))])
+    return rows

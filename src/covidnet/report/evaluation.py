@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics.bootstrap import DASH, format_ci, format_value
+from ..metrics.within import pooled_rows
 from .figures import plot_confusion, plot_reliability, plot_roc
 from .html import escape, escaped_table, write_page
 
@@ -137,31 +138,6 @@ def _within_source_html(ws: dict) -> str:
     )
 
 
-POOLED = (
-    ("site", "within site"),
-    ("site_view", "within site and view"),
-    ("view_alone", "view alone (\u2018is AP\u2019)"),
-    ("view_alone_best", "view alone, best orientation per site"),
-)
-
-
-def _pooled_rows(ws: dict) -> list[list[str]]:
-    rows = []
-    for key, name in POOLED:
-        f = (ws.get("pooled") or {}).get(key) or {}
-        a, c = f.get("all") or {}, f.get("covid") or {}
-        rows.append(
-            [
-                escape(name),
-                escape(format_ci(a)),
-                escape(format_ci(c)),
-                escape(f"{a.get('image_pairs', DASH)} / {c.get('image_pairs', DASH)}"),
-                escape(a.get("strata", DASH)),
-            ]
-        )
-    return rows
-
-
 def _site_pair_row(p: dict, shown: str) -> list[str]:
     """A row of the per-site table: source, site, pair, ``shown``, images and patients of a / of b."""
     return [escape(p["source"]), *_pair_row({**p, "source": p["site"]}, shown)]
@@ -181,7 +157,7 @@ def _within_site_html(ws: dict) -> str:
     positive = ws.get("positive_class", "COVID-19")
     pooled = escaped_table(
         ["pooled AUC", "all class pairs (95 % CI)", f"pairs with {positive}", "image pairs", "strata"],
-        _pooled_rows(ws),
+        [[escape(cell) for cell in row] for row in pooled_rows(ws)],
         id="within-site-pooled",
         numeric_from=1,
     )
