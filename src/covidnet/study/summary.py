@@ -61,10 +61,8 @@ def _figures(y, probs, classes, sources, pairs, strata=None) -> dict[str, float]
 
 def _site_strata(preds: dict, sources) -> tuple[np.ndarray, np.ndarray] | None:
     """Each row's site code (one per (source, site); -1 unknown) and view code (index in ``records.VIEWS``; -1
-    unknown), from the predictions' ``sites`` and ``views``; None for predictions written before they had
-    sites (a study resumed from an earlier version), or where no site is known."""
-    if "sites" not in preds:
-        return None
+    unknown), from the predictions' ``sites`` and ``views``; None where no site is known. (Predictions written
+    before they had sites, a study resumed from an earlier version, have none: ``summarize`` does not ask.)"""
     sites = preds["sites"].astype(str)
     known = sites != ""
     if not known.any():
