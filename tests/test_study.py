@@ -145,6 +145,16 @@ def test_resuming_may_add_variants_and_seeds_but_not_change_a_run(tmp_path):
         check_folder(was)
 
 
+def test_resuming_may_name_a_lung_model_only_while_no_run_has_used_one(tmp_path):
+    was = StudyConfig(data="ds", out=str(tmp_path), variants="baseline,clahe", seeds=1, epochs=3)
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"config": was.to_dict()}))
+    check_folder(dataclasses.replace(was, variants="baseline,clahe,lungs-crop", lung_model="m.pt", resume=True))
+    used = dataclasses.replace(was, variants="baseline,lungs-crop", lung_model="")
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"config": used.to_dict()}))
+    with pytest.raises(ConfigError, match="--lung-model was '' in this study, not 'm.pt'"):
+        check_folder(dataclasses.replace(used, lung_model="m.pt", resume=True))
+
+
 def test_folds_score_every_image_once_per_seed_and_never_with_a_model_that_saw_its_patient(two_sources, tmp_path):
     from covidnet.data.store import open_store
 

@@ -200,4 +200,13 @@ def check_folder(cfg: StudyConfig) -> None:
         raise ConfigError(
             f"{saved}: not a readable study file ({type(e).__name__}: {e}); start the study in a new --out"
         ) from None
+    if not was.get("lung_model") and not _used_lungs(cfg, was):  # no run has read one: it may be named now
+        was = {**was, "lung_model": cfg.lung_model}
     check_resumed(cfg, was, str(out), "study")
+
+
+def _used_lungs(cfg: StudyConfig, was: dict) -> bool:
+    """Whether the study ``was`` (its saved config) has a variant that reads a lung model: if not, ``--resume``
+    may name ``--lung-model`` with the lungs variants it adds, as no run done so far depends on it."""
+    names = [n for n in str(was.get("variants", "")).split(",") if n]
+    return any(cfg.design.arms[n].needs_lungs if n in cfg.design.arms else True for n in names)
