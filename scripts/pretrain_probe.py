@@ -1,0 +1,82 @@
+"""The pretraining known answer on phantoms (issue: does pretraining help?), one seed at a time: a linear probe
+(scikit-learn's logistic regression on standardised features) on the frozen pooled features of a backbone
+after `covidnet pretrain` (SimSiam) on the phantoms' training split, against the same probe on the same
+architecture's random weights, and on one pretrained on the same images with their pixels shuffled (the
+control: noise with the images' histograms). Trained on the training split's labels, scored (balanced
+accuracy) on the validation and test splits. Prints one JSON line. Results: docs/training.md.
+
+    .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON]
+    .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3
+"""
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from phantomdata import make_dataset  # noqa: E402
+
+from covidnet.data.store import open_store  # noqa: E402
+from covidnet.models import create_model  # noqa: E402
+from covidnet.runtime import load  # noqa: E402
+from covidnet.train import TrainConfig, train  # noqa: E402
+
+
+def shuffled_copy(ds: Path, out: Path, seed: int) -> Path:
+    """The dataset with every image's pixels permuted (its histogram kept, its structure gone)."""
+    if not out.exists():
+        shutil.copytree(ds, out, symlinks=False)
+        images = np.load(out / "images.npy")
+        flat, g = images.reshape(len(images), -1), np.random.default_rng(seed)
+        for k in range(len(flat)):
+            flat[k] = flat[k][g.permutation(flat.shape[1])]
+        np.save(out / "images.npy", images)
+    return out
+
+
+def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
+    seed, epochs, n, size, batch, lr = int(seed), int(epochs), int(n), int(size), int(batch), float(lr)
+    base = Path(work) / f"{arch}-n{n}-s{seed}-{size}px"
+    ds = base / "ds" if (base / "ds").exists() else make_dataset(base, n=n, size=size, seed=seed)
+    store = open_store(ds)
+
+    def pretrained(data: Path, name: str) -> Path:
+        out = base / f"{name}-e{epochs}-b{batch}-lr{lr:g}"
+        if not (out / "best.pt").exists():
+            settings = dict(epochs=epochs, batch_size=batch, lr=lr, seed=seed, progress=False, device="cpu")
+            train(TrainConfig(data=str(data), out=str(out), task="self-supervised", arch=arch, **settings,
+                              **json.loads(options)))  # fmt: skip
+        return out / "best.pt"
+
+    train_rows = store.rows("train")
+    scored = np.concatenate([store.rows("val"), store.rows("test")])
+
+    def probe(lm) -> float:
+        a, b = lm.features(store.read(train_rows)), lm.features(store.read(scored))
+        scale = StandardScaler().fit(a)
+        clf = LogisticRegression(max_iter=5000, C=0.1).fit(scale.transform(a), store.labels(train_rows))
+        return round(float(balanced_accuracy_score(store.labels(scored), clf.predict(scale.transform(b)))), 3)
+
+    ssl = load(pretrained(ds, "ssl"), "cpu")
+    result = {"seed": seed, "arch": arch, "epochs": epochs, "size": size, "train": len(train_rows)}
+    result["scored"], result["ssl"] = len(scored), probe(ssl)
+    torch.manual_seed(seed)
+    ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
+    result["random"] = probe(ssl)
+    result["noise"] = probe(load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu"))
+    log = (base / f"ssl-e{epochs}-b{batch}-lr{lr:g}" / "log.csv").read_text(encoding="utf-8").splitlines()
+    result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
