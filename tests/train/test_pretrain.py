@@ -2,6 +2,10 @@
 training split only (its held-out tenth watched, never val or test), a run that resumes and a checkpoint that
 ``covidnet train --init`` takes."""
 
+import csv
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,8 @@ from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint
 from covidnet.data.store import open_store
-from covidnet.errors import ConfigError
+from covidnet.data.synth import SynthConfig, write_phantom_dataset
+from covidnet.errors import ConfigError, CovidnetError
 from covidnet.runtime import load
 from covidnet.tasks.selfsup import SelfSupervisedTask, monitored
 from covidnet.tasks.simsiam import Heads, PredictionHead, ProjectionHead, simsiam_loss
@@ -77,3 +82,57 @@ def test_pretraining_refuses_what_would_teach_it_nothing(small, tmp_path):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", aug_noise=0, **still))
     with pytest.raises(ConfigError, match="is not a setting of --task self-supervised"):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", binary=True))
+
+
+def test_pretraining_reads_folders_of_unlabelled_films_and_never_a_scored_one(small, tmp_path):
+    """``--images``: every film under the folders, through the build's contract, beside its training split; the
+    build's own validation and test films among them (the phantoms' source folder holds all 60) left out as
+    duplicates, an unreadable file left out, both listed; the staged store's films refuse to be labels."""
+    store = open_store(small)
+    films = tmp_path / "films"
+    shutil.copytree(small.parent / "phantoms" / "images", films / "nested" / "deeper")
+    (films / "broken.png").write_bytes(b"not a png")
+    other = write_phantom_dataset(tmp_path / "other", SynthConfig(n=12, seed=99, size=64), progress=False) / "images"
+    run = tmp_path / "ssl"
+    cfg = dict(data=str(small), task="self-supervised", batch_size=8, epochs=1, progress=False, device="cpu")
+    train(TrainConfig(out=str(run), images=[str(films), str(other)], **cfg))
+    staged = open_store(run / "films")
+    listing = list(csv.DictReader(open(run / "films" / "films.csv")))
+    assert len(listing) == 60 + 1 + 12
+    scored = {store.index[i]["filename"] for i in np.concatenate([store.rows("val"), store.rows("test")])}
+    dropped = {Path(r["path"]).name: r["reason"] for r in listing if r["kept"] == "0"}
+    assert dropped.pop("broken.png").startswith("unreadable")
+    assert len(dropped) == 60 and all("duplicate of" in why for why in dropped.values())  # the build's own films
+    assert {name for name, why in dropped.items() if "scored: never" in why} == scored
+    kept = [r for r in listing if r["kept"] == "1"]
+    assert len(kept) == 12 and all("/other/" in r["path"] for r in kept)
+    assert len(staged.rows("train")) == len(store.rows("train")) + len(kept) == len(staged.rows())
+    own = store.rows("train")
+    assert np.array_equal(staged.read(np.arange(len(own))), store.read(own))  # the build's own pixels, unchanged
+    row = len(own)  # the first film: the other folder's first image, through the build's contract
+    assert np.array_equal(staged.read(np.array([row]))[0], store.contract.load(kept[0]["path"]))
+    assert staged.contract == store.contract and staged.sources(np.array([row])) == ["images"]
+    assert staged.index[row]["patient_id"] == Path(kept[0]["path"]).name
+    with pytest.raises(CovidnetError, match="have no label"):
+        staged.labels()
+    assert read_checkpoint(run / "best.pt")["train_config"]["images"] == [str(films), str(other)]
+    train(TrainConfig(out=str(run), images=[str(films), str(other)], resume=True, **{**cfg, "epochs": 2}))
+
+
+def test_pretraining_refuses_a_folder_without_a_readable_film_before_writing_anything(small, tmp_path):
+    empty, unreadable = tmp_path / "empty", tmp_path / "unreadable"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no film here")
+    unreadable.mkdir()
+    (unreadable / "a.png").write_bytes(b"not a png")
+    run = tmp_path / "r"
+    cfg = dict(data=str(small), task="self-supervised", out=str(run), progress=False, device="cpu")
+    with pytest.raises(ConfigError, match=f"--images {empty}: no image file"):
+        train(TrainConfig(images=[str(empty)], **cfg))
+    with pytest.raises(ConfigError, match=f"--images {unreadable}: no readable film .*a.png: unreadable"):
+        train(TrainConfig(images=[str(unreadable)], **cfg))
+    with pytest.raises(ConfigError, match=f"--images {tmp_path / 'nowhere'}: not a folder"):
+        train(TrainConfig(images=[str(tmp_path / "nowhere")], **cfg))
+    assert not run.exists()
+    with pytest.raises(ConfigError, match="--images is not a setting of --task classification"):
+        TrainConfig(data=str(small), out=str(run), images=[str(unreadable)])

@@ -17,6 +17,7 @@ BINARY_CLASSES = ("negative", "positive")
 # one is COVID-19, as in COVIDx, where every COVID-19 image is positive and every positive one COVID-19.
 NEGATIVE_ONLY = "negative"
 LABELS = (*CLASSES, NEGATIVE_ONLY)
+UNLABELLED = "unlabelled"  # a film staged for self-supervised pretraining (``data.films``): no label, no class
 PAEDIATRIC_AGE = 18  # years; below it a record is paediatric (excluded by the build unless asked; an audit group)
 VIEWS = ("PA", "AP", "AP supine")  # the views the within-(site, view) figures stratify by (``view_position``)
 

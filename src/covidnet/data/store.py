@@ -21,7 +21,17 @@ import numpy as np
 from ..contract import Contract
 from ..errors import CovidnetError
 from .lungmasks import NAME_KEY, PREDICTED
-from .records import BINARY_CLASSES, CLASSES, LABELS, NEGATIVE_ONLY, Record, patient_uid, to_binary, view_position
+from .records import (
+    BINARY_CLASSES,
+    CLASSES,
+    LABELS,
+    NEGATIVE_ONLY,
+    UNLABELLED,
+    Record,
+    patient_uid,
+    to_binary,
+    view_position,
+)
 
 IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"  # lung masks, rows aligned with images.npy (a build with --lung-masks or --lungs)
@@ -229,9 +239,14 @@ class Store:
     def labels(self, rows: np.ndarray | None = None, binary: bool = False) -> np.ndarray:
         """Class indices of ``rows``: CLASSES order, or BINARY_CLASSES order when ``binary``."""
         rows = self.rows() if rows is None else rows
+        names = [self.index[i]["label"] for i in rows]
+        if UNLABELLED in names:
+            raise CovidnetError(
+                f"{self.root}: {names.count(UNLABELLED)} of these {len(names)} images have no label (films staged "
+                "by `covidnet pretrain --images`); they serve self-supervised pretraining only"
+            )
         if binary:
             return np.array([BINARY_CLASSES.index(self.index[i]["label_binary"]) for i in rows], dtype=np.int64)
-        names = [self.index[i]["label"] for i in rows]
         if NEGATIVE_ONLY in names:  # a binary release says negative, not whether normal or pneumonia
             raise CovidnetError(
                 f"{self.root}: {names.count(NEGATIVE_ONLY)} of these {len(names)} images are labelled only "
@@ -343,8 +358,12 @@ def _read_index(path: Path) -> list[dict[str, str]]:
 def _checks(r: dict[str, str], n: int):
     """(wrong, why) of each thing a row of index.csv must be."""
     yield r["row"] != str(n), f"row {r['row']!r} where {n} belongs"
-    yield r["label"] not in LABELS, f"label {r['label']!r}"
-    yield r["label_binary"] not in BINARY_CLASSES, f"binary label {r['label_binary']!r}"
+    unlabelled = r["label"] == UNLABELLED  # a film staged for pretraining (``data.films``): no binary label either
+    yield r["label"] not in LABELS and not unlabelled, f"label {r['label']!r}"
+    yield (
+        r["label_binary"] not in BINARY_CLASSES and not (unlabelled and not r["label_binary"]),
+        (f"binary label {r['label_binary']!r}"),
+    )
     for c in NUMERIC_COLUMNS:
         v = r.get(c) or ""
         yield v != "" and not _is_number(v), f"{c} {v!r} is not a number"

@@ -2,9 +2,11 @@
 self-supervised``): SimSiam (``tasks/simsiam.py``) on a registered classifier's backbone, by the one training
 loop (resumable, SIGTERM-safe, torchrun, streamed from a store larger than memory).
 
-* **Data**: the images of a build's **training split only**, labelled or not; never its validation or test
-  split. A tenth of the training split's patients (chosen by a hash of the patient, the same every run) is
-  held out to watch the loss on images the step never saw (``val_loss``, the figure a run is selected on).
+* **Data**: the images of a build's **training split only**, labelled or not, never its validation or test
+  split; and with ``--images DIR`` the films of those folders, staged beside them in ``RUN/films/`` by
+  ``data.films`` (through the build's contract, duplicates of the build's films left out). A tenth of the
+  patients (chosen by a hash of the patient, the same every run) is held out to watch the loss on images the
+  step never saw (``val_loss``, the figure a run is selected on).
 * **Views**: two augmentations of each image on the device, each with its own parameters, of what a chest
   film varies in: a crop of 44-100 % of the image's area (``--zoom-min 1 --zoom-max 1.5``), a shift of up to a
   tenth of the side, a rotation of up to 10 degrees, brightness ±20 %, a gamma curve, blur and noise
@@ -39,7 +41,7 @@ class SelfSupervisedTask(Task):
     outputs: list[str] = []
     needs = "training images (labelled or not)"
     title = "covidnet self-supervised pretraining"
-    options = ("in_channels", "intensity", "aug_gamma", "aug_blur", "aug_noise")
+    options = ("in_channels", "intensity", "aug_gamma", "aug_blur", "aug_noise", "images")
     defaults = {
         "arch": "covidnet-cxr3b",
         "epochs": 30,

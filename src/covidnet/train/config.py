@@ -122,6 +122,13 @@ class TrainConfig:
     dro_adjustment: float = option(
         1.0, "--group-dro: C of the group-size adjustment C / sqrt(group size) added to each group's loss"
     )
+    images: list[str] = option(
+        default_factory=list,
+        flag="--images",
+        metavar="DIR",
+        help="--task self-supervised: a folder of unlabelled films (any depth; PNG, JPEG, WebP, DICOM) to pretrain on "
+        "beside the build's training split, read through its contract; repeat the flag for more",
+    )
     label_fraction: float = option(
         1.0,
         "train on the labels of this share of the training split's patients, drawn by patient and stratified by "
@@ -183,7 +190,8 @@ class TrainConfig:
                 setattr(self, f.name, t.defaults.get(f.name, NEUTRAL.get(f.name)))
         given = [f for f in dataclasses.fields(self) if f.name not in COMMON_OPTIONS and f.name not in t.options]
         for f in given:
-            if getattr(self, f.name) != NEUTRAL.get(f.name, f.default):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if getattr(self, f.name) != NEUTRAL.get(f.name, default):
                 raise ConfigError(
                     f"--{f.name.replace('_', '-')} is not a setting of --task {self.task} (it takes "
                     f"{', '.join('--' + o.replace('_', '-') for o in t.options) or 'only the common settings'})"

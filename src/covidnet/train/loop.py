@@ -32,6 +32,7 @@ import torch
 from ..augment import augment, sample_params
 from ..checkpoint import classifier_arch, read_checkpoint, save_checkpoint
 from ..contract import Contract, uint8_to_unit
+from ..data.films import image_files, stage_films
 from ..data.store import open_store
 from ..errors import ConfigError, CovidnetError
 from ..runtime.device import predict_outputs
@@ -67,6 +68,8 @@ def check_training(cfg: TrainConfig, store=None) -> None:
     study``) checks them all with this before the first starts."""
     task = cfg.check()
     store = store if store is not None else open_store(cfg.data)
+    for folder in cfg.images:
+        image_files(Path(folder))
     train_rows, _ = data_rows(cfg, store, task)
     task.check(cfg, store, train_rows)
 
@@ -180,6 +183,9 @@ def stage_data(r: Run) -> None:
     cfg = r.cfg
     r.store = store = open_store(cfg.data)
     r.task = task = cfg.make_task()
+    if cfg.images:  # unlabelled films beside the build's training split, in one store (self-supervised only)
+        check_run(cfg)
+        r.store = store = open_store(stage_films(store, cfg.images, Path(cfg.out), cfg.progress and r.dist.main))
     r.train_rows, val_rows = data_rows(cfg, store, task, r.dist.world)
     r.path = check_run(cfg)
     r.contract = task.contract(store, cfg)

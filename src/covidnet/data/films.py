@@ -1,0 +1,150 @@
+"""Unlabelled films for self-supervised pretraining (``covidnet pretrain --images DIR``): every image file under
+the folders, read through the build's contract (``Contract.load``, the one pixel path, so the backbone sees
+what fine-tuning on that build will feed it), joined with the build's training split into one store that only
+pretraining reads (``RUN/films/``).
+
+* **Patients.** A folder of files says nothing of who is in them: each file is its own patient (its path in
+  the folder; the source is the folder's name), as the build does for such layouts. Pretraining holds out a
+  hashed tenth of the patients to watch its loss, so two films of one patient may fall on both sides of that
+  hold-out; it selects nothing but the checkpoint by it.
+* **Never a scored film.** A file that is an exact or near duplicate of one of the build's validation or test
+  images (the build's perceptual hash, within ``NEAR_DUP_BITS``) is left out: a model fine-tuned from this
+  pretraining is scored on them. So is a duplicate of a training image, which the store holds already.
+* **Nothing silent.** An unreadable file and a duplicate are left out with their reason in ``films.csv``
+  (every file, kept or not) and counted on stderr; a folder without any image file, or with none that reads,
+  is one line and nothing is written. The store is written beside its final place and renamed into it, so a
+  stopped staging leaves nothing a resumed run would take for finished.
+
+Rows of these films carry the label ``UNLABELLED``; ``Store.labels`` refuses them in one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, CovidnetError
+from ..imageio import IMAGE_SUFFIXES
+from .build.dedup import NEAR_DUP_BITS, perceptual_hash
+from .records import UNLABELLED
+from .store import IMAGES_FILE, INDEX_COLUMNS, INDEX_FILE, RowFile, Store, open_store
+
+FILMS = "films"  # the staged store, inside the run folder
+LISTING = "films.csv"  # every file of the folders: kept, or why not
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any depth, by suffix, sorted); one line when it is not a folder or
+    holds none."""
+    if not folder.is_dir():
+        raise ConfigError(f"--images {folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"--images {folder}: no image file ({', '.join(IMAGE_SUFFIXES)}) in it or below it")
+    return files
+
+
+def stage_films(store: Store, folders: list[str], run: Path, progress: bool = True) -> Path:
+    """``run/films``: the build's training images and the folders' films, in one store with the build's
+    contract (made once; a resumed run finds it). Returns its path."""
+    final = run / FILMS
+    if (final / INDEX_FILE).is_file():
+        return final
+    listing = [(Path(d), p) for d in folders for p in image_files(Path(d))]  # every folder checked first
+    rows, hashes = _build_hashes(store)
+    kept, reasons = [], {}
+    for k, (folder, path) in enumerate(listing):
+        if progress and k % 200 == 0:
+            print(f"covidnet pretrain: reading films {k}/{len(listing)}", file=sys.stderr)
+        try:
+            img = store.contract.load(path)
+        except (CovidnetError, OSError) as e:
+            reasons[path] = f"unreadable: {e}"
+            continue
+        twin = _near(perceptual_hash(img), rows, hashes)
+        if twin is not None:
+            split = store.index[twin]["split"]
+            why = "scored: never pretrained on" if split != "train" else "staged from the build already"
+            reasons[path] = f"duplicate of {store.index[twin]['filename']}, {split} split ({why})"
+            continue
+        kept.append((folder, path, img))
+    if not kept:
+        raise ConfigError(
+            f"--images {', '.join(folders)}: no readable film ({len(reasons)} left out: {_first(reasons)})"
+        )
+    if reasons and progress:
+        print(f"covidnet pretrain: {len(reasons)} of {len(listing)} files left out ({run / FILMS / LISTING})",
+              file=sys.stderr)  # fmt: skip
+    tmp = run / f".{FILMS}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write(tmp, store, kept, listing, reasons)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process (a torchrun rank) staged it first: the same films
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _build_hashes(store: Store, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The build's rows (validation and test first: a film that matches one of them and a training film is
+    left out as scored) and their perceptual hashes, unpacked to bits (rows, 256)."""
+    rows = np.concatenate([store.rows("val"), store.rows("test"), store.rows("train")])
+    hashes = [perceptual_hash(img) for k in range(0, len(rows), chunk) for img in store.read(rows[k : k + chunk])]
+    bits = np.unpackbits(np.frombuffer(b"".join(hashes), np.uint8).reshape(len(rows), -1), axis=1)
+    return rows, bits
+
+
+def _near(h: bytes, rows: np.ndarray, bits: np.ndarray) -> int | None:
+    """The first of ``rows`` whose hash is within ``NEAR_DUP_BITS`` of ``h``, or None."""
+    close = np.flatnonzero((bits != np.unpackbits(np.frombuffer(h, np.uint8))).sum(1) <= NEAR_DUP_BITS)
+    return int(rows[close[0]]) if len(close) else None
+
+
+def _source_names(folders: list[Path]) -> dict[Path, str]:
+    """Each folder's source name: its own name, with -2, -3, … where two folders share one."""
+    names: dict[Path, str] = {}
+    for folder in dict.fromkeys(folders):
+        name, k = folder.name, 1
+        while name in names.values():
+            k += 1
+            name = f"{folder.name}-{k}"
+        names[folder] = name
+    return names
+
+
+def _first(reasons: dict) -> str:
+    path, why = next(iter(reasons.items()), ("", "none"))
+    return f"{path}: {why}" if path else why
+
+
+def _write(tmp: Path, store: Store, kept: list, listing: list, reasons: dict) -> None:
+    own = store.rows("train")
+    images = RowFile.create(tmp / IMAGES_FILE, len(own) + len(kept), store.size)
+    rows = []
+    for n, (i, img) in enumerate(zip(own, store.read(own), strict=True)):
+        images.write(n, img)
+        rows.append({**{c: store.index[i].get(c, "") for c in INDEX_COLUMNS}, "row": n, "lung_mask": ""})
+    names = _source_names([folder for folder, _, _ in kept])
+    for n, (folder, path, img) in enumerate(kept, start=len(own)):
+        images.write(n, img)
+        name = path.relative_to(folder).as_posix()
+        rows.append({**dict.fromkeys(INDEX_COLUMNS, ""), "row": n, "patient_id": name, "filename": name,
+                     "label": UNLABELLED, "source": names[folder], "split": "train"})  # fmt: skip
+    images.close()
+    with open(tmp / INDEX_FILE, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+    with open(tmp / LISTING, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "kept", "reason"])
+        for _, path in listing:
+            w.writerow([str(path), int(path not in reasons), reasons.get(path, "")])
+    store.contract.write(tmp)
+    open_store(tmp)  # what was written reads back as a store
