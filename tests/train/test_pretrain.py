@@ -129,8 +129,10 @@ def test_pretraining_refuses_a_folder_without_a_readable_film_before_writing_any
     cfg = dict(data=str(small), task="self-supervised", out=str(run), progress=False, device="cpu")
     with pytest.raises(ConfigError, match=f"--images {empty}: no image file"):
         train(TrainConfig(images=[str(empty)], **cfg))
-    with pytest.raises(ConfigError, match=f"--images {unreadable}: no readable film .*a.png: unreadable"):
+    with pytest.raises(ConfigError, match=f"--images {unreadable}: no film to pretrain on: 1 unreadable, 0 dup.*a.png"):
         train(TrainConfig(images=[str(unreadable)], **cfg))
+    with pytest.raises(ConfigError, match="no film to pretrain on: 0 unreadable, 60 duplicates of the build's own"):
+        train(TrainConfig(images=[str(small.parent / "phantoms" / "images")], **cfg))
     with pytest.raises(ConfigError, match=f"--images {tmp_path / 'nowhere'}: not a folder"):
         train(TrainConfig(images=[str(tmp_path / "nowhere")], **cfg))
     assert not run.exists()

@@ -74,11 +74,14 @@ def stage_films(store: Store, folders: list[str], run: Path, progress: bool = Tr
             continue
         kept.append((folder, path, img))
     if not kept:
+        unreadable = sum(why.startswith("unreadable") for why in reasons.values())
         raise ConfigError(
-            f"--images {', '.join(folders)}: no readable film ({len(reasons)} left out: {_first(reasons)})"
+            f"--images {', '.join(folders)}: no film to pretrain on: {unreadable} unreadable, "
+            f"{len(reasons) - unreadable} duplicates of the build's own films (first: {_first(reasons)})"
         )
-    if reasons and progress:
-        print(f"covidnet pretrain: {len(reasons)} of {len(listing)} files left out ({run / FILMS / LISTING})",
+    if progress:
+        print(f"covidnet pretrain: {len(kept)} films staged beside the build's {len(store.rows('train'))} training "
+              f"images; {len(reasons)} of {len(listing)} files left out (listed in {final / LISTING})",
               file=sys.stderr)  # fmt: skip
     tmp = run / f".{FILMS}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
