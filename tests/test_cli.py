@@ -17,7 +17,9 @@ from covidnet.models import list_models
 def covidnet(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "covidnet"
     cmd = [str(exe)] if exe.exists() else [shutil.which("covidnet") or sys.exit("covidnet is not installed")]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+    # a guard against a hang, not a speed test: the demo's whole chain takes about 200 s on 2 idle cores, and
+    # ran past 300 s on 2 cores shared with another training (benchmarks/ measure speed)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=900)
 
 
 def test_profile_cxr3b_json_is_within_ten_percent_of_the_paper():
