@@ -97,6 +97,12 @@ def test_pretraining_reads_folders_of_unlabelled_films_and_never_a_scored_one(sm
     cfg = dict(data=str(small), task="self-supervised", batch_size=8, epochs=1, progress=False, device="cpu")
     train(TrainConfig(out=str(run), images=[str(films), str(other)], **cfg))
     staged = open_store(run / "films")
+    assert sorted(p.name for p in (run / "films").iterdir()) == [
+        "contract.json",
+        "films.csv",
+        "images.npy",
+        "index.csv",
+    ]
     listing = list(csv.DictReader(open(run / "films" / "films.csv")))
     assert len(listing) == 60 + 1 + 12
     scored = {store.index[i]["filename"] for i in np.concatenate([store.rows("val"), store.rows("test")])}
@@ -135,6 +141,6 @@ def test_pretraining_refuses_a_folder_without_a_readable_film_before_writing_any
         train(TrainConfig(images=[str(small.parent / "phantoms" / "images")], **cfg))
     with pytest.raises(ConfigError, match=f"--images {tmp_path / 'nowhere'}: not a folder"):
         train(TrainConfig(images=[str(tmp_path / "nowhere")], **cfg))
-    assert not run.exists()
+    assert not run.exists() and not list(tmp_path.glob(".r.films-*"))  # nor its staging beside it
     with pytest.raises(ConfigError, match="--images is not a setting of --task classification"):
         TrainConfig(data=str(small), out=str(run), images=[str(unreadable)])

@@ -13,7 +13,8 @@ pretraining reads (``RUN/films/``).
 * **Nothing silent.** An unreadable file and a duplicate are left out with their reason in ``films.csv``
   (every file, kept or not) and counted on stderr; a folder without any image file, or with none that reads,
   is one line and nothing is written. The store is written beside its final place and renamed into it, so a
-  stopped staging leaves nothing a resumed run would take for finished.
+  stopped staging leaves nothing a resumed run would take for finished. Films and rows pass a row at a time,
+  as in the build: memory stays flat in the number of films.
 
 Rows of these films carry the label ``UNLABELLED``; ``Store.labels`` refuses them in one line.
 """
@@ -36,6 +37,7 @@ from .store import IMAGES_FILE, INDEX_COLUMNS, INDEX_FILE, RowFile, Store, open_
 
 FILMS = "films"  # the staged store, inside the run folder
 LISTING = "films.csv"  # every file of the folders: kept, or why not
+SCRATCH = "scratch.npy"  # the films as read, before the store is written
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -56,7 +58,39 @@ def stage_films(store: Store, folders: list[str], run: Path, progress: bool = Tr
     if (final / INDEX_FILE).is_file():
         return final
     listing = [(Path(d), p) for d in folders for p in image_files(Path(d))]  # every folder checked first
+    tmp = run.parent / f".{run.name}.{FILMS}-{os.getpid()}"  # beside the run: nothing in it until renamed in
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        kept, reasons = _read_films(store, listing, tmp / SCRATCH, progress)
+        if not kept:
+            unreadable = sum(why.startswith("unreadable") for why in reasons.values())
+            raise ConfigError(
+                f"--images {', '.join(folders)}: no film to pretrain on: {unreadable} unreadable, "
+                f"{len(reasons) - unreadable} duplicates of the build's own films (first: {_first(reasons)})"
+            )
+        _write(tmp, store, kept, listing, reasons)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(f"covidnet pretrain: {len(kept)} films staged beside the build's {len(store.rows('train'))} training "
+              f"images; {len(reasons)} of {len(listing)} files left out (listed in {final / LISTING})",
+              file=sys.stderr)  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process (a torchrun rank) staged it first: the same films
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _read_films(store: Store, listing: list, scratch: Path, progress: bool) -> tuple[list, dict]:
+    """Each film read through the contract once, into row k of the ``scratch`` row file as the k-th kept one (a
+    row at a time: memory stays flat in the number of films). Returns the kept films (folder, path, scratch row)
+    and the reason each other file is left out."""
     rows, hashes = _build_hashes(store)
+    out = RowFile.create(scratch, len(listing), store.size)
     kept, reasons = [], {}
     for k, (folder, path) in enumerate(listing):
         if progress and k % 200 == 0:
@@ -72,26 +106,10 @@ def stage_films(store: Store, folders: list[str], run: Path, progress: bool = Tr
             why = "scored: never pretrained on" if split != "train" else "staged from the build already"
             reasons[path] = f"duplicate of {store.index[twin]['filename']}, {split} split ({why})"
             continue
-        kept.append((folder, path, img))
-    if not kept:
-        unreadable = sum(why.startswith("unreadable") for why in reasons.values())
-        raise ConfigError(
-            f"--images {', '.join(folders)}: no film to pretrain on: {unreadable} unreadable, "
-            f"{len(reasons) - unreadable} duplicates of the build's own films (first: {_first(reasons)})"
-        )
-    if progress:
-        print(f"covidnet pretrain: {len(kept)} films staged beside the build's {len(store.rows('train'))} training "
-              f"images; {len(reasons)} of {len(listing)} files left out (listed in {final / LISTING})",
-              file=sys.stderr)  # fmt: skip
-    tmp = run / f".{FILMS}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write(tmp, store, kept, listing, reasons)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process (a torchrun rank) staged it first: the same films
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        out.write(len(kept), img)
+        kept.append((folder, path, len(kept)))
+    out.close()
+    return kept, reasons
 
 
 def _build_hashes(store: Store, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -127,18 +145,23 @@ def _first(reasons: dict) -> str:
 
 
 def _write(tmp: Path, store: Store, kept: list, listing: list, reasons: dict) -> None:
+    """The store in ``tmp``: the build's training rows, then the kept films from the scratch file (removed), a
+    row at a time; its index, contract and ``films.csv``."""
     own = store.rows("train")
     images = RowFile.create(tmp / IMAGES_FILE, len(own) + len(kept), store.size)
     rows = []
-    for n, (i, img) in enumerate(zip(own, store.read(own), strict=True)):
-        images.write(n, img)
+    for n, i in enumerate(own):
+        images.write(n, store.read(own[n : n + 1])[0])
         rows.append({**{c: store.index[i].get(c, "") for c in INDEX_COLUMNS}, "row": n, "lung_mask": ""})
+    scratch = RowFile(tmp / SCRATCH)
     names = _source_names([folder for folder, _, _ in kept])
-    for n, (folder, path, img) in enumerate(kept, start=len(own)):
-        images.write(n, img)
+    for n, (folder, path, slot) in enumerate(kept, start=len(own)):
+        images.write(n, scratch.read([slot])[0])
         name = path.relative_to(folder).as_posix()
         rows.append({**dict.fromkeys(INDEX_COLUMNS, ""), "row": n, "patient_id": name, "filename": name,
                      "label": UNLABELLED, "source": names[folder], "split": "train"})  # fmt: skip
+    scratch.close()
+    (tmp / SCRATCH).unlink()
     images.close()
     with open(tmp / INDEX_FILE, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS))
