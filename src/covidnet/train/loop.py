@@ -183,11 +183,10 @@ def stage_data(r: Run) -> None:
     cfg = r.cfg
     r.store = store = open_store(cfg.data)
     r.task = task = cfg.make_task()
+    r.path = check_run(cfg)  # before the films are staged beside it
     if cfg.images:  # unlabelled films beside the build's training split, in one store (self-supervised only)
-        check_run(cfg)
         r.store = store = open_store(stage_films(store, cfg.images, Path(cfg.out), cfg.progress and r.dist.main))
     r.train_rows, val_rows = data_rows(cfg, store, task, r.dist.world)
-    r.path = check_run(cfg)
     r.contract = task.contract(store, cfg)
     y_train, y_val = task.targets(store, r.train_rows), task.targets(store, val_rows)
     r.y_train = y_train if y_train is not None else np.zeros(len(r.train_rows), np.int64)
