@@ -183,12 +183,28 @@ def test_not_a_built_dataset_is_one_line(tmp_path):
         ({"init": "imagenet"}, "torchvision baselines"),
         ({"init": "mean-var"}, "--init mean-var needs ImageNet weights"),
         ({"init": "imagnet"}, "neither random, imagenet, mean-var nor a checkpoint file"),
+        ({"optimizer": "adamw"}, "--optimizer must be one of adam, sgd"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_written(small_ds, tmp_path, override, needle):
     with pytest.raises(CovidnetError, match=needle):
         train(TrainConfig(data=str(small_ds), out=str(tmp_path / "run"), **{**FAST, **override}))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_sgd_keeps_its_momentum_across_a_resume_and_a_resume_cannot_switch_optimiser(small_ds, tmp_path):
+    run = tmp_path / "sgd"
+    settings = {**FAST, "epochs": 1, "optimizer": "sgd", "lr": 1e-2, "weight_decay": 1e-4}
+    train(TrainConfig(data=str(small_ds), out=str(run), **settings))
+    state = read_checkpoint(run / "last.pt")["optimizer"]
+    assert state["param_groups"][0]["momentum"] == 0.9 and state["param_groups"][0]["weight_decay"] == 1e-4
+    assert all("momentum_buffer" in s for s in state["state"].values())  # SGD's, not Adam's exp_avg
+    with pytest.raises(ConfigError, match="--optimizer was 'sgd'"):
+        train(
+            TrainConfig(data=str(small_ds), out=str(run), **{**settings, "epochs": 2, "optimizer": "adam"}, resume=True)
+        )
+    train(TrainConfig(data=str(small_ds), out=str(run), **{**settings, "epochs": 2}, resume=True))
+    assert [r["epoch"] for r in read_log(run)] == ["1", "2"]
 
 
 def test_init_from_a_checkpoint_of_another_architecture_is_refused(small_ds, tmp_path):

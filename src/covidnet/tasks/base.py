@@ -28,8 +28,8 @@ from ..errors import UsageError
 
 # training settings every task takes (the rest belong to the tasks that list them in ``options``)
 COMMON_OPTIONS = (
-    "data out task arch epochs batch_size lr scale_lr weight_decay plateau_factor plateau_patience size translate "
-    "rotate hflip brightness zoom_min zoom_max seed device amp channels_last compile eval_batch_size "
+    "data out task arch epochs batch_size lr scale_lr optimizer weight_decay plateau_factor plateau_patience size "
+    "translate rotate hflip brightness zoom_min zoom_max seed device amp channels_last compile eval_batch_size "
     "host_memory_gb max_steps precise_bn resume progress"
 ).split()
 

@@ -23,6 +23,8 @@ from ..errors import ConfigError
 from ..models import get_spec, list_models
 from ..tasks import COMMON_OPTIONS, TASKS, Task, make_task, task_class
 
+OPTIMIZERS = ("adam", "sgd")
+
 # a field whose default is the task's is None until the config is made; where a task sets none, this
 NEUTRAL = {"covid_percent": 0.0, "class_weights": "none", "hflip": 0.5, "brightness": 0.10, "aug_gamma": 0.0,
            "aug_blur": 0.0, "aug_noise": 0.0}  # fmt: skip
@@ -51,9 +53,12 @@ class TrainConfig:
     arch: str | None = option(None, f"architecture (see `covidnet models`; {_per_task('arch')})")
     epochs: int | None = option(None, f"epochs ({_per_task('epochs')})", may_change_on_resume=True)
     batch_size: int = option(8, "images per step, over all processes together")
-    lr: float | None = option(None, f"Adam learning rate ({_per_task('lr')})")
+    lr: float | None = option(None, f"learning rate ({_per_task('lr')})")
     scale_lr: bool = option(False, "multiply --lr by batch-size/8 (linear rule for larger batches)")
-    weight_decay: float = option(0.0, "Adam weight decay")
+    optimizer: str = option(
+        "adam", "adam; or sgd, with momentum 0.9 (SimSiam's own recipe: --lr 0.05 x batch/256, --weight-decay 1e-4)"
+    )
+    weight_decay: float = option(0.0, "the optimiser's weight decay")
     plateau_factor: float | None = option(
         None, f"ReduceLROnPlateau factor on the monitored validation figure ({_per_task('plateau_factor')})"
     )
@@ -223,6 +228,8 @@ class TrainConfig:
         """What is refused before anything is read: the settings alone. Returns the task."""
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.eval_batch_size < 1:
             raise ConfigError("--epochs, --batch-size, --eval-batch-size and --lr must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.in_channels not in (1, 3):
             raise ConfigError(f"--in-channels must be 1 or 3, not {self.in_channels}")
         if self.compile not in ("auto", "on", "off"):

@@ -212,7 +212,10 @@ def build(r: Run) -> None:
     torch.manual_seed(cfg.seed)
     r.model = task.create_model(cfg, r).to(r.device, memory_format=r.mem_format)
     net, params = task.trainable(r.model)
-    r.opt = torch.optim.Adam(params, lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        r.opt = torch.optim.SGD(params, lr=cfg.effective_lr(), momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        r.opt = torch.optim.Adam(params, lr=cfg.effective_lr(), weight_decay=cfg.weight_decay)
     r.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         r.opt, mode=task.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
