@@ -12,6 +12,7 @@ import torch
 from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint
+from covidnet.data import films as films_module
 from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError, CovidnetError
@@ -84,10 +85,12 @@ def test_pretraining_refuses_what_would_teach_it_nothing(small, tmp_path):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", binary=True))
 
 
-def test_pretraining_reads_folders_of_unlabelled_films_and_never_a_scored_one(small, tmp_path):
-    """``--images``: every film under the folders, through the build's contract, beside its training split; the
-    build's own validation and test films among them (the phantoms' source folder holds all 60) left out as
-    duplicates, an unreadable file left out, both listed; the staged store's films refuse to be labels."""
+def test_pretraining_reads_folders_of_unlabelled_films_and_never_a_scored_one(small, tmp_path, monkeypatch):
+    """``--images``: every film under the folders, through the build's contract, beside its training split (read
+    in chunks, small here so that their seams are crossed); the build's own validation and test films among them
+    (the phantoms' source folder holds all 60) left out as duplicates, an unreadable file left out, both listed;
+    the staged store's films refuse to be labels."""
+    monkeypatch.setattr(films_module, "CHUNK", 7)
     store = open_store(small)
     films = tmp_path / "films"
     shutil.copytree(small.parent / "phantoms" / "images", films / "nested" / "deeper")

@@ -38,6 +38,7 @@ from .store import IMAGES_FILE, INDEX_COLUMNS, INDEX_FILE, RowFile, Store, open_
 FILMS = "films"  # the staged store, inside the run folder
 LISTING = "films.csv"  # every file of the folders: kept, or why not
 SCRATCH = "scratch.npy"  # the films as read, before the store is written
+CHUNK = 256  # build rows read at a time: memory flat in the size of the build
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -112,7 +113,7 @@ def _read_films(store: Store, listing: list, scratch: Path, progress: bool) -> t
     return kept, reasons
 
 
-def _build_hashes(store: Store, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def _build_hashes(store: Store, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """The build's rows (validation and test first: a film that matches one of them and a training film is
     left out as scored) and their perceptual hashes, unpacked to bits (rows, 256)."""
     rows = np.concatenate([store.rows("val"), store.rows("test"), store.rows("train")])
@@ -146,12 +147,14 @@ def _first(reasons: dict) -> str:
 
 def _write(tmp: Path, store: Store, kept: list, listing: list, reasons: dict) -> None:
     """The store in ``tmp``: the build's training rows, then the kept films from the scratch file (removed), a
-    row at a time; its index, contract and ``films.csv``."""
+    row at a time (the build's in chunks of ``CHUNK``); its index, contract and ``films.csv``."""
     own = store.rows("train")
     images = RowFile.create(tmp / IMAGES_FILE, len(own) + len(kept), store.size)
     rows = []
+    for k in range(0, len(own), CHUNK):
+        for n, img in enumerate(store.read(own[k : k + CHUNK]), start=k):
+            images.write(n, img)
     for n, i in enumerate(own):
-        images.write(n, store.read(own[n : n + 1])[0])
         rows.append({**{c: store.index[i].get(c, "") for c in INDEX_COLUMNS}, "row": n, "lung_mask": ""})
     scratch = RowFile(tmp / SCRATCH)
     names = _source_names([folder for folder, _, _ in kept])
