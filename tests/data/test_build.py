@@ -15,6 +15,7 @@ from PIL import Image
 
 from covidnet.contract import Contract
 from covidnet.data.build import NEAR_DUP_BITS, PHASH_SIZE, BuildConfig, SourceSpec, build_dataset, near_duplicate_pairs
+from covidnet.data.build.dedup import near_matches
 from covidnet.data.records import CLASSES
 from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
@@ -313,3 +314,18 @@ def test_near_duplicate_search_agrees_with_bytewise_xor_popcount_across_blocks()
     )
     assert sorted(near_duplicate_pairs(h, block=400)) == ref and (3, 1499) in ref and (8, 1200) in ref
     assert (9, 900) not in ref
+
+
+def test_one_hash_against_many_finds_what_the_all_pairs_search_pairs_it_with():
+    """``near_matches`` (one film against a store, ``pretrain --images``) and ``near_duplicate_pairs`` (the
+    build's all-pairs search) are one threshold: the matches of each hash are its pairs, at every distance."""
+    rng = np.random.default_rng(5)
+    h = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    for k, bits in enumerate((0, 1, 23, 24, 25, 40)):  # the threshold's both sides
+        h[100 + k] = h[k] ^ np.packbits(np.arange(256) < bits)
+    pairs = near_duplicate_pairs(h)
+    for i in range(len(h)):
+        mates = sorted({j for p in pairs for j in p if i in p} - {i})
+        found = [int(j) for j in near_matches(h[i].tobytes(), h) if j != i]
+        assert found == mates
+    assert [len(near_matches(h[k].tobytes(), h[100:106])) for k in range(6)] == [1, 1, 1, 1, 0, 0]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, CovidnetError
 from ..imageio import IMAGE_SUFFIXES
-from .build.dedup import NEAR_DUP_BITS, perceptual_hash
+from .build.dedup import near_matches, perceptual_hash
 from .records import UNLABELLED
 from .store import IMAGES_FILE, INDEX_COLUMNS, INDEX_FILE, RowFile, Store, open_store
 
@@ -115,16 +115,15 @@ def _read_films(store: Store, listing: list, scratch: Path, progress: bool) -> t
 
 def _build_hashes(store: Store, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """The build's rows (validation and test first: a film that matches one of them and a training film is
-    left out as scored) and their perceptual hashes, unpacked to bits (rows, 256)."""
+    left out as scored) and their packed perceptual hashes (rows, 32)."""
     rows = np.concatenate([store.rows("val"), store.rows("test"), store.rows("train")])
     hashes = [perceptual_hash(img) for k in range(0, len(rows), chunk) for img in store.read(rows[k : k + chunk])]
-    bits = np.unpackbits(np.frombuffer(b"".join(hashes), np.uint8).reshape(len(rows), -1), axis=1)
-    return rows, bits
+    return rows, np.frombuffer(b"".join(hashes), np.uint8).reshape(len(rows), -1)
 
 
-def _near(h: bytes, rows: np.ndarray, bits: np.ndarray) -> int | None:
-    """The first of ``rows`` whose hash is within ``NEAR_DUP_BITS`` of ``h``, or None."""
-    close = np.flatnonzero((bits != np.unpackbits(np.frombuffer(h, np.uint8))).sum(1) <= NEAR_DUP_BITS)
+def _near(h: bytes, rows: np.ndarray, hashes: np.ndarray) -> int | None:
+    """The first of ``rows`` whose hash is a near duplicate of ``h`` (the build's threshold), or None."""
+    close = near_matches(h, hashes)
     return int(rows[close[0]]) if len(close) else None
 
 

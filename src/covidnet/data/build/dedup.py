@@ -47,6 +47,13 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS, bloc
     return pairs
 
 
+def near_matches(h: bytes, hashes: np.ndarray, max_bits: int = NEAR_DUP_BITS) -> np.ndarray:
+    """The indices of the packed ``hashes`` (rows) at Hamming distance <= ``max_bits`` from the packed hash
+    ``h``, in order: one film against a store's hashes (``near_duplicate_pairs`` searches all pairs of one set)."""
+    x = np.bitwise_xor(np.ascontiguousarray(hashes, dtype=np.uint8), np.frombuffer(h, np.uint8))
+    return np.flatnonzero(np.bitwise_count(x).sum(1, dtype=np.int64) <= max_bits)
+
+
 def hash_matrix(phash: dict[int, bytes], rows: list[int]) -> np.ndarray:
     """The packed perceptual hashes of ``rows`` (keys of ``phash``), one row each: what
     ``near_duplicate_pairs`` searches."""
