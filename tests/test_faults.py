@@ -16,21 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from killpoints import driver, killed
 
 from covidnet.cli import main
 
-DRIVER = r'''
-"""covidnet ARGS, killed (SIGKILL, by itself) at $KILL_AT:
+DRIVER = driver(
+    """covidnet ARGS, killed (SIGKILL, by itself) at $KILL_AT:
 step:N               after this process's N-th optimisation step (every step is counted in $STEP_LOG)
 save:N               half-way through writing the N-th torch.save (its temporary file left torn)
-replace:NAME:N       just after the N-th os.replace onto a file called NAME
-before:NAME:N        just before it"""
-import os, signal, sys
-
-kind, *arg = (os.environ.get("KILL_AT") or "none").split(":")
-die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-count = [0]
-
+replace:NAME:N       just after the N-th os.replace onto a file whose name starts with NAME
+before:NAME:N        just before it""",
+    r"""
 if kind in ("step", "none"):
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -61,25 +57,8 @@ elif kind == "save":
         die()
 
     torch.save = save
-elif kind in ("replace", "before"):
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **k):
-        hit = os.path.basename(dst) == arg[0]
-        if hit:
-            count[0] += 1
-        if hit and kind == "before" and count[0] == int(arg[1]):
-            die()
-        real_replace(src, dst, *a, **k)
-        if hit and kind == "replace" and count[0] == int(arg[1]):
-            die()
-
-    os.replace = replace
-
-from covidnet.cli import main
-
-sys.exit(main(sys.argv[1:]))
-'''
+""",
+)
 
 EPOCHS = 3
 TRAIN = [
@@ -113,10 +92,6 @@ def train(
     return subprocess.run(
         [sys.executable, str(driver), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
     )
-
-
-def killed(r: subprocess.CompletedProcess) -> None:
-    assert r.returncode == -9, f"expected SIGKILL, got {r.returncode}: {r.stderr[-2000:]}"
 
 
 def same_weights(a: Path, b: Path) -> None:

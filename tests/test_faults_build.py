@@ -21,24 +21,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from killpoints import driver, killed
 
 from covidnet.cli import main
 from covidnet.data.store import open_store
 
-DRIVER = r'''
-"""covidnet ARGS, killed (SIGKILL, by itself) at $KILL_AT:
+DRIVER = driver(
+    """covidnet ARGS, killed (SIGKILL, by itself) at $KILL_AT:
 read:N               after the N-th image is read and preprocessed
 before:PREFIX:N      just before the N-th os.replace onto a name starting with PREFIX
 replace:PREFIX:N     just after it
 exchange:N           just after the N-th atomic swap of two folders
 rmtree:PREFIX:N      half-way through the N-th shutil.rmtree of a folder whose name starts with PREFIX
 $NO_EXCHANGE=1: the system cannot swap atomically (the fallback: rename aside, then in)
-$DENY=NAME: opening a file called NAME is refused (PermissionError), as for a file of mode 000 when not root"""
-import builtins, os, shutil, signal, sys
-
-kind, *arg = (os.environ.get("KILL_AT") or "none").split(":")
-die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-count = [0]
+$DENY=NAME: opening a file called NAME is refused (PermissionError), as for a file of mode 000 when not root""",
+    r"""
+import builtins, shutil
 
 import covidnet.data.build as build
 import covidnet.data.build.images as images
@@ -65,20 +63,6 @@ if kind == "read":
         return result
 
     images._process = process
-elif kind in ("replace", "before"):
-    real_replace = os.replace
-
-    def replace(src, dst, *a, **k):
-        hit = os.path.basename(os.fspath(dst)).startswith(arg[0])
-        if hit:
-            count[0] += 1
-        if hit and kind == "before" and count[0] == int(arg[1]):
-            die()
-        real_replace(src, dst, *a, **k)
-        if hit and kind == "replace" and count[0] == int(arg[1]):
-            die()
-
-    os.replace = replace
 elif kind == "exchange":
     real_exchange = build._exchange
 
@@ -104,11 +88,8 @@ elif kind == "rmtree":
         return real_rmtree(path, *a, **k)
 
     shutil.rmtree = rmtree
-
-from covidnet.cli import main
-
-sys.exit(main(sys.argv[1:]))
-'''
+""",
+)
 
 LEFTOVER = re.compile(r"\.ds\.(building|replaced)-\w+")
 
@@ -135,10 +116,6 @@ def build(
     return subprocess.run(
         [sys.executable, str(driver), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
     )
-
-
-def killed(r: subprocess.CompletedProcess) -> None:
-    assert r.returncode == -9, f"expected SIGKILL, got {r.returncode}: {r.stderr[-2000:]}"
 
 
 def leftovers(folder: Path) -> list[str]:
