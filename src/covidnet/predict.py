@@ -129,8 +129,8 @@ def predict_paths(cfg: PredictConfig) -> Iterator[dict]:
         raise UsageError("--cam needs the model's gradients: use the PyTorch checkpoint (--checkpoint), not --onnx")
     backend = load_either(cfg.checkpoint, onnx, device=cfg.device, batch_size=batch_size)
     task = backend.task
-    if task.name == "segmentation":
-        raise ConfigError(f"{backend.path}: a lung segmenter; its masks come from covidnet lungs predict")
+    if task.not_predicted:
+        raise ConfigError(f"{backend.path}: {task.not_predicted}")
     rule = task.decision_rule(backend.meta, cfg.threshold, cfg.operating_point)
     cams = CamFiles(cam_dir) if cam_dir else None
     if cams:

@@ -23,7 +23,7 @@ from covidnet.data.build import BuildConfig, SourceSpec, build_dataset
 from covidnet.data.lungmasks import MaskSpec
 from covidnet.data.store import open_store
 from covidnet.data.synth import MASKS_DIR
-from covidnet.errors import ConfigError, CovidnetError
+from covidnet.errors import ConfigError, CovidnetError, UsageError
 from covidnet.lungs.evaluate import LungsEvalConfig, LungsPredictConfig, evaluate_lungs, predict_lungs
 from covidnet.metrics.segmentation import box_mask, dice
 from covidnet.runtime import load
@@ -281,8 +281,11 @@ def test_wrong_models_for_lungs_are_one_line_errors(trained, lungs_onnx, tmp_pat
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b" / "report.json").exists()
     r = covidnet("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "q.onnx"), "--int8", "--data", str(ds))
     assert r.returncode == 1 and "--int8 is for classifiers" in r.stderr and not (tmp_path / "q.onnx").exists()
-    r = covidnet("predict", "--onnx", str(lungs_onnx[0]), str(next((src / "images").glob("*.png"))))
-    assert r.returncode == 1 and "covidnet lungs predict" in r.stderr and "Traceback" not in r.stderr
+    for model in ("--onnx", str(lungs_onnx[0])), ("--checkpoint", str(ckpt)):
+        r = covidnet("predict", *model, str(next((src / "images").glob("*.png"))))
+        assert r.returncode == 1 and "covidnet lungs predict" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UsageError, match="a lung segmenter; its masks come from covidnet lungs predict"):
+        load(ckpt).predict(open_store(ds).read(np.arange(2)))
 
 
 @pytest.mark.slow

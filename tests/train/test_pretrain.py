@@ -12,10 +12,11 @@ import torch
 from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint
+from covidnet.cli import main
 from covidnet.data import films as films_module
 from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
-from covidnet.errors import ConfigError, CovidnetError
+from covidnet.errors import ConfigError, CovidnetError, UsageError
 from covidnet.runtime import load
 from covidnet.tasks.selfsup import SelfSupervisedTask, monitored
 from covidnet.tasks.simsiam import Heads, PredictionHead, ProjectionHead, simsiam_loss
@@ -57,7 +58,7 @@ def test_pretraining_reads_the_training_split_only_and_holds_out_a_tenth_of_its_
     assert held and all(monitored(p) for p in held) and not held & set(store.patients(train_rows))
 
 
-def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classifier(small, tmp_path):
+def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classifier(small, tmp_path, capsys):
     fast = dict(data=str(small), task="self-supervised", batch_size=8, progress=False, device="cpu")
     train(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **fast))
     train(TrainConfig(out=str(tmp_path / "half"), epochs=1, **fast))  # then resumed for its second epoch
@@ -70,6 +71,12 @@ def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classif
     lm = load(tmp_path / "whole" / "best.pt", "cpu")
     features = lm.features(open_store(small).read(np.arange(4)))
     assert features.shape == (4, lm.model.num_features) and np.isfinite(features).all()
+    with pytest.raises(UsageError, match="predicts nothing: fine-tune it"):  # a backbone, no classifier
+        lm.predict(open_store(small).read(np.arange(2)))
+    film = next((small.parent / "phantoms" / "images").glob("*.png"))
+    assert main(["predict", "--checkpoint", str(tmp_path / "whole" / "best.pt"), str(film), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "predicts nothing" in err[0] and "Traceback" not in err[0]
     run = tmp_path / "fine"
     train(TrainConfig(data=str(small), out=str(run), init=str(tmp_path / "whole" / "best.pt"), epochs=1,
                       batch_size=8, progress=False, device="cpu", precise_bn=16))  # fmt: skip

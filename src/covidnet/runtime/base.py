@@ -67,7 +67,10 @@ class LoadedModel:
 
     def predict(self, images, threshold: str | None = None, operating_point: str | None = None) -> list[dict]:
         """The task's result for each image of ``images`` ((N, S, S) stored pixels, e.g. ``contract.load``):
-        label, probabilities and triage; severity scores; a risk bin; a segmenter's lung share."""
+        label, probabilities and triage; severity scores; a risk bin. A task that predicts nothing here (a
+        segmenter: ``masks``; a self-supervised backbone) is refused in one line."""
+        if self.task.not_predicted:
+            raise UsageError(f"{self.path}: {self.task.not_predicted}")
         rule = self.task.decision_rule(self.meta, threshold, operating_point)
         return self.task.results(self.logits(images), self.meta, rule)
 

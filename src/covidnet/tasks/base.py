@@ -46,6 +46,7 @@ class Task:
     defaults: dict = {}
     options: tuple[str, ...] = ()
     reads_label_files = False  # ``eval --labels``: raw images named in a COVIDx label file (class labels)
+    not_predicted = ""  # why ``predict`` refuses this task's models, in one line ("": it predicts)
 
     # --- data ---------------------------------------------------------------------------------------
 

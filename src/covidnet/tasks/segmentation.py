@@ -31,6 +31,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     kind = "segmenter"
     needs = "images with annotated lung masks (build with --lung-masks NAME=DIR)"
+    not_predicted = "a lung segmenter; its masks come from covidnet lungs predict"
     title = "covidnet lung segmentation evaluation"
     monitor, mode = "val_dice", "max"
     options = ("dice_weight",)

@@ -40,6 +40,9 @@ class SelfSupervisedTask(Task):
     kind = "classifier"  # the backbone: any registered classifier
     outputs: list[str] = []
     needs = "training images (labelled or not)"
+    not_predicted = (
+        "a self-supervised checkpoint predicts nothing: fine-tune it, covidnet train --init CKPT --arch ARCH"
+    )
     title = "covidnet self-supervised pretraining"
     options = ("in_channels", "intensity", "aug_gamma", "aug_blur", "aug_noise", "images")
     defaults = {
@@ -165,9 +168,7 @@ class SelfSupervisedTask(Task):
     # --- not for prediction -------------------------------------------------------------------------
 
     def results(self, out, meta, rule):
-        raise UsageError(
-            "a self-supervised checkpoint predicts nothing: fine-tune it, covidnet train --init CKPT --arch ARCH"
-        )
+        raise UsageError(self.not_predicted)
 
     def evaluate(self, y, out, patients, sources, meta, resamples, seed):
         self.results(out, meta, None)
