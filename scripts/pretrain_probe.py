@@ -10,6 +10,7 @@ accuracy) on the validation and test splits. Prints one JSON line. Results: docs
 """
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -50,7 +51,8 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     store = open_store(ds)
 
     def pretrained(data: Path, name: str) -> Path:
-        out = base / f"{name}-e{epochs}-b{batch}-lr{lr:g}"
+        tag = "" if options == "{}" else "-" + hashlib.sha1(options.encode()).hexdigest()[:8]  # other views
+        out = base / f"{name}-e{epochs}-b{batch}-lr{lr:g}{tag}"
         if not (out / "best.pt").exists():
             settings = dict(epochs=epochs, batch_size=batch, lr=lr, seed=seed, progress=False, device="cpu")
             train(TrainConfig(data=str(data), out=str(out), task="self-supervised", arch=arch, **settings,
@@ -73,7 +75,7 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
     result["random"] = probe(ssl)
     result["noise"] = probe(load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu"))
-    log = (base / f"ssl-e{epochs}-b{batch}-lr{lr:g}" / "log.csv").read_text(encoding="utf-8").splitlines()
+    log = (pretrained(ds, "ssl").parent / "log.csv").read_text(encoding="utf-8").splitlines()
     result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)
     print(json.dumps(result))
 
