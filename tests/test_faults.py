@@ -74,23 +74,23 @@ def setup(tmp_path_factory):
     assert main(["data", "synth", "--out", str(root / "ph"), "--n", "30", "--size", "64", "--quiet"]) == 0
     build = ["data", "build", "--source", f"cohen={root / 'ph'}", "--out", str(root / "ds"), "--size", "32"]
     assert main([*build, "--workers", "1", "--quiet", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
-    driver = root / "driver.py"
-    driver.write_text(DRIVER)
+    script = root / "driver.py"
+    script.write_text(DRIVER)
     ref = root / "reference"
-    r = train(root, driver, ref, env={"STEP_LOG": str(root / "steps.log")})
+    r = train(root, script, ref, env={"STEP_LOG": str(root / "steps.log")})
     assert r.returncode == 0, r.stderr
     steps = len((root / "steps.log").read_text().splitlines())
     assert steps % EPOCHS == 0 and steps // EPOCHS >= 3, steps
-    return root, driver, ref, steps // EPOCHS
+    return root, script, ref, steps // EPOCHS
 
 
 def train(
-    root: Path, driver: Path, out: Path, kill: str = "", resume: bool = False, env: dict | None = None
+    root: Path, script: Path, out: Path, kill: str = "", resume: bool = False, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL_AT": kill, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     args = ["train", "--data", str(root / "ds"), "--out", str(out), *TRAIN, *(["--resume"] if resume else [])]
     return subprocess.run(
-        [sys.executable, str(driver), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
     )
 
 
@@ -130,28 +130,28 @@ def chained(setup):
        temporary file torn, the old ones intact), after its log row;
     4. after the last checkpoint, just before run.json says complete;
     then resumed to its end."""
-    root, driver, ref, steps = setup  # steps: per epoch
+    root, script, ref, steps = setup  # steps: per epoch
     run = root / "run"
 
-    killed(train(root, driver, run, kill="step:1"))
+    killed(train(root, script, run, kill="step:1"))
     assert not (run / "last.pt").exists()
-    r = train(root, driver, run, resume=True)
+    r = train(root, script, run, resume=True)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert "nothing to resume" in lines[0] and "without --resume" in lines[0] and str(run) in lines[0]
 
-    killed(train(root, driver, run, kill=f"step:{steps + 2}"))  # restarted: epoch 1 done, killed inside epoch 2
+    killed(train(root, script, run, kill=f"step:{steps + 2}"))  # restarted: epoch 1 done, killed inside epoch 2
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
 
-    killed(train(root, driver, run, kill="save:1", resume=True))  # the first save of this process: epoch 2's
+    killed(train(root, script, run, kill="save:1", resume=True))  # the first save of this process: epoch 2's
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # best.pt or last.pt; never replaced
     assert any(p.name.startswith((".last.pt.", ".best.pt.")) for p in run.iterdir())  # the torn temporary file
 
-    killed(train(root, driver, run, kill="before:run.json:2", resume=True))  # 1: running, 2: complete
+    killed(train(root, script, run, kill="before:run.json:2", resume=True))  # 1: running, 2: complete
     assert json.loads((run / "run.json").read_text())["state"] == "running"
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == EPOCHS
 
-    r = train(root, driver, run, resume=True)
+    r = train(root, script, run, resume=True)
     assert r.returncode == 0, r.stderr
     return run, ref
 
@@ -172,11 +172,11 @@ def test_a_run_killed_at_each_point_logs_each_epoch_once(chained):
 def test_a_run_killed_between_best_pt_and_last_pt_resumes_to_the_reference_best_pt(setup):
     """The epoch that turns out best writes best.pt, then last.pt: killed between the two (the order was the
     other way round, and the resumed run then never wrote that epoch's best.pt), it redoes the epoch."""
-    root, driver, ref, _ = setup
+    root, script, ref, _ = setup
     run = root / "run_between"
     best_epoch = torch.load(ref / "best.pt", weights_only=True)["epoch"]
-    killed(train(root, driver, run, kill=f"before:last.pt:{best_epoch}"))  # epoch k's best.pt written, not its last.pt
-    r = train(root, driver, run, resume=True)
+    killed(train(root, script, run, kill=f"before:last.pt:{best_epoch}"))  # epoch k's best.pt written, not its last.pt
+    r = train(root, script, run, resume=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "run.json").read_text())["state"] == "complete"
     assert (run / "best.pt").is_file(), "the resumed run ended complete without a best.pt"

@@ -99,22 +99,22 @@ def setup(tmp_path_factory):
     """30 phantoms, the driver, and uninterrupted builds of seeds 0 and 1 (another split: another index.csv)."""
     root = tmp_path_factory.mktemp("faults_build")
     assert main(["data", "synth", "--out", str(root / "ph"), "--n", "30", "--size", "64", "--quiet"]) == 0
-    driver = root / "driver.py"
-    driver.write_text(DRIVER)
+    script = root / "driver.py"
+    script.write_text(DRIVER)
     for seed in (0, 1):
-        r = build(root, driver, root / f"ref{seed}" / "ds", seed=seed)
+        r = build(root, script, root / f"ref{seed}" / "ds", seed=seed)
         assert r.returncode == 0, r.stderr
-    return root, driver
+    return root, script
 
 
 def build(
-    root: Path, driver: Path, out: Path, kill: str = "", seed: int = 0, overwrite: bool = False, env: dict | None = None
+    root: Path, script: Path, out: Path, kill: str = "", seed: int = 0, overwrite: bool = False, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL_AT": kill, "OMP_NUM_THREADS": "1", **(env or {})}
     args = ["data", "build", "--source", f"cohen={root / 'ph'}", "--out", str(out), "--size", "32"]
     args += ["--workers", "1", "--quiet", "--seed", str(seed), *(["--overwrite"] if overwrite else [])]
     return subprocess.run(
-        [sys.executable, str(driver), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, env=env, cwd=root
     )
 
 
@@ -144,17 +144,17 @@ def removed_line(r: subprocess.CompletedProcess, n: int) -> None:
 def test_a_new_build_killed_at_each_point_leaves_no_out_and_the_rerun_builds_the_same_store(setup):
     """Killed after 5 images, then (the rerun) just before the new store is renamed to --out: no --out either
     time, one hidden .ds.building-* beside it; the next run removes it, says so, and builds the reference."""
-    root, driver = setup
+    root, script = setup
     where = root / "new"
     where.mkdir()
     out = where / "ds"
-    killed(build(root, driver, out, kill="read:5"))
+    killed(build(root, script, out, kill="read:5"))
     assert not out.exists() and len(leftovers(where)) == 1 and leftovers(where)[0].startswith(".ds.building-")
-    r = build(root, driver, out, kill="before:ds:1")
+    r = build(root, script, out, kill="before:ds:1")
     killed(r)
     removed_line(r, 1)
     assert not out.exists() and len(leftovers(where)) == 1
-    r = build(root, driver, out)
+    r = build(root, script, out)
     assert r.returncode == 0, r.stderr
     removed_line(r, 1)
     assert leftovers(where) == []
@@ -177,14 +177,14 @@ def test_an_overwrite_killed_at_each_point_leaves_the_old_or_the_new_store_and_t
 ):
     """--overwrite of a complete store (seed 1) by another (seed 0), killed: --out is the old store or the new
     one, complete, and what is beside it is a hidden .ds.building-* or .ds.replaced-*; the rerun gives seed 0's."""
-    root, driver = setup
+    root, script = setup
     where = root / f"over-{kill.replace(':', '_')}-{len(env)}"
     shutil.copytree(root / "ref1", where)
     out = where / "ds"
-    killed(build(root, driver, out, kill=kill, overwrite=True, env=env))
+    killed(build(root, script, out, kill=kill, overwrite=True, env=env))
     assert_same_store(out, root / ("ref1" if at_out == "old" else "ref0") / "ds")
     assert len(leftovers(where)) == left
-    r = build(root, driver, out, overwrite=True)
+    r = build(root, script, out, overwrite=True)
     assert r.returncode == 0, r.stderr
     removed_line(r, left)
     assert leftovers(where) == [] and sorted(p.name for p in where.iterdir()) == ["ds"]
@@ -195,23 +195,23 @@ def test_an_overwrite_killed_at_each_point_leaves_the_old_or_the_new_store_and_t
 def test_an_overwrite_killed_between_the_two_renames_of_the_fallback_leaves_both_stores_whole(setup):
     """Without an atomic swap, the one point where --out is absent: just after the old store is renamed aside.
     Both stores are whole in hidden folders beside it; the rerun removes them and builds the new one."""
-    root, driver = setup
+    root, script = setup
     where = root / "over-gap"
     shutil.copytree(root / "ref1", where)
     out = where / "ds"
-    killed(build(root, driver, out, kill="replace:.ds.replaced-:1", overwrite=True, env={"NO_EXCHANGE": "1"}))
+    killed(build(root, script, out, kill="replace:.ds.replaced-:1", overwrite=True, env={"NO_EXCHANGE": "1"}))
     assert not out.exists()
     kept = {name.split("-")[0]: where / name for name in leftovers(where)}
     assert set(kept) == {".ds.building", ".ds.replaced"}
     assert_same_store(kept[".ds.replaced"], root / "ref1" / "ds")
-    r = build(root, driver, out, overwrite=True)
+    r = build(root, script, out, overwrite=True)
     assert r.returncode == 0, r.stderr
     removed_line(r, 2)
     assert_same_store(out, root / "ref0" / "ds")
 
 
 def test_only_leftovers_of_the_same_out_are_removed(setup):
-    root, driver = setup
+    root, script = setup
     where = root / "others"
     where.mkdir()
     mine = [".ds.building-abc123", ".ds.replaced-x_9"]
@@ -219,7 +219,7 @@ def test_only_leftovers_of_the_same_out_are_removed(setup):
     for name in mine + others:
         (where / name).mkdir()
     (where / ".ds.building-file").write_text("a file, not a build folder")
-    r = build(root, driver, where / "ds")
+    r = build(root, script, where / "ds")
     assert r.returncode == 0, r.stderr
     removed_line(r, 2)
     assert all(str(where / name) in r.stderr for name in mine)
@@ -234,7 +234,7 @@ def bad_tree(setup, tmp_path_factory):
     """A folder-layout source of good phantoms and bad files, and a cohen source whose metadata.csv has a short
     row, a long one, one without a label, one with a stray quote, built with the CLI (in the driver, so that the
     file of mode 000 is refused also when the tests run as root). Returns (tree, run, report)."""
-    root, driver = setup
+    root, script = setup
     tree = tmp_path_factory.mktemp("bad_tree")
     synth = ["data", "synth", "--out", str(tree / "ph"), "--n", "12", "--size", "64", "--seed", "3", "--quiet"]
     assert main(synth) == 0
@@ -281,7 +281,7 @@ def bad_tree(setup, tmp_path_factory):
     args = ["data", "build", "--source", f"folder={folder}", "--source", f"cohen={src}", "--out", str(out)]
     args += ["--size", "32", "--workers", "1", "--quiet"]
     r = subprocess.run(
-        [sys.executable, str(driver), *args],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=600,

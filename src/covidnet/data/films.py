@@ -113,11 +113,11 @@ def _read_films(store: Store, listing: list, scratch: Path, progress: bool) -> t
     return kept, reasons
 
 
-def _build_hashes(store: Store, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def _build_hashes(store: Store) -> tuple[np.ndarray, np.ndarray]:
     """The build's rows (validation and test first: a film that matches one of them and a training film is
-    left out as scored) and their packed perceptual hashes (rows, 32)."""
+    left out as scored) and their packed perceptual hashes (rows, 32), read ``CHUNK`` rows at a time."""
     rows = np.concatenate([store.rows("val"), store.rows("test"), store.rows("train")])
-    hashes = [perceptual_hash(img) for k in range(0, len(rows), chunk) for img in store.read(rows[k : k + chunk])]
+    hashes = [perceptual_hash(img) for k in range(0, len(rows), CHUNK) for img in store.read(rows[k : k + CHUNK])]
     return rows, np.frombuffer(b"".join(hashes), np.uint8).reshape(len(rows), -1)
 
 
