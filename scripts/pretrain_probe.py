@@ -3,7 +3,10 @@
 after `covidnet pretrain` (SimSiam) on the phantoms' training split, against the same probe on the same
 architecture's random weights, and on one pretrained on the same images with their pixels shuffled (the
 control: noise with the images' histograms). Trained on the training split's labels, scored (balanced
-accuracy) on the validation and test splits. Prints one JSON line. Results: docs/training.md.
+accuracy) on the validation and test splits. Also, for each backbone, how often two views of a scored image
+(the pretraining's views, three draws) are each other's nearest neighbours among all the scored images' views
+(``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a film's identity through the views
+it was taught to ignore. Prints one JSON line. Results: docs/training.md.
 
     .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON]
     .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3
@@ -26,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from phantomdata import make_dataset  # noqa: E402
 
+from covidnet.augment import augment, sample_params  # noqa: E402
+from covidnet.contract import uint8_to_unit  # noqa: E402
 from covidnet.data.store import open_store  # noqa: E402
 from covidnet.models import create_model  # noqa: E402
 from covidnet.runtime import load  # noqa: E402
@@ -62,6 +67,23 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     train_rows = store.rows("train")
     scored = np.concatenate([store.rows("val"), store.rows("test")])
 
+    views_cfg = TrainConfig(data=str(ds), out="-", task="self-supervised", **json.loads(options))
+    views_cfg.check()
+    unit = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.read(scored))))
+    unit, g = unit if unit.ndim == 4 else unit[:, None], torch.Generator().manual_seed(1234)
+    views = [augment(unit, sample_params(len(unit), views_cfg.augment, g)) for _ in range(6)]
+    views = [(v.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy() for v in views]
+
+    def retrieval(lm) -> float:
+        hits = []
+        for a, b in zip(views[::2], views[1::2]):
+            a, b = lm.features(a), lm.features(b)
+            both = np.concatenate([a, b])
+            a, b = ((f - both.mean(0)) / (both.std(0) + 1e-6) for f in (a, b))
+            a, b = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (a, b))
+            hits.append(float((np.argmax(a @ b.T, axis=1) == np.arange(len(a))).mean()))
+        return round(float(np.mean(hits)), 3)
+
     def probe(lm) -> float:
         a, b = lm.features(store.read(train_rows)), lm.features(store.read(scored))
         scale = StandardScaler().fit(a)
@@ -70,11 +92,12 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
 
     ssl = load(pretrained(ds, "ssl"), "cpu")
     result = {"seed": seed, "arch": arch, "epochs": epochs, "size": size, "train": len(train_rows)}
-    result["scored"], result["ssl"] = len(scored), probe(ssl)
+    result["scored"], result["ssl"], result["ssl_retrieval"] = len(scored), probe(ssl), retrieval(ssl)
     torch.manual_seed(seed)
     ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
-    result["random"] = probe(ssl)
-    result["noise"] = probe(load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu"))
+    result["random"], result["random_retrieval"] = probe(ssl), retrieval(ssl)
+    noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
+    result["noise"], result["noise_retrieval"] = probe(noise), retrieval(noise)
     log = (pretrained(ds, "ssl").parent / "log.csv").read_text(encoding="utf-8").splitlines()
     result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)
     print(json.dumps(result))

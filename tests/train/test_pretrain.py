@@ -154,3 +154,22 @@ def test_pretraining_refuses_a_folder_without_a_readable_film_before_writing_any
     assert not run.exists() and not list(tmp_path.glob(".r.films-*"))  # nor its staging beside it
     with pytest.raises(ConfigError, match="--images is not a setting of --task classification"):
         TrainConfig(data=str(small), out=str(run), images=[str(unreadable)])
+
+
+def test_the_view_separability_script_learns_identical_views_and_reports_the_pretraining_views(small):
+    """``scripts/view_separability.py``, the instrument behind docs/training.md's "the views outweigh the films":
+    with two identical copies of each film, NT-Xent must fall far below chance within 25 steps (else the
+    instrument could not tell a hard view from a broken loop); the pretraining views' curve is reported beside it."""
+    pytest.importorskip("lightly")
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "view_separability.py"
+    args = [str(small), "efficientnet-lite0", "25", "8", "1e-3", "0", '{"rotate": 5}']
+    r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["chance"] == pytest.approx(np.log(15), abs=1e-3) and out["options"] == {"rotate": 5}
+    assert len(out["views"]) == len(out["identical"]) == 1
+    assert out["identical"][0] < out["chance"] / 2, out
