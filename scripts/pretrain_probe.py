@@ -69,8 +69,7 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
 
     views_cfg = TrainConfig(data=str(ds), out="-", task="self-supervised", **json.loads(options))
     views_cfg.check()
-    unit = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.read(scored))))
-    unit, g = unit if unit.ndim == 4 else unit[:, None], torch.Generator().manual_seed(1234)
+    unit, g = uint8_to_unit(torch.from_numpy(store.read(scored))), torch.Generator().manual_seed(1234)
     views = [augment(unit, sample_params(len(unit), views_cfg.augment, g)) for _ in range(6)]
     views = [(v.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy() for v in views]
 

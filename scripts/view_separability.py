@@ -46,8 +46,7 @@ def curve(store, contract, views, arch, steps, batch, lr, seed, identical):
     losses, out = [], []
     for step in range(1, steps + 1):
         pick = np.sort(rows[torch.randperm(len(rows), generator=g)[:batch].numpy()])
-        x = uint8_to_unit(torch.from_numpy(np.ascontiguousarray(store.read(pick))))
-        x = x if x.ndim == 4 else x[:, None]
+        x = uint8_to_unit(torch.from_numpy(store.read(pick)))
         v1 = augment(x, sample_params(len(x), views, g))
         v2 = v1.clone() if identical else augment(x, sample_params(len(x), views, g))
         z1, z2 = (head(backbone.forward_features(contract.model_input(v)).float().mean((2, 3))) for v in (v1, v2))

@@ -3,7 +3,10 @@ training split only (its held-out tenth watched, never val or test), a run that 
 ``covidnet train --init`` takes."""
 
 import csv
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +164,6 @@ def test_the_view_separability_script_learns_identical_views_and_reports_the_pre
     with two identical copies of each film, NT-Xent must fall far below chance within 25 steps (else the
     instrument could not tell a hard view from a broken loop); the pretraining views' curve is reported beside it."""
     pytest.importorskip("lightly")
-    import json
-    import subprocess
-    import sys
-
     script = Path(__file__).resolve().parents[2] / "scripts" / "view_separability.py"
     args = [str(small), "efficientnet-lite0", "25", "8", "1e-3", "0", '{"rotate": 5}']
     r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
