@@ -37,7 +37,7 @@ EVERY = 25
 def curve(store, contract, views, arch, steps, batch, lr, seed, identical):
     """The NT-Xent loss, averaged over each ``EVERY`` steps, of a backbone trained from random weights."""
     torch.manual_seed(seed)
-    backbone = create_model(arch, num_classes=2, in_channels=1)
+    backbone = create_model(arch, num_classes=2, in_channels=contract.in_channels)
     head = ProjectionHead(backbone.num_features)
     params = [*backbone.parameters(), *head.parameters()]
     opt, loss_fn = torch.optim.Adam(params, lr=lr), NTXentLoss(temperature=0.2)
