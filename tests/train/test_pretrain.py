@@ -1,7 +1,9 @@
-"""Self-supervised pretraining (``covidnet pretrain``): SimSiam's heads and loss as lightly writes them, the
+"""Self-supervised pretraining (``covidnet pretrain``): SimSiam's and MoCo v2's heads and losses as lightly
+writes them, the
 training split only (its held-out tenth watched, never val or test), a run that resumes and a checkpoint that
 ``covidnet train --init`` takes."""
 
+import copy
 import csv
 import json
 import shutil
@@ -21,6 +23,7 @@ from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError, CovidnetError, UsageError
 from covidnet.runtime import load
+from covidnet.tasks import moco
 from covidnet.tasks.selfsup import SelfSupervisedTask, monitored
 from covidnet.tasks.simsiam import Heads, PredictionHead, ProjectionHead, simsiam_loss
 from covidnet.train import TrainConfig, train
@@ -45,6 +48,48 @@ def test_heads_and_loss_match_lightlys_simsiam_weight_for_weight():
     want = 0.5 * (criterion(p1, z2.detach()) + criterion(p2, z1.detach()))
     assert float(simsiam_loss(p1, p2, z1, z2).detach()) == pytest.approx(float(want.detach()), abs=1e-6)
     assert isinstance(Heads(32).projection, ProjectionHead)
+
+
+def test_moco_head_queue_loss_and_momentum_match_lightlys_number_for_number():
+    """MoCo v2 (``--ssl-method moco``) against lightly: the projection head weight for weight, InfoNCE with the
+    queue as ``NTXentLoss(memory_bank_size=...)`` computes it and the queue as its memory bank fills (over steps
+    whose batches do not divide it, so its wrap is crossed), and the key encoder's step as ``update_momentum``."""
+    lightly_heads = pytest.importorskip("lightly.models.modules.heads")
+    from lightly.loss import NTXentLoss
+    from lightly.models.utils import update_momentum
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Linear(8, 32)
+    heads = moco.Heads(backbone, 32, queue=20)
+    theirs = lightly_heads.MoCoProjectionHead(32, 32, moco.OUTPUT_DIM)
+    mine, other = heads.projection.state_dict(), theirs.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
+    theirs.load_state_dict(dict(zip(other, mine.values())))
+    x = torch.randn(8, 32)
+    assert torch.allclose(heads.projection(x), theirs(x), atol=1e-6)
+    assert all(not p.requires_grad for p in [*heads.key_backbone.parameters(), *heads.key_projection.parameters()])
+
+    criterion = NTXentLoss(temperature=moco.TEMPERATURE, memory_bank_size=(20, moco.OUTPUT_DIM))
+    criterion.memory_bank.bank = heads.queue.clone()
+    for step in range(4):  # 8 keys a step into 20 places: 0-8, 8-16, 16-20 (the rest dropped), 0-8
+        q = torch.nn.functional.normalize(torch.randn(8, moco.OUTPUT_DIM, requires_grad=True), dim=1)
+        k = torch.nn.functional.normalize(torch.randn(8, moco.OUTPUT_DIM), dim=1)
+        ours = moco.info_nce(q, k, heads.queue.clone())
+        assert float(ours.detach()) == pytest.approx(float(criterion(q, k).detach()), abs=1e-5), step
+        heads.enqueue(k)
+        assert torch.allclose(heads.queue, criterion.memory_bank.bank, atol=1e-6), step  # lightly normalises again
+        assert int(heads.queue_ptr) == int(criterion.memory_bank.bank_ptr), step
+
+    with torch.no_grad():
+        for p in [*backbone.parameters(), *heads.projection.parameters()]:
+            p.add_(1.0)  # the query moves; its key encoder follows a hundredth of the way
+    want_backbone, want_projection = copy.deepcopy(heads.key_backbone), copy.deepcopy(heads.key_projection)
+    update_momentum(backbone, want_backbone, moco.MOMENTUM)
+    update_momentum(heads.projection, want_projection, moco.MOMENTUM)
+    heads.follow(backbone)
+    for got, want in ((heads.key_backbone, want_backbone), (heads.key_projection, want_projection)):
+        assert all(torch.allclose(a, b) for a, b in zip(got.parameters(), want.parameters()))
+    assert not torch.allclose(heads.key_backbone.weight, backbone.weight)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +132,40 @@ def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classif
     assert fine["train_config"]["init"].endswith("best.pt") and fine["task"] == "classification"
 
 
+def test_a_moco_run_resumes_to_the_same_weights_key_encoder_and_queue_and_initialises_a_classifier(small, tmp_path):
+    fast = dict(data=str(small), task="self-supervised", ssl_method="moco", arch="efficientnet-lite0", batch_size=8,
+                progress=False, device="cpu")  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **fast))
+    train(TrainConfig(out=str(tmp_path / "half"), epochs=1, **fast))
+    train(TrainConfig(out=str(tmp_path / "half"), epochs=2, resume=True, **fast))
+    a, b = read_checkpoint(tmp_path / "whole" / "last.pt"), read_checkpoint(tmp_path / "half" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ssl_heads"][k], b["ssl_heads"][k]) for k in a["ssl_heads"])
+    assert a["method"] == "moco" and a["queue"] == moco.QUEUE and a["temperature"] == moco.TEMPERATURE
+    seen = 2 * len(SelfSupervisedTask().rows(open_store(small), "train"))
+    assert seen < moco.QUEUE and int(a["ssl_heads"]["queue_ptr"]) == seen  # every training key queued, once an epoch
+    keys = {k for k in a["ssl_heads"] if k.startswith("key_backbone.")}
+    assert {k.removeprefix("key_backbone.") for k in keys} == set(a["model"])  # the whole backbone, followed
+    assert not all(torch.equal(a["ssl_heads"]["key_backbone." + k], a["model"][k]) for k in a["model"])
+    assert 0 < a["best_score"]["value"] < 20  # a cross-entropy over 513 candidates: ln 513 = 6.2 at chance
+    run = tmp_path / "fine"
+    init = str(tmp_path / "whole" / "best.pt")
+    train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=init, epochs=1, batch_size=8,
+                      progress=False, device="cpu"))  # fmt: skip
+    assert read_checkpoint(run / "best.pt")["task"] == "classification"
+
+
 def test_pretraining_refuses_what_would_teach_it_nothing(small, tmp_path):
     with pytest.raises(ConfigError, match="needs augmentation"):
         still = dict(translate=0, rotate=0, hflip=0, brightness=0, zoom_min=1, zoom_max=1, aug_gamma=0, aug_blur=0)
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", aug_noise=0, **still))
     with pytest.raises(ConfigError, match="is not a setting of --task self-supervised"):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", binary=True))
+    with pytest.raises(ConfigError, match="--ssl-method must be one of simsiam, moco, not 'byol'"):
+        train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", ssl_method="byol"))
+    with pytest.raises(ConfigError, match="--ssl-method is not a setting of --task classification"):
+        TrainConfig(data=str(small), out=str(tmp_path / "r"), ssl_method="moco")
+    assert not (tmp_path / "r").exists()
 
 
 def test_pretraining_reads_folders_of_unlabelled_films_and_never_a_scored_one(small, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""``covidnet pretrain``: self-supervised pretraining (SimSiam) of a classifier's backbone on a build's training
-images, labelled or not; the same run as ``covidnet train --task self-supervised``."""
+"""``covidnet pretrain``: self-supervised pretraining (SimSiam or MoCo v2) of a classifier's backbone on a
+build's training images, labelled or not; the same run as ``covidnet train --task self-supervised``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .flags import add_config_flags, config_class
 def register(sub, flags: bool = True) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pretraining (SimSiam) on a build's training images and folders of unlabelled films",
+        help="self-supervised pretraining (SimSiam or MoCo v2) on a build's training images and unlabelled films",
         description="Pretrain a registered classifier's backbone without labels on the training split of a "
         "dataset built by `covidnet data build` (never its validation or test split) and on the films of any "
         "--images folders, read through that build's contract (a film that duplicates one of the build's is left "

@@ -1,6 +1,7 @@
 """Self-supervised pretraining on unlabelled chest radiographs (``covidnet pretrain``, ``covidnet train --task
-self-supervised``): SimSiam (``tasks/simsiam.py``) on a registered classifier's backbone, by the one training
-loop (resumable, SIGTERM-safe, torchrun, streamed from a store larger than memory).
+self-supervised``): SimSiam (``tasks/simsiam.py``, the default) or MoCo v2 (``tasks/moco.py``, ``--ssl-method
+moco``) on a registered classifier's backbone, by the one training loop (resumable, SIGTERM-safe, torchrun,
+streamed from a store larger than memory).
 
 * **Data**: the images of a build's **training split only**, labelled or not, never its validation or test
   split; and with ``--images DIR`` the films of those folders, staged beside them in ``RUN/films/`` by
@@ -15,7 +16,8 @@ loop (resumable, SIGTERM-safe, torchrun, streamed from a store larger than memor
   invariant to them would teach the backbone to ignore which side is which.
 * **Checkpoint**: the backbone's weights under ``model`` with its ``arch`` and ``arch_args`` (so ``covidnet
   train --init CKPT`` takes it for the same ``--arch``, its head starting afresh), the heads under
-  ``ssl_heads`` (for ``--resume``), ``task`` "self-supervised" and ``method`` "simsiam".
+  ``ssl_heads`` (for ``--resume``; MoCo's key encoder and queue with them), ``task`` "self-supervised" and
+  ``method`` ("simsiam" or "moco").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from ..errors import ConfigError, UsageError
 from .base import Task
 
+METHODS = ("simsiam", "moco")
 MONITOR_SHARE = 10  # one patient in this many is held out of the training split to watch the loss
 
 
@@ -44,7 +47,7 @@ class SelfSupervisedTask(Task):
         "a self-supervised checkpoint predicts nothing: fine-tune it, covidnet train --init CKPT --arch ARCH"
     )
     title = "covidnet self-supervised pretraining"
-    options = ("in_channels", "intensity", "aug_gamma", "aug_blur", "aug_noise", "images")
+    options = ("in_channels", "intensity", "aug_gamma", "aug_blur", "aug_noise", "images", "ssl_method")
     defaults = {
         "arch": "covidnet-cxr3b",
         "epochs": 30,
@@ -62,8 +65,10 @@ class SelfSupervisedTask(Task):
         "precise_bn": 0,
     }
 
-    def __init__(self):
+    def __init__(self, method: str = "simsiam"):
+        self.method = method
         self.heads = None
+        self.backbone = None  # the trained backbone, which MoCo's key encoder follows
 
     @classmethod
     def from_config(cls, cfg) -> SelfSupervisedTask:
@@ -71,7 +76,9 @@ class SelfSupervisedTask(Task):
             raise ConfigError("self-supervised pretraining needs augmentation: two identical views teach nothing")
         if cfg.init != "random":
             raise ConfigError("--init: self-supervised pretraining starts from random weights")
-        return cls()
+        if cfg.ssl_method not in METHODS:
+            raise ConfigError(f"--ssl-method must be one of {', '.join(METHODS)}, not {cfg.ssl_method!r}")
+        return cls(cfg.ssl_method)
 
     # --- data ---------------------------------------------------------------------------------------
 
@@ -98,12 +105,22 @@ class SelfSupervisedTask(Task):
 
         return create_model(cfg.arch, num_classes=2, in_channels=cfg.in_channels)  # its head is never trained
 
+    def network(self, model):
+        """The backbone with the method's heads: ``(x1, x2)`` -> (loss, spread, ...)."""
+        from . import moco, simsiam
+
+        return moco.MoCo(model, self.heads) if self.method == "moco" else simsiam.SimSiam(model, self.heads)
+
     def trainable(self, model):
-        from .simsiam import Heads, SimSiam
+        from . import moco, simsiam
 
         if self.heads is None:
-            self.heads = Heads(model.num_features).to(next(model.parameters()).device)
-        return SimSiam(model, self.heads), [*model.parameters(), *self.heads.parameters()]
+            n = model.num_features
+            heads = moco.Heads(model, n) if self.method == "moco" else simsiam.Heads(n)
+            self.heads = heads.to(next(model.parameters()).device)
+        self.backbone = model
+        trained = [p for p in self.heads.parameters() if p.requires_grad]  # not MoCo's key encoder
+        return self.network(model), [*model.parameters(), *trained]
 
     def batch(self, run, pos, params, hosts):
         """Two views of each image, each with its own augmentation (the second's drawn from the step's seeded
@@ -117,7 +134,11 @@ class SelfSupervisedTask(Task):
         return {"x1": run.input(pos, params, hosts["pixels"]), "x2": run.input(pos, params2, hosts["pixels"])}
 
     def step(self, net, batch):
-        loss, spread = net(batch["x1"], batch["x2"])
+        if self.method == "moco":
+            self.heads.follow(self.backbone)
+        loss, spread, *keys = net(batch["x1"], batch["x2"])
+        if keys:
+            self.heads.enqueue(gathered(keys[0]))
         return loss, {"z_std": spread * len(batch["x1"])}
 
     def forward(self, model, unit, contract, memory_format=None):
@@ -125,14 +146,14 @@ class SelfSupervisedTask(Task):
         return model.forward_features(contract.model_input(unit, memory_format)).float().mean((2, 3))
 
     def validate(self, run, outputs):
-        """The SimSiam loss of the held-out patients' images, two views each drawn from a fixed seed (the same
-        views every epoch), in eval mode; and the spread of their projections."""
+        """The method's loss on the held-out patients' images, two views each drawn from a fixed seed (the same
+        views every epoch), in eval mode; and the spread of their projections. MoCo's keys are not queued, so
+        its figure is against the queue as training left it."""
         import torch
 
         from ..augment import sample_params
-        from .simsiam import SimSiam
 
-        net, cfg = SimSiam(run.model, self.heads), run.cfg
+        net, cfg = self.network(run.model), run.cfg
         mine = run.val_pos[run.dist.rank :: run.dist.world]
         total = spread = 0.0
         was = net.training
@@ -142,7 +163,7 @@ class SelfSupervisedTask(Task):
                 pos = mine[k : k + cfg.eval_batch_size]
                 g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, k, 0x55]).generate_state(1)[0]))
                 views = [run.input(pos, sample_params(len(pos), cfg.augment, g)) for _ in range(2)]
-                loss, s = net(*views)
+                loss, s, *_ = net(*views)
                 total, spread = total + float(loss) * len(pos), spread + float(s) * len(pos)
         net.train(was)
         total, spread, n = run.dist.all_sum([total, spread, float(len(mine))], run.device)
@@ -152,7 +173,8 @@ class SelfSupervisedTask(Task):
         return {"val_z_std": val["z_std"]}, f"z std {val['z_std']:.3f}"
 
     def final(self, row):
-        return f"val SimSiam loss {row['val_loss']:.4f} (z std {row['val_z_std']:.3f})"
+        name = "MoCo" if self.method == "moco" else "SimSiam"
+        return f"val {name} loss {row['val_loss']:.4f} (z std {row['val_z_std']:.3f})"
 
     def state(self):
         return {"ssl_heads": self.heads.state_dict()} if self.heads is not None else {}
@@ -161,9 +183,14 @@ class SelfSupervisedTask(Task):
         self.heads.load_state_dict(ckpt["ssl_heads"])
 
     def meta(self):
-        from .simsiam import PREDICTION_HIDDEN, PROJECTION_DIM
+        from . import moco, simsiam
 
-        return {"task": self.name, "method": "simsiam", "projection": [PROJECTION_DIM, PREDICTION_HIDDEN]}
+        if self.method == "moco":
+            settings = {"projection": [moco.OUTPUT_DIM], "queue": moco.QUEUE, "momentum": moco.MOMENTUM,
+                        "temperature": moco.TEMPERATURE}  # fmt: skip
+        else:
+            settings = {"projection": [simsiam.PROJECTION_DIM, simsiam.PREDICTION_HIDDEN]}
+        return {"task": self.name, "method": self.method, **settings}
 
     # --- not for prediction -------------------------------------------------------------------------
 
@@ -172,3 +199,20 @@ class SelfSupervisedTask(Task):
 
     def evaluate(self, y, out, patients, sources, meta, resamples, seed):
         self.results(out, meta, None)
+
+
+def gathered(keys):
+    """The keys of every process (in rank order) under torchrun, as MoCo queues them; this process's alone."""
+    import torch
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return keys
+    world = td.get_world_size()  # a batch split over the processes: their shares differ by one at most
+    sizes = [torch.zeros(1, dtype=torch.long, device=keys.device) for _ in range(world)]
+    td.all_gather(sizes, torch.tensor([len(keys)], device=keys.device))
+    most = int(max(sizes))
+    padded = torch.cat([keys, keys.new_zeros(most - len(keys), keys.shape[1])])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    td.all_gather(parts, padded.contiguous())
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])

@@ -134,6 +134,12 @@ class TrainConfig:
         help="--task self-supervised: a folder of unlabelled films (any depth; PNG, JPEG, WebP, DICOM) to pretrain on "
         "beside the build's training split, read through its contract; repeat the flag for more",
     )
+    ssl_method: str = option(
+        "simsiam",
+        "--task self-supervised: simsiam (Chen & He 2021: no negatives, no momentum encoder) or moco (MoCo v2, "
+        "as MoCo-CXR: a momentum key encoder and a queue of 512 negatives)",
+        choices=("simsiam", "moco"),
+    )
     label_fraction: float = option(
         1.0,
         "train on the labels of this share of the training split's patients, drawn by patient and stratified by "
