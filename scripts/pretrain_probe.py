@@ -28,9 +28,9 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from phantomdata import make_dataset  # noqa: E402
+from transfer_probe import retrieval as view_retrieval  # noqa: E402  (this folder, first on the path)
+from transfer_probe import views_of  # noqa: E402
 
-from covidnet.augment import augment, sample_params  # noqa: E402
-from covidnet.contract import uint8_to_unit  # noqa: E402
 from covidnet.data.store import open_store  # noqa: E402
 from covidnet.models import create_model  # noqa: E402
 from covidnet.runtime import load  # noqa: E402
@@ -67,21 +67,10 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     train_rows = store.rows("train")
     scored = np.concatenate([store.rows("val"), store.rows("test")])
 
-    views_cfg = TrainConfig(data=str(ds), out="-", task="self-supervised", **json.loads(options))
-    views_cfg.check()
-    unit, g = uint8_to_unit(torch.from_numpy(store.read(scored))), torch.Generator().manual_seed(1234)
-    views = [augment(unit, sample_params(len(unit), views_cfg.augment, g)) for _ in range(6)]
-    views = [(v.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy() for v in views]
+    views = views_of(store, scored, json.loads(options))
 
     def retrieval(lm) -> float:
-        hits = []
-        for a, b in zip(views[::2], views[1::2]):
-            a, b = lm.features(a), lm.features(b)
-            both = np.concatenate([a, b])
-            a, b = ((f - both.mean(0)) / (both.std(0) + 1e-6) for f in (a, b))
-            a, b = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (a, b))
-            hits.append(float((np.argmax(a @ b.T, axis=1) == np.arange(len(a))).mean()))
-        return round(float(np.mean(hits)), 3)
+        return view_retrieval(lm, views)
 
     def probe(lm) -> float:
         a, b = lm.features(store.read(train_rows)), lm.features(store.read(scored))

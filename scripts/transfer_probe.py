@@ -4,7 +4,10 @@ standardised pooled features of the fold's training images (its labels, classes 
 (balanced accuracy, chance 1 / the number of classes) on the fold's held-out images; beside it, the same probe
 on the same architecture's random weights and, where it has them, its ImageNet weights. What the pretraining put
 into the backbone before any fine-tuning, which the study's fine-tuned arms cannot tell apart from what
-fine-tuning did. Prints one JSON line per fold. Results: docs/training.md.
+fine-tuning did. Beside each probe, view retrieval (``*_retrieval``): how often two views of a held-out film,
+drawn as the pretraining draws them, are each other's nearest neighbours among all the held-out films' views
+(chance 1 / the number scored), which is what the pretraining was asked to learn. Prints one JSON line per fold.
+Results: docs/training.md.
 
     .venv/bin/python scripts/transfer_probe.py STUDY ARCH [FOLD ...]
     .venv/bin/python scripts/transfer_probe.py transfer128 efficientnet-lite0 0 1 2
@@ -14,14 +17,43 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
+from covidnet.augment import augment, sample_params
+from covidnet.contract import uint8_to_unit
 from covidnet.data.store import open_store
 from covidnet.models import create_model, get_spec
 from covidnet.runtime import load
+from covidnet.train import TrainConfig
+
+PAIRS = 3  # pairs of views of the scored films; the figure is their mean
+
+
+def views_of(store, rows, options: dict | None = None, seed: int = 1234) -> list:
+    """``2 * PAIRS`` views (uint8, as stored) of the films ``rows``, drawn as ``covidnet pretrain`` draws its
+    views (its defaults, or ``options``), from a fixed seed."""
+    cfg = TrainConfig(data=str(store.root), out="-", task="self-supervised", **(options or {}))
+    cfg.check()
+    unit, g = uint8_to_unit(torch.from_numpy(store.read(rows))), torch.Generator().manual_seed(seed)
+    views = [augment(unit, sample_params(len(unit), cfg.augment, g)) for _ in range(2 * PAIRS)]
+    return [(v.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy() for v in views]
+
+
+def retrieval(lm, views: list) -> float:
+    """The share of films whose two views are each other's nearest neighbours (cosine, on features standardised
+    over both views), averaged over the pairs of ``views``."""
+    hits = []
+    for a, b in zip(views[::2], views[1::2]):
+        a, b = lm.features(a), lm.features(b)
+        both = np.concatenate([a, b])
+        a, b = ((f - both.mean(0)) / (both.std(0) + 1e-6) for f in (a, b))
+        a, b = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (a, b))
+        hits.append(float((np.argmax(a @ b.T, axis=1) == np.arange(len(a))).mean()))
+    return round(float(np.mean(hits)), 3)
 
 
 def probe(lm, store, fit, scored) -> float:
@@ -42,15 +74,16 @@ def main(study, arch, *folds):
         store, lm = open_store(study / "folds" / f"fold{k}"), load(ckpt, "cpu")
         fit, scored = store.rows("train"), store.rows("test")
         out = {"fold": k, "arch": arch, "fit": len(fit), "scored": len(scored)}
-        out["ssl"] = probe(lm, store, fit, scored)
+        views = views_of(store, scored)
+        out["ssl"], out["ssl_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
         torch.manual_seed(k)
         model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
         lm.model.load_state_dict(model.state_dict())
-        out["random"] = probe(lm, store, fit, scored)
+        out["random"], out["random_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
         if get_spec(arch).imagenet is not None:
             get_spec(arch).imagenet(model)
             lm.model.load_state_dict(model.state_dict())
-            out["imagenet"] = probe(lm, store, fit, scored)
+            out["imagenet"], out["imagenet_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
         print(json.dumps(out), flush=True)
 
 

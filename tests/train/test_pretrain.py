@@ -245,3 +245,10 @@ def test_the_view_separability_script_learns_identical_views_and_reports_the_pre
     assert out["chance"] == pytest.approx(np.log(15), abs=1e-3) and out["options"] == {"rotate": 5}
     assert len(out["views"]) == len(out["identical"]) == 1
     assert out["identical"][0] < out["chance"] / 2, out
+    r = subprocess.run([sys.executable, str(script), *args, "moco"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr  # the task's own MoCo network, stepped as the task steps it
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["loss"] == "moco" and out["chance"] == pytest.approx(np.log(moco.QUEUE + 1), abs=1e-3)
+    assert len(out["views"]) == len(out["identical"]) == 1 and all(np.isfinite(out["views"] + out["identical"]))
+    r = subprocess.run([sys.executable, str(script), *args, "byol"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "LOSS must be ntxent or moco, not 'byol'" in r.stderr
