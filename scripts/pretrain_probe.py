@@ -3,10 +3,10 @@
 after `covidnet pretrain` (SimSiam) on the phantoms' training split, against the same probe on the same
 architecture's random weights, and on one pretrained on the same images with their pixels shuffled (the
 control: noise with the images' histograms). Trained on the training split's labels, scored (balanced
-accuracy) on the validation and test splits. Also, for each backbone, how often two views of a scored image
-(the pretraining's views, three draws) are each other's nearest neighbours among all the scored images' views
-(``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a film's identity through the views
-it was taught to ignore. Prints one JSON line. Results: docs/training.md.
+accuracy) on the validation and test splits. Also, for each backbone, how often one view of a scored image
+(the pretraining's views, three pairs of draws) finds the image's other view nearest among all the scored
+images' other views (``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a film's
+identity through the views it was taught to ignore. Prints one JSON line. Results: docs/training.md.
 
     .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON]
     .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3

@@ -4,9 +4,9 @@ standardised pooled features of the fold's training images (its labels, classes 
 (balanced accuracy, chance 1 / the number of classes) on the fold's held-out images; beside it, the same probe
 on the same architecture's random weights and, where it has them, its ImageNet weights. What the pretraining put
 into the backbone before any fine-tuning, which the study's fine-tuned arms cannot tell apart from what
-fine-tuning did. Beside each probe, view retrieval (``*_retrieval``): how often two views of a held-out film,
-drawn as the pretraining draws them, are each other's nearest neighbours among all the held-out films' views
-(chance 1 / the number scored), which is what the pretraining was asked to learn. Prints one JSON line per fold.
+fine-tuning did. Beside each probe, view retrieval (``*_retrieval``): how often one view of a held-out film,
+drawn as the pretraining draws them, finds the film's other view nearest among all the held-out films' other
+views (chance 1 / the number scored), which is what the pretraining was asked to learn. Prints one JSON line per fold.
 Results: docs/training.md.
 
     .venv/bin/python scripts/transfer_probe.py STUDY ARCH [FOLD ...]
@@ -44,8 +44,8 @@ def views_of(store, rows, options: dict | None = None, seed: int = 1234) -> list
 
 
 def retrieval(lm, views: list) -> float:
-    """The share of films whose two views are each other's nearest neighbours (cosine, on features standardised
-    over both views), averaged over the pairs of ``views``."""
+    """The share of films whose first view's nearest neighbour among all the films' second views is its own
+    (cosine, on features standardised over both views), averaged over the pairs of ``views``."""
     hits = []
     for a, b in zip(views[::2], views[1::2]):
         a, b = lm.features(a), lm.features(b)
