@@ -69,6 +69,7 @@ class SelfSupervisedTask(Task):
         self.method = method
         self.heads = None
         self.backbone = None  # the trained backbone, which MoCo's key encoder follows
+        self.dist = None  # the run's processes, whose keys MoCo queues together
 
     @classmethod
     def from_config(cls, cfg) -> SelfSupervisedTask:
@@ -99,6 +100,9 @@ class SelfSupervisedTask(Task):
         return store.contract.for_model(cfg.size or store.size, cfg.in_channels, mean, std, cfg.intensity)
 
     # --- the step -----------------------------------------------------------------------------------
+
+    def setup(self, run) -> None:
+        self.dist = run.dist
 
     def create_model(self, cfg, run):
         from ..models import create_model
@@ -134,11 +138,13 @@ class SelfSupervisedTask(Task):
         return {"x1": run.input(pos, params, hosts["pixels"]), "x2": run.input(pos, params2, hosts["pixels"])}
 
     def step(self, net, batch):
+        import torch
+
         if self.method == "moco":
             self.heads.follow(self.backbone)
         loss, spread, *keys = net(batch["x1"], batch["x2"])
-        if keys:
-            self.heads.enqueue(gathered(keys[0]))
+        if keys:  # every process's keys, in rank order (under torchrun)
+            self.heads.enqueue(torch.cat(self.dist.gather(keys[0])) if self.dist else keys[0])
         return loss, {"z_std": spread * len(batch["x1"])}
 
     def forward(self, model, unit, contract, memory_format=None):
@@ -199,20 +205,3 @@ class SelfSupervisedTask(Task):
 
     def evaluate(self, y, out, patients, sources, meta, resamples, seed):
         self.results(out, meta, None)
-
-
-def gathered(keys):
-    """The keys of every process (in rank order) under torchrun, as MoCo queues them; this process's alone."""
-    import torch
-    import torch.distributed as td
-
-    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
-        return keys
-    world = td.get_world_size()  # a batch split over the processes: their shares differ by one at most
-    sizes = [torch.zeros(1, dtype=torch.long, device=keys.device) for _ in range(world)]
-    td.all_gather(sizes, torch.tensor([len(keys)], device=keys.device))
-    most = int(max(sizes))
-    padded = torch.cat([keys, keys.new_zeros(most - len(keys), keys.shape[1])])
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    td.all_gather(parts, padded.contiguous())
-    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
