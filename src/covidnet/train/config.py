@@ -22,6 +22,8 @@ from ..contract import LUNG_FIELDS, LUNG_MARGIN
 from ..errors import ConfigError
 from ..models import get_spec, list_models
 from ..tasks import COMMON_OPTIONS, TASKS, Task, make_task, task_class
+from ..tasks.moco import QUEUE as MOCO_QUEUE
+from ..tasks.selfsup import METHODS as SSL_METHODS
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -137,8 +139,8 @@ class TrainConfig:
     ssl_method: str = option(
         "simsiam",
         "--task self-supervised: simsiam (Chen & He 2021: no negatives, no momentum encoder) or moco (MoCo v2, "
-        "as MoCo-CXR: a momentum key encoder and a queue of 512 negatives)",
-        choices=("simsiam", "moco"),
+        f"as MoCo-CXR: a momentum key encoder and a queue of {MOCO_QUEUE} negatives)",
+        choices=SSL_METHODS,
     )
     label_fraction: float = option(
         1.0,
