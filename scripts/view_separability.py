@@ -32,6 +32,7 @@ from covidnet.contract import uint8_to_unit
 from covidnet.data.store import open_store
 from covidnet.models import create_model
 from covidnet.tasks import moco
+from covidnet.tasks.selfsup import SelfSupervisedTask
 from covidnet.tasks.simsiam import ProjectionHead
 from covidnet.train import TrainConfig
 
@@ -43,25 +44,24 @@ def curve(store, contract, views, arch, steps, batch, lr, seed, identical, loss_
     random weights."""
     torch.manual_seed(seed)
     backbone = create_model(arch, num_classes=2, in_channels=contract.in_channels)
-    if loss_name == "moco":
-        heads = moco.Heads(backbone, backbone.num_features)
-        net, head = moco.MoCo(backbone, heads), heads.projection
+    if loss_name == "moco":  # the task's own network and step: the key encoder follows, the keys are queued
+        task = SelfSupervisedTask("moco")
+        net, params = task.trainable(backbone)
     else:
-        head, loss_fn = ProjectionHead(backbone.num_features), NTXentLoss(temperature=0.2)
-    params = [*backbone.parameters(), *head.parameters()]
+        net, head, loss_fn = backbone, ProjectionHead(backbone.num_features), NTXentLoss(temperature=0.2)
+        params = [*backbone.parameters(), *head.parameters()]
+        head.train()
     opt = torch.optim.Adam(params, lr=lr)
     rows, g = store.rows("train"), torch.Generator().manual_seed(seed)
-    (net if loss_name == "moco" else backbone).train(), head.train()
+    net.train()
     losses, out = [], []
     for step in range(1, steps + 1):
         pick = np.sort(rows[torch.randperm(len(rows), generator=g)[:batch].numpy()])
         x = uint8_to_unit(torch.from_numpy(store.read(pick)))
         v1 = augment(x, sample_params(len(x), views, g))
         v2 = v1.clone() if identical else augment(x, sample_params(len(x), views, g))
-        if loss_name == "moco":  # as the task's step: the key encoder follows, then the keys are queued
-            heads.follow(backbone)
-            loss, _, keys = net(contract.model_input(v1), contract.model_input(v2))
-            heads.enqueue(keys)
+        if loss_name == "moco":
+            loss, _ = task.step(net, {"x1": contract.model_input(v1), "x2": contract.model_input(v2)})
         else:
             z1, z2 = (head(backbone.forward_features(contract.model_input(v)).float().mean((2, 3))) for v in (v1, v2))
             loss = loss_fn(z1, z2)
