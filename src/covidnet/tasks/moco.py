@@ -94,12 +94,33 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
 class MoCo(nn.Module):
     """A backbone (the registry's interface: ``forward_features``) with MoCo's heads: ``(x1, x2)`` -> (loss,
     the standard deviation of the L2-normalised queries, the batch's keys). The caller steps the key encoder
-    before (``Heads.follow``) and queues the keys after (``Heads.enqueue``): both change state in place, which
-    is kept out of the forward that DDP and torch.compile wrap."""
+    before (``before_step``: ``Heads.follow``) and queues the keys after (``after_step``: ``Heads.enqueue``):
+    both change state in place, which
+    is kept out of the forward that DDP and torch.compile wrap. The self-supervised task's interface for a
+    method (``tasks/selfsup.py``) as ``simsiam.SimSiam`` has it."""
+
+    title = "MoCo"
 
     def __init__(self, backbone: nn.Module, heads: Heads):
         super().__init__()
         self.backbone, self.heads = backbone, heads
+
+    @staticmethod
+    def create_heads(backbone: nn.Module, num_features: int) -> Heads:
+        return Heads(backbone, num_features)
+
+    @staticmethod
+    def settings() -> dict:
+        """What a checkpoint records of the method."""
+        return {"projection": [OUTPUT_DIM], "queue": QUEUE, "momentum": MOMENTUM, "temperature": TEMPERATURE}
+
+    def before_step(self) -> None:
+        """The key encoder follows the backbone and projection as they are before the step."""
+        self.heads.follow(self.backbone)
+
+    def after_step(self, extra, gather) -> None:
+        """The step's keys (``extra[0]``, gathered from every process by ``gather``) enter the queue."""
+        self.heads.enqueue(gather(extra[0]))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.heads

@@ -1,7 +1,8 @@
 """Self-supervised pretraining on unlabelled chest radiographs (``covidnet pretrain``, ``covidnet train --task
 self-supervised``): SimSiam (``tasks/simsiam.py``, the default) or MoCo v2 (``tasks/moco.py``, ``--ssl-method
 moco``) on a registered classifier's backbone, by the one training loop (resumable, SIGTERM-safe, torchrun,
-streamed from a store larger than memory).
+streamed from a store larger than memory). The task knows a method only through its network class
+(``network_class``): a third method is a module with that interface and an entry in ``METHODS``.
 
 * **Data**: the images of a build's **training split only**, labelled or not, never its validation or test
   split; and with ``--images DIR`` the films of those folders, staged beside them in ``RUN/films/`` by
@@ -23,14 +24,25 @@ streamed from a store larger than memory).
 from __future__ import annotations
 
 import hashlib
+import importlib
 
 import numpy as np
 
 from ..errors import ConfigError, UsageError
 from .base import Task
 
-METHODS = ("simsiam", "moco")
+METHODS = {"simsiam": "SimSiam", "moco": "MoCo"}  # a method's name: its network class, in the module of that name
 MONITOR_SHARE = 10  # one patient in this many is held out of the training split to watch the loss
+
+
+def network_class(name: str):
+    """The network class of a method (``simsiam.SimSiam``, ``moco.MoCo``): ``(backbone, heads)`` -> a module
+    whose forward takes two views and returns (loss, spread, anything the method keeps after the step), with
+    ``create_heads(backbone, num_features)``, ``before_step()``, ``after_step(extra, gather)``, ``title`` and
+    ``settings()``. Imported when asked for, so that the CLI reads ``METHODS`` without PyTorch."""
+    if name not in METHODS:
+        raise ConfigError(f"--ssl-method must be one of {', '.join(METHODS)}, not {name!r}")
+    return getattr(importlib.import_module(f".{name}", __package__), METHODS[name])
 
 
 def monitored(patient: str) -> bool:
@@ -68,8 +80,8 @@ class SelfSupervisedTask(Task):
     def __init__(self, method: str = "simsiam"):
         self.method = method
         self.heads = None
-        self.backbone = None  # the trained backbone, which MoCo's key encoder follows
-        self.dist = None  # the run's processes, whose keys MoCo queues together
+        self.net = None  # the trained backbone with its heads, unwrapped (its before_step and after_step)
+        self.dist = None  # the run's processes, whose outputs a method may gather after the step
 
     @classmethod
     def from_config(cls, cfg) -> SelfSupervisedTask:
@@ -77,8 +89,7 @@ class SelfSupervisedTask(Task):
             raise ConfigError("self-supervised pretraining needs augmentation: two identical views teach nothing")
         if cfg.init != "random":
             raise ConfigError("--init: self-supervised pretraining starts from random weights")
-        if cfg.ssl_method not in METHODS:
-            raise ConfigError(f"--ssl-method must be one of {', '.join(METHODS)}, not {cfg.ssl_method!r}")
+        network_class(cfg.ssl_method)  # a clear error for an unknown one
         return cls(cfg.ssl_method)
 
     # --- data ---------------------------------------------------------------------------------------
@@ -111,20 +122,15 @@ class SelfSupervisedTask(Task):
 
     def network(self, model):
         """The backbone with the method's heads: ``(x1, x2)`` -> (loss, spread, ...)."""
-        from . import moco, simsiam
-
-        return moco.MoCo(model, self.heads) if self.method == "moco" else simsiam.SimSiam(model, self.heads)
+        return network_class(self.method)(model, self.heads)
 
     def trainable(self, model):
-        from . import moco, simsiam
-
         if self.heads is None:
-            n = model.num_features
-            heads = moco.Heads(model, n) if self.method == "moco" else simsiam.Heads(n)
+            heads = network_class(self.method).create_heads(model, model.num_features)
             self.heads = heads.to(next(model.parameters()).device)
-        self.backbone = model
+        self.net = self.network(model)
         trained = [p for p in self.heads.parameters() if p.requires_grad]  # not MoCo's key encoder
-        return self.network(model), [*model.parameters(), *trained]
+        return self.net, [*model.parameters(), *trained]
 
     def batch(self, run, pos, params, hosts):
         """Two views of each image, each with its own augmentation (the second's drawn from the step's seeded
@@ -140,11 +146,12 @@ class SelfSupervisedTask(Task):
     def step(self, net, batch):
         import torch
 
-        if self.method == "moco":
-            self.heads.follow(self.backbone)
-        loss, spread, *keys = net(batch["x1"], batch["x2"])
-        if keys:  # every process's keys, in rank order (under torchrun)
-            self.heads.enqueue(torch.cat(self.dist.gather(keys[0])) if self.dist else keys[0])
+        def gather(t):  # every process's, in rank order (under torchrun)
+            return torch.cat(self.dist.gather(t)) if self.dist else t
+
+        self.net.before_step()
+        loss, spread, *extra = net(batch["x1"], batch["x2"])
+        self.net.after_step(extra, gather)
         return loss, {"z_std": spread * len(batch["x1"])}
 
     def forward(self, model, unit, contract, memory_format=None):
@@ -179,8 +186,7 @@ class SelfSupervisedTask(Task):
         return {"val_z_std": val["z_std"]}, f"z std {val['z_std']:.3f}"
 
     def final(self, row):
-        name = "MoCo" if self.method == "moco" else "SimSiam"
-        return f"val {name} loss {row['val_loss']:.4f} (z std {row['val_z_std']:.3f})"
+        return f"val {network_class(self.method).title} loss {row['val_loss']:.4f} (z std {row['val_z_std']:.3f})"
 
     def state(self):
         return {"ssl_heads": self.heads.state_dict()} if self.heads is not None else {}
@@ -189,14 +195,7 @@ class SelfSupervisedTask(Task):
         self.heads.load_state_dict(ckpt["ssl_heads"])
 
     def meta(self):
-        from . import moco, simsiam
-
-        if self.method == "moco":
-            settings = {"projection": [moco.OUTPUT_DIM], "queue": moco.QUEUE, "momentum": moco.MOMENTUM,
-                        "temperature": moco.TEMPERATURE}  # fmt: skip
-        else:
-            settings = {"projection": [simsiam.PROJECTION_DIM, simsiam.PREDICTION_HIDDEN]}
-        return {"task": self.name, "method": self.method, **settings}
+        return {"task": self.name, "method": self.method, **network_class(self.method).settings()}
 
     # --- not for prediction -------------------------------------------------------------------------
 

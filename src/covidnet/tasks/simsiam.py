@@ -77,11 +77,30 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 
 class SimSiam(nn.Module):
     """A backbone (the registry's interface: ``forward_features``) with SimSiam's heads: ``(x1, x2)`` -> (loss,
-    the standard deviation of the first view's L2-normalised projections)."""
+    the standard deviation of the first view's L2-normalised projections). With ``create_heads``,
+    ``before_step``, ``after_step`` and ``settings``: the interface every method of the self-supervised task
+    has (``tasks/selfsup.py``)."""
+
+    title = "SimSiam"
 
     def __init__(self, backbone: nn.Module, heads: Heads):
         super().__init__()
         self.backbone, self.heads = backbone, heads
+
+    @staticmethod
+    def create_heads(backbone: nn.Module, num_features: int) -> Heads:
+        return Heads(num_features)
+
+    @staticmethod
+    def settings() -> dict:
+        """What a checkpoint records of the method."""
+        return {"projection": [PROJECTION_DIM, PREDICTION_HIDDEN]}
+
+    def before_step(self) -> None:
+        """Nothing: SimSiam's whole state is the trained network and heads."""
+
+    def after_step(self, extra, gather) -> None:
+        """Nothing: SimSiam's forward returns nothing beyond its loss and spread."""
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.heads.projection(self.backbone.forward_features(x).float().mean((2, 3)))

@@ -140,7 +140,7 @@ class TrainConfig:
         "simsiam",
         "--task self-supervised: simsiam (Chen & He 2021: no negatives, no momentum encoder) or moco (MoCo v2, "
         f"as MoCo-CXR: a momentum key encoder and a queue of {MOCO_QUEUE} negatives)",
-        choices=SSL_METHODS,
+        choices=tuple(SSL_METHODS),
     )
     label_fraction: float = option(
         1.0,
