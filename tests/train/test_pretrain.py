@@ -6,6 +6,7 @@ training split only (its held-out tenth watched, never val or test), a run that 
 import copy
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,39 @@ def test_a_moco_run_resumes_to_the_same_weights_key_encoder_and_queue_and_initia
     train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=init, epochs=1, batch_size=8,
                       progress=False, device="cpu"))  # fmt: skip
     assert read_checkpoint(run / "best.pt")["task"] == "classification"
+
+
+@pytest.mark.slow
+def test_a_two_process_moco_run_queues_the_keys_of_both_processes(small, tmp_path):
+    """Under torchrun each process computes the keys of its half of a batch; the queue must take both halves
+    (``Dist.gather``), so it advances by the whole batch a step, as in one process."""
+    common = ["pretrain", "--data", str(small), "--arch", "efficientnet-lite0", "--ssl-method", "moco",
+              "--epochs", "2", "--batch-size", "8", "--no-progress", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "covidnet", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
+    seen = 2 * len(SelfSupervisedTask().rows(open_store(small), "train"))
+    assert int(a["ssl_heads"]["queue_ptr"]) == int(b["ssl_heads"]["queue_ptr"]) == seen  # one process's: seen / 2
+    queued = b["ssl_heads"]["queue"][:seen]
+    assert torch.allclose(queued.norm(dim=1), torch.ones(seen), atol=1e-4)
+    assert len(torch.unique(queued, dim=0)) == seen  # every key once, none of one process queued twice
+    assert not any((tmp_path / "two").glob("*rank*"))
+
+
+def test_resuming_a_pretraining_whose_optimiser_trained_other_parameters_is_one_line(small, tmp_path):
+    """Before the classifier's head was frozen, a pretraining's optimiser held its parameters too."""
+    fast = dict(data=str(small), task="self-supervised", batch_size=8, progress=False, device="cpu")
+    train(TrainConfig(out=str(tmp_path / "run"), epochs=1, **fast))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    group = ckpt["optimizer"]["param_groups"][0]
+    group["params"] = [*group["params"], max(group["params"]) + 1]  # one parameter more than this run trains
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(ConfigError, match=r"last.pt: its optimiser state does not fit .* without --resume"):
+        train(TrainConfig(out=str(tmp_path / "run"), epochs=2, resume=True, **fast))
 
 
 def test_pretraining_refuses_what_would_teach_it_nothing(small, tmp_path):

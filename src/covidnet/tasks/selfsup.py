@@ -118,7 +118,10 @@ class SelfSupervisedTask(Task):
     def create_model(self, cfg, run):
         from ..models import create_model
 
-        return create_model(cfg.arch, num_classes=2, in_channels=cfg.in_channels)  # its head is never trained
+        model = create_model(cfg.arch, num_classes=2, in_channels=cfg.in_channels)
+        for p in [*model.head.parameters(), *model.get_classifier().parameters()]:
+            p.requires_grad_(False)  # never trained (the methods read forward_features); under torchrun, DDP
+        return model  # would otherwise wait for their gradients and stop at the second step
 
     def network(self, model):
         """The backbone with the method's heads: ``(x1, x2)`` -> (loss, spread, ...)."""
@@ -130,7 +133,7 @@ class SelfSupervisedTask(Task):
             self.heads = heads.to(next(model.parameters()).device)
         self.net = self.network(model)
         trained = [p for p in self.heads.parameters() if p.requires_grad]  # not MoCo's key encoder
-        return self.net, [*model.parameters(), *trained]
+        return self.net, [p for p in model.parameters() if p.requires_grad] + trained
 
     def batch(self, run, pos, params, hosts):
         """Two views of each image, each with its own augmentation (the second's drawn from the step's seeded

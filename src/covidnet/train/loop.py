@@ -237,7 +237,11 @@ def resume(r: Run, path: Path) -> None:
         )
     r.model.load_state_dict(ckpt["model"])
     r.task.load_state(ckpt)
-    r.opt.load_state_dict(ckpt["optimizer"])
+    try:
+        r.opt.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # other trained parameters: written by a version that trained more or fewer
+        raise ConfigError(f"{path}: its optimiser state does not fit this run's parameters ({e}); start the run "
+                          "again without --resume") from None  # fmt: skip
     r.sched.load_state_dict(ckpt["scheduler"])
     r.start_epoch, r.start_step = ckpt["epoch"], ckpt["step"]
     r.best, r.best_epoch = ckpt["best_score"]["value"], ckpt["best_score"].get("epoch")
