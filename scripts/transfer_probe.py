@@ -11,6 +11,10 @@ Results: docs/training.md.
 
     .venv/bin/python scripts/transfer_probe.py STUDY ARCH [FOLD ...]
     .venv/bin/python scripts/transfer_probe.py transfer128 efficientnet-lite0 0 1 2
+    .venv/bin/python scripts/transfer_probe.py --build DATA CHECKPOINT [SEED ...]   # any pretraining of a build
+
+With ``--build``: the checkpoint of ``covidnet pretrain --data DATA``, fitted on the build's training split and
+scored on its validation and test splits, against random weights drawn from each seed.
 """
 
 import json
@@ -64,6 +68,23 @@ def probe(lm, store, fit, scored) -> float:
     return round(float(balanced_accuracy_score(store.labels(scored), clf.predict(scale.transform(b)))), 3)
 
 
+def compare(lm, store, fit, scored, arch: str, seed: int) -> dict:
+    """The probe and view retrieval of ``lm``'s weights, then of the same architecture's random weights (drawn
+    from ``seed``) and, where it has them, its ImageNet weights."""
+    out = {"fit": len(fit), "scored": len(scored)}
+    views = views_of(store, scored)
+    out["ssl"], out["ssl_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
+    lm.model.load_state_dict(model.state_dict())
+    out["random"], out["random_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+    if get_spec(arch).imagenet is not None:
+        get_spec(arch).imagenet(model)
+        lm.model.load_state_dict(model.state_dict())
+        out["imagenet"], out["imagenet_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+    return out
+
+
 def main(study, arch, *folds):
     study = Path(study)
     for k in [int(f) for f in folds]:
@@ -72,20 +93,20 @@ def main(study, arch, *folds):
             print(f"{ckpt.parent}: pretraining not complete, fold {k} skipped", file=sys.stderr)
             continue
         store, lm = open_store(study / "folds" / f"fold{k}"), load(ckpt, "cpu")
-        fit, scored = store.rows("train"), store.rows("test")
-        out = {"fold": k, "arch": arch, "fit": len(fit), "scored": len(scored)}
-        views = views_of(store, scored)
-        out["ssl"], out["ssl_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
-        torch.manual_seed(k)
-        model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
-        lm.model.load_state_dict(model.state_dict())
-        out["random"], out["random_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
-        if get_spec(arch).imagenet is not None:
-            get_spec(arch).imagenet(model)
-            lm.model.load_state_dict(model.state_dict())
-            out["imagenet"], out["imagenet_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
-        print(json.dumps(out), flush=True)
+        out = compare(lm, store, store.rows("train"), store.rows("test"), arch, seed=k)
+        print(json.dumps({"fold": k, "arch": arch, **out}), flush=True)
+
+
+def main_build(data, checkpoint, *seeds):
+    """A pretraining of a build (``covidnet pretrain --data DATA``): fitted on its training split, scored on its
+    validation and test splits; random weights drawn from each seed (default 0)."""
+    store, lm = open_store(data), load(Path(checkpoint), "cpu")
+    scored = np.concatenate([store.rows("val"), store.rows("test")])
+    for seed in [int(s) for s in seeds] or [0]:
+        out = compare(lm, store, store.rows("train"), scored, lm.arch, seed)
+        print(json.dumps({"checkpoint": checkpoint, "arch": lm.arch, "random_seed": seed, **out}), flush=True)
+        lm = load(Path(checkpoint), "cpu")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main_build(*sys.argv[2:]) if sys.argv[1:2] == ["--build"] else main(*sys.argv[1:])
