@@ -95,9 +95,8 @@ class MoCo(nn.Module):
     """A backbone (the registry's interface: ``forward_features``) with MoCo's heads: ``(x1, x2)`` -> (loss,
     the standard deviation of the L2-normalised queries, the batch's keys). The caller steps the key encoder
     before (``before_step``: ``Heads.follow``) and queues the keys after (``after_step``: ``Heads.enqueue``):
-    both change state in place, which
-    is kept out of the forward that DDP and torch.compile wrap. The self-supervised task's interface for a
-    method (``tasks/selfsup.py``) as ``simsiam.SimSiam`` has it."""
+    both change state in place, which is kept out of the forward that DDP and torch.compile wrap. The
+    self-supervised task's interface for a method (``tasks/selfsup.py``), as ``simsiam.SimSiam`` has it."""
 
     title = "MoCo"
 
