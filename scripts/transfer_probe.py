@@ -68,21 +68,26 @@ def probe(lm, store, fit, scored) -> float:
     return round(float(balanced_accuracy_score(store.labels(scored), clf.predict(scale.transform(b)))), 3)
 
 
-def compare(lm, store, fit, scored, arch: str, seed: int) -> dict:
+def compare(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
     """The probe and view retrieval of ``lm``'s weights, then of the same architecture's random weights (drawn
-    from ``seed``) and, where it has them, its ImageNet weights."""
+    from ``seed``: ``random_weights``) and, where it has them, its ImageNet weights. Leaves ``lm`` holding other
+    weights than its own."""
     out = {"fit": len(fit), "scored": len(scored)}
-    views = views_of(store, scored)
     out["ssl"], out["ssl_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
-    lm.model.load_state_dict(model.state_dict())
-    out["random"], out["random_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+    out.update(random_weights(lm, store, fit, scored, arch, seed, views))
     if get_spec(arch).imagenet is not None:
+        model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
         get_spec(arch).imagenet(model)
         lm.model.load_state_dict(model.state_dict())
         out["imagenet"], out["imagenet_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
     return out
+
+
+def random_weights(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
+    """The probe and view retrieval of the architecture's random weights drawn from ``seed``, loaded into ``lm``."""
+    torch.manual_seed(seed)
+    lm.model.load_state_dict(create_model(arch, num_classes=2, in_channels=lm.contract.in_channels).state_dict())
+    return {"random": probe(lm, store, fit, scored), "random_retrieval": retrieval(lm, views)}
 
 
 def main(study, arch, *folds):
@@ -93,7 +98,8 @@ def main(study, arch, *folds):
             print(f"{ckpt.parent}: pretraining not complete, fold {k} skipped", file=sys.stderr)
             continue
         store, lm = open_store(study / "folds" / f"fold{k}"), load(ckpt, "cpu")
-        out = compare(lm, store, store.rows("train"), store.rows("test"), arch, seed=k)
+        fit, scored = store.rows("train"), store.rows("test")
+        out = compare(lm, store, fit, scored, arch, k, views_of(store, scored))
         print(json.dumps({"fold": k, "arch": arch, **out}), flush=True)
 
 
@@ -101,11 +107,14 @@ def main_build(data, checkpoint, *seeds):
     """A pretraining of a build (``covidnet pretrain --data DATA``): fitted on its training split, scored on its
     validation and test splits; random weights drawn from each seed (default 0)."""
     store, lm = open_store(data), load(Path(checkpoint), "cpu")
-    scored = np.concatenate([store.rows("val"), store.rows("test")])
-    for seed in [int(s) for s in seeds] or [0]:
-        out = compare(lm, store, store.rows("train"), scored, lm.arch, seed)
-        print(json.dumps({"checkpoint": checkpoint, "arch": lm.arch, "random_seed": seed, **out}), flush=True)
-        lm = load(Path(checkpoint), "cpu")
+    fit, scored = store.rows("train"), np.concatenate([store.rows("val"), store.rows("test")])
+    views, arch = views_of(store, scored), lm.arch
+    seeds = [int(s) for s in seeds] or [0]
+    out = compare(lm, store, fit, scored, arch, seeds[0], views)  # the pretraining's and ImageNet's figures once
+    for seed in seeds:
+        if seed != seeds[0]:
+            out.update(random_weights(lm, store, fit, scored, arch, seed, views))
+        print(json.dumps({"checkpoint": checkpoint, "arch": arch, "random_seed": seed, **out}), flush=True)
 
 
 if __name__ == "__main__":
