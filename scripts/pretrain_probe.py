@@ -1,12 +1,14 @@
 """The pretraining known answer on phantoms (issue: does pretraining help?), one seed at a time: a linear probe
-(scikit-learn's logistic regression on standardised features) on the frozen pooled features of a backbone
-after `covidnet pretrain` (SimSiam) on the phantoms' training split, against the same probe on the same
-architecture's random weights, and on one pretrained on the same images with their pixels shuffled (the
-control: noise with the images' histograms). Trained on the training split's labels, scored (balanced
-accuracy) on the validation and test splits. Also, for each backbone, how often one view of a scored image
-(the pretraining's views, three pairs of draws) finds the image's other view nearest among all the scored
-images' other views (``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a film's
-identity through the views it was taught to ignore. Prints one JSON line. Results: docs/training.md.
+(``transfer_probe.probe``: scikit-learn's logistic regression on standardised features, classes weighted to balance;
+before 2026-12-07 unweighted) on the frozen pooled features of a backbone after `covidnet pretrain` (SimSiam) on the
+phantoms' training split, against the same probe on the same architecture's random weights, and on one pretrained on
+the same images with their pixels shuffled (the control: noise with the images' histograms). Trained on the training
+split's labels, scored (balanced accuracy) on the validation and test splits. Also, for each backbone, how often one
+view of a scored image (the pretraining's views, three pairs of draws) finds the image's other view nearest among
+all the scored images' other views (``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a
+film's identity through the views it was taught to ignore. Each figure also with the backbone's BatchNorm statistics
+recomputed from the training split's images (``*_bn``: ``transfer_probe.readings``). Prints one JSON line. Results:
+docs/training.md.
 
     .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON]
     .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3
@@ -21,15 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from phantomdata import make_dataset  # noqa: E402
-from transfer_probe import retrieval as view_retrieval  # noqa: E402  (this folder, first on the path)
-from transfer_probe import views_of  # noqa: E402
+from transfer_probe import readings, views_of  # noqa: E402  (this folder, first on the path)
 
 from covidnet.data.store import open_store  # noqa: E402
 from covidnet.models import create_model  # noqa: E402
@@ -69,23 +67,15 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
 
     views = views_of(store, scored, json.loads(options))
 
-    def retrieval(lm) -> float:
-        return view_retrieval(lm, views)
-
-    def probe(lm) -> float:
-        a, b = lm.features(store.read(train_rows)), lm.features(store.read(scored))
-        scale = StandardScaler().fit(a)
-        clf = LogisticRegression(max_iter=5000, C=0.1).fit(scale.transform(a), store.labels(train_rows))
-        return round(float(balanced_accuracy_score(store.labels(scored), clf.predict(scale.transform(b)))), 3)
-
     ssl = load(pretrained(ds, "ssl"), "cpu")
     result = {"seed": seed, "arch": arch, "epochs": epochs, "size": size, "train": len(train_rows)}
-    result["scored"], result["ssl"], result["ssl_retrieval"] = len(scored), probe(ssl), retrieval(ssl)
+    result["scored"] = len(scored)
+    result.update(readings(ssl, store, train_rows, scored, views, "ssl"))
     torch.manual_seed(seed)
     ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
-    result["random"], result["random_retrieval"] = probe(ssl), retrieval(ssl)
+    result.update(readings(ssl, store, train_rows, scored, views, "random"))
     noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
-    result["noise"], result["noise_retrieval"] = probe(noise), retrieval(noise)
+    result.update(readings(noise, store, train_rows, scored, views, "noise"))
     log = (pretrained(ds, "ssl").parent / "log.csv").read_text(encoding="utf-8").splitlines()
     result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)
     print(json.dumps(result))

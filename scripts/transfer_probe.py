@@ -6,8 +6,11 @@ on the same architecture's random weights and, where it has them, its ImageNet w
 into the backbone before any fine-tuning, which the study's fine-tuned arms cannot tell apart from what
 fine-tuning did. Beside each probe, view retrieval (``*_retrieval``): how often one view of a held-out film,
 drawn as the pretraining draws them, finds the film's other view nearest among all the held-out films' other
-views (chance 1 / the number scored), which is what the pretraining was asked to learn. Prints one JSON line per fold.
-Results: docs/training.md.
+views (chance 1 / the number scored), which is what the pretraining was asked to learn. Each figure twice: with
+the backbone's BatchNorm statistics as it holds them (``ssl``, ``random``, ...: random weights' are BatchNorm's
+defaults, mean 0 and variance 1, so their features are a network's that never normalises) and recomputed from
+the fitted films (``*_bn``: ``recalibrate``, the normalisation fine-tuning's first steps give the backbone, for
+every set of weights alike). Prints one JSON line per fold. Results: docs/training.md.
 
     .venv/bin/python scripts/transfer_probe.py STUDY ARCH [FOLD ...]
     .venv/bin/python scripts/transfer_probe.py transfer128 efficientnet-lite0 0 1 2
@@ -60,6 +63,28 @@ def retrieval(lm, views: list) -> float:
     return round(float(np.mean(hits)), 3)
 
 
+def recalibrate(lm, store, rows) -> None:
+    """``lm``'s BatchNorm running statistics recomputed from the unaugmented films ``rows`` (a cumulative average
+    over all of them: torch's ``swa_utils.update_bn``, as ``covidnet train --precise-bn`` uses it)."""
+    from torch.optim.swa_utils import update_bn
+
+    def batches():
+        for k in range(0, len(rows), 64):
+            unit = uint8_to_unit(torch.from_numpy(lm.contract.standardise(store.read(rows[k : k + 64]))))
+            yield lm.contract.model_input(unit, lm.memory_format)
+
+    with torch.no_grad():
+        update_bn(batches(), lm.model)
+
+
+def readings(lm, store, fit, scored, views: list, name: str) -> dict:
+    """The probe and view retrieval of ``lm``'s weights under ``name``, with its BatchNorm statistics as they are
+    and then (``name_bn``) recomputed from the fitted films, which leaves ``lm`` holding the recomputed ones."""
+    out = {name: probe(lm, store, fit, scored), f"{name}_retrieval": retrieval(lm, views)}
+    recalibrate(lm, store, fit)
+    return out | {f"{name}_bn": probe(lm, store, fit, scored), f"{name}_bn_retrieval": retrieval(lm, views)}
+
+
 def probe(lm, store, fit, scored) -> float:
     """Balanced accuracy on ``scored`` of a logistic regression on ``lm``'s frozen features of ``fit``."""
     a, b = lm.features(store, fit), lm.features(store, scored)
@@ -73,13 +98,13 @@ def compare(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
     from ``seed``: ``random_weights``) and, where it has them, its ImageNet weights. Leaves ``lm`` holding other
     weights than its own."""
     out = {"fit": len(fit), "scored": len(scored)}
-    out["ssl"], out["ssl_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+    out.update(readings(lm, store, fit, scored, views, "ssl"))
     out.update(random_weights(lm, store, fit, scored, arch, seed, views))
     if get_spec(arch).imagenet is not None:
         model = create_model(arch, num_classes=2, in_channels=lm.contract.in_channels)
         get_spec(arch).imagenet(model)
         lm.model.load_state_dict(model.state_dict())
-        out["imagenet"], out["imagenet_retrieval"] = probe(lm, store, fit, scored), retrieval(lm, views)
+        out.update(readings(lm, store, fit, scored, views, "imagenet"))
     return out
 
 
@@ -87,7 +112,7 @@ def random_weights(lm, store, fit, scored, arch: str, seed: int, views: list) ->
     """The probe and view retrieval of the architecture's random weights drawn from ``seed``, loaded into ``lm``."""
     torch.manual_seed(seed)
     lm.model.load_state_dict(create_model(arch, num_classes=2, in_channels=lm.contract.in_channels).state_dict())
-    return {"random": probe(lm, store, fit, scored), "random_retrieval": retrieval(lm, views)}
+    return readings(lm, store, fit, scored, views, "random")
 
 
 def main(study, arch, *folds):

@@ -19,6 +19,7 @@ from phantomdata import make_dataset
 
 from covidnet.checkpoint import read_checkpoint
 from covidnet.cli import main
+from covidnet.contract import uint8_to_unit
 from covidnet.data import films as films_module
 from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
@@ -286,3 +287,44 @@ def test_the_view_separability_script_learns_identical_views_and_reports_the_pre
     assert len(out["views"]) == len(out["identical"]) == 1 and all(np.isfinite(out["views"] + out["identical"]))
     r = subprocess.run([sys.executable, str(script), *args, "byol"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "LOSS must be ntxent or moco, not 'byol'" in r.stderr
+
+
+@pytest.mark.slow
+def test_the_probe_recomputes_batchnorm_from_the_fitted_films_and_reads_every_backbone_both_ways(small, tmp_path):
+    """``scripts/transfer_probe.py``, the instrument behind docs/training.md's probe tables: ``recalibrate`` gives
+    each BatchNorm the statistics of the unaugmented films it is asked for (the stem's, computed here directly,
+    one batch), and ``--build`` reads the pretraining and random weights with their statistics as held and as
+    recomputed."""
+    pytest.importorskip("sklearn")
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        import transfer_probe
+    finally:
+        sys.path.remove(str(scripts))
+    run = tmp_path / "ssl"
+    train(TrainConfig(data=str(small), out=str(run), task="self-supervised", arch="efficientnet-lite0", epochs=1,
+                      batch_size=8, progress=False, device="cpu"))  # fmt: skip
+    store, lm = open_store(small), load(run / "best.pt", "cpu")
+    rows = store.rows("train")
+    assert len(rows) <= 64  # one batch: the cumulative average is the films' own mean and variance
+    held = lm.model.stem.bn.running_mean.clone()
+    transfer_probe.recalibrate(lm, store, rows)
+    bn, seen = lm.model.stem.bn, []
+    hook = bn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    unit = uint8_to_unit(torch.from_numpy(lm.contract.standardise(store.read(rows))))
+    with torch.no_grad():
+        lm.model.forward_features(lm.contract.model_input(unit, lm.memory_format))  # in eval mode: no update
+    hook.remove()
+    y = seen[0]
+    assert not lm.model.training and not torch.allclose(held, bn.running_mean, atol=1e-3)
+    torch.testing.assert_close(bn.running_mean, y.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bn.running_var, y.var((0, 2, 3)), atol=1e-5, rtol=1e-4)  # unbiased, as BN keeps it
+    command = [sys.executable, str(scripts / "transfer_probe.py"), "--build", str(small), str(run / "best.pt")]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in ("ssl", "random"):
+        for key in (name, f"{name}_bn"):
+            assert 0 <= out[key] <= 1 and 0 <= out[f"{key}_retrieval"] <= 1, out
+    assert out["scored"] == len(store.rows("val")) + len(store.rows("test")) and out["fit"] == len(rows)
