@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from phantomdata import make_dataset  # noqa: E402
-from transfer_probe import readings, views_of  # noqa: E402  (this folder, first on the path)
+from transfer_probe import histogram_probe, readings, views_of  # noqa: E402  (this folder, first on the path)
 
 from covidnet.data.store import open_store  # noqa: E402
 from covidnet.models import create_model  # noqa: E402
@@ -43,6 +43,18 @@ def shuffled_copy(ds: Path, out: Path, seed: int) -> Path:
         flat, g = images.reshape(len(images), -1), np.random.default_rng(seed)
         for k in range(len(flat)):
             flat[k] = flat[k][g.permutation(flat.shape[1])]
+        np.save(out / "images.npy", images)
+    return out
+
+
+def pooled_shuffled_copy(ds: Path, out: Path, seed: int) -> Path:
+    """The dataset with its pixels permuted across all its images: noise images that each draw their grey levels
+    from the whole set's, so that no image's histogram, nor anything else in it, tells its class."""
+    if not out.exists():
+        shutil.copytree(ds, out, symlinks=False)
+        images = np.load(out / "images.npy")
+        flat = images.reshape(-1)
+        flat[:] = flat[np.random.default_rng(seed).permutation(flat.size)]
         np.save(out / "images.npy", images)
     return out
 
@@ -70,12 +82,15 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     ssl = load(pretrained(ds, "ssl"), "cpu")
     result = {"seed": seed, "arch": arch, "epochs": epochs, "size": size, "train": len(train_rows)}
     result["scored"] = len(scored)
+    result["histogram"] = histogram_probe(store, train_rows, scored, ssl.contract)
     result.update(readings(ssl, store, train_rows, scored, views, "ssl"))
     torch.manual_seed(seed)
     ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
     result.update(readings(ssl, store, train_rows, scored, views, "random"))
     noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
     result.update(readings(noise, store, train_rows, scored, views, "noise"))
+    pooled = load(pretrained(pooled_shuffled_copy(ds, base / "pooled", seed), "pooled"), "cpu")
+    result.update(readings(pooled, store, train_rows, scored, views, "pooled"))
     log = (pretrained(ds, "ssl").parent / "log.csv").read_text(encoding="utf-8").splitlines()
     result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)
     print(json.dumps(result))

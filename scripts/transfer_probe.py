@@ -87,17 +87,33 @@ def readings(lm, store, fit, scored, views: list, name: str) -> dict:
 
 def probe(lm, store, fit, scored) -> float:
     """Balanced accuracy on ``scored`` of a logistic regression on ``lm``'s frozen features of ``fit``."""
-    a, b = lm.features(store, fit), lm.features(store, scored)
+    return fitted_probe(lm.features(store, fit), lm.features(store, scored), store.labels(fit), store.labels(scored))
+
+
+def fitted_probe(a, b, labels_a, labels_b) -> float:
+    """Balanced accuracy on features ``b`` of a logistic regression fitted on standardised features ``a``."""
     scale = StandardScaler().fit(a)
-    clf = LogisticRegression(max_iter=5000, C=0.1, class_weight="balanced").fit(scale.transform(a), store.labels(fit))
-    return round(float(balanced_accuracy_score(store.labels(scored), clf.predict(scale.transform(b)))), 3)
+    clf = LogisticRegression(max_iter=5000, C=0.1, class_weight="balanced").fit(scale.transform(a), labels_a)
+    return round(float(balanced_accuracy_score(labels_b, clf.predict(scale.transform(b)))), 3)
+
+
+def histogram_probe(store, fit, scored, contract=None) -> float:
+    """The same probe on each film's first-order statistics alone (16 quantiles of its grey levels, their mean and
+    standard deviation, after ``contract``'s intensity standardisation, the store's by default): what a backbone
+    can read with no structure at all, the floor a structural feature must clear."""
+
+    def stats(rows):
+        x = (contract or store.contract).standardise(store.read(rows)).reshape(len(rows), -1).astype(np.float32)
+        return np.c_[np.quantile(x, np.linspace(0.02, 0.98, 16), axis=1).T, x.mean(1), x.std(1)]
+
+    return fitted_probe(stats(fit), stats(scored), store.labels(fit), store.labels(scored))
 
 
 def compare(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
     """The probe and view retrieval of ``lm``'s weights, then of the same architecture's random weights (drawn
     from ``seed``: ``random_weights``) and, where it has them, its ImageNet weights. Leaves ``lm`` holding other
     weights than its own."""
-    out = {"fit": len(fit), "scored": len(scored)}
+    out = {"fit": len(fit), "scored": len(scored), "histogram": histogram_probe(store, fit, scored, lm.contract)}
     out.update(readings(lm, store, fit, scored, views, "ssl"))
     out.update(random_weights(lm, store, fit, scored, arch, seed, views))
     if get_spec(arch).imagenet is not None:

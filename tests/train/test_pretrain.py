@@ -5,6 +5,7 @@ training split only (its held-out tenth watched, never val or test), a run that 
 
 import copy
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -92,6 +93,18 @@ def test_moco_head_queue_loss_and_momentum_match_lightlys_number_for_number():
     for got, want in ((heads.key_backbone, want_backbone), (heads.key_projection, want_projection)):
         assert all(torch.allclose(a, b) for a, b in zip(got.parameters(), want.parameters()))
     assert not torch.allclose(heads.key_backbone.weight, backbone.weight)
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def script(name: str):
+    """A module of ``scripts/`` (which import each other by name, as run from that folder)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +285,7 @@ def test_the_view_separability_script_learns_identical_views_and_reports_the_pre
     with two identical copies of each film, NT-Xent must fall far below chance within 25 steps (else the
     instrument could not tell a hard view from a broken loop); the pretraining views' curve is reported beside it."""
     pytest.importorskip("lightly")
-    script = Path(__file__).resolve().parents[2] / "scripts" / "view_separability.py"
+    script = SCRIPTS / "view_separability.py"
     args = [str(small), "efficientnet-lite0", "25", "8", "1e-3", "0", '{"rotate": 5}']
     r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -296,12 +309,7 @@ def test_the_probe_recomputes_batchnorm_from_the_fitted_films_and_reads_every_ba
     one batch), and ``--build`` reads the pretraining and random weights with their statistics as held and as
     recomputed."""
     pytest.importorskip("sklearn")
-    scripts = Path(__file__).resolve().parents[2] / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        import transfer_probe
-    finally:
-        sys.path.remove(str(scripts))
+    transfer_probe = script("transfer_probe")
     run = tmp_path / "ssl"
     train(TrainConfig(data=str(small), out=str(run), task="self-supervised", arch="efficientnet-lite0", epochs=1,
                       batch_size=8, progress=False, device="cpu"))  # fmt: skip
@@ -320,7 +328,7 @@ def test_the_probe_recomputes_batchnorm_from_the_fitted_films_and_reads_every_ba
     assert not lm.model.training and not torch.allclose(held, bn.running_mean, atol=1e-3)
     torch.testing.assert_close(bn.running_mean, y.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(bn.running_var, y.var((0, 2, 3)), atol=1e-5, rtol=1e-4)  # unbiased, as BN keeps it
-    command = [sys.executable, str(scripts / "transfer_probe.py"), "--build", str(small), str(run / "best.pt")]
+    command = [sys.executable, str(SCRIPTS / "transfer_probe.py"), "--build", str(small), str(run / "best.pt")]
     r = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -328,3 +336,28 @@ def test_the_probe_recomputes_batchnorm_from_the_fitted_films_and_reads_every_ba
         for key in (name, f"{name}_bn"):
             assert 0 <= out[key] <= 1 and 0 <= out[f"{key}_retrieval"] <= 1, out
     assert out["scored"] == len(store.rows("val")) + len(store.rows("test")) and out["fit"] == len(rows)
+
+
+def test_the_pooled_noise_control_keeps_the_sets_grey_levels_but_not_the_histograms_that_tell_a_phantoms_class(
+    tmp_path,
+):
+    """``scripts/pretrain_probe.py``'s controls, on phantoms: permuting each image's pixels keeps its histogram, and
+    a probe on the histograms alone (``transfer_probe.histogram_probe``) tells the classes as well from that
+    noise as from the films; permuting the pixels across the whole set keeps only the set's grey levels, and the
+    same probe falls to near chance: the control that carries no class."""
+    pytest.importorskip("sklearn")
+    pretrain_probe, transfer_probe = script("pretrain_probe"), script("transfer_probe")
+    ds = make_dataset(tmp_path / "films", n=240, size=32, seed=3)
+    within = pretrain_probe.shuffled_copy(ds, tmp_path / "within", 0)
+    pooled = pretrain_probe.pooled_shuffled_copy(ds, tmp_path / "pooled", 0)
+    films, noise, mixed = (np.load(d / "images.npy") for d in (ds, within, pooled))
+    assert np.array_equal(np.sort(films.reshape(-1)), np.sort(mixed.reshape(-1)))
+    assert np.array_equal(np.sort(films.reshape(len(films), -1)), np.sort(noise.reshape(len(noise), -1)))
+    assert not np.array_equal(np.sort(films.reshape(len(films), -1)), np.sort(mixed.reshape(len(mixed), -1)))
+    probes = {}
+    for name, d in (("films", ds), ("within", within), ("pooled", pooled)):
+        store = open_store(d)
+        scored = np.concatenate([store.rows("val"), store.rows("test")])
+        probes[name] = transfer_probe.histogram_probe(store, store.rows("train"), scored)
+    assert probes["films"] == probes["within"] >= 0.6, probes
+    assert probes["pooled"] <= 0.5, probes
