@@ -26,7 +26,7 @@ from covidnet.data.store import open_store
 from covidnet.data.synth import SynthConfig, write_phantom_dataset
 from covidnet.errors import ConfigError, CovidnetError, UsageError
 from covidnet.runtime import load
-from covidnet.tasks import moco
+from covidnet.tasks import moco, simclr
 from covidnet.tasks.selfsup import SelfSupervisedTask, monitored
 from covidnet.tasks.simsiam import Heads, PredictionHead, ProjectionHead, simsiam_loss
 from covidnet.train import TrainConfig, train
@@ -51,6 +51,31 @@ def test_heads_and_loss_match_lightlys_simsiam_weight_for_weight():
     want = 0.5 * (criterion(p1, z2.detach()) + criterion(p2, z1.detach()))
     assert float(simsiam_loss(p1, p2, z1, z2).detach()) == pytest.approx(float(want.detach()), abs=1e-6)
     assert isinstance(Heads(32).projection, ProjectionHead)
+
+
+def test_simclr_head_and_loss_match_lightlys_number_for_number():
+    """SimCLR (``--ssl-method simclr``) against lightly: the projection head weight for weight (its BatchNorm in
+    training mode), and NT-Xent over the batch as ``NTXentLoss`` computes it, value and gradient."""
+    lightly_heads = pytest.importorskip("lightly.models.modules.heads")
+    from lightly.loss import NTXentLoss
+
+    torch.manual_seed(0)
+    heads = simclr.Heads(32)
+    theirs = lightly_heads.SimCLRProjectionHead(32, 32, simclr.OUTPUT_DIM)
+    mine, other = heads.projection.state_dict(), theirs.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
+    theirs.load_state_dict(dict(zip(other, mine.values())))
+    x = torch.randn(8, 32)
+    assert torch.allclose(heads.projection(x), theirs(x), atol=1e-6)
+    z1, z2 = torch.randn(8, simclr.OUTPUT_DIM, requires_grad=True), torch.randn(8, simclr.OUTPUT_DIM)
+    ours = simclr.nt_xent(z1, z2)
+    (grad,) = torch.autograd.grad(ours, z1)
+    want = NTXentLoss(temperature=simclr.TEMPERATURE)(z1, z2)
+    (want_grad,) = torch.autograd.grad(want, z1)
+    assert float(ours.detach()) == pytest.approx(float(want.detach()), abs=1e-5)
+    torch.testing.assert_close(grad, want_grad, atol=1e-6, rtol=1e-4)
+    same = simclr.nt_xent(z1.detach(), z1.detach())  # views that agree: well below chance, ln 15
+    assert float(same) < float(ours.detach()) and float(ours.detach()) > 0
 
 
 def test_moco_head_queue_loss_and_momentum_match_lightlys_number_for_number():
@@ -145,6 +170,24 @@ def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classif
                       batch_size=8, progress=False, device="cpu", precise_bn=16))  # fmt: skip
     fine = read_checkpoint(run / "best.pt")
     assert fine["train_config"]["init"].endswith("best.pt") and fine["task"] == "classification"
+
+
+def test_a_simclr_run_resumes_to_the_same_weights_and_initialises_a_classifier(small, tmp_path):
+    fast = dict(data=str(small), task="self-supervised", ssl_method="simclr", arch="efficientnet-lite0", batch_size=8,
+                progress=False, device="cpu")  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **fast))
+    train(TrainConfig(out=str(tmp_path / "half"), epochs=1, **fast))
+    train(TrainConfig(out=str(tmp_path / "half"), epochs=2, resume=True, **fast))
+    a, b = read_checkpoint(tmp_path / "whole" / "last.pt"), read_checkpoint(tmp_path / "half" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ssl_heads"][k], b["ssl_heads"][k]) for k in a["ssl_heads"])
+    assert a["method"] == "simclr" and a["temperature"] == simclr.TEMPERATURE
+    assert 0 < a["best_score"]["value"] < 10  # NT-Xent over 15 candidates: ln 15 = 2.7 at chance
+    run = tmp_path / "fine"
+    init = str(tmp_path / "whole" / "best.pt")
+    train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=init, epochs=1, batch_size=8,
+                      progress=False, device="cpu"))  # fmt: skip
+    assert read_checkpoint(run / "best.pt")["task"] == "classification"
 
 
 def test_a_moco_run_resumes_to_the_same_weights_key_encoder_and_queue_and_initialises_a_classifier(small, tmp_path):

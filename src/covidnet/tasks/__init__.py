@@ -8,8 +8,8 @@ supplies):
 * ``severity`` (``severity.py``, COVIDNet-S): geographic and opacity extent, 0-8;
 * ``risk`` (``risk.py``, COVID-RiskNet): bins of days since symptom onset, an ordinal head;
 * ``segmentation`` (``segmentation.py``): the lung fields, one logit per pixel;
-* ``self-supervised`` (``selfsup.py``, ``simsiam.py``, ``moco.py``): SimSiam or MoCo v2 pretraining of a
-  classifier's backbone on unlabelled films (``covidnet pretrain``).
+* ``self-supervised`` (``selfsup.py``, ``simsiam.py``, ``moco.py``, ``simclr.py``): SimSiam, MoCo v2 or SimCLR
+  pretraining of a classifier's backbone on unlabelled films (``covidnet pretrain``).
 
 The first three share ``image.py`` (a classifier with a head per image: its initialisation, freezing and
 lung-field input). ``make_task`` is the one place a task is built from a training config, and

@@ -1,8 +1,9 @@
 """Self-supervised pretraining on unlabelled chest radiographs (``covidnet pretrain``, ``covidnet train --task
-self-supervised``): SimSiam (``tasks/simsiam.py``, the default) or MoCo v2 (``tasks/moco.py``, ``--ssl-method
-moco``) on a registered classifier's backbone, by the one training loop (resumable, SIGTERM-safe, torchrun,
-streamed from a store larger than memory). The task knows a method only through its network class
-(``network_class``): a third method is a module with that interface and an entry in ``METHODS``.
+self-supervised``): SimSiam (``tasks/simsiam.py``, the default), MoCo v2 (``tasks/moco.py``, ``--ssl-method
+moco``) or SimCLR (``tasks/simclr.py``, ``--ssl-method simclr``) on a registered classifier's backbone, by the
+one training loop (resumable, SIGTERM-safe, torchrun, streamed from a store larger than memory). The task knows
+a method only through its network class (``network_class``): another method is a module with that interface
+and an entry in ``METHODS``.
 
 * **Data**: the images of a build's **training split only**, labelled or not, never its validation or test
   split; and with ``--images DIR`` the films of those folders, staged beside them in ``RUN/films/`` by
@@ -18,7 +19,7 @@ streamed from a store larger than memory). The task knows a method only through 
 * **Checkpoint**: the backbone's weights under ``model`` with its ``arch`` and ``arch_args`` (so ``covidnet
   train --init CKPT`` takes it for the same ``--arch``, its head starting afresh), the heads under
   ``ssl_heads`` (for ``--resume``; MoCo's key encoder and queue with them), ``task`` "self-supervised" and
-  ``method`` ("simsiam" or "moco").
+  ``method`` ("simsiam", "moco" or "simclr").
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ import numpy as np
 from ..errors import ConfigError, UsageError
 from .base import Task
 
-METHODS = {"simsiam": "SimSiam", "moco": "MoCo"}  # a method's name: its network class, in the module of that name
+# a method's name: its network class, in the module of that name
+METHODS = {"simsiam": "SimSiam", "moco": "MoCo", "simclr": "SimCLR"}
 MONITOR_SHARE = 10  # one patient in this many is held out of the training split to watch the loss
 
 
 def network_class(name: str):
-    """The network class of a method (``simsiam.SimSiam``, ``moco.MoCo``): ``(backbone, heads)`` -> a module
-    whose forward takes two views and returns (loss, spread, anything the method keeps after the step), with
-    ``create_heads(backbone, num_features)``, ``before_step()``, ``after_step(extra, gather)``, ``title`` and
-    ``settings()``. Imported when asked for, so that the CLI reads ``METHODS`` without PyTorch."""
+    """The network class of a method (``simsiam.SimSiam``, ``moco.MoCo``, ``simclr.SimCLR``): ``(backbone,
+    heads)`` -> a module whose forward takes two views and returns (loss, spread, anything the method keeps
+    after the step), with ``create_heads(backbone, num_features)``, ``before_step()``, ``after_step(extra,
+    gather)``, ``title`` and ``settings()``. Imported when asked for, so that the CLI reads ``METHODS``
+    without PyTorch."""
     if name not in METHODS:
         raise ConfigError(f"--ssl-method must be one of {', '.join(METHODS)}, not {name!r}")
     return getattr(importlib.import_module(f".{name}", __package__), METHODS[name])

@@ -138,8 +138,9 @@ class TrainConfig:
     )
     ssl_method: str = option(
         "simsiam",
-        "--task self-supervised: simsiam (Chen & He 2021: no negatives, no momentum encoder) or moco (MoCo v2, "
-        f"as MoCo-CXR: a momentum key encoder and a queue of {MOCO_QUEUE} negatives)",
+        "--task self-supervised: simsiam (Chen & He 2021: no negatives, no momentum encoder), moco (MoCo v2, "
+        f"as MoCo-CXR: a momentum key encoder and a queue of {MOCO_QUEUE} negatives) or simclr (SimCLR: the "
+        "batch's other images as negatives)",
         choices=tuple(SSL_METHODS),
     )
     label_fraction: float = option(
