@@ -53,6 +53,16 @@ def test_heads_and_loss_match_lightlys_simsiam_weight_for_weight():
     assert isinstance(Heads(32).projection, ProjectionHead)
 
 
+def same_head(ours: torch.nn.Module, theirs: torch.nn.Module, width: int) -> bool:
+    """Whether lightly's head, given our head's weights in order (the same layers, shape for shape), computes
+    what ours does on a batch of 8 (BatchNorm in training mode)."""
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
+    theirs.load_state_dict(dict(zip(other, mine.values())))
+    x = torch.randn(8, width)
+    return torch.allclose(ours(x), theirs(x), atol=1e-6)
+
+
 def test_simclr_head_and_loss_match_lightlys_number_for_number():
     """SimCLR (``--ssl-method simclr``) against lightly: the projection head weight for weight (its BatchNorm in
     training mode), and NT-Xent over the batch as ``NTXentLoss`` computes it, value and gradient."""
@@ -61,12 +71,7 @@ def test_simclr_head_and_loss_match_lightlys_number_for_number():
 
     torch.manual_seed(0)
     heads = simclr.Heads(32)
-    theirs = lightly_heads.SimCLRProjectionHead(32, 32, simclr.OUTPUT_DIM)
-    mine, other = heads.projection.state_dict(), theirs.state_dict()
-    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
-    theirs.load_state_dict(dict(zip(other, mine.values())))
-    x = torch.randn(8, 32)
-    assert torch.allclose(heads.projection(x), theirs(x), atol=1e-6)
+    assert same_head(heads.projection, lightly_heads.SimCLRProjectionHead(32, 32, simclr.OUTPUT_DIM), 32)
     z1, z2 = torch.randn(8, simclr.OUTPUT_DIM, requires_grad=True), torch.randn(8, simclr.OUTPUT_DIM)
     ours = simclr.nt_xent(z1, z2)
     (grad,) = torch.autograd.grad(ours, z1)
@@ -89,12 +94,7 @@ def test_moco_head_queue_loss_and_momentum_match_lightlys_number_for_number():
     torch.manual_seed(0)
     backbone = torch.nn.Linear(8, 32)
     heads = moco.Heads(backbone, 32, queue=20)
-    theirs = lightly_heads.MoCoProjectionHead(32, 32, moco.OUTPUT_DIM)
-    mine, other = heads.projection.state_dict(), theirs.state_dict()
-    assert [v.shape for v in mine.values()] == [v.shape for v in other.values()]
-    theirs.load_state_dict(dict(zip(other, mine.values())))
-    x = torch.randn(8, 32)
-    assert torch.allclose(heads.projection(x), theirs(x), atol=1e-6)
+    assert same_head(heads.projection, lightly_heads.MoCoProjectionHead(32, 32, moco.OUTPUT_DIM), 32)
     assert all(not p.requires_grad for p in [*heads.key_backbone.parameters(), *heads.key_projection.parameters()])
 
     criterion = NTXentLoss(temperature=moco.TEMPERATURE, memory_bank_size=(20, moco.OUTPUT_DIM))
@@ -172,8 +172,10 @@ def test_a_pretraining_run_resumes_to_the_same_weights_and_initialises_a_classif
     assert fine["train_config"]["init"].endswith("best.pt") and fine["task"] == "classification"
 
 
-def test_a_simclr_run_resumes_to_the_same_weights_and_initialises_a_classifier(small, tmp_path):
-    fast = dict(data=str(small), task="self-supervised", ssl_method="simclr", arch="efficientnet-lite0", batch_size=8,
+def resumed(small, tmp_path: Path, method: str) -> dict:
+    """Two epochs of ``method`` in one run and in two (the second resumed): the last checkpoint, the same in both,
+    weights and heads."""
+    fast = dict(data=str(small), task="self-supervised", ssl_method=method, arch="efficientnet-lite0", batch_size=8,
                 progress=False, device="cpu")  # fmt: skip
     train(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **fast))
     train(TrainConfig(out=str(tmp_path / "half"), epochs=1, **fast))
@@ -181,24 +183,25 @@ def test_a_simclr_run_resumes_to_the_same_weights_and_initialises_a_classifier(s
     a, b = read_checkpoint(tmp_path / "whole" / "last.pt"), read_checkpoint(tmp_path / "half" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ssl_heads"][k], b["ssl_heads"][k]) for k in a["ssl_heads"])
+    return a
+
+
+def initialises_a_classifier(small, ckpt: Path, run: Path) -> bool:
+    """Whether ``efficientnet-lite0`` fine-tunes from the pretraining ``ckpt`` into a classifier."""
+    train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=str(ckpt), epochs=1,
+                      batch_size=8, progress=False, device="cpu"))  # fmt: skip
+    return read_checkpoint(run / "best.pt")["task"] == "classification"
+
+
+def test_a_simclr_run_resumes_to_the_same_weights_and_initialises_a_classifier(small, tmp_path):
+    a = resumed(small, tmp_path, "simclr")
     assert a["method"] == "simclr" and a["temperature"] == simclr.TEMPERATURE
     assert 0 < a["best_score"]["value"] < 10  # NT-Xent over 15 candidates: ln 15 = 2.7 at chance
-    run = tmp_path / "fine"
-    init = str(tmp_path / "whole" / "best.pt")
-    train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=init, epochs=1, batch_size=8,
-                      progress=False, device="cpu"))  # fmt: skip
-    assert read_checkpoint(run / "best.pt")["task"] == "classification"
+    assert initialises_a_classifier(small, tmp_path / "whole" / "best.pt", tmp_path / "fine")
 
 
 def test_a_moco_run_resumes_to_the_same_weights_key_encoder_and_queue_and_initialises_a_classifier(small, tmp_path):
-    fast = dict(data=str(small), task="self-supervised", ssl_method="moco", arch="efficientnet-lite0", batch_size=8,
-                progress=False, device="cpu")  # fmt: skip
-    train(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **fast))
-    train(TrainConfig(out=str(tmp_path / "half"), epochs=1, **fast))
-    train(TrainConfig(out=str(tmp_path / "half"), epochs=2, resume=True, **fast))
-    a, b = read_checkpoint(tmp_path / "whole" / "last.pt"), read_checkpoint(tmp_path / "half" / "last.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert all(torch.equal(a["ssl_heads"][k], b["ssl_heads"][k]) for k in a["ssl_heads"])
+    a = resumed(small, tmp_path, "moco")
     assert a["method"] == "moco" and a["queue"] == moco.QUEUE and a["temperature"] == moco.TEMPERATURE
     seen = 2 * len(SelfSupervisedTask().rows(open_store(small), "train"))
     assert seen < moco.QUEUE and int(a["ssl_heads"]["queue_ptr"]) == seen  # every training key queued, once an epoch
@@ -206,11 +209,7 @@ def test_a_moco_run_resumes_to_the_same_weights_key_encoder_and_queue_and_initia
     assert {k.removeprefix("key_backbone.") for k in keys} == set(a["model"])  # the whole backbone, followed
     assert not all(torch.equal(a["ssl_heads"]["key_backbone." + k], a["model"][k]) for k in a["model"])
     assert 0 < a["best_score"]["value"] < 20  # a cross-entropy over 513 candidates: ln 513 = 6.2 at chance
-    run = tmp_path / "fine"
-    init = str(tmp_path / "whole" / "best.pt")
-    train(TrainConfig(data=str(small), out=str(run), arch="efficientnet-lite0", init=init, epochs=1, batch_size=8,
-                      progress=False, device="cpu"))  # fmt: skip
-    assert read_checkpoint(run / "best.pt")["task"] == "classification"
+    assert initialises_a_classifier(small, tmp_path / "whole" / "best.pt", tmp_path / "fine")
 
 
 @pytest.mark.slow
@@ -252,7 +251,7 @@ def test_pretraining_refuses_what_would_teach_it_nothing(small, tmp_path):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", aug_noise=0, **still))
     with pytest.raises(ConfigError, match="is not a setting of --task self-supervised"):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", binary=True))
-    with pytest.raises(ConfigError, match="--ssl-method must be one of simsiam, moco, not 'byol'"):
+    with pytest.raises(ConfigError, match="--ssl-method must be one of simsiam, moco, simclr, not 'byol'"):
         train(TrainConfig(data=str(small), out=str(tmp_path / "r"), task="self-supervised", ssl_method="byol"))
     with pytest.raises(ConfigError, match="--ssl-method is not a setting of --task classification"):
         TrainConfig(data=str(small), out=str(tmp_path / "r"), ssl_method="moco")

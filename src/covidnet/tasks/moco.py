@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sslmethod import Method
+
 OUTPUT_DIM = 128  # MoCo v2's
 QUEUE = 512
 MOMENTUM = 0.99
@@ -91,7 +93,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-class MoCo(nn.Module):
+class MoCo(Method):
     """A backbone (the registry's interface: ``forward_features``) with MoCo's heads: ``(x1, x2)`` -> (loss,
     the standard deviation of the L2-normalised queries, the batch's keys). The caller steps the key encoder
     before (``before_step``: ``Heads.follow``) and queues the keys after (``after_step``: ``Heads.enqueue``):
@@ -99,10 +101,6 @@ class MoCo(nn.Module):
     self-supervised task's interface for a method (``tasks/selfsup.py``), as ``simsiam.SimSiam`` has it."""
 
     title = "MoCo"
-
-    def __init__(self, backbone: nn.Module, heads: Heads):
-        super().__init__()
-        self.backbone, self.heads = backbone, heads
 
     @staticmethod
     def create_heads(backbone: nn.Module, num_features: int) -> Heads:
@@ -123,7 +121,7 @@ class MoCo(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.heads
-        q = F.normalize(h.projection(self.backbone.forward_features(x1).float().mean((2, 3))), dim=1)
+        q = F.normalize(h.projection(self.pooled(x1)), dim=1)
         with torch.no_grad():
             k = F.normalize(h.key_projection(h.key_backbone.forward_features(x2).float().mean((2, 3))), dim=1)
         spread = q.detach().std(0, correction=0).mean()

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sslmethod import Method
+
 OUTPUT_DIM = 128
 TEMPERATURE = 0.2
 
@@ -63,16 +65,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE
     return F.cross_entropy(logits, target)
 
 
-class SimCLR(nn.Module):
-    """A backbone (the registry's interface: ``forward_features``) with SimCLR's head: ``(x1, x2)`` -> (loss, the
-    standard deviation of the first view's L2-normalised projections). The self-supervised task's interface for
-    a method (``tasks/selfsup.py``), as ``simsiam.SimSiam`` has it."""
+class SimCLR(Method):
+    """SimCLR's network for the self-supervised task's interface (``sslmethod.Method``): ``(x1, x2)`` -> (loss,
+    the standard deviation of the first view's L2-normalised projections)."""
 
     title = "SimCLR"
-
-    def __init__(self, backbone: nn.Module, heads: Heads):
-        super().__init__()
-        self.backbone, self.heads = backbone, heads
 
     @staticmethod
     def create_heads(backbone: nn.Module, num_features: int) -> Heads:
@@ -83,16 +80,7 @@ class SimCLR(nn.Module):
         """What a checkpoint records of the method."""
         return {"projection": [OUTPUT_DIM], "temperature": TEMPERATURE}
 
-    def before_step(self) -> None:
-        """Nothing: SimCLR's whole state is the trained network and heads."""
-
-    def after_step(self, extra, gather) -> None:
-        """Nothing: SimCLR's forward returns nothing beyond its loss and spread."""
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads.projection(self.backbone.forward_features(x).float().mean((2, 3)))
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z1, z2 = self.project(x1), self.project(x2)
+        z1, z2 = self.heads.projection(self.pooled(x1)), self.heads.projection(self.pooled(x2))
         spread = F.normalize(z1.detach(), dim=1).std(0, correction=0).mean()  # a batch of one: 0, not NaN
         return nt_xent(z1, z2), spread

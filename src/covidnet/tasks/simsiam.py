@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sslmethod import Method
+
 PROJECTION_DIM = 512  # the projection's output and hidden width (the paper's 2048 is for ResNet-50's features)
 PREDICTION_HIDDEN = 128  # the predictor's bottleneck (the paper: a quarter of the output)
 
@@ -75,17 +77,11 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return (negative_cosine(p1, z2.detach()) + negative_cosine(p2, z1.detach())) / 2
 
 
-class SimSiam(nn.Module):
-    """A backbone (the registry's interface: ``forward_features``) with SimSiam's heads: ``(x1, x2)`` -> (loss,
-    the standard deviation of the first view's L2-normalised projections). With ``create_heads``,
-    ``before_step``, ``after_step`` and ``settings``: the interface every method of the self-supervised task
-    has (``tasks/selfsup.py``)."""
+class SimSiam(Method):
+    """SimSiam's network for the self-supervised task's interface (``sslmethod.Method``): ``(x1, x2)`` -> (loss,
+    the standard deviation of the first view's L2-normalised projections)."""
 
     title = "SimSiam"
-
-    def __init__(self, backbone: nn.Module, heads: Heads):
-        super().__init__()
-        self.backbone, self.heads = backbone, heads
 
     @staticmethod
     def create_heads(backbone: nn.Module, num_features: int) -> Heads:
@@ -96,14 +92,8 @@ class SimSiam(nn.Module):
         """What a checkpoint records of the method."""
         return {"projection": [PROJECTION_DIM, PREDICTION_HIDDEN]}
 
-    def before_step(self) -> None:
-        """Nothing: SimSiam's whole state is the trained network and heads."""
-
-    def after_step(self, extra, gather) -> None:
-        """Nothing: SimSiam's forward returns nothing beyond its loss and spread."""
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.heads.projection(self.backbone.forward_features(x).float().mean((2, 3)))
+        z = self.heads.projection(self.pooled(x))
         return z, self.heads.prediction(z)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
