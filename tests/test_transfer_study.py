@@ -11,11 +11,12 @@ from test_study import hospitals_dataset
 
 from covidnet.study.transfer import TransferConfig, transfer_plan
 
+MIXES = {"a": {"COVID-19": 0.6, "normal": 0.4}, "b": {"normal": 0.5, "pneumonia": 0.5}}
+
 
 @pytest.fixture(scope="module")
 def two_hospitals(tmp_path_factory):
-    mixes = {"a": {"COVID-19": 0.6, "normal": 0.4}, "b": {"normal": 0.5, "pneumonia": 0.5}}
-    return hospitals_dataset(tmp_path_factory.mktemp("transfer"), mixes, n=30, seed=7)
+    return hospitals_dataset(tmp_path_factory.mktemp("transfer"), MIXES, n=30, seed=7)
 
 
 def test_an_arm_without_its_random_reference_or_an_unknown_arm_is_one_line(two_hospitals, tmp_path):
@@ -47,6 +48,16 @@ def test_each_ssl_arm_is_initialised_from_its_own_pretraining_of_the_training_sp
     assert len(ssl) == 2 and all(tc.init == f"{pre.out}/best.pt" for tc in ssl)
     assert pre.task == "self-supervised" and pre.data == str(two_hospitals)  # its loop reads the training split only
     assert sorted(tc.label_fraction for _, _, _, tc in runs) == [0.5, 0.5, 1, 1]
+    cfg.data = str(hospitals_dataset(tmp_path / "more", MIXES, n=60, seed=7))  # SimCLR's batch of 32 fits
+    cfg.arm_list += ",efficientnet-lite0+cxr-simclr"
+    runs, pretrains = transfer_plan(cfg)
+    assert len(pretrains) == 2  # one per architecture and method
+    simsiam, simclr = pretrains.values()
+    assert simsiam.out == pre.out and simsiam.ssl_method == "simsiam" and simsiam.batch_size == 8
+    assert simclr.ssl_method == "simclr" and (simclr.batch_size, simclr.lr) == (32, 1e-3)
+    assert simclr.out == str(tmp_path / "s" / "pretrain" / "simclr" / "efficientnet-lite0" / "split")
+    inits = sorted(tc.init for v, _, _, tc in runs if "cxr" in v.name)
+    assert inits == sorted([f"{simsiam.out}/best.pt"] * 2 + [f"{simclr.out}/best.pt"] * 2)
 
 
 @pytest.mark.slow

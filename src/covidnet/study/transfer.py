@@ -1,12 +1,14 @@
 """``covidnet study transfer``: does pretraining help? ImageNet, chest-X-ray self-supervised and random
 initialisation, compared on the figures that matter, on the study machinery of ``study shortcuts``.
 
-The arms are fixed here before anything runs: ``efficientnet-lite0`` x {random, imagenet, mean-var, cxr-ssl}
-and ``covidnet-cxr3b`` x {random, cxr-ssl}, each crossed with a **label fraction** (all the training split's
-labels, and a tenth drawn by patient: ``--label-fraction``, the same patients for every arm), trained with
-the same seeds on the same split or folds. ``cxr-ssl`` is ``covidnet pretrain`` (SimSiam) on the training
-images of the same split or fold, never a film that is scored, then fine-tuned from its checkpoint
-(``--init``); one pretraining per architecture and fold, shared by the seeds and fractions. Every arm is
+The arms are fixed here before anything runs: ``efficientnet-lite0`` x {random, imagenet, mean-var, cxr-ssl,
+cxr-simclr} and ``covidnet-cxr3b`` x {random, cxr-ssl, cxr-simclr}, each crossed with a **label fraction** (all
+the training split's labels, and a tenth drawn by patient: ``--label-fraction``, the same patients for every
+arm), trained with the same seeds on the same split or folds. ``cxr-ssl`` is ``covidnet pretrain`` (SimSiam)
+and ``cxr-simclr`` the same with ``--ssl-method simclr`` (added a day after the others, once SimSiam's features
+had read no better than random weights'), on the training images of the same split or fold, never a film that
+is scored, then fine-tuned from its checkpoint (``--init``); one pretraining per architecture, method and fold,
+shared by the seeds and fractions. Every arm is
 compared with **random initialisation of the same architecture and label fraction** (paired differences with
 patient-bootstrap intervals); its figures are the shortcut study's (accuracy, per-class sensitivity and
 PPV, COVID-19 AUROC and AUPRC, macro AUROC, the within-source AUCs, the audit's occlusion figures) and its
@@ -28,7 +30,8 @@ from ..files import write_json
 from .design import Design
 from .variants import Variant
 
-# (architecture, initialisation), fixed before any run (2026-12-06)
+# (architecture, initialisation), fixed before any run (2026-12-06); the cxr-simclr arms added on 2026-12-07,
+# after SimSiam's and MoCo v2's features had read no better than random weights' (docs/training.md)
 TRANSFER_ARMS = (
     ("efficientnet-lite0", "random"),
     ("efficientnet-lite0", "imagenet"),
@@ -36,14 +39,20 @@ TRANSFER_ARMS = (
     ("efficientnet-lite0", "cxr-ssl"),
     ("covidnet-cxr3b", "random"),
     ("covidnet-cxr3b", "cxr-ssl"),
+    ("efficientnet-lite0", "cxr-simclr"),
+    ("covidnet-cxr3b", "cxr-simclr"),
 )
 INITS = {
     "random": "random initialisation (the registry's)",
     "imagenet": "Google's ImageNet weights (the [pretrained] extra), first convolution summed over RGB",
     "mean-var": "random weights with the ImageNet weights' per-layer mean and standard deviation (Raghu et al. 2019)",
     "cxr-ssl": "SimSiam on the split's or fold's training films (covidnet pretrain), then fine-tuned",
+    "cxr-simclr": "SimCLR on the split's or fold's training films (covidnet pretrain --ssl-method simclr), then "
+    "fine-tuned",
 }
-SSL = "cxr-ssl"
+# the self-supervised initialisations: each one's `covidnet pretrain` settings beside the task's defaults (SimCLR's
+# a batch of 32, which gives its in-batch loss 62 negatives, at Adam's 1e-3: those of its probe in docs/training.md)
+SSL = {"cxr-ssl": {"ssl_method": "simsiam"}, "cxr-simclr": {"ssl_method": "simclr", "batch_size": 32, "lr": 1e-3}}
 
 
 def arm_name(arch: str, init: str, fraction: float) -> str:
@@ -72,7 +81,7 @@ class TransferConfig:
         "patients (0: the build's --split)",
     )
     epochs: int = option(10, "training epochs of every fine-tuning run")
-    pretrain_epochs: int = option(30, "epochs of each self-supervised pretraining (cxr-ssl)")
+    pretrain_epochs: int = option(30, "epochs of each self-supervised pretraining (cxr-ssl, cxr-simclr)")
     split: str = option("test", "the split every run is evaluated on without --folds", choices=("val", "test"))
     train_options: list[str] = option(
         default_factory=list,
@@ -114,7 +123,7 @@ class TransferConfig:
         for f in self.fraction_list():
             for arch, init in self.pairs():
                 name = arm_name(arch, init, f)
-                settings = {"arch": arch, "init": "random" if init == SSL else init, "label_fraction": f}
+                settings = {"arch": arch, "init": "random" if init in SSL else init, "label_fraction": f}
                 arms[name] = Variant(name, f"{arch}, {INITS[init]}, {f:.0%} of the training labels", settings)
                 references[name] = arm_name(arch, "random", f)
         first = next(iter(references.values()))
@@ -133,13 +142,17 @@ class TransferConfig:
         return self.design.order(self.names())
 
 
-def pretrain_dir(cfg: TransferConfig, arch: str, fold: int | None) -> Path:
-    return Path(cfg.out) / "pretrain" / arch / (f"fold{fold}" if fold is not None else "split")
+def pretrain_dir(cfg: TransferConfig, arch: str, fold: int | None, init: str = "cxr-ssl") -> Path:
+    """``pretrain/ARCH/FOLD`` for SimSiam (the first method, where studies begun before the others keep it),
+    ``pretrain/METHOD/ARCH/FOLD`` for another."""
+    method = SSL[init]["ssl_method"]
+    top = Path(cfg.out) / "pretrain" / ("" if method == "simsiam" else method)
+    return top / arch / (f"fold{fold}" if fold is not None else "split")
 
 
 def transfer_plan(cfg: TransferConfig) -> tuple[list, dict]:
     """Every fine-tuning run (``(arm, seed, fold, TrainConfig)``, as ``planning.plan`` gives them, the cxr-ssl
-    arms initialised from their fold's pretraining) and every pretraining run (``(arch, fold) ->
+    arms initialised from their fold's pretraining) and every pretraining run (``(arch, init, fold) ->
     TrainConfig``), all checked before any training."""
     from ..train import TrainConfig, check_training
     from .planning import plan
@@ -148,13 +161,13 @@ def transfer_plan(cfg: TransferConfig) -> tuple[list, dict]:
     pretrains = {}
     for k, (v, seed, fold, tc) in enumerate(runs):
         arch, init = v.name.split("@")[0].split("+")
-        if init != SSL:
+        if init not in SSL:
             continue
-        key = (arch, fold)
+        key = (arch, init, fold)
         if key not in pretrains:
             ssl = TrainConfig(
                 data=tc.data,
-                out=str(pretrain_dir(cfg, arch, fold)),
+                out=str(pretrain_dir(cfg, arch, fold, init)),
                 task="self-supervised",
                 arch=arch,
                 epochs=cfg.pretrain_epochs,
@@ -162,6 +175,7 @@ def transfer_plan(cfg: TransferConfig) -> tuple[list, dict]:
                 in_channels=tc.in_channels,
                 device=cfg.device,
                 progress=cfg.progress,
+                **SSL[init],
             )
             check_training(ssl)
             pretrains[key] = ssl
@@ -194,8 +208,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
 
     def pretrain_first(variant, fold, say):
         arch, init = variant.name.split("@")[0].split("+")
-        if init == SSL:
-            pretrain(pretrains[(arch, fold)], say)
+        if init in SSL:
+            pretrain(pretrains[(arch, init, fold)], say)
 
     base, results = run_all(cfg, runs, before=pretrain_first)
     summary = summarize(cfg, results)
