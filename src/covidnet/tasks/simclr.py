@@ -3,9 +3,9 @@ third method of ``covidnet pretrain``'s self-supervised task (``tasks/selfsup.py
 
 Two views of each of a batch's ``B`` images go through the backbone (its pooled last feature map) and a
 projection MLP (linear, BatchNorm, ReLU, linear, BatchNorm: lightly's ``SimCLRProjectionHead``, SimCLR v2's
-head of two layers) to ``2B`` L2-normalised
-embeddings. The loss is NT-Xent: for each embedding, a cross-entropy that picks its image's other view out of
-the other ``2B - 1`` embeddings of the batch, at temperature ``T``.
+head of two layers) to ``2B`` L2-normalised embeddings. The loss is NT-Xent: for each embedding, a
+cross-entropy that picks its image's other view out of the other ``2B - 1`` embeddings of the batch, at
+temperature ``T``.
 
 Why SimCLR beside SimSiam and MoCo v2: on the development data, neither of those put into the backbone what a
 linear probe reads better than random weights, and MoCo v2's loss did not fall at all, while in-batch NT-Xent,
@@ -17,9 +17,9 @@ run continues exactly. Under torchrun each process contrasts its own share of th
 ``gather_distributed=False``).
 
 Settings: a 128-dimensional output and a hidden width equal to the backbone's feature width, as MoCo v2's head
-here; temperature 0.2, MoCo v2's and the view-separability instrument's (the paper's best at small batches lies
-between 0.1 and 0.5). A test checks the head and the loss against lightly's ``SimCLRProjectionHead`` and
-``NTXentLoss``, number for number; written here for the reason ``tasks/simsiam.py`` gives.
+here; temperature 0.2, MoCo v2's and the view-separability instrument's, fixed before any run here. A test
+checks the head and the loss against lightly's ``SimCLRProjectionHead`` and ``NTXentLoss``, number for number;
+written here for the reason ``tasks/simsiam.py`` gives.
 """
 
 from __future__ import annotations
