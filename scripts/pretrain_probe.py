@@ -35,26 +35,16 @@ from covidnet.runtime import load  # noqa: E402
 from covidnet.train import TrainConfig, train  # noqa: E402
 
 
-def shuffled_copy(ds: Path, out: Path, seed: int) -> Path:
-    """The dataset with every image's pixels permuted (its histogram kept, its structure gone)."""
+def shuffled_copy(ds: Path, out: Path, seed: int, across_set: bool = False) -> Path:
+    """The dataset with every image's pixels permuted: within each image (its histogram kept, its structure gone),
+    or ``across_set``, across all its images (noise images that each draw their grey levels from the whole set's,
+    so that no image's histogram, nor anything else in it, tells its class)."""
     if not out.exists():
         shutil.copytree(ds, out, symlinks=False)
         images = np.load(out / "images.npy")
-        flat, g = images.reshape(len(images), -1), np.random.default_rng(seed)
+        flat, g = images.reshape(1 if across_set else len(images), -1), np.random.default_rng(seed)
         for k in range(len(flat)):
             flat[k] = flat[k][g.permutation(flat.shape[1])]
-        np.save(out / "images.npy", images)
-    return out
-
-
-def pooled_shuffled_copy(ds: Path, out: Path, seed: int) -> Path:
-    """The dataset with its pixels permuted across all its images: noise images that each draw their grey levels
-    from the whole set's, so that no image's histogram, nor anything else in it, tells its class."""
-    if not out.exists():
-        shutil.copytree(ds, out, symlinks=False)
-        images = np.load(out / "images.npy")
-        flat = images.reshape(-1)
-        flat[:] = flat[np.random.default_rng(seed).permutation(flat.size)]
         np.save(out / "images.npy", images)
     return out
 
@@ -89,7 +79,7 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     result.update(readings(ssl, store, train_rows, scored, views, "random"))
     noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
     result.update(readings(noise, store, train_rows, scored, views, "noise"))
-    pooled = load(pretrained(pooled_shuffled_copy(ds, base / "pooled", seed), "pooled"), "cpu")
+    pooled = load(pretrained(shuffled_copy(ds, base / "pooled", seed, across_set=True), "pooled"), "cpu")
     result.update(readings(pooled, store, train_rows, scored, views, "pooled"))
     log = (pretrained(ds, "ssl").parent / "log.csv").read_text(encoding="utf-8").splitlines()
     result["ssl_val_z_std"] = round(float(list(csv.DictReader(log))[-1]["val_z_std"]), 4)

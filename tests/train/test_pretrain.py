@@ -391,7 +391,7 @@ def test_the_pooled_noise_control_keeps_the_sets_grey_levels_but_not_the_histogr
     pretrain_probe, transfer_probe = script("pretrain_probe"), script("transfer_probe")
     ds = make_dataset(tmp_path / "films", n=240, size=32, seed=3)
     within = pretrain_probe.shuffled_copy(ds, tmp_path / "within", 0)
-    pooled = pretrain_probe.pooled_shuffled_copy(ds, tmp_path / "pooled", 0)
+    pooled = pretrain_probe.shuffled_copy(ds, tmp_path / "pooled", 0, across_set=True)
     films, noise, mixed = (np.load(d / "images.npy") for d in (ds, within, pooled))
     assert np.array_equal(np.sort(films.reshape(-1)), np.sort(mixed.reshape(-1)))
     assert np.array_equal(np.sort(films.reshape(len(films), -1)), np.sort(noise.reshape(len(noise), -1)))
