@@ -10,8 +10,13 @@ film's identity through the views it was taught to ignore. Each figure also with
 recomputed from the training split's images (``*_bn``: ``transfer_probe.readings``). Prints one JSON line. Results:
 docs/training.md.
 
-    .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON]
+    .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON [DRAWS]]
     .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3
+    .venv/bin/python scripts/pretrain_probe.py /tmp/probe 1 efficientnet-lite0 40 300 64 32 1e-3 \
+        '{"ssl_method": "simclr"}' 5
+
+``DRAWS``: how many sets of random weights to read (``random``, ``random1``, ...; default 1), the first drawn from
+``SEED``, the k-th from SEED + 1000 k, since one draw's probe moves by 0.1 from another's.
 """
 
 import csv
@@ -49,7 +54,7 @@ def shuffled_copy(ds: Path, out: Path, seed: int, across_set: bool = False) -> P
     return out
 
 
-def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
+def main(work, seed, arch, epochs, n, size, batch, lr, options="{}", draws="1"):
     seed, epochs, n, size, batch, lr = int(seed), int(epochs), int(n), int(size), int(batch), float(lr)
     base = Path(work) / f"{arch}-n{n}-s{seed}-{size}px"
     ds = base / "ds" if (base / "ds").exists() else make_dataset(base, n=n, size=size, seed=seed)
@@ -74,9 +79,10 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}"):
     result["scored"] = len(scored)
     result["histogram"] = histogram_probe(store, train_rows, scored, ssl.contract)
     result.update(readings(ssl, store, train_rows, scored, views, "ssl"))
-    torch.manual_seed(seed)
-    ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())  # random weights
-    result.update(readings(ssl, store, train_rows, scored, views, "random"))
+    for k in range(int(draws)):  # random weights: the first drawn from ``seed``, the others from seed + 1000 k
+        torch.manual_seed(seed + 1000 * k)
+        ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())
+        result.update(readings(ssl, store, train_rows, scored, views, f"random{k or ''}"))
     noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
     result.update(readings(noise, store, train_rows, scored, views, "noise"))
     pooled = load(pretrained(shuffled_copy(ds, base / "pooled", seed, across_set=True), "pooled"), "cpu")
