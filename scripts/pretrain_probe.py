@@ -27,15 +27,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from phantomdata import make_dataset  # noqa: E402
-from transfer_probe import histogram_probe, readings, views_of  # noqa: E402  (this folder, first on the path)
+from transfer_probe import histogram_probe, random_weights, readings, views_of  # noqa: E402  (this folder, first on the path)
 
 from covidnet.data.store import open_store  # noqa: E402
-from covidnet.models import create_model  # noqa: E402
 from covidnet.runtime import load  # noqa: E402
 from covidnet.train import TrainConfig, train  # noqa: E402
 
@@ -80,9 +78,7 @@ def main(work, seed, arch, epochs, n, size, batch, lr, options="{}", draws="1"):
     result["histogram"] = histogram_probe(store, train_rows, scored, ssl.contract)
     result.update(readings(ssl, store, train_rows, scored, views, "ssl"))
     for k in range(int(draws)):  # random weights: the first drawn from ``seed``, the others from seed + 1000 k
-        torch.manual_seed(seed + 1000 * k)
-        ssl.model.load_state_dict(create_model(arch, num_classes=2, in_channels=1).state_dict())
-        result.update(readings(ssl, store, train_rows, scored, views, f"random{k or ''}"))
+        result.update(random_weights(ssl, store, train_rows, scored, arch, seed + 1000 * k, views, f"random{k or ''}"))
     noise = load(pretrained(shuffled_copy(ds, base / "noise", seed), "noise"), "cpu")
     result.update(readings(noise, store, train_rows, scored, views, "noise"))
     pooled = load(pretrained(shuffled_copy(ds, base / "pooled", seed, across_set=True), "pooled"), "cpu")

@@ -124,11 +124,12 @@ def compare(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
     return out
 
 
-def random_weights(lm, store, fit, scored, arch: str, seed: int, views: list) -> dict:
-    """The probe and view retrieval of the architecture's random weights drawn from ``seed``, loaded into ``lm``."""
+def random_weights(lm, store, fit, scored, arch: str, seed: int, views: list, name: str = "random") -> dict:
+    """The probe and view retrieval of the architecture's random weights drawn from ``seed``, loaded into ``lm``,
+    under ``name``."""
     torch.manual_seed(seed)
     lm.model.load_state_dict(create_model(arch, num_classes=2, in_channels=lm.contract.in_channels).state_dict())
-    return readings(lm, store, fit, scored, views, "random")
+    return readings(lm, store, fit, scored, views, name)
 
 
 def main(study, arch, *folds):
