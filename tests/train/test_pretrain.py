@@ -403,3 +403,30 @@ def test_the_pooled_noise_control_keeps_the_sets_grey_levels_but_not_the_histogr
         probes[name] = transfer_probe.histogram_probe(store, store.rows("train"), scored)
     assert probes["films"] == probes["within"] >= 0.6, probes
     assert probes["pooled"] <= 0.5, probes
+
+
+@pytest.mark.slow
+def test_simclr_on_phantoms_tells_their_classes_apart_where_random_weights_and_noise_pretraining_do_not(
+    tmp_path, capsys
+):
+    """The pretraining known answer on phantoms (docs/training.md, "SimCLR at a constant rate…"): SimCLR
+    (``--ssl-method simclr``, 120 epochs, batch 32, Adam 1e-3 held constant) on the training split of 300
+    phantoms at 64 px; a linear probe on its frozen features, BatchNorm recomputed from the fitted phantoms, must
+    read at least 0.10 above the best of five random draws of the same architecture, and the same pretraining on
+    the phantoms with their pixels permuted within each image (each keeps its histogram) or across the set (no
+    image keeps anything of its class) must not. Seed 2, one of the two seeds of the confirmation whose
+    criterion was written before it ran."""
+    pytest.importorskip("sklearn")
+    pretrain_probe = script("pretrain_probe")
+    options = json.dumps({"ssl_method": "simclr", "plateau_patience": 1000})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the measured run: the same sums in the same order, so the same figures
+    try:  # the three pretrainings at once, each in its own process at one thread (the same weights as one by one)
+        settings = ("2", "efficientnet-lite0", "120", "300", "64", "32", "1e-3", options, "5", "3")
+        pretrain_probe.main(str(tmp_path), *settings)
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    bar = max(out[f"random{k or ''}_bn"] for k in range(5)) + 0.10
+    assert out["ssl_bn"] >= bar, out
+    assert out["noise_bn"] < bar and out["pooled_bn"] < bar, out
