@@ -1,14 +1,15 @@
 """The pretraining known answer on phantoms (issue: does pretraining help?), one seed at a time: a linear probe
 (``transfer_probe.probe``: scikit-learn's logistic regression on standardised features, classes weighted to balance;
-before 2026-12-07 unweighted) on the frozen pooled features of a backbone after `covidnet pretrain` (SimSiam) on the
-phantoms' training split, against the same probe on the same architecture's random weights, and on one pretrained on
-the same images with their pixels shuffled (the control: noise with the images' histograms). Trained on the training
-split's labels, scored (balanced accuracy) on the validation and test splits. Also, for each backbone, how often one
-view of a scored image (the pretraining's views, three pairs of draws) finds the image's other view nearest among
-all the scored images' other views (``*_retrieval``; chance 1 / the number scored): what a backbone keeps of a
-film's identity through the views it was taught to ignore. Each figure also with the backbone's BatchNorm statistics
-recomputed from the training split's images (``*_bn``: ``transfer_probe.readings``). Prints one JSON line. Results:
-docs/training.md.
+before 2026-12-07 unweighted) on the frozen pooled features of a backbone after `covidnet pretrain` (SimSiam, or
+OPTIONS_JSON's ``ssl_method``) on the phantoms' training split, against the same probe on the same architecture's
+random weights, and on two controls pretrained alike on the same images with their pixels shuffled: within each image
+(``noise``: each keeps its histogram) and across the set (``pooled``: none keeps anything of its class). Trained on
+the training split's labels, scored (balanced accuracy) on the validation and test splits. Also, for each backbone,
+how often one view of a scored image (the pretraining's views, three pairs of draws) finds the image's other view
+nearest among all the scored images' other views (``*_retrieval``; chance 1 / the number scored): what a backbone
+keeps of a film's identity through the views it was taught to ignore. Each figure also with the backbone's BatchNorm
+statistics recomputed from the training split's images (``*_bn``: ``transfer_probe.readings``). Prints one JSON line.
+Results: docs/training.md.
 
     .venv/bin/python scripts/pretrain_probe.py WORK SEED ARCH EPOCHS N SIZE BATCH LR [OPTIONS_JSON [DRAWS [JOBS]]]
     .venv/bin/python scripts/pretrain_probe.py /tmp/probe 0 efficientnet-lite0 40 300 32 16 1e-3
